@@ -1,0 +1,587 @@
+//! The one TOML file an operator edits, parsed into checked values (STYLE.md "parse, don't
+//! validate"). Every message names the file, the key and the problem. `config/example.toml`
+//! documents each key.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::matter::{Pid, Vid};
+use crate::profile::{OtherAttributes, PidPolicy, Validity};
+use crate::signer::PassphraseSource;
+
+/// Operation names, which a label may not take (EST-WIRE.md "Routes").
+pub const OPERATIONS: [&str; 5] = [
+    "cacerts",
+    "simpleenroll",
+    "simplereenroll",
+    "csrattrs",
+    "serverkeygen",
+];
+
+/// The checked configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// The embedded ledger file.
+    pub ledger: PathBuf,
+    /// The label served on the unlabeled EST path.
+    pub default_label: String,
+    /// The operator accepts development material (test VIDs) in this deployment.
+    pub danger_development_pki: bool,
+    pub server: ServerConfig,
+    pub labels: BTreeMap<String, LabelConfig>,
+}
+
+/// `[server]`.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    pub limits: Limits,
+}
+
+/// Limits with provenance; each default says where its number comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Request body cap, checked before decoding or authenticating. Default 64 KiB, as
+    /// globalsign/est's `maxBodySize`; a Matter CSR is under 1 KiB.
+    pub max_body_bytes: usize,
+    /// Open connections at most; further ones wait in the kernel's accept queue. Default 4096,
+    /// enough for the 1,000-keep-alive-connection target with headroom and well under the
+    /// default `ulimit -n` of 1024 raised by systemd's LimitNOFILE (set it higher with this).
+    pub max_connections: usize,
+    /// TLS handshake deadline. Default 10 s: a handshake takes < 10 ms on loopback and a few
+    /// round trips on a factory LAN; longer means a stalled or hostile peer.
+    pub handshake_timeout: Duration,
+    /// Deadline to receive a request's headers on a connection (hyper's
+    /// `header_read_timeout`); also bounds idle keep-alive. Default 30 s, like nginx's
+    /// `client_header_timeout` of 60 s halved for a service that gets only tiny requests.
+    pub header_timeout: Duration,
+    /// Deadline for a whole request once its headers are in (body read + issuance). Default
+    /// 30 s, as nginx's `client_body_timeout`.
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 64 * 1024,
+            max_connections: 4096,
+            handshake_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[labels.NAME]`: one PAI and its policy.
+#[derive(Clone, Debug)]
+pub struct LabelConfig {
+    pub name: String,
+    pub pai: PathBuf,
+    pub chain: Vec<PathBuf>,
+    pub signer: SignerConfig,
+    pub pids: PidPolicy,
+    pub validity: Validity,
+    pub quota: Option<u64>,
+    pub cn_prefix: String,
+    pub other_subject_attributes: OtherAttributes,
+    /// RFC 7030 §4.2.3 strict form: the enroll response holds the DAC only (default: DAC+PAI).
+    pub dac_only: bool,
+    /// Trust anchors for gateway/bootstrap client certificates.
+    pub client_cas: Vec<PathBuf>,
+    /// Which client-certificate identities may enroll, and for what.
+    pub clients: Vec<ClientRule>,
+    /// simplereenroll may send an empty or `OU=CSA` subject and keep the old one.
+    pub reenroll_placeholder_subject: bool,
+}
+
+/// How the label's PAI key is reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SignerConfig {
+    File {
+        key: PathBuf,
+        passphrase: Option<PassphraseSource>,
+    },
+}
+
+/// One client-certificate identity and what it may obtain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientRule {
+    pub matcher: IdentityMatch,
+    /// VIDs it may obtain; `None` = the PAI's VID.
+    pub vids: Option<BTreeSet<Vid>>,
+    pub pids: PidPolicy,
+}
+
+/// How a client certificate is recognised.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IdentityMatch {
+    /// Subject commonName equals.
+    Cn(String),
+    /// A dNSName, rfc822Name or URI subjectAltName equals.
+    San(String),
+    /// SHA-256 of the certificate DER (lowercase hex).
+    Sha256(String),
+}
+
+impl std::fmt::Display for IdentityMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IdentityMatch::Cn(v) => write!(f, "cn:{v}"),
+            IdentityMatch::San(v) => write!(f, "san:{v}"),
+            IdentityMatch::Sha256(v) => write!(f, "sha256:{v}"),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and checks `path`. Relative paths in it are relative to its directory.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
+            file: path.to_path_buf(),
+            key: "(file)".into(),
+            problem: e.to_string(),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Checks `text` as if read from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Self> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| Error::Config {
+            file: path.to_path_buf(),
+            key: e
+                .span()
+                .and_then(|s| text.get(..s.start))
+                .map(|before| format!("line {}", before.lines().count().max(1)))
+                .unwrap_or_else(|| "(document)".into()),
+            problem: e.message().to_string(),
+        })?;
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let err = |key: &str, problem: String| Error::Config {
+            file: path.to_path_buf(),
+            key: key.to_string(),
+            problem,
+        };
+        let resolve = |p: &Path| base.join(p);
+
+        if raw.labels.is_empty() {
+            return Err(err(
+                "labels",
+                "at least one [labels.NAME] is required".into(),
+            ));
+        }
+        let mut labels = BTreeMap::new();
+        for (name, l) in raw.labels {
+            let key = |k: &str| format!("labels.{name}.{k}");
+            if OPERATIONS.contains(&name.as_str()) {
+                return Err(err(
+                    &format!("labels.{name}"),
+                    "a label may not be an EST operation name".into(),
+                ));
+            }
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+            {
+                return Err(err(
+                    &format!("labels.{name}"),
+                    "a label is letters, digits, '-', '_' or '.' (it is a URL path segment)".into(),
+                ));
+            }
+            let pids = parse_pids(&l.pids).map_err(|p| err(&key("pids"), p))?;
+            let validity = match &l.validity {
+                RawValidity::Text(t) if t == "no-expiry" => Validity::NoExpiry,
+                RawValidity::Text(t) => {
+                    return Err(err(
+                        &key("validity"),
+                        format!("{t:?}: expected \"no-expiry\" or a number of days"),
+                    ));
+                }
+                RawValidity::Days(d) if *d >= 1 && *d <= 36_500 => Validity::Days(*d as u32),
+                RawValidity::Days(d) => {
+                    return Err(err(
+                        &key("validity"),
+                        format!("{d} days: expected 1 to 36500"),
+                    ));
+                }
+            };
+            if l.quota == Some(0) {
+                return Err(err(
+                    &key("quota"),
+                    "a quota of 0 issues nothing; omit it for no quota".into(),
+                ));
+            }
+            // The generated CN is the prefix and 32 hex digits; CN ≤ 64 (MATTER.md "DAC").
+            if l.cn_prefix.chars().count() > 32
+                || l.cn_prefix.contains("Mvid:")
+                || l.cn_prefix.contains("Mpid:")
+            {
+                return Err(err(
+                    &key("cn_prefix"),
+                    "at most 32 characters, without Mvid:/Mpid: tags".into(),
+                ));
+            }
+            let other = match l.other_subject_attributes.as_str() {
+                "drop" => OtherAttributes::Drop,
+                "refuse" => OtherAttributes::Refuse,
+                o => {
+                    return Err(err(
+                        &key("other_subject_attributes"),
+                        format!("{o:?}: expected \"drop\" or \"refuse\""),
+                    ));
+                }
+            };
+            let passphrase = match (&l.signer.passphrase_env, &l.signer.passphrase_file) {
+                (Some(_), Some(_)) => {
+                    return Err(err(
+                        &key("signer"),
+                        "set passphrase_env or passphrase_file, not both".into(),
+                    ));
+                }
+                (Some(v), None) => Some(PassphraseSource::Env(v.clone())),
+                (None, Some(f)) => Some(PassphraseSource::File(resolve(f))),
+                (None, None) => None,
+            };
+            let mut clients = Vec::new();
+            for (i, c) in l.clients.iter().enumerate() {
+                let ckey = format!("labels.{name}.clients[{i}]");
+                let matcher =
+                    parse_match(&c.matcher).map_err(|p| err(&format!("{ckey}.match"), p))?;
+                let vids = c
+                    .vids
+                    .as_ref()
+                    .map(|v| {
+                        v.iter()
+                            .map(|s| Vid::parse(s).map_err(|e| e.to_string()))
+                            .collect::<std::result::Result<BTreeSet<_>, _>>()
+                    })
+                    .transpose()
+                    .map_err(|p| err(&format!("{ckey}.vids"), p))?;
+                let pids = parse_pids(&c.pids).map_err(|p| err(&format!("{ckey}.pids"), p))?;
+                clients.push(ClientRule {
+                    matcher,
+                    vids,
+                    pids,
+                });
+            }
+            if !clients.is_empty() && l.client_cas.is_empty() {
+                return Err(err(
+                    &key("client_cas"),
+                    "clients are listed but no client_cas trust anchor is configured".into(),
+                ));
+            }
+            labels.insert(
+                name.clone(),
+                LabelConfig {
+                    pai: resolve(&l.pai),
+                    chain: l.chain.iter().map(|p| resolve(p)).collect(),
+                    signer: SignerConfig::File {
+                        key: resolve(&l.signer.file),
+                        passphrase,
+                    },
+                    pids,
+                    validity,
+                    quota: l.quota,
+                    cn_prefix: l.cn_prefix,
+                    other_subject_attributes: other,
+                    dac_only: l.dac_only,
+                    client_cas: l.client_cas.iter().map(|p| resolve(p)).collect(),
+                    clients,
+                    reenroll_placeholder_subject: l.reenroll_placeholder_subject,
+                    name,
+                },
+            );
+        }
+        let default_label = match raw.default_label {
+            Some(d) if labels.contains_key(&d) => d,
+            Some(d) => return Err(err("default_label", format!("no label named {d:?}"))),
+            None if labels.len() == 1 => labels.keys().next().cloned().unwrap_or_default(),
+            None => {
+                return Err(err(
+                    "default_label",
+                    "required when more than one label is configured".into(),
+                ));
+            }
+        };
+        let server = raw.server.unwrap_or_default();
+        let defaults = Limits::default();
+        let secs = |v: Option<u64>, d: Duration, k: &str| match v {
+            Some(0) => Err(err(
+                &format!("server.{k}"),
+                "must be at least 1 second".into(),
+            )),
+            Some(s) => Ok(Duration::from_secs(s)),
+            None => Ok(d),
+        };
+        let limits = Limits {
+            max_body_bytes: server.max_body_bytes.unwrap_or(defaults.max_body_bytes),
+            max_connections: server.max_connections.unwrap_or(defaults.max_connections),
+            handshake_timeout: secs(
+                server.handshake_timeout_secs,
+                defaults.handshake_timeout,
+                "handshake_timeout_secs",
+            )?,
+            header_timeout: secs(
+                server.header_timeout_secs,
+                defaults.header_timeout,
+                "header_timeout_secs",
+            )?,
+            request_timeout: secs(
+                server.request_timeout_secs,
+                defaults.request_timeout,
+                "request_timeout_secs",
+            )?,
+        };
+        if limits.max_body_bytes < 1024 || limits.max_connections == 0 {
+            return Err(err(
+                "server",
+                "max_body_bytes must be at least 1024 and max_connections at least 1".into(),
+            ));
+        }
+        let listen = server
+            .listen
+            .as_deref()
+            .unwrap_or("127.0.0.1:8443")
+            .parse()
+            .map_err(|e| {
+                err(
+                    "server.listen",
+                    format!("{e}; expected e.g. \"0.0.0.0:8443\""),
+                )
+            })?;
+        Ok(Config {
+            path: path.to_path_buf(),
+            ledger: resolve(&raw.ledger),
+            default_label,
+            danger_development_pki: raw.danger_development_pki,
+            server: ServerConfig {
+                listen,
+                tls_cert: resolve(
+                    server
+                        .tls_cert
+                        .as_deref()
+                        .unwrap_or(Path::new("tls/server.pem")),
+                ),
+                tls_key: resolve(
+                    server
+                        .tls_key
+                        .as_deref()
+                        .unwrap_or(Path::new("tls/server.key")),
+                ),
+                limits,
+            },
+            labels,
+        })
+    }
+
+    /// The label named `name`.
+    pub fn label(&self, name: &str) -> Result<&LabelConfig> {
+        self.labels
+            .get(name)
+            .ok_or_else(|| Error::UnknownLabel(name.to_string()))
+    }
+}
+
+fn parse_pids(raw: &RawPids) -> std::result::Result<PidPolicy, String> {
+    match raw {
+        RawPids::Any(s) if s == "any" => Ok(PidPolicy::Any),
+        RawPids::Any(s) => Err(format!("{s:?}: expected \"any\" or a list like [\"8000\"]")),
+        RawPids::List(list) if list.is_empty() => Err("an empty list allows nothing".into()),
+        RawPids::List(list) => list
+            .iter()
+            .map(|p| Pid::parse(p).map_err(|e| e.to_string()))
+            .collect::<std::result::Result<BTreeSet<_>, _>>()
+            .map(PidPolicy::Only),
+    }
+}
+
+fn parse_match(text: &str) -> std::result::Result<IdentityMatch, String> {
+    let (kind, value) = text
+        .split_once(':')
+        .ok_or_else(|| format!("{text:?}: expected cn:NAME, san:NAME or sha256:HEX"))?;
+    if value.is_empty() {
+        return Err(format!("{text:?}: the value after {kind}: is empty"));
+    }
+    match kind {
+        "cn" => Ok(IdentityMatch::Cn(value.to_string())),
+        "san" => Ok(IdentityMatch::San(value.to_string())),
+        "sha256" => {
+            let hex = value.replace(':', "").to_ascii_lowercase();
+            if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                Ok(IdentityMatch::Sha256(hex))
+            } else {
+                Err(format!("{text:?}: a SHA-256 fingerprint is 64 hex digits"))
+            }
+        }
+        other => Err(format!("{other:?}: expected cn, san or sha256")),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    ledger: PathBuf,
+    default_label: Option<String>,
+    #[serde(default)]
+    danger_development_pki: bool,
+    server: Option<RawServer>,
+    #[serde(default)]
+    labels: BTreeMap<String, RawLabel>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    max_body_bytes: Option<usize>,
+    max_connections: Option<usize>,
+    handshake_timeout_secs: Option<u64>,
+    header_timeout_secs: Option<u64>,
+    request_timeout_secs: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLabel {
+    pai: PathBuf,
+    #[serde(default)]
+    chain: Vec<PathBuf>,
+    signer: RawSigner,
+    #[serde(default = "any_pids")]
+    pids: RawPids,
+    #[serde(default = "no_expiry")]
+    validity: RawValidity,
+    quota: Option<u64>,
+    #[serde(default = "default_cn_prefix")]
+    cn_prefix: String,
+    #[serde(default = "drop_others")]
+    other_subject_attributes: String,
+    #[serde(default)]
+    dac_only: bool,
+    #[serde(default)]
+    client_cas: Vec<PathBuf>,
+    #[serde(default)]
+    clients: Vec<RawClient>,
+    #[serde(default)]
+    reenroll_placeholder_subject: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSigner {
+    file: PathBuf,
+    passphrase_env: Option<String>,
+    passphrase_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    #[serde(rename = "match")]
+    matcher: String,
+    vids: Option<Vec<String>>,
+    #[serde(default = "any_pids")]
+    pids: RawPids,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawPids {
+    Any(String),
+    List(Vec<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawValidity {
+    Text(String),
+    Days(u64),
+}
+
+fn any_pids() -> RawPids {
+    RawPids::Any("any".into())
+}
+fn no_expiry() -> RawValidity {
+    RawValidity::Text("no-expiry".into())
+}
+fn default_cn_prefix() -> String {
+    "matter-est-".into()
+}
+fn drop_others() -> String {
+    "drop".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+ledger = "l.redb"
+[labels.a]
+pai = "pai.pem"
+signer = { file = "pai.key" }
+"#;
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::parse(Path::new("/etc/matter-est/x.toml"), text)
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(MINIMAL).expect("valid");
+        assert_eq!(c.default_label, "a");
+        assert_eq!(c.ledger, PathBuf::from("/etc/matter-est/l.redb"));
+        let l = c.label("a").expect("label");
+        assert_eq!(l.pids, PidPolicy::Any);
+        assert_eq!(l.validity, Validity::NoExpiry);
+        assert_eq!(c.server.limits, Limits::default());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse(&format!("{MINIMAL}colour = \"red\"\n")).expect_err("refused");
+        let msg = err.to_string();
+        assert!(msg.contains("colour") && msg.contains("x.toml"), "{msg}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("pids = [\"80\"]", "labels.a.pids"),
+            ("pids = \"some\"", "labels.a.pids"),
+            ("validity = \"forever\"", "labels.a.validity"),
+            ("validity = 0", "labels.a.validity"),
+            ("quota = 0", "labels.a.quota"),
+            (
+                "other_subject_attributes = \"keep\"",
+                "labels.a.other_subject_attributes",
+            ),
+        ];
+        for (line, key) in cases {
+            let text = MINIMAL.replace("signer =", &format!("{line}\nsigner ="));
+            let msg = parse(&text).expect_err(line).to_string();
+            assert!(msg.contains(key), "{line}: {msg}");
+        }
+    }
+
+    #[test]
+    fn label_may_not_be_an_operation() {
+        let text = MINIMAL.replace("[labels.a]", "[labels.cacerts]");
+        let msg = parse(&text).expect_err("refused").to_string();
+        assert!(msg.contains("operation"), "{msg}");
+    }
+}

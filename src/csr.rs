@@ -1,0 +1,178 @@
+//! CSR intake: raw bytes from a stranger become a verified [`EnrollmentRequest`].
+//!
+//! Accepts DER, base64 (any wrapping, RFC 8951 §3) or PEM; verifies the PKCS#10 signature (proof
+//! of possession, RFC 2986 §3); requires P-256 and ecdsa-with-SHA256 (MATTER.md "CSRs"); reads
+//! VID/PID the way Matter verifiers do ([`crate::matter::read_subject`]). Requested extensions
+//! are never read: the profile decides every extension.
+
+use base64::Engine;
+use const_oid::ObjectIdentifier;
+use der::{Decode, Encode};
+use x509_cert::name::Name;
+use x509_cert::request::CertReq;
+
+use crate::error::{Error, Result};
+use crate::matter::{self, MAX_CN_CHARS, SubjectIds};
+use crate::signer;
+
+/// id-ecPublicKey.
+const OID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+/// prime256v1 / secp256r1.
+const OID_P256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
+/// ecdsa-with-SHA256.
+const OID_ECDSA_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
+
+/// How the CSR arrived; logged, never a reason to refuse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyForm {
+    Der,
+    Base64,
+    Pem,
+}
+
+/// A CSR whose signature verified, with a P-256 key and a readable Matter subject.
+#[derive(Clone, Debug)]
+pub struct EnrollmentRequest {
+    /// The CSR's public key, re-encoded as an uncompressed SEC1 point.
+    pub public_key: [u8; 65],
+    /// CN, VID and PID as a Matter verifier would read them.
+    pub ids: SubjectIds,
+    /// The subject as sent (for the re-enrollment comparison, RFC 7030 §4.2.2).
+    pub subject: Name,
+    /// How the body was encoded.
+    pub form: BodyForm,
+}
+
+/// Decodes and verifies a CSR body in any accepted form.
+pub fn parse(body: &[u8]) -> Result<EnrollmentRequest> {
+    let (der, form) = decode_body(body)?;
+    let mut req = parse_der(&der)?;
+    req.form = form;
+    Ok(req)
+}
+
+/// Turns a body into DER: DER as is, PEM (`CERTIFICATE REQUEST` or `NEW CERTIFICATE REQUEST`),
+/// or base64 with any mix of CR, LF and spaces (RFC 8951 §3: decode whatever CTE says).
+pub fn decode_body(body: &[u8]) -> Result<(Vec<u8>, BodyForm)> {
+    // A DER CSR starts with SEQUENCE and a long-form length (a CSR is over 127 bytes); base64
+    // text never has a byte >= 0x80 in second place.
+    if body.len() > 2 && body[0] == 0x30 && body[1] & 0x80 != 0 {
+        return Ok((body.to_vec(), BodyForm::Der));
+    }
+    let text = std::str::from_utf8(body)
+        .map_err(|_| Error::NotACsr("neither DER nor base64 text".into()))?;
+    let (payload, form) = match text.find("-----BEGIN") {
+        Some(start) => (pem_payload(&text[start..])?, BodyForm::Pem),
+        None => (text.to_string(), BodyForm::Base64),
+    };
+    let compact: String = payload.chars().filter(|c| !c.is_whitespace()).collect();
+    if compact.is_empty() {
+        return Err(Error::NotACsr("the body is empty".into()));
+    }
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(compact.as_bytes())
+        .map_err(|e| Error::NotACsr(format!("the body is not valid base64 ({e})")))?;
+    Ok((der, form))
+}
+
+fn pem_payload(text: &str) -> Result<String> {
+    let mut lines = text.lines();
+    let begin = lines.next().unwrap_or_default().trim();
+    let label = begin
+        .strip_prefix("-----BEGIN ")
+        .and_then(|l| l.strip_suffix("-----"))
+        .ok_or_else(|| Error::NotACsr("malformed PEM header".into()))?;
+    if label != "CERTIFICATE REQUEST" && label != "NEW CERTIFICATE REQUEST" {
+        return Err(Error::NotACsr(format!(
+            "PEM label {label:?}; expected CERTIFICATE REQUEST"
+        )));
+    }
+    let end = format!("-----END {label}-----");
+    let mut body = String::new();
+    for line in lines {
+        if line.trim() == end {
+            return Ok(body);
+        }
+        body.push_str(line);
+    }
+    Err(Error::NotACsr(format!("PEM without {end:?}")))
+}
+
+/// Parses and verifies a DER PKCS#10 CSR.
+pub fn parse_der(der: &[u8]) -> Result<EnrollmentRequest> {
+    let csr = CertReq::from_der(der).map_err(|e| Error::NotACsr(e.to_string()))?;
+
+    // MATTER.md "CSRs": EC P-256 key.
+    let spki = &csr.info.public_key;
+    if spki.algorithm.oid != OID_EC_PUBLIC_KEY {
+        return Err(Error::CsrKeyNotP256(oid_name(&spki.algorithm.oid)));
+    }
+    let curve = spki
+        .algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.decode_as::<ObjectIdentifier>().ok());
+    if curve != Some(OID_P256) {
+        return Err(Error::CsrKeyNotP256(match curve {
+            Some(c) => format!("EC curve {}", oid_name(&c)),
+            None => "an EC key without a named curve".into(),
+        }));
+    }
+    let key_bytes = spki
+        .subject_public_key
+        .as_bytes()
+        .ok_or_else(|| Error::NotACsr("public key bit string is not octet-aligned".into()))?;
+    let public_key = uncompressed_point(key_bytes)?;
+
+    // MATTER.md "CSRs": ecdsa-with-SHA256, no parameters.
+    if csr.algorithm.oid != OID_ECDSA_SHA256 || csr.algorithm.parameters.is_some() {
+        return Err(Error::CsrHashNotSha256(oid_name(&csr.algorithm.oid)));
+    }
+
+    // RFC 2986 §4.2: the signature covers the DER of certificationRequestInfo.
+    let info = csr
+        .info
+        .to_der()
+        .map_err(|e| Error::NotACsr(e.to_string()))?;
+    let signature = csr
+        .signature
+        .as_bytes()
+        .ok_or_else(|| Error::NotACsr("signature bit string is not octet-aligned".into()))?;
+    if !signer::verify(&public_key, &info, signature) {
+        return Err(Error::CsrBadSignature);
+    }
+
+    let ids = matter::read_subject(&csr.info.subject)?;
+    if let Some(cn) = &ids.cn {
+        let len = cn.chars().count();
+        if len > MAX_CN_CHARS {
+            return Err(Error::CnTooLong { len });
+        }
+    }
+    Ok(EnrollmentRequest {
+        public_key,
+        ids,
+        subject: csr.info.subject,
+        form: BodyForm::Der,
+    })
+}
+
+/// A valid P-256 point, compressed or not, re-encoded uncompressed (MATTER.md "Every
+/// certificate": uncompressed point).
+fn uncompressed_point(sec1: &[u8]) -> Result<[u8; 65]> {
+    use p256::elliptic_curve::sec1::ToSec1Point;
+    let key = p256::PublicKey::from_sec1_bytes(sec1)
+        .map_err(|_| Error::NotACsr("the public key is not a valid P-256 point".into()))?;
+    key.to_sec1_point(false)
+        .as_bytes()
+        .try_into()
+        .map_err(|_| Error::NotACsr("the public key is not a valid P-256 point".into()))
+}
+
+/// A readable name for an OID ("rsaEncryption", "secp384r1"), else its dotted form.
+pub fn oid_name(oid: &ObjectIdentifier) -> String {
+    const_oid::db::DB
+        .by_oid(oid)
+        .map(str::to_string)
+        .unwrap_or_else(|| oid.to_string())
+}

@@ -1,0 +1,167 @@
+//! The one error type of matter-est.
+//!
+//! Every refusal carries the data a person needs to fix the request. Which HTTP status a variant
+//! becomes is decided in one place, [`Error::kind`], and the EST layer maps that kind to a status
+//! code; [`Error::public_message`] is the only text a client ever sees.
+
+use std::path::PathBuf;
+
+/// Result alias used across the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How a failure is presented to a client; the EST layer turns it into a status code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request or its CSR is malformed or breaks a format rule (400).
+    BadRequest,
+    /// No credentials, or wrong ones (401).
+    Unauthenticated,
+    /// Authenticated, but policy does not allow it (403).
+    Forbidden,
+    /// No such label or record (404).
+    NotFound,
+    /// The request conflicts with what is on record (409 on the wire is not used by EST
+    /// clients, so this maps to 403 with the reason; see `est::status_for`).
+    Conflict,
+    /// A quota is used up (403 with the reason).
+    QuotaExhausted,
+    /// Our own fault; the client sees a generic message (500).
+    Internal,
+}
+
+/// Everything that can go wrong, with the data that explains it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    // ---- CSR intake (csr module) ----
+    #[error("the body is not a PKCS#10 CSR: {0}")]
+    NotACsr(String),
+    #[error("the CSR signature does not verify (proof of possession failed)")]
+    CsrBadSignature,
+    #[error("the CSR key must be EC P-256 (prime256v1), found {0}")]
+    CsrKeyNotP256(String),
+    #[error("the CSR must be signed with ecdsa-with-SHA256, found {0}")]
+    CsrHashNotSha256(String),
+    #[error("the subject carries more than one Matter {0} attribute")]
+    DuplicateId(&'static str),
+    #[error("Matter {which} {value:?} is not valid: {problem}")]
+    BadId {
+        which: &'static str,
+        value: String,
+        problem: &'static str,
+    },
+    #[error(
+        "the CN {cn:?} contains {tag:?} not followed by 4 uppercase hex digits; Matter verifiers then reject the whole attestation"
+    )]
+    BadLegacyTag { cn: String, tag: &'static str },
+    #[error("the CN is {len} characters long; a DAC CN is at most 64")]
+    CnTooLong { len: usize },
+    #[error(
+        "the CSR carries no PID and label {label:?} is not fixed to one product; put a PID in the subject"
+    )]
+    MissingPid { label: String },
+    #[error("the CSR subject carries attribute {oid}, which label {label:?} refuses")]
+    SubjectAttributeRefused { oid: String, label: String },
+
+    // ---- DAC profile and label policy ----
+    #[error("VID {vid} does not match the PAI's VID {pai_vid} on label {label:?}")]
+    VidMismatch {
+        vid: String,
+        pai_vid: String,
+        label: String,
+    },
+    #[error("PID {pid} is not allowed on label {label:?}{reason}")]
+    PidNotAllowed {
+        pid: String,
+        label: String,
+        reason: String,
+    },
+    #[error("the DAC would be {size} bytes; Matter allows at most 600")]
+    DacTooLarge { size: usize },
+    #[error("a DAC with subject {subject} was already issued by label {label:?}'s PAI")]
+    SubjectTaken { subject: String, label: String },
+    #[error("label {label:?} has used its quota of {quota} DACs")]
+    QuotaExhausted { label: String, quota: u64 },
+    #[error("unknown label {0:?}")]
+    UnknownLabel(String),
+
+    // ---- authentication and policy (EST) ----
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+
+    // ---- operator-facing: configuration and key material ----
+    #[error("{file}: {key}: {problem}")]
+    Config {
+        file: PathBuf,
+        key: String,
+        problem: String,
+    },
+    #[error("key file {path}: {problem}")]
+    KeyFile { path: PathBuf, problem: String },
+    #[error("{path}: {problem}")]
+    Io { path: PathBuf, problem: String },
+
+    // ---- our own faults ----
+    #[error("self-check refused the DAC: {0}")]
+    SelfCheck(String),
+    #[error("signer failed: {0}")]
+    Signer(String),
+    #[error("ledger: {0}")]
+    Ledger(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The one classification of every error, from which the wire status follows.
+    pub fn kind(&self) -> ErrorKind {
+        use Error::*;
+        match self {
+            NotACsr(_)
+            | CsrBadSignature
+            | CsrKeyNotP256(_)
+            | CsrHashNotSha256(_)
+            | DuplicateId(_)
+            | BadId { .. }
+            | BadLegacyTag { .. }
+            | CnTooLong { .. }
+            | MissingPid { .. }
+            | SubjectAttributeRefused { .. }
+            | BadRequest(_) => ErrorKind::BadRequest,
+            VidMismatch { .. } | PidNotAllowed { .. } | Forbidden(_) => ErrorKind::Forbidden,
+            SubjectTaken { .. } => ErrorKind::Conflict,
+            QuotaExhausted { .. } => ErrorKind::QuotaExhausted,
+            UnknownLabel(_) | NotFound(_) => ErrorKind::NotFound,
+            Unauthenticated(_) => ErrorKind::Unauthenticated,
+            DacTooLarge { .. }
+            | Config { .. }
+            | KeyFile { .. }
+            | Io { .. }
+            | SelfCheck(_)
+            | Signer(_)
+            | Ledger(_)
+            | Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// The text a client may see: the full message for its own mistakes, nothing internal.
+    pub fn public_message(&self) -> String {
+        match self.kind() {
+            ErrorKind::Internal => "internal error; the operator's log has the details".into(),
+            _ => self.to_string(),
+        }
+    }
+
+    /// An I/O failure on `path`.
+    pub fn io(path: impl Into<PathBuf>, e: impl std::fmt::Display) -> Self {
+        Error::Io {
+            path: path.into(),
+            problem: e.to_string(),
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! The one issuance path every front end calls (EST, `issue`, `batch`): policy → profile →
+//! signer → self-check → ledger. Nothing is returned that is not checked and on record.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::asn1;
+use crate::config::{Config, LabelConfig, SignerConfig};
+use crate::csr::EnrollmentRequest;
+use crate::error::{Error, Result};
+use crate::profile::cert::Parsed;
+use crate::profile::check::{self, CaRole};
+use crate::profile::{self, Dac, DacProfile, DacSubject, Pai};
+use crate::signer::{self, FileSigner, Signer};
+use crate::store::{Admission, DacRecord, Ledger, Status};
+
+/// A label, loaded: its PAI, chain, signer and policy.
+pub struct Label {
+    pub config: LabelConfig,
+    pub pai: Pai,
+    /// Certificates above the PAI (PAA last), DER.
+    pub chain: Vec<Vec<u8>>,
+    pub signer: Arc<dyn Signer>,
+    pub profile: DacProfile,
+}
+
+/// A DAC issued and recorded.
+#[derive(Clone, Debug)]
+pub struct Issued {
+    pub dac: Dac,
+    pub record: DacRecord,
+}
+
+/// What a caller asks for beyond the CSR.
+#[derive(Clone, Debug, Default)]
+pub struct IssueOptions {
+    /// Who is asking (logged and recorded).
+    pub requester: String,
+    /// A token id this issuance spends.
+    pub token: Option<String>,
+    /// simplereenroll: the DAC being renewed and the subject it keeps.
+    pub renews: Option<(DacRecord, DacSubject)>,
+}
+
+/// The issuance service.
+pub struct Issuer {
+    labels: BTreeMap<String, Arc<Label>>,
+    ledger: Arc<dyn Ledger>,
+}
+
+impl Issuer {
+    /// Loads every label of `config`: PAI and chain checked against MATTER.md, signer loaded and
+    /// matched to the PAI's public key.
+    pub fn new(config: &Config, ledger: Arc<dyn Ledger>) -> Result<Self> {
+        let mut labels = BTreeMap::new();
+        for (name, lc) in &config.labels {
+            labels.insert(name.clone(), Arc::new(load_label(lc)?));
+        }
+        Ok(Self { labels, ledger })
+    }
+
+    /// The label named `name`.
+    pub fn label(&self, name: &str) -> Result<&Arc<Label>> {
+        self.labels
+            .get(name)
+            .ok_or_else(|| Error::UnknownLabel(name.to_string()))
+    }
+
+    /// All labels.
+    pub fn labels(&self) -> impl Iterator<Item = &Arc<Label>> {
+        self.labels.values()
+    }
+
+    /// The ledger.
+    pub fn ledger(&self) -> &Arc<dyn Ledger> {
+        &self.ledger
+    }
+
+    /// Issues a DAC for `req` on `label`. Blocking (signing, fsync): call off the async runtime.
+    pub fn issue(
+        &self,
+        label: &str,
+        req: &EnrollmentRequest,
+        opts: &IssueOptions,
+    ) -> Result<Issued> {
+        let label = self.label(label)?;
+        let serial = profile::random_serial()?;
+        let subject = match &opts.renews {
+            Some((_, keep)) => keep.clone(),
+            None => label.profile.subject(&label.pai, &req.ids, &serial)?,
+        };
+        self.issue_subject(label, &subject, &serial, &req.public_key, opts)
+    }
+
+    /// Issues a DAC for a subject already decided (batch, renewal) and a public key.
+    pub fn issue_subject(
+        &self,
+        label: &Label,
+        subject: &DacSubject,
+        serial: &[u8],
+        public_key: &[u8; 65],
+        opts: &IssueOptions,
+    ) -> Result<Issued> {
+        let subject_der = subject.to_der();
+        let renews = opts.renews.as_ref().map(|(r, _)| r.serial.clone());
+        // Cheap refusals before signing; the ledger re-checks atomically at commit.
+        if let Some(holder) = self.ledger.by_subject(&label.pai.skid, &subject_der)?
+            && renews.as_deref() != Some(holder.serial.as_slice())
+        {
+            return Err(Error::SubjectTaken {
+                subject: subject.to_string(),
+                label: label.config.name.clone(),
+            });
+        }
+        if let Some(quota) = label.config.quota
+            && self.ledger.count(&label.config.name)? >= quota
+        {
+            return Err(Error::QuotaExhausted {
+                label: label.config.name.clone(),
+                quota,
+            });
+        }
+        let now = asn1::now();
+        let dac = label.profile.build(
+            &label.pai,
+            subject,
+            serial,
+            public_key,
+            label.signer.as_ref(),
+            now,
+        )?;
+        let record = DacRecord {
+            serial: dac.serial.clone(),
+            label: label.config.name.clone(),
+            issuer_key: label.pai.skid.clone(),
+            subject: subject.to_string(),
+            subject_der,
+            vid: subject.vid.value(),
+            pid: subject.pid.value(),
+            requester: opts.requester.clone(),
+            issued_at: now,
+            der: dac.der.clone(),
+            status: Status::Issued,
+            renews,
+        };
+        self.ledger.commit(
+            &record,
+            &Admission {
+                quota: label.config.quota,
+                token: opts.token.clone(),
+            },
+        )?;
+        Ok(Issued { dac, record })
+    }
+}
+
+/// Loads one label and checks its material.
+pub fn load_label(lc: &LabelConfig) -> Result<Label> {
+    let pai_der = read_cert(&lc.pai)?;
+    let pai = Pai::from_der(&pai_der).map_err(|e| Error::Config {
+        file: lc.pai.clone(),
+        key: format!("labels.{}.pai", lc.name),
+        problem: e.to_string(),
+    })?;
+    let mut chain = Vec::new();
+    for path in &lc.chain {
+        chain.push(read_cert(path)?);
+    }
+    check_chain(&pai, &chain).map_err(|e| Error::Config {
+        file: lc.chain.first().cloned().unwrap_or_else(|| lc.pai.clone()),
+        key: format!("labels.{}.chain", lc.name),
+        problem: e.to_string(),
+    })?;
+    let signer: Arc<dyn Signer> = match &lc.signer {
+        SignerConfig::File { key, passphrase } => {
+            Arc::new(FileSigner::load(key, passphrase.as_ref())?)
+        }
+    };
+    if signer.public_key() != &pai.public_key {
+        let path = match &lc.signer {
+            SignerConfig::File { key, .. } => key.clone(),
+        };
+        return Err(Error::KeyFile {
+            path,
+            problem: format!(
+                "this key does not match the public key of the PAI {}",
+                lc.pai.display()
+            ),
+        });
+    }
+    let profile = DacProfile {
+        label: lc.name.clone(),
+        pids: lc.pids.clone(),
+        validity: lc.validity,
+        cn_prefix: lc.cn_prefix.clone(),
+        other_attributes: lc.other_subject_attributes,
+    };
+    Ok(Label {
+        config: lc.clone(),
+        pai,
+        chain,
+        signer,
+        profile,
+    })
+}
+
+/// PAI → … → PAA: each certificate signed by the next, the last a PAA per MATTER.md, and the
+/// PAI's VID equal to the PAA's when it has one.
+fn check_chain(pai: &Pai, chain: &[Vec<u8>]) -> Result<()> {
+    let mut child_der = pai.der.clone();
+    for (i, parent_der) in chain.iter().enumerate() {
+        let child = Parsed::from_der(&child_der)?;
+        let parent = Parsed::from_der(parent_der)?;
+        if child.issuer_der != parent.subject_der
+            || !signer::verify(&parent.public_key, &child.tbs_der, child.signature())
+        {
+            return Err(Error::BadRequest(format!(
+                "certificate {} of the chain did not sign the one below it",
+                i + 1
+            )));
+        }
+        if i + 1 == chain.len() {
+            let facts = check::ca(&parent, CaRole::Paa)?;
+            if facts.vid.is_some_and(|v| v != pai.vid) {
+                return Err(Error::BadRequest(
+                    "the PAI's VID differs from the PAA's VID".into(),
+                ));
+            }
+        }
+        child_der = parent_der.clone();
+    }
+    Ok(())
+}
+
+/// Reads one PEM or DER certificate.
+pub fn read_cert(path: &std::path::Path) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if bytes.starts_with(b"-----BEGIN") {
+        let text = String::from_utf8_lossy(&bytes);
+        let (label, der) = der::pem::decode_vec(text.as_bytes())
+            .map_err(|e| Error::io(path, format!("bad PEM: {e}")))?;
+        if label != "CERTIFICATE" {
+            return Err(Error::io(
+                path,
+                format!("PEM label {label}, expected CERTIFICATE"),
+            ));
+        }
+        Ok(der)
+    } else {
+        Ok(bytes)
+    }
+}

@@ -1,0 +1,17 @@
+//! matter-est: an EST (RFC 7030) server issuing Matter Device Attestation Certificates from a
+//! Product Attestation Intermediate.
+//!
+//! The request's way (DESIGN.md): `csr` → `policy` → `profile` (+ `signer`) → self-check →
+//! `store` → response. [`issuance::Issuer`] is the one path every front end calls.
+
+pub mod asn1;
+pub mod config;
+pub mod csr;
+pub mod error;
+pub mod issuance;
+pub mod matter;
+pub mod profile;
+pub mod signer;
+pub mod store;
+
+pub use error::{Error, Result};

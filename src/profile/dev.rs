@@ -1,0 +1,341 @@
+//! The development PKI (`matter-est init-dev`): a PAA and a PAI for test VID 0xFFF1 that follow
+//! MATTER.md, a TLS CA with a server certificate for localhost, and a gateway client CA with one
+//! gateway certificate. Made with our own code, no openssl.
+//!
+//! Development material only: the Matter test VIDs FFF1–FFF4 are not trusted by production
+//! commissioners, and the keys are plain files.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use super::cert::{self, CertFields, key_usage};
+use super::random_serial;
+use crate::asn1::{self, oid, tag};
+use crate::error::{Error, Result};
+use crate::signer::{self, KeySigner};
+
+/// The test VID of the development PKI (Matter Core §2.5.2: FFF1–FFF4 are test vendors).
+pub const DEV_VID: &str = "FFF1";
+
+/// Validity of the development TLS certificates: 825 days, the longest TLS server lifetime
+/// Apple clients accept (and well inside UTCTime).
+const TLS_VALIDITY_SECS: i64 = 825 * 86_400;
+
+/// Where `init-dev` puts each file, relative to its directory.
+pub mod files {
+    pub const CONFIG: &str = "matter-est.toml";
+    pub const PAA_CERT: &str = "pki/paa.pem";
+    pub const PAA_KEY: &str = "pki/paa.key";
+    pub const PAI_CERT: &str = "pki/pai.pem";
+    pub const PAI_KEY: &str = "pki/pai.key";
+    pub const TLS_CA_CERT: &str = "tls/ca.pem";
+    pub const TLS_CA_KEY: &str = "tls/ca.key";
+    pub const SERVER_CERT: &str = "tls/server.pem";
+    pub const SERVER_KEY: &str = "tls/server.key";
+    pub const CLIENT_CA_CERT: &str = "clients/ca.pem";
+    pub const CLIENT_CA_KEY: &str = "clients/ca.key";
+    pub const GATEWAY_CERT: &str = "clients/gateway.pem";
+    pub const GATEWAY_KEY: &str = "clients/gateway.key";
+}
+
+/// The CN of the development gateway's client certificate.
+pub const DEV_GATEWAY_CN: &str = "gw-line-1";
+
+/// What `init-dev` did.
+#[derive(Debug)]
+pub struct DevPki {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    /// False when everything already existed and was kept.
+    pub created: bool,
+}
+
+/// Creates the development PKI and config under `dir`. Existing material is kept unless
+/// `force`; a partial directory (some files missing) is refused without `force`, so a key is
+/// never paired with a certificate it did not sign.
+pub fn init(dir: &Path, force: bool) -> Result<DevPki> {
+    let config = dir.join(files::CONFIG);
+    let all = [
+        files::CONFIG,
+        files::PAA_CERT,
+        files::PAA_KEY,
+        files::PAI_CERT,
+        files::PAI_KEY,
+        files::TLS_CA_CERT,
+        files::TLS_CA_KEY,
+        files::SERVER_CERT,
+        files::SERVER_KEY,
+        files::CLIENT_CA_CERT,
+        files::CLIENT_CA_KEY,
+        files::GATEWAY_CERT,
+        files::GATEWAY_KEY,
+    ];
+    let present = all.iter().filter(|f| dir.join(f).exists()).count();
+    if !force && present == all.len() {
+        return Ok(DevPki {
+            dir: dir.to_path_buf(),
+            config,
+            created: false,
+        });
+    }
+    if !force && present > 0 {
+        return Err(Error::io(
+            dir,
+            format!(
+                "holds {present} of the {} development PKI files; pass --force to replace them all",
+                all.len()
+            ),
+        ));
+    }
+    for sub in ["", "pki", "tls", "clients"] {
+        let d = dir.join(sub);
+        fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).map_err(|e| Error::io(&d, e))?;
+    }
+    let now = asn1::now();
+    let not_before = now - super::BACKDATE_SECS;
+
+    // PAA: self-signed, VID-scoped, cA TRUE pathLen 1 (MATTER.md "PAA").
+    let paa_subject = name(&[
+        (oid::COMMON_NAME, "Matter Dev PAA FFF1"),
+        (oid::MATTER_VID, DEV_VID),
+    ]);
+    let paa = Ca::new(paa_subject)?;
+    let paa_cert = paa.issue(
+        &paa.subject,
+        &paa.point,
+        not_before,
+        asn1::NO_EXPIRY,
+        vec![
+            cert::basic_constraints_ext(Some(Some(1))),
+            cert::key_usage_ext(key_usage::CERT_SIGN),
+        ],
+    )?;
+
+    // PAI: VID FFF1 without PID, cA TRUE pathLen 0 (MATTER.md "PAI").
+    let pai_subject = name(&[
+        (oid::COMMON_NAME, "Matter Dev PAI FFF1 no PID"),
+        (oid::MATTER_VID, DEV_VID),
+    ]);
+    let pai = Ca::new(pai_subject)?;
+    let pai_cert = paa.issue(
+        &pai.subject,
+        &pai.point,
+        not_before,
+        asn1::NO_EXPIRY,
+        vec![
+            cert::basic_constraints_ext(Some(Some(0))),
+            cert::key_usage_ext(key_usage::CERT_SIGN),
+        ],
+    )?;
+
+    // TLS CA and the server certificate for localhost, 127.0.0.1 and ::1.
+    let tls_ca = Ca::new(name(&[(oid::COMMON_NAME, "matter-est dev TLS CA")]))?;
+    let tls_ca_cert = tls_ca.self_signed_tls_ca(not_before, now + 10 * 365 * 86_400)?;
+    let (server_pkcs8, server_point) = signer::generate_p256()?;
+    let server_cert = tls_ca.issue(
+        &name(&[(oid::COMMON_NAME, "localhost")]),
+        &server_point,
+        not_before,
+        now + TLS_VALIDITY_SECS,
+        vec![
+            cert::basic_constraints_ext(None),
+            cert::key_usage_ext(key_usage::DIGITAL_SIGNATURE),
+            eku(oid::KP_SERVER_AUTH),
+            localhost_san(),
+        ],
+    )?;
+
+    // Gateway client CA and one gateway certificate.
+    let client_ca = Ca::new(name(&[(oid::COMMON_NAME, "matter-est dev gateway CA")]))?;
+    let client_ca_cert = client_ca.self_signed_tls_ca(not_before, now + 10 * 365 * 86_400)?;
+    let (gw_pkcs8, gw_point) = signer::generate_p256()?;
+    let gw_cert = client_ca.issue(
+        &name(&[(oid::COMMON_NAME, DEV_GATEWAY_CN)]),
+        &gw_point,
+        not_before,
+        now + TLS_VALIDITY_SECS,
+        vec![
+            cert::basic_constraints_ext(None),
+            cert::key_usage_ext(key_usage::DIGITAL_SIGNATURE),
+            eku(oid::KP_CLIENT_AUTH),
+        ],
+    )?;
+
+    write_pem(dir, files::PAA_CERT, "CERTIFICATE", &[&paa_cert])?;
+    write_key(dir, files::PAA_KEY, &paa.pkcs8)?;
+    write_pem(dir, files::PAI_CERT, "CERTIFICATE", &[&pai_cert])?;
+    write_key(dir, files::PAI_KEY, &pai.pkcs8)?;
+    write_pem(dir, files::TLS_CA_CERT, "CERTIFICATE", &[&tls_ca_cert])?;
+    write_key(dir, files::TLS_CA_KEY, &tls_ca.pkcs8)?;
+    write_pem(dir, files::SERVER_CERT, "CERTIFICATE", &[&server_cert])?;
+    write_key(dir, files::SERVER_KEY, &server_pkcs8)?;
+    write_pem(
+        dir,
+        files::CLIENT_CA_CERT,
+        "CERTIFICATE",
+        &[&client_ca_cert],
+    )?;
+    write_key(dir, files::CLIENT_CA_KEY, &client_ca.pkcs8)?;
+    write_pem(dir, files::GATEWAY_CERT, "CERTIFICATE", &[&gw_cert])?;
+    write_key(dir, files::GATEWAY_KEY, &gw_pkcs8)?;
+    write_file(dir, files::CONFIG, DEV_CONFIG.as_bytes(), 0o600)?;
+    Ok(DevPki {
+        dir: dir.to_path_buf(),
+        config,
+        created: true,
+    })
+}
+
+/// The config `init-dev` writes; paths are relative to its directory.
+pub const DEV_CONFIG: &str = r#"# matter-est development configuration, written by `matter-est init-dev`.
+# Development material only: test VID FFF1, keys in plain files. See config/example.toml for
+# every key.
+
+ledger = "ledger.redb"
+default_label = "dev"
+danger_development_pki = true
+
+[server]
+listen = "127.0.0.1:8443"
+tls_cert = "tls/server.pem"
+tls_key = "tls/server.key"
+
+[labels.dev]
+pai = "pki/pai.pem"
+chain = ["pki/paa.pem"]
+pids = "any"
+validity = "no-expiry"
+cn_prefix = "dev-"
+client_cas = ["clients/ca.pem"]
+
+[labels.dev.signer]
+file = "pki/pai.key"
+
+[[labels.dev.clients]]
+match = "cn:gw-line-1"
+pids = "any"
+"#;
+
+/// A CA key pair and its subject, for the development PKI.
+struct Ca {
+    pkcs8: Vec<u8>,
+    point: [u8; 65],
+    signer: KeySigner,
+    subject: Vec<u8>,
+}
+
+impl Ca {
+    fn new(subject: Vec<u8>) -> Result<Self> {
+        let (pkcs8, point) = signer::generate_p256()?;
+        let signer = KeySigner::from_pkcs8(&pkcs8)?;
+        Ok(Self {
+            pkcs8,
+            point,
+            signer,
+            subject,
+        })
+    }
+
+    /// Issues a certificate for `subject`/`point`, adding SKID and AKID after `extensions`.
+    fn issue(
+        &self,
+        subject: &[u8],
+        point: &[u8; 65],
+        not_before: i64,
+        not_after: i64,
+        mut extensions: Vec<Vec<u8>>,
+    ) -> Result<Vec<u8>> {
+        extensions.push(cert::subject_key_id_ext(&cert::key_id(point)));
+        extensions.push(cert::authority_key_id_ext(&cert::key_id(&self.point)));
+        let serial = random_serial()?;
+        cert::build_and_sign(
+            &CertFields {
+                serial: &serial,
+                issuer: &self.subject,
+                not_before,
+                not_after,
+                subject,
+                public_key: point,
+                extensions: &extensions,
+            },
+            &self.signer,
+        )
+    }
+
+    fn self_signed_tls_ca(&self, not_before: i64, not_after: i64) -> Result<Vec<u8>> {
+        self.issue(
+            &self.subject,
+            &self.point,
+            not_before,
+            not_after,
+            vec![
+                cert::basic_constraints_ext(Some(None)),
+                cert::key_usage_ext(key_usage::SIGN_AND_CERT_SIGN),
+            ],
+        )
+    }
+}
+
+/// A Name of single-attribute RDNs with UTF8String values.
+pub fn name(attrs: &[(&[u8], &str)]) -> Vec<u8> {
+    let rdns: Vec<Vec<u8>> = attrs.iter().map(|(o, v)| asn1::rdn_utf8(o, v)).collect();
+    let refs: Vec<&[u8]> = rdns.iter().map(Vec::as_slice).collect();
+    asn1::tlv(tag::SEQUENCE, &refs)
+}
+
+fn eku(purpose: &[u8]) -> Vec<u8> {
+    asn1::extension(
+        oid::EXT_KEY_USAGE,
+        false,
+        &asn1::tlv(tag::SEQUENCE, &[&asn1::tlv(tag::OID, &[purpose])]),
+    )
+}
+
+fn localhost_san() -> Vec<u8> {
+    let dns = asn1::tlv(0x82, &[b"localhost"]);
+    let v4 = asn1::tlv(0x87, &[&[127, 0, 0, 1]]);
+    let mut v6 = [0u8; 16];
+    v6[15] = 1;
+    let v6 = asn1::tlv(0x87, &[&v6]);
+    asn1::extension(
+        oid::SUBJECT_ALT_NAME,
+        false,
+        &asn1::tlv(tag::SEQUENCE, &[&dns, &v4, &v6]),
+    )
+}
+
+/// Writes certificates as PEM (mode 0644: certificates are public).
+pub fn write_pem(dir: &Path, rel: &str, label: &str, ders: &[&[u8]]) -> Result<()> {
+    let mut text = String::new();
+    for der in ders {
+        text.push_str(
+            &der::pem::encode_string(label, der::pem::LineEnding::LF, der)
+                .map_err(|e| Error::Internal(e.to_string()))?,
+        );
+    }
+    write_file(dir, rel, text.as_bytes(), 0o644)
+}
+
+/// Writes a PKCS#8 private key as PEM, mode 0600.
+pub fn write_key(dir: &Path, rel: &str, pkcs8: &[u8]) -> Result<()> {
+    let pem = der::pem::encode_string("PRIVATE KEY", der::pem::LineEnding::LF, pkcs8)
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    write_file(dir, rel, pem.as_bytes(), 0o600)
+}
+
+/// Writes a file with `mode` set at creation (no window in which a key is world-readable).
+pub fn write_file(dir: &Path, rel: &str, bytes: &[u8], mode: u32) -> Result<()> {
+    let path = dir.join(rel);
+    let _ = fs::remove_file(&path);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    f.write_all(bytes).map_err(|e| Error::io(&path, e))?;
+    f.sync_all().map_err(|e| Error::io(&path, e))
+}

@@ -1,0 +1,274 @@
+//! The Matter DAC profile (Matter Core §6.2.2, MATTER.md): a DAC is built from the label's
+//! policy and the PAI, never from the CSR's requested extensions. From the request come only
+//! the public key (re-encoded uncompressed) and the subject's CN/VID/PID, checked here.
+//!
+//! `profile` knows nothing of HTTP or of who asked.
+
+pub mod cert;
+pub mod check;
+pub mod dev;
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::asn1::{self, oid, tag};
+use crate::error::{Error, Result};
+use crate::matter::{MAX_CN_CHARS, Pid, SubjectIds, Vid};
+use crate::signer::Signer;
+use cert::{CertFields, Parsed};
+
+/// Length of our serial numbers: 16 random bytes (MATTER.md: positive, at most 20 octets; at
+/// least 64 random bits per CA/B BR §7.1, we take 127 bits).
+pub const SERIAL_LEN: usize = 16;
+
+/// How far notBefore is backdated, to tolerate commissioner clocks that lag ours (MATTER.md
+/// "DAC": backdate slightly, never before the PAI's notBefore).
+pub const BACKDATE_SECS: i64 = 3600;
+
+/// Largest certificate a Matter device can hold (Matter Core §6.2.2: 600-byte buffer).
+pub const MAX_CERT_BYTES: usize = 600;
+
+/// Which PIDs a label may issue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PidPolicy {
+    /// Any PID (the PAI may still restrict it).
+    Any,
+    /// Only these.
+    Only(BTreeSet<Pid>),
+}
+
+/// How long a DAC is valid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Validity {
+    /// notAfter = 99991231235959Z (MATTER.md: the default; a DAC that expires stops
+    /// commissioning).
+    NoExpiry,
+    /// This many days, and never past the PAI's notAfter.
+    Days(u32),
+}
+
+/// What to do with subject attributes other than CN, VID and PID.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OtherAttributes {
+    Drop,
+    Refuse,
+}
+
+/// The per-label DAC policy.
+#[derive(Clone, Debug)]
+pub struct DacProfile {
+    pub label: String,
+    pub pids: PidPolicy,
+    pub validity: Validity,
+    /// Prefix of the CN we make when the CSR has none (followed by the serial in hex).
+    pub cn_prefix: String,
+    pub other_attributes: OtherAttributes,
+}
+
+/// A PAI, parsed and held to MATTER.md's PAI rules at load.
+#[derive(Clone, Debug)]
+pub struct Pai {
+    pub der: Vec<u8>,
+    pub subject_der: Vec<u8>,
+    pub skid: Vec<u8>,
+    pub vid: Vid,
+    pub pid: Option<Pid>,
+    pub not_before: i64,
+    pub not_after: i64,
+    pub public_key: [u8; 65],
+}
+
+impl Pai {
+    /// Parses a PAI certificate and checks it against MATTER.md "PAI".
+    pub fn from_der(der: &[u8]) -> Result<Self> {
+        let parsed = Parsed::from_der(der)?;
+        let facts = check::ca(&parsed, check::CaRole::Pai)?;
+        let vid = facts
+            .vid
+            .ok_or_else(|| Error::BadRequest("the PAI has no VID".into()))?;
+        Ok(Self {
+            der: der.to_vec(),
+            skid: parsed.skid().unwrap_or_default(),
+            subject_der: parsed.subject_der,
+            vid,
+            pid: facts.pid,
+            not_before: parsed.not_before,
+            not_after: parsed.not_after,
+            public_key: parsed.public_key,
+        })
+    }
+}
+
+/// The subject of a DAC: CN, VID, PID, one UTF8String each in its own RDN, in that order
+/// (MATTER.md "VID and PID in the subject").
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct DacSubject {
+    pub cn: String,
+    pub vid: Vid,
+    pub pid: Pid,
+}
+
+impl DacSubject {
+    /// The Name's DER.
+    pub fn to_der(&self) -> Vec<u8> {
+        asn1::tlv(
+            tag::SEQUENCE,
+            &[
+                &asn1::rdn_utf8(oid::COMMON_NAME, &self.cn),
+                &asn1::rdn_utf8(oid::MATTER_VID, &self.vid.to_string()),
+                &asn1::rdn_utf8(oid::MATTER_PID, &self.pid.to_string()),
+            ],
+        )
+    }
+}
+
+impl fmt::Display for DacSubject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CN={},VID={},PID={}", self.cn, self.vid, self.pid)
+    }
+}
+
+/// A DAC that passed the self-check.
+#[derive(Clone, Debug)]
+pub struct Dac {
+    pub der: Vec<u8>,
+    pub serial: Vec<u8>,
+    pub subject: DacSubject,
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
+impl DacProfile {
+    /// Decides the DAC subject from the CSR's identifiers, the PAI and this label's policy.
+    /// `serial` names the device when the CSR carries no CN.
+    pub fn subject(&self, pai: &Pai, ids: &SubjectIds, serial: &[u8]) -> Result<DacSubject> {
+        if self.other_attributes == OtherAttributes::Refuse
+            && let Some(other) = ids.others.first()
+        {
+            return Err(Error::SubjectAttributeRefused {
+                oid: crate::csr::oid_name(other),
+                label: self.label.clone(),
+            });
+        }
+        // MATTER.md "DAC": VID == PAI VID.
+        let vid = match ids.vid {
+            Some(v) if v != pai.vid => {
+                return Err(Error::VidMismatch {
+                    vid: v.to_string(),
+                    pai_vid: pai.vid.to_string(),
+                    label: self.label.clone(),
+                });
+            }
+            _ => pai.vid,
+        };
+        // MATTER.md "CSRs": without a PID, take the PAI's, else the label's single product.
+        let pid = match (ids.pid, pai.pid, &self.pids) {
+            (Some(p), _, _) => p,
+            (None, Some(p), _) => p,
+            (None, None, PidPolicy::Only(set)) if set.len() == 1 => *set
+                .iter()
+                .next()
+                .ok_or_else(|| Error::Internal("empty set".into()))?,
+            _ => {
+                return Err(Error::MissingPid {
+                    label: self.label.clone(),
+                });
+            }
+        };
+        self.check_pid(pai, pid)?;
+        let cn = match &ids.cn {
+            Some(cn) => cn.clone(),
+            None => format!("{}{}", self.cn_prefix, asn1::hex(serial).to_uppercase()),
+        };
+        let len = cn.chars().count();
+        if len > MAX_CN_CHARS {
+            return Err(Error::CnTooLong { len });
+        }
+        Ok(DacSubject { cn, vid, pid })
+    }
+
+    /// MATTER.md "DAC": if the PAI has a PID, PID == PAI PID; and the label's allow-list.
+    pub fn check_pid(&self, pai: &Pai, pid: Pid) -> Result<()> {
+        if let Some(only) = pai.pid
+            && only != pid
+        {
+            return Err(Error::PidNotAllowed {
+                pid: pid.to_string(),
+                label: self.label.clone(),
+                reason: format!(": its PAI signs only PID {only}"),
+            });
+        }
+        if let PidPolicy::Only(set) = &self.pids
+            && !set.contains(&pid)
+        {
+            let allowed: Vec<String> = set.iter().map(Pid::to_string).collect();
+            return Err(Error::PidNotAllowed {
+                pid: pid.to_string(),
+                label: self.label.clone(),
+                reason: format!(" (allowed: {})", allowed.join(", ")),
+            });
+        }
+        Ok(())
+    }
+
+    /// Builds, signs and self-checks a DAC for `subject` and `public_key`.
+    pub fn build(
+        &self,
+        pai: &Pai,
+        subject: &DacSubject,
+        serial: &[u8],
+        public_key: &[u8; 65],
+        signer: &dyn Signer,
+        now: i64,
+    ) -> Result<Dac> {
+        let not_before = (now - BACKDATE_SECS).max(pai.not_before);
+        let not_after = match self.validity {
+            Validity::NoExpiry => asn1::NO_EXPIRY,
+            Validity::Days(days) => (now + i64::from(days) * 86_400).min(pai.not_after),
+        };
+        let skid = cert::key_id(public_key);
+        let extensions = [
+            cert::basic_constraints_ext(None),
+            cert::key_usage_ext(cert::key_usage::DIGITAL_SIGNATURE),
+            cert::subject_key_id_ext(&skid),
+            cert::authority_key_id_ext(&pai.skid),
+        ];
+        let subject_der = subject.to_der();
+        let der = cert::build_and_sign(
+            &CertFields {
+                serial,
+                issuer: &pai.subject_der,
+                not_before,
+                not_after,
+                subject: &subject_der,
+                public_key,
+                extensions: &extensions,
+            },
+            signer,
+        )?;
+        if der.len() > MAX_CERT_BYTES {
+            return Err(Error::DacTooLarge { size: der.len() });
+        }
+        check::dac(&der, pai, now)?;
+        Ok(Dac {
+            der,
+            serial: serial.to_vec(),
+            subject: subject.clone(),
+            not_before,
+            not_after,
+        })
+    }
+}
+
+/// A fresh serial: [`SERIAL_LEN`] random bytes with the first in 0x01–0x7F, so the INTEGER is
+/// positive and has no 0x00 pad (MATTER.md "Every certificate").
+pub fn random_serial() -> Result<[u8; SERIAL_LEN]> {
+    let mut serial = [0u8; SERIAL_LEN];
+    SystemRandom::new()
+        .fill(&mut serial)
+        .map_err(|_| Error::Internal("the system random generator failed".into()))?;
+    serial[0] = serial[0] % 0x7f + 1;
+    Ok(serial)
+}

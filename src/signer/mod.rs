@@ -1,0 +1,99 @@
+//! The signer seam: a public key and a way to sign with the matching private key.
+//!
+//! A signer knows nothing of certificates (DESIGN.md "Layout"): it signs bytes with ECDSA P-256
+//! over SHA-256 and hands back a DER `Ecdsa-Sig-Value`. The PAI key never leaves it. The file
+//! signer lives in [`file`]; a PKCS#11 signer slots in behind the same trait.
+
+pub mod file;
+
+use ring::rand::SystemRandom;
+use ring::signature::{self, EcdsaKeyPair, KeyPair};
+
+use crate::error::{Error, Result};
+
+pub use file::{FileSigner, PassphraseSource};
+
+/// Signs with a P-256 private key it never reveals.
+pub trait Signer: Send + Sync {
+    /// The SEC1 uncompressed public point (65 bytes, `04 || X || Y`).
+    fn public_key(&self) -> &[u8; 65];
+
+    /// ECDSA P-256 with SHA-256 over `message`; the DER `Ecdsa-Sig-Value` (RFC 5480 §2.2.3... /
+    /// RFC 5758 §3.2).
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>>;
+}
+
+/// Verifies a DER ECDSA P-256/SHA-256 signature over `message` by `public_key` (SEC1 point).
+pub fn verify(public_key: &[u8], message: &[u8], der_signature: &[u8]) -> bool {
+    signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_ASN1, public_key)
+        .verify(message, der_signature)
+        .is_ok()
+}
+
+/// A fresh P-256 key pair from the operating system's CSPRNG: (PKCS#8 v1 DER with the public key
+/// embedded, SEC1 uncompressed public point).
+pub fn generate_p256() -> Result<(Vec<u8>, [u8; 65])> {
+    let rng = SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
+        .map_err(|_| Error::Internal("P-256 key generation failed".into()))?;
+    let pair = EcdsaKeyPair::from_pkcs8(
+        &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+        pkcs8.as_ref(),
+        &rng,
+    )
+    .map_err(|_| Error::Internal("generated key does not load".into()))?;
+    let point = point(pair.public_key().as_ref())?;
+    Ok((pkcs8.as_ref().to_vec(), point))
+}
+
+/// An in-memory P-256 signer (ring), used by the file signer and for keys we generate.
+pub struct KeySigner {
+    pair: EcdsaKeyPair,
+    point: [u8; 65],
+    rng: SystemRandom,
+}
+
+impl KeySigner {
+    /// Loads a PKCS#8 DER P-256 key whose ECPrivateKey embeds its public key.
+    pub fn from_pkcs8(der: &[u8]) -> Result<Self> {
+        let rng = SystemRandom::new();
+        let pair = EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, der, &rng)
+            .map_err(|e| Error::Signer(format!("not a P-256 PKCS#8 key: {e}")))?;
+        let point = point(pair.public_key().as_ref())?;
+        Ok(Self { pair, point, rng })
+    }
+}
+
+impl Signer for KeySigner {
+    fn public_key(&self) -> &[u8; 65] {
+        &self.point
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>> {
+        self.pair
+            .sign(&self.rng, message)
+            .map(|s| s.as_ref().to_vec())
+            .map_err(|_| Error::Signer("ECDSA signing failed".into()))
+    }
+}
+
+fn point(bytes: &[u8]) -> Result<[u8; 65]> {
+    bytes
+        .try_into()
+        .map_err(|_| Error::Internal("P-256 public key is not 65 bytes".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_then_verify() {
+        let (pkcs8, point) = generate_p256().expect("keygen");
+        let signer = KeySigner::from_pkcs8(&pkcs8).expect("load");
+        assert_eq!(signer.public_key(), &point);
+        let sig = signer.sign(b"tbs").expect("sign");
+        assert!(verify(&point, b"tbs", &sig));
+        assert!(!verify(&point, b"other", &sig));
+    }
+}

@@ -1,0 +1,126 @@
+//! The ledger: every DAC we issue, on record before it leaves (DESIGN.md step 7).
+//!
+//! [`Ledger`] is the seam; [`redb::RedbLedger`] is the embedded default. A shared PostgreSQL
+//! ledger for several nodes implements the same trait. The ledger itself enforces the rules
+//! that must hold under concurrency: unique serials, unique subjects per issuer (Matter Core
+//! §6.2.2.3 via MATTER.md "DAC"), quotas per label, and one-time tokens.
+//!
+//! `store` knows nothing of HTTP.
+
+pub mod redb;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+
+/// Status of a DAC on record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Issued,
+    Revoked { at: i64, reason: String },
+}
+
+/// One issued DAC.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DacRecord {
+    /// Serial number magnitude bytes.
+    #[serde(with = "hex_bytes")]
+    pub serial: Vec<u8>,
+    pub label: String,
+    /// The issuing PAI's SKID: subjects are unique per issuer.
+    #[serde(with = "hex_bytes")]
+    pub issuer_key: Vec<u8>,
+    /// Subject as text (`CN=…,VID=…,PID=…`).
+    pub subject: String,
+    /// Subject DER, the key of the uniqueness rule.
+    #[serde(with = "hex_bytes")]
+    pub subject_der: Vec<u8>,
+    pub vid: u16,
+    pub pid: u16,
+    /// Who asked: client identity, token id, or the operator's CLI.
+    pub requester: String,
+    /// Unix seconds.
+    pub issued_at: i64,
+    /// The certificate.
+    #[serde(with = "hex_bytes")]
+    pub der: Vec<u8>,
+    pub status: Status,
+    /// The serial of the DAC this one renews (simplereenroll), if any.
+    #[serde(default, with = "opt_hex_bytes")]
+    pub renews: Option<Vec<u8>>,
+}
+
+/// A one-time enrollment token, stored by the SHA-256 of its secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// Public id (the HTTP Basic user name).
+    pub id: String,
+    pub label: String,
+    pub pid: Option<u16>,
+    pub created_at: i64,
+    /// Serial of the DAC that spent it.
+    #[serde(default, with = "opt_hex_bytes")]
+    pub spent_by: Option<Vec<u8>>,
+}
+
+/// What the ledger must check atomically with the insert.
+#[derive(Clone, Debug, Default)]
+pub struct Admission {
+    /// The label's quota, if any.
+    pub quota: Option<u64>,
+    /// A token id that this issuance spends (refused if already spent).
+    pub token: Option<String>,
+}
+
+/// The ledger seam. Every method is blocking: call it off the async runtime's threads.
+pub trait Ledger: Send + Sync {
+    /// Records `record` durably (fsync'd) if, atomically: its serial is new, its subject is not
+    /// held by another DAC of the same issuer (a renewal may take over its predecessor's
+    /// subject), the label's quota has room, and the admission's token is unspent.
+    fn commit(&self, record: &DacRecord, admission: &Admission) -> Result<()>;
+    /// The DAC with this serial.
+    fn by_serial(&self, serial: &[u8]) -> Result<Option<DacRecord>>;
+    /// The current DAC with this subject under this issuer.
+    fn by_subject(&self, issuer_key: &[u8], subject_der: &[u8]) -> Result<Option<DacRecord>>;
+    /// Up to `limit` DACs in issue order, starting after the first `skip`.
+    fn list(&self, skip: usize, limit: usize) -> Result<Vec<DacRecord>>;
+    /// How many DACs `label` has issued.
+    fn count(&self, label: &str) -> Result<u64>;
+    /// Marks a DAC revoked; false if there is no such serial.
+    fn revoke(&self, serial: &[u8], reason: &str, at: i64) -> Result<bool>;
+    /// Stores a new token under the SHA-256 of its secret.
+    fn put_token(&self, secret_hash: &[u8; 32], token: &TokenRecord) -> Result<()>;
+    /// The token whose secret hashes to `secret_hash`.
+    fn token(&self, secret_hash: &[u8; 32]) -> Result<Option<TokenRecord>>;
+}
+
+mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::asn1::hex(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        crate::asn1::unhex(&text).ok_or_else(|| serde::de::Error::custom("bad hex"))
+    }
+}
+
+mod opt_hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match bytes {
+            Some(b) => s.serialize_some(&crate::asn1::hex(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|t| crate::asn1::unhex(&t).ok_or_else(|| serde::de::Error::custom("bad hex")))
+            .transpose()
+    }
+}
