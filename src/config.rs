@@ -579,6 +579,16 @@ signer = { file = "pai.key" }
     }
 
     #[test]
+    fn shipped_configs_parse() {
+        for (name, text) in [
+            ("example.toml", include_str!("../config/example.toml")),
+            ("dev.toml", include_str!("../config/dev.toml")),
+        ] {
+            Config::parse(Path::new(name), text).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
+    #[test]
     fn label_may_not_be_an_operation() {
         let text = MINIMAL.replace("[labels.a]", "[labels.cacerts]");
         let msg = parse(&text).expect_err("refused").to_string();

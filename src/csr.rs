@@ -176,3 +176,28 @@ pub fn oid_name(oid: &ObjectIdentifier) -> String {
         .map(str::to_string)
         .unwrap_or_else(|| oid.to_string())
 }
+
+/// Builds a PKCS#10 CSR (RFC 2986 §4) for `subject` (Name DER) signed by `signer`, with no
+/// attributes. Used by tests, benchmarks and tools that need a CSR without openssl.
+pub fn build(subject: &[u8], signer: &dyn signer::Signer) -> Result<Vec<u8>> {
+    use crate::asn1::{self, tag};
+    let info = asn1::tlv(
+        tag::SEQUENCE,
+        &[
+            &[tag::INTEGER, 1, 0],
+            subject,
+            &asn1::p256_spki(signer.public_key()),
+            &[0xa0, 0x00],
+        ],
+    );
+    let sig = signer.sign(&info)?;
+    let bits = [&[0u8][..], &sig].concat();
+    Ok(asn1::tlv(
+        tag::SEQUENCE,
+        &[
+            &info,
+            asn1::ECDSA_WITH_SHA256,
+            &asn1::tlv(tag::BIT_STRING, &[&bits]),
+        ],
+    ))
+}

@@ -75,7 +75,7 @@ pub enum Error {
         label: String,
         reason: String,
     },
-    #[error("the DAC would be {size} bytes; Matter allows at most 600")]
+    #[error("the DAC would be {size} bytes; Matter allows at most 600 (shorten the CN)")]
     DacTooLarge { size: usize },
     #[error("a DAC with subject {subject} was already issued by label {label:?}'s PAI")]
     SubjectTaken { subject: String, label: String },
@@ -132,14 +132,14 @@ impl Error {
             | CnTooLong { .. }
             | MissingPid { .. }
             | SubjectAttributeRefused { .. }
+            | DacTooLarge { .. }
             | BadRequest(_) => ErrorKind::BadRequest,
             VidMismatch { .. } | PidNotAllowed { .. } | Forbidden(_) => ErrorKind::Forbidden,
             SubjectTaken { .. } => ErrorKind::Conflict,
             QuotaExhausted { .. } => ErrorKind::QuotaExhausted,
             UnknownLabel(_) | NotFound(_) => ErrorKind::NotFound,
             Unauthenticated(_) => ErrorKind::Unauthenticated,
-            DacTooLarge { .. }
-            | Config { .. }
+            Config { .. }
             | KeyFile { .. }
             | Io { .. }
             | SelfCheck(_)

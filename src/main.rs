@@ -10,7 +10,7 @@ use matter_est::config::Config;
 use matter_est::issuance::{IssueOptions, Issuer};
 use matter_est::profile::dev;
 use matter_est::store::redb::RedbLedger;
-use matter_est::{Error, Result, asn1, csr};
+use matter_est::{Error, Result, asn1, csr, matter, signer};
 
 #[derive(Parser)]
 #[command(
@@ -50,6 +50,21 @@ enum Command {
         /// Write PEM instead of DER.
         #[arg(long)]
         pem: bool,
+    },
+    /// Make a Matter CSR (P-256 key, CN/VID/PID subject) with our own code, to try `issue`.
+    SampleCsr {
+        /// Where to write the CSR (PEM).
+        #[arg(long)]
+        out: PathBuf,
+        /// Where to write its private key (PKCS#8 PEM, mode 0600); default OUT with `.key`.
+        #[arg(long)]
+        key_out: Option<PathBuf>,
+        #[arg(long, default_value = "sample-device-0001")]
+        cn: String,
+        #[arg(long, default_value = "FFF1")]
+        vid: String,
+        #[arg(long, default_value = "8000")]
+        pid: String,
     },
 }
 
@@ -117,6 +132,37 @@ fn run(cli: Cli) -> Result<()> {
                 issued.dac.subject,
                 out.display()
             );
+            Ok(())
+        }
+        Command::SampleCsr {
+            out,
+            key_out,
+            cn,
+            vid,
+            pid,
+        } => {
+            let vid = matter::Vid::parse(&vid)?;
+            let pid = matter::Pid::parse(&pid)?;
+            let name = dev::name(&[
+                (asn1::oid::COMMON_NAME, &cn),
+                (asn1::oid::MATTER_VID, &vid.to_string()),
+                (asn1::oid::MATTER_PID, &pid.to_string()),
+            ]);
+            let (pkcs8, _) = signer::generate_p256()?;
+            let key = signer::KeySigner::from_pkcs8(&pkcs8)?;
+            let csr = csr::build(&name, &key)?;
+            let key_out = key_out.unwrap_or_else(|| out.with_extension("key"));
+            let dir = key_out.parent().unwrap_or(std::path::Path::new("."));
+            let file = key_out
+                .file_name()
+                .and_then(|f| f.to_str())
+                .unwrap_or("sample.key");
+            dev::write_key(dir, file, &pkcs8)?;
+            let pem =
+                der::pem::encode_string("CERTIFICATE REQUEST", der::pem::LineEnding::LF, &csr)
+                    .map_err(|e| Error::Internal(e.to_string()))?;
+            std::fs::write(&out, pem).map_err(|e| Error::io(&out, e))?;
+            println!("wrote CSR {} and key {}", out.display(), key_out.display());
             Ok(())
         }
     }

@@ -189,35 +189,8 @@ pub fn init(dir: &Path, force: bool) -> Result<DevPki> {
     })
 }
 
-/// The config `init-dev` writes; paths are relative to its directory.
-pub const DEV_CONFIG: &str = r#"# matter-est development configuration, written by `matter-est init-dev`.
-# Development material only: test VID FFF1, keys in plain files. See config/example.toml for
-# every key.
-
-ledger = "ledger.redb"
-default_label = "dev"
-danger_development_pki = true
-
-[server]
-listen = "127.0.0.1:8443"
-tls_cert = "tls/server.pem"
-tls_key = "tls/server.key"
-
-[labels.dev]
-pai = "pki/pai.pem"
-chain = ["pki/paa.pem"]
-pids = "any"
-validity = "no-expiry"
-cn_prefix = "dev-"
-client_cas = ["clients/ca.pem"]
-
-[labels.dev.signer]
-file = "pki/pai.key"
-
-[[labels.dev.clients]]
-match = "cn:gw-line-1"
-pids = "any"
-"#;
+/// The config `init-dev` writes (`config/dev.toml`); paths are relative to its directory.
+pub const DEV_CONFIG: &str = include_str!("../../config/dev.toml");
 
 /// A CA key pair and its subject, for the development PKI.
 struct Ca {

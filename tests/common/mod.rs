@@ -1,0 +1,190 @@
+//! Shared test material: a development PKI made by `init-dev` in a temporary directory, CSRs
+//! made by our own code, and an independent check of the MATTER.md DAC rules (written from the
+//! rules, not from the self-check, so that a bug in one is caught by the other).
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // reason: test helpers; not every test file uses every helper
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use der::{Decode, Encode};
+use matter_est::asn1::oid;
+use matter_est::config::Config;
+use matter_est::issuance::Issuer;
+use matter_est::profile::dev;
+use matter_est::signer::{self, KeySigner};
+use matter_est::store::redb::RedbLedger;
+use x509_cert::Certificate;
+
+pub struct DevEnv {
+    pub dir: tempfile::TempDir,
+}
+
+impl DevEnv {
+    /// A fresh development PKI; `edit` may change the generated config text.
+    pub fn new(edit: impl FnOnce(String) -> String) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        dev::init(dir.path(), false).unwrap();
+        let path = dir.path().join(dev::files::CONFIG);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, edit(text)).unwrap();
+        Self { dir }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn config(&self) -> Config {
+        Config::load(&self.path(dev::files::CONFIG)).unwrap()
+    }
+
+    pub fn issuer(&self) -> (Issuer, Arc<RedbLedger>) {
+        let config = self.config();
+        let ledger = Arc::new(RedbLedger::open(&config.ledger).unwrap());
+        (Issuer::new(&config, ledger.clone()).unwrap(), ledger)
+    }
+
+    pub fn pai_der(&self) -> Vec<u8> {
+        matter_est::issuance::read_cert(&self.path(dev::files::PAI_CERT)).unwrap()
+    }
+}
+
+/// A subject Name with the given attributes, in order.
+pub fn subject(cn: Option<&str>, vid: Option<&str>, pid: Option<&str>) -> Vec<u8> {
+    let mut attrs: Vec<(&[u8], &str)> = Vec::new();
+    if let Some(cn) = cn {
+        attrs.push((oid::COMMON_NAME, cn));
+    }
+    if let Some(v) = vid {
+        attrs.push((oid::MATTER_VID, v));
+    }
+    if let Some(p) = pid {
+        attrs.push((oid::MATTER_PID, p));
+    }
+    dev::name(&attrs)
+}
+
+/// A fresh key and a CSR for `subject`.
+pub fn csr(subject: &[u8]) -> (Vec<u8>, KeySigner) {
+    let (pkcs8, _) = signer::generate_p256().unwrap();
+    let key = KeySigner::from_pkcs8(&pkcs8).unwrap();
+    (matter_est::csr::build(subject, &key).unwrap(), key)
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// MATTER.md's DAC rules, checked from the bytes.
+pub fn assert_matter_dac(der: &[u8], pai_der: &[u8]) {
+    assert!(der.len() <= 600, "DAC is {} bytes", der.len());
+    let sig_alg = [
+        0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02,
+    ];
+    assert_eq!(
+        der.windows(12).filter(|w| *w == sig_alg).count(),
+        2,
+        "ecdsa-with-SHA256 twice"
+    );
+    let bc = [
+        0x30, 0x0c, 0x06, 0x03, 0x55, 0x1d, 0x13, 0x01, 0x01, 0xff, 0x04, 0x02, 0x30, 0x00,
+    ];
+    assert!(find(der, &bc), "basicConstraints critical cA FALSE");
+    let ku = [
+        0x30, 0x0e, 0x06, 0x03, 0x55, 0x1d, 0x0f, 0x01, 0x01, 0xff, 0x04, 0x04, 0x03, 0x02, 0x07,
+        0x80,
+    ];
+    assert!(find(der, &ku), "keyUsage critical digitalSignature");
+    assert!(
+        find(der, b"\x18\x0f99991231235959Z"),
+        "notAfter 99991231235959Z"
+    );
+
+    let cert = Certificate::from_der(der).unwrap();
+    let pai = Certificate::from_der(pai_der).unwrap();
+    let tbs = cert.tbs_certificate();
+    let serial = tbs.serial_number().as_bytes();
+    assert!(
+        (16..=20).contains(&serial.len()) && (1..=0x7f).contains(&serial[0]),
+        "serial {serial:02x?}"
+    );
+    assert_eq!(
+        tbs.issuer().to_der().unwrap(),
+        pai.tbs_certificate().subject().to_der().unwrap()
+    );
+    let nb = tbs.validity().not_before.to_unix_duration().as_secs();
+    let pai_nb = pai
+        .tbs_certificate()
+        .validity()
+        .not_before
+        .to_unix_duration()
+        .as_secs();
+    assert!(nb >= pai_nb, "notBefore before the PAI's");
+    let oids: Vec<String> = tbs.subject().iter().map(|a| a.oid.to_string()).collect();
+    assert_eq!(
+        oids,
+        ["2.5.4.3", "1.3.6.1.4.1.37244.2.1", "1.3.6.1.4.1.37244.2.2"]
+    );
+    assert!(tbs.subject().iter_rdn().all(|r| r.iter().count() == 1));
+    for atv in tbs.subject().iter() {
+        assert_eq!(atv.value.tag(), der::Tag::Utf8String);
+    }
+    let vid = tbs.subject().iter().nth(1).unwrap().value.value().to_vec();
+    assert_eq!(vid, b"FFF1");
+    let spki = tbs.subject_public_key_info().to_der().unwrap();
+    assert_eq!(spki.len(), 91, "uncompressed P-256 SPKI");
+    let exts = tbs.extensions().unwrap();
+    assert_eq!(exts.len(), 4);
+    let akid = exts
+        .iter()
+        .find(|e| e.extn_id.as_bytes() == oid::AUTHORITY_KEY_ID)
+        .unwrap();
+    let pai_skid = pai
+        .tbs_certificate()
+        .extensions()
+        .unwrap()
+        .iter()
+        .find(|e| e.extn_id.as_bytes() == oid::SUBJECT_KEY_ID)
+        .unwrap();
+    assert_eq!(
+        &akid.extn_value.as_bytes()[4..],
+        &pai_skid.extn_value.as_bytes()[2..]
+    );
+}
+
+use der::Tagged;
+
+/// `openssl verify` of DAC → PAI → PAA, with a real openssl.
+pub fn openssl_verify(env: &DevEnv, dacs: &[Vec<u8>]) {
+    let dir = env.dir.path().join("verify");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut args = vec![
+        "verify".to_string(),
+        "-CAfile".into(),
+        env.path(dev::files::PAA_CERT).display().to_string(),
+        "-untrusted".into(),
+        env.path(dev::files::PAI_CERT).display().to_string(),
+    ];
+    for (i, der) in dacs.iter().enumerate() {
+        let p = dir.join(format!("dac{i}.pem"));
+        write_pem(&p, der);
+        args.push(p.display().to_string());
+    }
+    let out = Command::new("openssl")
+        .args(&args)
+        .output()
+        .expect("openssl is installed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "openssl verify failed: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.matches(": OK").count(), dacs.len(), "{stdout}");
+}
+
+pub fn write_pem(path: &Path, der: &[u8]) {
+    let pem = der::pem::encode_string("CERTIFICATE", der::pem::LineEnding::LF, der).unwrap();
+    std::fs::write(path, pem).unwrap();
+}
