@@ -25,6 +25,14 @@ pub enum ErrorKind {
     Conflict,
     /// A quota is used up (403 with the reason).
     QuotaExhausted,
+    /// Wrong HTTP method for the route (405, with `Allow`).
+    MethodNotAllowed,
+    /// Body over the cap (413).
+    PayloadTooLarge,
+    /// Wrong request media type (415).
+    UnsupportedMediaType,
+    /// The request took longer than its deadline (408).
+    Timeout,
     /// Our own fault; the client sees a generic message (500).
     Internal,
 }
@@ -93,6 +101,17 @@ pub enum Error {
     NotFound(String),
     #[error("{0}")]
     BadRequest(String),
+    #[error("{method} is not allowed here; use {allow}")]
+    MethodNotAllowed { method: String, allow: &'static str },
+    #[error("the request body exceeds {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("Content-Type must be {expected}, not {found:?}")]
+    UnsupportedMediaType {
+        expected: &'static str,
+        found: String,
+    },
+    #[error("the request was not completed within {secs} s")]
+    Timeout { secs: u64 },
 
     // ---- operator-facing: configuration and key material ----
     #[error("{file}: {key}: {problem}")]
@@ -139,6 +158,10 @@ impl Error {
             QuotaExhausted { .. } => ErrorKind::QuotaExhausted,
             UnknownLabel(_) | NotFound(_) => ErrorKind::NotFound,
             Unauthenticated(_) => ErrorKind::Unauthenticated,
+            MethodNotAllowed { .. } => ErrorKind::MethodNotAllowed,
+            PayloadTooLarge { .. } => ErrorKind::PayloadTooLarge,
+            UnsupportedMediaType { .. } => ErrorKind::UnsupportedMediaType,
+            Timeout { .. } => ErrorKind::Timeout,
             Config { .. }
             | KeyFile { .. }
             | Io { .. }

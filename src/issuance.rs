@@ -83,12 +83,25 @@ impl Issuer {
         req: &EnrollmentRequest,
         opts: &IssueOptions,
     ) -> Result<Issued> {
+        self.issue_with(label, req, opts, |_| Ok(()))
+    }
+
+    /// As [`Issuer::issue`], asking `authorize` about the subject the profile decided before
+    /// anything is signed (the requester's VID/PID policy).
+    pub fn issue_with(
+        &self,
+        label: &str,
+        req: &EnrollmentRequest,
+        opts: &IssueOptions,
+        authorize: impl FnOnce(&DacSubject) -> Result<()>,
+    ) -> Result<Issued> {
         let label = self.label(label)?;
         let serial = profile::random_serial()?;
         let subject = match &opts.renews {
             Some((_, keep)) => keep.clone(),
             None => label.profile.subject(&label.pai, &req.ids, &serial)?,
         };
+        authorize(&subject)?;
         self.issue_subject(label, &subject, &serial, &req.public_key, opts)
     }
 

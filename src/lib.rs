@@ -8,10 +8,14 @@ pub mod asn1;
 pub mod config;
 pub mod csr;
 pub mod error;
+pub mod est;
 pub mod issuance;
 pub mod matter;
+pub mod policy;
 pub mod profile;
+pub mod server;
 pub mod signer;
 pub mod store;
+pub mod tls;
 
 pub use error::{Error, Result};

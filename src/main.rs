@@ -10,7 +10,7 @@ use matter_est::config::Config;
 use matter_est::issuance::{IssueOptions, Issuer};
 use matter_est::profile::dev;
 use matter_est::store::redb::RedbLedger;
-use matter_est::{Error, Result, asn1, csr, matter, signer};
+use matter_est::{Error, Result, asn1, csr, matter, policy, server, signer};
 
 #[derive(Parser)]
 #[command(
@@ -51,6 +51,24 @@ enum Command {
         #[arg(long)]
         pem: bool,
     },
+    /// Run the EST server. Without --config: the embedded default (development PKI and ledger
+    /// under ./matter-est-dev/, created on first start, on 127.0.0.1:8443).
+    Serve {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// One JSON object per log line.
+        #[arg(long)]
+        log_json: bool,
+        /// Serve a PAI with a test VID (FFF1–FFF4) although the config does not say
+        /// `danger_development_pki = true`.
+        #[arg(long)]
+        danger_allow_development_pki: bool,
+    },
+    /// One-time enrollment tokens for devices (HTTP Basic: user = token id, password = secret).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Make a Matter CSR (P-256 key, CN/VID/PID subject) with our own code, to try `issue`.
     SampleCsr {
         /// Where to write the CSR (PEM).
@@ -67,6 +85,25 @@ enum Command {
         pid: String,
     },
 }
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create tokens; each secret is printed once and stored only as a SHA-256 hash.
+    Create {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        label: String,
+        /// Bind the token to one PID.
+        #[arg(long)]
+        pid: Option<String>,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+    },
+}
+
+/// Where `serve` without --config keeps the embedded default.
+const EMBEDDED_DIR: &str = "matter-est-dev";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -134,6 +171,32 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Serve {
+            config,
+            log_json,
+            danger_allow_development_pki,
+        } => serve(config, log_json, danger_allow_development_pki),
+        Command::Token {
+            command:
+                TokenCommand::Create {
+                    config,
+                    label,
+                    pid,
+                    count,
+                },
+        } => {
+            let config = Config::load(&config)?;
+            config.label(&label)?;
+            let pid = pid.map(|p| matter::Pid::parse(&p)).transpose()?;
+            let ledger = RedbLedger::open(&config.ledger)?;
+            println!("# token id (HTTP Basic user) and secret (password); shown only once");
+            for _ in 0..count {
+                let (id, secret) = policy::create_token(&ledger, &label, pid)?;
+                println!("{id} {secret}");
+            }
+            ledger.close();
+            Ok(())
+        }
         Command::SampleCsr {
             out,
             key_out,
@@ -166,4 +229,104 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn serve(config: Option<PathBuf>, log_json: bool, danger_dev: bool) -> Result<()> {
+    init_logs(log_json);
+    let embedded = config.is_none();
+    let config_path = match config {
+        Some(path) => path,
+        None => dev::init(std::path::Path::new(EMBEDDED_DIR), false)?.config,
+    };
+    let config = Config::load(&config_path)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let ledger = Arc::new(RedbLedger::open(&config.ledger)?);
+    let issuer_check = matter_est::issuance::Issuer::new(&config, ledger.clone())?;
+    let test_vid = issuer_check
+        .labels()
+        .find(|l| (0xfff1..=0xfff4).contains(&l.pai.vid.value()));
+    if let Some(label) = test_vid
+        && !config.danger_development_pki
+        && !danger_dev
+    {
+        return Err(Error::Config {
+            file: config.path.clone(),
+            key: format!("labels.{}.pai", label.config.name),
+            problem: format!(
+                "the PAI has test VID {}: development material; set danger_development_pki = true \
+                 or pass --danger-allow-development-pki if that is intended",
+                label.pai.vid
+            ),
+        });
+    }
+    drop(issuer_check);
+    runtime.block_on(async {
+        let running = server::start(&config, ledger.clone()).await?;
+        tracing::info!(addr = %running.addr, config = %config.path.display(), "matter-est serving");
+        if embedded {
+            print_try_it(&running.addr, &config.default_label);
+        }
+        shutdown_signal().await;
+        tracing::info!("shutting down: no new connections, finishing requests in flight");
+        running.shutdown().await;
+        Ok::<(), Error>(())
+    })?;
+    ledger.close();
+    tracing::info!("ledger closed");
+    Ok(())
+}
+
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn print_try_it(addr: &std::net::SocketAddr, label: &str) {
+    let d = EMBEDDED_DIR;
+    let port = addr.port();
+    println!(
+        r#"
+matter-est is serving the embedded default (development PKI, test VID FFF1) on https://localhost:{port}/
+Try it from another terminal:
+
+  # the CA certificates (PAI, PAA)
+  curl -s --cacert {d}/tls/ca.pem https://localhost:{port}/.well-known/est/cacerts | openssl base64 -d -A | openssl pkcs7 -inform DER -print_certs
+
+  # a device key and a Matter CSR (VID FFF1, PID 8000), then enroll as the development gateway
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout device.key -out device.csr \
+      -subj "/CN=device-0001/1.3.6.1.4.1.37244.2.1=FFF1/1.3.6.1.4.1.37244.2.2=8000" -addext "basicConstraints=CA:FALSE"
+  curl -s --cacert {d}/tls/ca.pem --cert {d}/clients/gateway.pem --key {d}/clients/gateway.key \
+      -H "Content-Type: application/pkcs10" --data-binary @device.csr \
+      https://localhost:{port}/.well-known/est/{label}/simpleenroll | openssl base64 -d | openssl pkcs7 -inform DER -print_certs > dac-chain.pem
+
+  # or with the bundled client
+  cargo run -p est-client -- enroll --server https://localhost:{port} --cacert {d}/tls/ca.pem --cert {d}/clients/gateway.pem --key {d}/clients/gateway.key --vid FFF1 --pid 8000 --device-id device-0002 --out device-0002
+"#
+    );
 }

@@ -1,0 +1,410 @@
+//! The EST HTTP layer (RFC 7030 §3.2.2): one router with an optional label, thin handlers that
+//! decode, call one service function, and encode. `est` knows nothing of keys.
+
+pub mod wire;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+
+use crate::asn1;
+use crate::config::Limits;
+use crate::csr;
+use crate::error::{Error, ErrorKind, Result};
+use crate::issuance::{IssueOptions, Issued, Issuer, Label};
+use crate::policy::{Basic, PeerChain, Policy};
+
+/// The realm of the HTTP Basic challenge (RFC 7617 §2).
+pub const REALM: &str = "matter-est";
+
+/// The EST operations we serve (RFC 7030 §3.2.2). serverkeygen is not offered: a DAC key
+/// generated off the device would leave the device's control, which Matter attestation assumes
+/// it never does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    CaCerts,
+    SimpleEnroll,
+    SimpleReenroll,
+    CsrAttrs,
+}
+
+impl Op {
+    fn parse(name: &str) -> Option<Self> {
+        match name {
+            "cacerts" => Some(Op::CaCerts),
+            "simpleenroll" => Some(Op::SimpleEnroll),
+            "simplereenroll" => Some(Op::SimpleReenroll),
+            "csrattrs" => Some(Op::CsrAttrs),
+            _ => None,
+        }
+    }
+
+    fn method(self) -> Method {
+        match self {
+            Op::CaCerts | Op::CsrAttrs => Method::GET,
+            Op::SimpleEnroll | Op::SimpleReenroll => Method::POST,
+        }
+    }
+
+    fn allow(self) -> &'static str {
+        match self {
+            Op::CaCerts | Op::CsrAttrs => "GET",
+            Op::SimpleEnroll | Op::SimpleReenroll => "POST",
+        }
+    }
+
+    /// Name used in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::CaCerts => "cacerts",
+            Op::SimpleEnroll => "simpleenroll",
+            Op::SimpleReenroll => "simplereenroll",
+            Op::CsrAttrs => "csrattrs",
+        }
+    }
+}
+
+/// What one connection knows about its peer.
+#[derive(Debug)]
+pub struct Conn {
+    pub addr: SocketAddr,
+    pub peer: Option<PeerChain>,
+}
+
+/// The application: issuance, policy, and precomputed responses.
+pub struct App {
+    pub issuer: Arc<Issuer>,
+    pub policy: Policy,
+    pub default_label: String,
+    pub limits: Limits,
+    cacerts: BTreeMap<String, Bytes>,
+    csrattrs: Bytes,
+}
+
+impl App {
+    /// Builds the application over a loaded issuer.
+    pub fn new(issuer: Arc<Issuer>, default_label: String, limits: Limits) -> Result<Self> {
+        let policy = Policy::new(&issuer)?;
+        let cacerts = issuer
+            .labels()
+            .map(|l| {
+                // EST-WIRE.md: /cacerts is PAI then PAA.
+                let mut certs: Vec<&[u8]> = vec![&l.pai.der];
+                certs.extend(l.chain.iter().map(Vec::as_slice));
+                let body = wire::base64_wrapped(&wire::certs_only(&certs));
+                (l.config.name.clone(), Bytes::from(body))
+            })
+            .collect();
+        Ok(Self {
+            issuer,
+            policy,
+            default_label,
+            limits,
+            cacerts,
+            csrattrs: Bytes::from(wire::base64_wrapped(&wire::matter_csr_attrs())),
+        })
+    }
+}
+
+/// What a handler answers, before it becomes a hyper response.
+struct Reply {
+    status: StatusCode,
+    content_type: &'static str,
+    base64: bool,
+    body: Bytes,
+    extra: Option<(header::HeaderName, HeaderValue)>,
+}
+
+/// Facts for the request's log line.
+#[derive(Default)]
+struct Outcome {
+    label: Option<String>,
+    op: Option<&'static str>,
+    identity: Option<String>,
+    serial: Option<String>,
+    error: Option<String>,
+}
+
+/// Serves one request. Never fails: every error becomes a response with its status.
+pub async fn handle(
+    app: Arc<App>,
+    conn: Arc<Conn>,
+    req: Request<Incoming>,
+) -> std::result::Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let start = Instant::now();
+    let mut outcome = Outcome::default();
+    let deadline = app.limits.request_timeout;
+    let reply = match tokio::time::timeout(deadline, route(&app, &conn, req, &mut outcome)).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(e)) => error_reply(&e, &mut outcome),
+        Err(_) => error_reply(
+            &Error::Timeout {
+                secs: deadline.as_secs(),
+            },
+            &mut outcome,
+        ),
+    };
+    let status = reply.status.as_u16();
+    tracing::info!(
+        peer = %conn.addr,
+        identity = outcome.identity.as_deref().unwrap_or("-"),
+        label = outcome.label.as_deref().unwrap_or("-"),
+        op = outcome.op.unwrap_or("-"),
+        status,
+        serial = outcome.serial.as_deref().unwrap_or("-"),
+        error = outcome.error.as_deref().unwrap_or("-"),
+        ms = start.elapsed().as_secs_f64() * 1e3,
+        "request"
+    );
+    Ok(into_response(reply))
+}
+
+async fn route(
+    app: &Arc<App>,
+    conn: &Arc<Conn>,
+    req: Request<Incoming>,
+    outcome: &mut Outcome,
+) -> Result<Reply> {
+    let path = req.uri().path();
+    let rest = path
+        .strip_prefix("/.well-known/est/")
+        .ok_or_else(|| Error::NotFound(format!("no EST resource at {path}")))?;
+    let (label, op_name) = match rest.split_once('/') {
+        Some((label, op)) if !op.contains('/') => (label, op),
+        Some(_) => return Err(Error::NotFound(format!("no EST resource at {path}"))),
+        None => (app.default_label.as_str(), rest),
+    };
+    let op = Op::parse(op_name).ok_or_else(|| {
+        Error::NotFound(format!("{op_name:?} is not an EST operation served here"))
+    })?;
+    outcome.op = Some(op.name());
+    let label = app.issuer.label(label)?.clone();
+    outcome.label = Some(label.config.name.clone());
+    if req.method() != op.method() {
+        return Err(Error::MethodNotAllowed {
+            method: req.method().to_string(),
+            allow: op.allow(),
+        });
+    }
+    match op {
+        Op::CaCerts => Ok(Reply::base64(
+            wire::CT_CACERTS,
+            app.cacerts
+                .get(&label.config.name)
+                .cloned()
+                .unwrap_or_default(),
+        )),
+        Op::CsrAttrs => Ok(Reply::base64(wire::CT_CSRATTRS, app.csrattrs.clone())),
+        Op::SimpleEnroll | Op::SimpleReenroll => {
+            let basic = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(Basic::parse);
+            let body = read_body(app, req).await?;
+            let (app, conn, for_task) = (app.clone(), conn.clone(), label.clone());
+            let (issued, who) = tokio::task::spawn_blocking(move || {
+                enroll(
+                    &app,
+                    &for_task,
+                    op,
+                    conn.peer.as_ref(),
+                    basic.as_ref(),
+                    &body,
+                )
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("issuance task: {e}")))??;
+            outcome.identity = Some(who);
+            outcome.serial = Some(asn1::hex(&issued.dac.serial));
+            Ok(Reply::base64(
+                wire::CT_CERTS_ONLY,
+                issued_body(&label, &issued),
+            ))
+        }
+    }
+}
+
+/// Checks the media type and reads the body under the cap (EST-WIRE.md: cap before parsing or
+/// authenticating).
+async fn read_body(app: &App, req: Request<Incoming>) -> Result<Bytes> {
+    let limit = app.limits.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(Error::PayloadTooLarge { limit });
+    }
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    if !wire::is_pkcs10(&content_type) {
+        return Err(Error::UnsupportedMediaType {
+            expected: "application/pkcs10",
+            found: content_type,
+        });
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(Error::PayloadTooLarge { limit })
+        }
+        Err(e) => Err(Error::BadRequest(format!("could not read the body: {e}"))),
+    }
+}
+
+/// The enrollment service call, off the async runtime: authenticate, decode, authorise,
+/// issue. Returns the DAC and who asked.
+fn enroll(
+    app: &App,
+    label: &Arc<Label>,
+    op: Op,
+    peer: Option<&PeerChain>,
+    basic: Option<&Basic>,
+    body: &[u8],
+) -> Result<(Issued, String)> {
+    let ledger = app.issuer.ledger().as_ref();
+    let name = &label.config.name;
+    match op {
+        Op::SimpleReenroll => {
+            if peer.is_none() {
+                // Cheap refusal before decoding (RFC 7030 §4.2.2 needs the old certificate).
+                return Err(Error::Unauthenticated(
+                    "simplereenroll requires the DAC being renewed as the TLS client certificate"
+                        .into(),
+                ));
+            }
+            let req = csr::parse(body)?;
+            let (old, subject) = app.policy.authenticate_renewal(label, peer, &req, ledger)?;
+            let who = format!("dac:{}", asn1::hex(&old.serial));
+            let opts = IssueOptions {
+                requester: who.clone(),
+                token: None,
+                renews: Some((old, subject)),
+            };
+            Ok((app.issuer.issue(name, &req, &opts)?, who))
+        }
+        _ => {
+            let enroller = app
+                .policy
+                .authenticate_enroll(&label.config, peer, basic, ledger)?;
+            let req = csr::parse(body)?;
+            if req.form == csr::BodyForm::Pem {
+                tracing::debug!(label = %name, "CSR arrived PEM-armoured");
+            }
+            let who = enroller.requester();
+            let opts = IssueOptions {
+                requester: who.clone(),
+                token: enroller.token(),
+                renews: None,
+            };
+            let issued = app.issuer.issue_with(name, &req, &opts, |subject| {
+                Policy::authorize(&enroller, name, subject)
+            })?;
+            Ok((issued, who))
+        }
+    }
+}
+
+/// The enroll response: DAC then PAI (DESIGN.md step 8), or the DAC alone with `dac_only`
+/// (RFC 7030 §4.2.3).
+fn issued_body(label: &Label, issued: &Issued) -> Bytes {
+    let der = if label.config.dac_only {
+        wire::certs_only(&[&issued.dac.der])
+    } else {
+        wire::certs_only(&[&issued.dac.der, &label.pai.der])
+    };
+    Bytes::from(wire::base64_wrapped(&der))
+}
+
+impl Reply {
+    fn base64(content_type: &'static str, body: Bytes) -> Self {
+        Self {
+            status: StatusCode::OK,
+            content_type,
+            base64: true,
+            body,
+            extra: None,
+        }
+    }
+}
+
+/// The one mapping from error kind to HTTP status (EST-WIRE.md "Status codes").
+pub fn status_for(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+        ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
+        ErrorKind::Forbidden | ErrorKind::Conflict | ErrorKind::QuotaExhausted => {
+            StatusCode::FORBIDDEN
+        }
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ErrorKind::Timeout => StatusCode::REQUEST_TIMEOUT,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn error_reply(e: &Error, outcome: &mut Outcome) -> Reply {
+    let kind = e.kind();
+    outcome.error = Some(e.to_string());
+    if kind == ErrorKind::Internal {
+        tracing::error!(error = %e, "internal error");
+    }
+    let extra = match e {
+        Error::Unauthenticated(_) => Some((
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"matter-est\""),
+        )),
+        Error::MethodNotAllowed { allow, .. } => {
+            Some((header::ALLOW, HeaderValue::from_static(allow)))
+        }
+        _ => None,
+    };
+    let mut body = e.public_message();
+    body.push('\n');
+    Reply {
+        status: status_for(kind),
+        content_type: wire::CT_TEXT,
+        base64: false,
+        body: Bytes::from(body),
+        extra,
+    }
+}
+
+/// Content-Type and Content-Length first, few headers, never chunked (EST-WIRE.md "HTTP
+/// framing").
+fn into_response(reply: Reply) -> Response<Full<Bytes>> {
+    let len = reply.body.len();
+    let mut resp = Response::new(Full::new(reply.body));
+    *resp.status_mut() = reply.status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(reply.content_type),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if reply.base64 {
+        h.insert(
+            header::HeaderName::from_static("content-transfer-encoding"),
+            HeaderValue::from_static("base64"),
+        );
+    }
+    if let Some((name, value)) = reply.extra {
+        h.insert(name, value);
+    }
+    resp
+}

@@ -1,0 +1,465 @@
+//! Who may get what: client-certificate identities and one-time tokens for `simpleenroll`,
+//! the renewed DAC for `simplereenroll`, and the VID/PID each may obtain. Quotas and subject
+//! uniqueness are enforced atomically by the ledger (`store`).
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use der::{Decode, Tagged};
+use ring::rand::{SecureRandom, SystemRandom};
+use rustls_pki_types::CertificateDer;
+use sha2::{Digest, Sha256};
+use x509_cert::Certificate;
+use x509_cert::name::Name;
+
+use crate::asn1;
+use crate::config::{ClientRule, IdentityMatch, LabelConfig};
+use crate::csr::EnrollmentRequest;
+use crate::error::{Error, Result};
+use crate::issuance::{Issuer, Label};
+use crate::matter;
+use crate::profile::{DacSubject, PidPolicy};
+use crate::store::{DacRecord, Ledger, Status, TokenRecord};
+use crate::tls::{Anchors, read_pem_certs};
+
+/// A presented client certificate chain, leaf first, already verified by the TLS layer against
+/// the union of all anchors.
+#[derive(Clone, Debug)]
+pub struct PeerChain {
+    pub certs: Vec<CertificateDer<'static>>,
+    /// A name for logs: the leaf's subject.
+    pub display: String,
+}
+
+impl PeerChain {
+    /// Wraps the certificates rustls reports for a connection.
+    pub fn new(certs: Vec<CertificateDer<'static>>) -> Option<Self> {
+        let leaf = Certificate::from_der(certs.first()?.as_ref()).ok()?;
+        Some(Self {
+            display: leaf.tbs_certificate().subject().to_string(),
+            certs,
+        })
+    }
+}
+
+/// HTTP Basic credentials (RFC 7617).
+#[derive(Clone)]
+pub struct Basic {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Basic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never log the secret.
+        write!(f, "Basic({})", self.user)
+    }
+}
+
+impl Basic {
+    /// Parses an `Authorization: Basic …` header value.
+    pub fn parse(header: &str) -> Option<Self> {
+        let (scheme, rest) = header.trim().split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("basic") {
+            return None;
+        }
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(rest.trim())
+            .ok()?;
+        let text = String::from_utf8(decoded).ok()?;
+        let (user, password) = text.split_once(':')?;
+        Some(Self {
+            user: user.to_string(),
+            password: password.to_string(),
+        })
+    }
+}
+
+/// An authenticated enroller and what bounds it.
+#[derive(Clone, Debug)]
+pub enum Enroller {
+    /// A client certificate that matched a rule of the label.
+    Client { identity: String, rule: ClientRule },
+    /// A one-time token.
+    Token(TokenRecord),
+}
+
+impl Enroller {
+    /// How the ledger and the logs name the requester.
+    pub fn requester(&self) -> String {
+        match self {
+            Enroller::Client { identity, .. } => format!("client:{identity}"),
+            Enroller::Token(t) => format!("token:{}", t.id),
+        }
+    }
+
+    /// The token this enrollment spends, if any.
+    pub fn token(&self) -> Option<String> {
+        match self {
+            Enroller::Token(t) => Some(t.id.clone()),
+            Enroller::Client { .. } => None,
+        }
+    }
+}
+
+/// Per-label trust: anchors for enrollment clients and for renewing DACs (the PAI).
+struct LabelTrust {
+    clients: Option<Anchors>,
+    dacs: Anchors,
+}
+
+/// The policy service.
+pub struct Policy {
+    labels: BTreeMap<String, LabelTrust>,
+}
+
+impl Policy {
+    /// Loads each label's anchors: its `client_cas`, and its PAI for renewals.
+    pub fn new(issuer: &Issuer) -> Result<Self> {
+        let mut labels = BTreeMap::new();
+        for label in issuer.labels() {
+            let mut cas = Vec::new();
+            for path in &label.config.client_cas {
+                cas.extend(read_pem_certs(path)?);
+            }
+            let pai = CertificateDer::from(label.pai.der.clone());
+            let dacs =
+                Anchors::new(&[pai])?.ok_or_else(|| Error::Internal("no PAI anchor".into()))?;
+            labels.insert(
+                label.config.name.clone(),
+                LabelTrust {
+                    clients: Anchors::new(&cas)?,
+                    dacs,
+                },
+            );
+        }
+        Ok(Self { labels })
+    }
+
+    /// Every anchor any label trusts, for the TLS layer.
+    pub fn all_anchors(issuer: &Issuer) -> Result<Vec<CertificateDer<'static>>> {
+        let mut all = Vec::new();
+        for label in issuer.labels() {
+            for path in &label.config.client_cas {
+                all.extend(read_pem_certs(path)?);
+            }
+            all.push(CertificateDer::from(label.pai.der.clone()));
+        }
+        Ok(all)
+    }
+
+    fn trust(&self, label: &str) -> Result<&LabelTrust> {
+        self.labels
+            .get(label)
+            .ok_or_else(|| Error::UnknownLabel(label.to_string()))
+    }
+
+    /// `simpleenroll`: who is asking? A client certificate trusted for the label and matching
+    /// one of its rules, else a valid unspent token for the label.
+    pub fn authenticate_enroll(
+        &self,
+        label: &LabelConfig,
+        peer: Option<&PeerChain>,
+        basic: Option<&Basic>,
+        ledger: &dyn Ledger,
+    ) -> Result<Enroller> {
+        let trust = self.trust(&label.name)?;
+        let mut cert_refusal = None;
+        if let Some(peer) = peer {
+            match self.match_client(label, trust, peer) {
+                Ok(e) => return Ok(e),
+                Err(e) => cert_refusal = Some(e),
+            }
+        }
+        if let Some(basic) = basic {
+            return authenticate_token(label, basic, ledger);
+        }
+        Err(cert_refusal.unwrap_or_else(|| {
+            Error::Unauthenticated(format!(
+                "label {:?} requires a client certificate or an enrollment token (HTTP Basic)",
+                label.name
+            ))
+        }))
+    }
+
+    fn match_client(
+        &self,
+        label: &LabelConfig,
+        trust: &LabelTrust,
+        peer: &PeerChain,
+    ) -> Result<Enroller> {
+        let trusted = trust
+            .clients
+            .as_ref()
+            .is_some_and(|a| a.verifies(&peer.certs));
+        if !trusted {
+            return Err(Error::Forbidden(format!(
+                "client certificate {} is not issued by a CA trusted for label {:?}",
+                peer.display, label.name
+            )));
+        }
+        let leaf_der = peer.certs[0].as_ref();
+        let leaf = Certificate::from_der(leaf_der)
+            .map_err(|e| Error::BadRequest(format!("client certificate: {e}")))?;
+        let fingerprint = asn1::hex(&Sha256::digest(leaf_der));
+        let cn = leaf
+            .tbs_certificate()
+            .subject()
+            .iter()
+            .find(|a| a.oid == matter::OID_CN)
+            .and_then(|a| {
+                std::str::from_utf8(a.value.value())
+                    .ok()
+                    .map(str::to_string)
+            });
+        let sans = subject_alt_names(&leaf);
+        let rule = label.clients.iter().find(|r| match &r.matcher {
+            IdentityMatch::Cn(v) => cn.as_deref() == Some(v.as_str()),
+            IdentityMatch::San(v) => sans.iter().any(|s| s == v),
+            IdentityMatch::Sha256(v) => *v == fingerprint,
+        });
+        match rule {
+            Some(rule) => Ok(Enroller::Client {
+                identity: rule.matcher.to_string(),
+                rule: rule.clone(),
+            }),
+            None => Err(Error::Forbidden(format!(
+                "client certificate {} matches no client rule on label {:?}",
+                peer.display, label.name
+            ))),
+        }
+    }
+
+    /// May `enroller` obtain `subject`? (After the profile decided VID/PID from the CSR.)
+    pub fn authorize(enroller: &Enroller, label: &str, subject: &DacSubject) -> Result<()> {
+        match enroller {
+            Enroller::Client { identity, rule } => {
+                if let Some(vids) = &rule.vids
+                    && !vids.contains(&subject.vid)
+                {
+                    return Err(Error::Forbidden(format!(
+                        "VID {} is not allowed for client {identity} on label {label:?}",
+                        subject.vid
+                    )));
+                }
+                if let PidPolicy::Only(pids) = &rule.pids
+                    && !pids.contains(&subject.pid)
+                {
+                    return Err(Error::Forbidden(format!(
+                        "PID {} is not allowed for client {identity} on label {label:?}",
+                        subject.pid
+                    )));
+                }
+                Ok(())
+            }
+            Enroller::Token(t) => match t.pid {
+                Some(pid) if pid != subject.pid.value() => Err(Error::Forbidden(format!(
+                    "PID {} is not allowed for token {} (bound to PID {pid:04X})",
+                    subject.pid, t.id
+                ))),
+                _ => Ok(()),
+            },
+        }
+    }
+
+    /// `simplereenroll` (RFC 7030 §4.2.2): the client authenticates with the DAC it renews,
+    /// which must chain to the label's PAI, be in our ledger and not be revoked. Returns its
+    /// record and the subject the renewal keeps.
+    pub fn authenticate_renewal(
+        &self,
+        label: &Label,
+        peer: Option<&PeerChain>,
+        req: &EnrollmentRequest,
+        ledger: &dyn Ledger,
+    ) -> Result<(DacRecord, DacSubject)> {
+        let trust = self.trust(&label.config.name)?;
+        let peer = peer.ok_or_else(|| {
+            Error::Unauthenticated(
+                "simplereenroll requires the DAC being renewed as the TLS client certificate"
+                    .into(),
+            )
+        })?;
+        if !trust.dacs.verifies(&peer.certs) {
+            return Err(Error::Forbidden(format!(
+                "client certificate {} is not a DAC of label {:?}'s PAI",
+                peer.display, label.config.name
+            )));
+        }
+        let leaf_der = peer.certs[0].as_ref();
+        let leaf = Certificate::from_der(leaf_der)
+            .map_err(|e| Error::BadRequest(format!("client certificate: {e}")))?;
+        let serial = leaf.tbs_certificate().serial_number().as_bytes();
+        let record = ledger
+            .by_serial(serial)?
+            .filter(|r| r.der == leaf_der)
+            .ok_or_else(|| {
+                Error::Forbidden(format!(
+                    "DAC serial {} is not in this server's ledger",
+                    asn1::hex(serial)
+                ))
+            })?;
+        if let Status::Revoked { .. } = record.status {
+            return Err(Error::Forbidden(format!(
+                "DAC serial {} is revoked and cannot be renewed",
+                asn1::hex(serial)
+            )));
+        }
+        let old_subject = leaf.tbs_certificate().subject();
+        let same = names_equal(&req.subject, old_subject);
+        let placeholder = label.config.reenroll_placeholder_subject && is_placeholder(&req.subject);
+        if !same && !placeholder {
+            return Err(Error::Forbidden(format!(
+                "RFC 7030 §4.2.2: the CSR subject {} must equal the renewed DAC's subject {}",
+                req.subject, old_subject
+            )));
+        }
+        let ids = matter::read_subject(old_subject)?;
+        let subject = DacSubject {
+            cn: ids.cn.unwrap_or_default(),
+            vid: ids
+                .vid
+                .ok_or_else(|| Error::Internal("renewed DAC without VID".into()))?,
+            pid: ids
+                .pid
+                .ok_or_else(|| Error::Internal("renewed DAC without PID".into()))?,
+        };
+        Ok((record, subject))
+    }
+}
+
+fn authenticate_token(label: &LabelConfig, basic: &Basic, ledger: &dyn Ledger) -> Result<Enroller> {
+    let hash: [u8; 32] = Sha256::digest(basic.password.as_bytes()).into();
+    let token = ledger
+        .token(&hash)?
+        .filter(|t| t.id == basic.user)
+        .ok_or_else(|| Error::Unauthenticated("unknown enrollment token".into()))?;
+    if token.spent_by.is_some() {
+        return Err(Error::Unauthenticated(
+            "this enrollment token was already used".into(),
+        ));
+    }
+    if token.label != label.name {
+        return Err(Error::Forbidden(format!(
+            "token {} is for label {:?}, not {:?}",
+            token.id, token.label, label.name
+        )));
+    }
+    Ok(Enroller::Token(token))
+}
+
+/// A new one-time token: (id, secret). Only the SHA-256 of the secret is stored.
+pub fn create_token(
+    ledger: &dyn Ledger,
+    label: &str,
+    pid: Option<matter::Pid>,
+) -> Result<(String, String)> {
+    let rng = SystemRandom::new();
+    let mut id = [0u8; 6];
+    let mut secret = [0u8; 24];
+    rng.fill(&mut id)
+        .and_then(|_| rng.fill(&mut secret))
+        .map_err(|_| Error::Internal("the system random generator failed".into()))?;
+    let id = format!("tok-{}", asn1::hex(&id));
+    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+    let hash: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+    ledger.put_token(
+        &hash,
+        &TokenRecord {
+            id: id.clone(),
+            label: label.to_string(),
+            pid: pid.map(matter::Pid::value),
+            created_at: asn1::now(),
+            spent_by: None,
+        },
+    )?;
+    Ok((id, secret))
+}
+
+/// RFC 5280 §7.1 comparison: same RDN structure and attribute types; string values compared
+/// after trimming, collapsing inner white space and case folding (LDAP StringPrep, simplified).
+pub fn names_equal(a: &Name, b: &Name) -> bool {
+    let rdns = |n: &Name| -> Vec<Vec<(String, String)>> {
+        n.iter_rdn()
+            .map(|rdn| {
+                let mut atvs: Vec<(String, String)> = rdn
+                    .iter()
+                    .map(|atv| {
+                        let value = match atv.value.tag() {
+                            der::Tag::Utf8String
+                            | der::Tag::PrintableString
+                            | der::Tag::Ia5String
+                            | der::Tag::TeletexString => {
+                                let text = String::from_utf8_lossy(atv.value.value());
+                                text.split_whitespace()
+                                    .collect::<Vec<_>>()
+                                    .join(" ")
+                                    .to_lowercase()
+                            }
+                            _ => asn1::hex(atv.value.value()),
+                        };
+                        (atv.oid.to_string(), value)
+                    })
+                    .collect();
+                atvs.sort();
+                atvs
+            })
+            .collect()
+    };
+    rdns(a) == rdns(b)
+}
+
+/// An empty subject, or the Matter SDK's placeholder `OU=CSA`.
+fn is_placeholder(name: &Name) -> bool {
+    const OU: const_oid::ObjectIdentifier = const_oid::ObjectIdentifier::new_unwrap("2.5.4.11");
+    let atvs: Vec<_> = name.iter().collect();
+    atvs.is_empty() || (atvs.len() == 1 && atvs[0].oid == OU && atvs[0].value.value() == b"CSA")
+}
+
+/// dNSName, rfc822Name and URI subjectAltNames as text.
+fn subject_alt_names(cert: &Certificate) -> Vec<String> {
+    let Some(ext) = cert.tbs_certificate().extensions().and_then(|e| {
+        e.iter()
+            .find(|e| e.extn_id.as_bytes() == asn1::oid::SUBJECT_ALT_NAME)
+    }) else {
+        return Vec::new();
+    };
+    let Ok(san) = x509_cert::ext::pkix::SubjectAltName::from_der(ext.extn_value.as_bytes()) else {
+        return Vec::new();
+    };
+    use x509_cert::ext::pkix::name::GeneralName;
+    san.0
+        .iter()
+        .filter_map(|g| match g {
+            GeneralName::DnsName(s) => Some(s.to_string()),
+            GeneralName::Rfc822Name(s) => Some(s.to_string()),
+            GeneralName::UniformResourceIdentifier(s) => Some(s.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_header_parses() {
+        let h = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("tok-1:s3cret")
+        );
+        let b = Basic::parse(&h).expect("parses");
+        assert_eq!((b.user.as_str(), b.password.as_str()), ("tok-1", "s3cret"));
+        assert!(format!("{b:?}").contains("tok-1") && !format!("{b:?}").contains("s3cret"));
+        assert!(Basic::parse("Bearer x").is_none());
+    }
+
+    #[test]
+    fn names_compare_normalised() {
+        let a: Name = "CN=Device  One,O=Acme".parse().expect("name");
+        let b: Name = "CN=device one,O=ACME".parse().expect("name");
+        let c: Name = "CN=device two,O=ACME".parse().expect("name");
+        assert!(names_equal(&a, &b));
+        assert!(!names_equal(&a, &c));
+    }
+}

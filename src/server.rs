@@ -1,0 +1,219 @@
+//! `matter-est serve`: the accept loop over TLS, with the limits of `[server]` and graceful
+//! shutdown (stop accepting, finish requests in flight).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::est::{self, App, Conn};
+use crate::issuance::Issuer;
+use crate::policy::{PeerChain, Policy};
+use crate::store::Ledger;
+use crate::tls;
+
+/// How long shutdown waits for requests in flight before dropping them: longer than the
+/// request deadline's default (30 s) would be pointless.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Largest HTTP/1 read buffer per connection: headers of an EST request are a few hundred
+/// bytes; 16 KiB (hyper's default is ~400 KiB) keeps 1,000 idle keep-alive connections small.
+const MAX_HTTP_BUF: usize = 16 * 1024;
+
+/// A server accepting connections.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    stop: watch::Sender<bool>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting, lets requests in flight finish (up to 30 s), and returns.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.done.await;
+    }
+}
+
+/// Loads everything `config` names and starts listening on `config.server.listen`.
+pub async fn start(config: &Config, ledger: Arc<dyn Ledger>) -> Result<Running> {
+    let issuer = Arc::new(Issuer::new(config, ledger)?);
+    let anchors = Policy::all_anchors(&issuer)?;
+    let tls_config = tls::server_config(&config.server.tls_cert, &config.server.tls_key, &anchors)?;
+    let app = Arc::new(App::new(
+        issuer,
+        config.default_label.clone(),
+        config.server.limits.clone(),
+    )?);
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|e| Error::io(config.server.listen.to_string(), e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let (stop, stopped) = watch::channel(false);
+    let done = tokio::spawn(accept_loop(
+        listener,
+        TlsAcceptor::from(tls_config),
+        app.clone(),
+        stopped,
+    ));
+    Ok(Running {
+        addr,
+        app,
+        stop,
+        done,
+    })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    app: Arc<App>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let limits = app.limits.clone();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.title_case_headers(true)
+        .writev(false)
+        .keep_alive(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(MAX_HTTP_BUF);
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = stopped.changed() => break,
+        };
+        let (tcp, addr) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopped.changed() => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let http = http.clone();
+        let watcher = graceful.watcher();
+        let handshake = limits.handshake_timeout;
+        tokio::spawn(async move {
+            let _permit = permit;
+            let tls = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::info!(peer = %addr, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(peer = %addr, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let peer = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| PeerChain::new(c.to_vec()));
+            let conn = Arc::new(Conn { addr, peer });
+            let service = service_fn(move |req| est::handle(app.clone(), conn.clone(), req));
+            if let Err(e) = watcher
+                .watch(http.serve_connection(TokioIo::new(HeaderCaseFix::new(tls)), service))
+                .await
+            {
+                tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still in flight after the drain timeout were dropped");
+    }
+}
+
+/// Writes `WWW-Authenticate` with the case EST-WIRE.md requires.
+///
+/// hyper's `title_case_headers` writes `Www-Authenticate`, and its per-header case map is
+/// crate-private, but libest's client finds the challenge with a case-sensitive
+/// `strncmp(name, "WWW-Authenticate", 16)` and never sends its password without it. This
+/// wrapper rewrites exactly that header name (same length, so framing is unchanged) in what
+/// hyper writes; hyper writes a response head in one buffer.
+pub struct HeaderCaseFix<T> {
+    inner: T,
+}
+
+impl<T> HeaderCaseFix<T> {
+    pub fn new(inner: T) -> Self {
+        Self { inner }
+    }
+}
+
+const TITLE_CASED: &[u8] = b"\r\nWww-Authenticate: ";
+const WIRE_CASED: &[u8] = b"\r\nWWW-Authenticate: ";
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for HeaderCaseFix<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for HeaderCaseFix<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match buf
+            .windows(TITLE_CASED.len())
+            .position(|w| w == TITLE_CASED)
+        {
+            Some(at) => {
+                let mut fixed = buf.to_vec();
+                fixed[at..at + WIRE_CASED.len()].copy_from_slice(WIRE_CASED);
+                std::pin::Pin::new(&mut self.inner).poll_write(cx, &fixed)
+            }
+            None => std::pin::Pin::new(&mut self.inner).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
