@@ -244,25 +244,28 @@ async fn read_body(app: &App, req: Request<Incoming>) -> Result<Bytes> {
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(Error::PayloadTooLarge { limit });
     }
+    // Read the (capped) body before judging its media type, so a 415 keeps the keep-alive
+    // connection usable.
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
+    let body = match Limited::new(req.into_body(), limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(Error::PayloadTooLarge { limit });
+        }
+        Err(e) => return Err(Error::BadRequest(format!("could not read the body: {e}"))),
+    };
     if !wire::is_pkcs10(&content_type) {
         return Err(Error::UnsupportedMediaType {
             expected: "application/pkcs10",
             found: content_type,
         });
     }
-    match Limited::new(req.into_body(), limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(Error::PayloadTooLarge { limit })
-        }
-        Err(e) => Err(Error::BadRequest(format!("could not read the body: {e}"))),
-    }
+    Ok(body)
 }
 
 /// The enrollment service call, off the async runtime: authenticate, decode, authorise,
@@ -371,6 +374,10 @@ fn error_reply(e: &Error, outcome: &mut Outcome) -> Reply {
         )),
         Error::MethodNotAllowed { allow, .. } => {
             Some((header::ALLOW, HeaderValue::from_static(allow)))
+        }
+        // The rest of an oversized body is not read: close rather than wait for it.
+        Error::PayloadTooLarge { .. } => {
+            Some((header::CONNECTION, HeaderValue::from_static("close")))
         }
         _ => None,
     };

@@ -188,3 +188,4 @@ pub fn write_pem(path: &Path, der: &[u8]) {
     let pem = der::pem::encode_string("CERTIFICATE", der::pem::LineEnding::LF, der).unwrap();
     std::fs::write(path, pem).unwrap();
 }
+pub mod est;
