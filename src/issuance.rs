@@ -116,15 +116,9 @@ impl Issuer {
     ) -> Result<Issued> {
         let subject_der = subject.to_der();
         let renews = opts.renews.as_ref().map(|(r, _)| r.serial.clone());
-        // Cheap refusals before signing; the ledger re-checks atomically at commit.
-        if let Some(holder) = self.ledger.by_subject(&label.pai.skid, &subject_der)?
-            && renews.as_deref() != Some(holder.serial.as_slice())
-        {
-            return Err(Error::SubjectTaken {
-                subject: subject.to_string(),
-                label: label.config.name.clone(),
-            });
-        }
+        // A cheap refusal before signing when the quota is used up (many requests arrive at once
+        // at the end of a quota); the ledger re-checks it, and subject uniqueness, atomically at
+        // commit, so a refused DAC is signed but never recorded or returned.
         if let Some(quota) = label.config.quota
             && self.ledger.count(&label.config.name)? >= quota
         {

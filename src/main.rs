@@ -102,6 +102,11 @@ enum TokenCommand {
     },
 }
 
+/// Issuances in flight at once (each holds a blocking thread while it signs and waits for the
+/// ledger's group commit). 32 keeps two cores busy while a commit's fsync is pending and bounds
+/// the memory of thread stacks and allocator arenas; requests beyond it queue.
+const MAX_ISSUING_THREADS: usize = 32;
+
 /// Where `serve` without --config keeps the embedded default.
 const EMBEDDED_DIR: &str = "matter-est-dev";
 
@@ -241,6 +246,7 @@ fn serve(config: Option<PathBuf>, log_json: bool, danger_dev: bool) -> Result<()
     let config = Config::load(&config_path)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(MAX_ISSUING_THREADS)
         .build()
         .map_err(|e| Error::Internal(e.to_string()))?;
     let ledger = Arc::new(RedbLedger::open(&config.ledger)?);

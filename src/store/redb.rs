@@ -31,6 +31,10 @@ const TOKEN_IDS: TableDefinition<&str, &[u8]> = TableDefinition::new("token_ids"
 /// waiter. 256 × ~1 KiB records stays well inside one redb page batch.
 const MAX_GROUP: usize = 256;
 
+/// redb's page cache. Its default (1 GiB) lets a busy server's RSS grow with the ledger; the
+/// hot set here is the tail of the tables, so 16 MiB keeps lookups in memory and RSS flat.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
 /// The embedded ledger.
 pub struct RedbLedger {
     db: std::sync::Arc<Database>,
@@ -64,8 +68,16 @@ impl RedbLedger {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
-        let db = Database::create(path)
-            .map_err(|e| Error::Ledger(format!("{}: {e}", path.display())))?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => Error::Ledger(format!(
+                    "{} is in use by another matter-est process (a running `serve`?); stop it first",
+                    path.display()
+                )),
+                e => Error::Ledger(format!("{}: {e}", path.display())),
+            })?;
         let txn = db.begin_write().map_err(le)?;
         {
             txn.open_table(DACS).map_err(le)?;

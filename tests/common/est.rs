@@ -51,26 +51,13 @@ impl TestServer {
         format!("https://localhost:{}{path}", self.addr.port())
     }
 
-    /// A client trusting the dev TLS CA; `identity` = (cert chain PEM path, key PEM path).
+    /// A client trusting the dev TLS CA, with an optional client identity.
     pub fn client_config(
         &self,
         identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
         versions: &[&'static rustls::SupportedProtocolVersion],
     ) -> Arc<rustls::ClientConfig> {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_file_iter(self.env.path(dev::files::TLS_CA_CERT)).unwrap() {
-            roots.add(c.unwrap()).unwrap();
-        }
-        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(versions)
-        .unwrap()
-        .with_root_certificates(roots);
-        Arc::new(match identity {
-            Some((chain, key)) => builder.with_client_auth_cert(chain, key).unwrap(),
-            None => builder.with_no_client_auth(),
-        })
+        client_config(&self.env.path(dev::files::TLS_CA_CERT), identity, versions)
     }
 
     pub fn gateway_identity(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
@@ -94,6 +81,28 @@ impl TestServer {
             .await
             .unwrap()
     }
+}
+
+/// A rustls client configuration trusting the CA certificates in `ca_pem`.
+pub fn client_config(
+    ca_pem: &std::path::Path,
+    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca_pem).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(versions)
+    .unwrap()
+    .with_root_certificates(roots);
+    Arc::new(match identity {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key).unwrap(),
+        None => builder.with_no_client_auth(),
+    })
 }
 
 pub const ALL: &[&rustls::SupportedProtocolVersion] =

@@ -1,0 +1,251 @@
+//! Load benchmark of `matter-est serve` (issue 3): a real server process on loopback and a load
+//! generator in this process, on the same machine. Prints new-connection and keep-alive
+//! enrollments/s, p50/p99 latency at half the keep-alive rate, and the server's RSS with 1,000
+//! open keep-alive connections. Run: `cargo bench --bench est_load`.
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)] // reason: benchmark harness; shares test helpers
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::est::{ALL, Client, client_config, identity_from_files};
+use matter_est::asn1::oid;
+use matter_est::profile::dev;
+use matter_est::signer::{self, KeySigner};
+
+const ENROLL: &str = "/.well-known/est/dev/simpleenroll";
+
+fn bodies(n: usize, tag: &str) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let (pkcs8, _) = signer::generate_p256().unwrap();
+            let key = KeySigner::from_pkcs8(&pkcs8).unwrap();
+            let cn = format!("load-{tag}-{i}");
+            let name = dev::name(&[
+                (oid::COMMON_NAME, &cn),
+                (oid::MATTER_VID, "FFF1"),
+                (oid::MATTER_PID, "8000"),
+            ]);
+            let der = matter_est::csr::build(&name, &key).unwrap();
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der).into_bytes()
+        })
+        .collect()
+}
+
+async fn post(c: &mut Client, body: Vec<u8>) {
+    let r = c
+        .request(
+            "POST",
+            ENROLL,
+            &[("Content-Type", "application/pkcs10")],
+            body,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    dev::init(dir.path(), false).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.path().join(dev::files::CONFIG);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("127.0.0.1:8443", &format!("127.0.0.1:{port}")),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_matter-est"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    while std::net::TcpStream::connect(addr).is_err() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let identity = identity_from_files(
+        &dir.path().join(dev::files::GATEWAY_CERT),
+        &dir.path().join(dev::files::GATEWAY_KEY),
+    );
+    let tls = client_config(
+        &dir.path().join(dev::files::TLS_CA_CERT),
+        Some(identity),
+        ALL,
+    );
+    let anon = client_config(&dir.path().join(dev::files::TLS_CA_CERT), None, ALL);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let cores = std::thread::available_parallelism()
+        .map(|p| p.get())
+        .unwrap_or(1);
+    println!(
+        "machine: {cores} cores shared by the server and this load generator; release build; info logs to /dev/null"
+    );
+
+    // EST_LOAD_PHASES=keepalive (say) runs only the named phases: new, keepalive, latency, rss.
+    let phases =
+        std::env::var("EST_LOAD_PHASES").unwrap_or_else(|_| "new,keepalive,latency,rss".into());
+    let run = |p: &str| phases.split(',').any(|x| x == p);
+
+    // 1. New connection per enrollment (full TLS 1.3 handshake with a client certificate).
+    let (n_new, conc_new) = (if run("new") { 4000 } else { 0 }, 32);
+    let work = Arc::new(std::sync::Mutex::new(bodies(n_new, "new")));
+    let start = Instant::now();
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..conc_new)
+            .map(|_| {
+                let (work, tls) = (work.clone(), tls.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let Some(body) = work.lock().unwrap().pop() else {
+                            break;
+                        };
+                        let mut c = Client::connect(addr, tls.clone()).await.unwrap();
+                        post(&mut c, body).await;
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    let new_rate = n_new as f64 / start.elapsed().as_secs_f64();
+    println!(
+        "new-connection enrollments:  {new_rate:>7.0} /s  ({n_new} over {conc_new} concurrent clients)"
+    );
+
+    // 2. Keep-alive: 64 connections, back to back.
+    let (n_ka, conns) = (
+        if run("keepalive") || run("latency") {
+            40_000
+        } else {
+            0
+        },
+        64,
+    );
+    let work = Arc::new(std::sync::Mutex::new(bodies(n_ka, "ka")));
+    let start = Instant::now();
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..conns)
+            .map(|_| {
+                let (work, tls) = (work.clone(), tls.clone());
+                tokio::spawn(async move {
+                    let mut c = Client::connect(addr, tls).await.unwrap();
+                    loop {
+                        let Some(body) = work.lock().unwrap().pop() else {
+                            break;
+                        };
+                        post(&mut c, body).await;
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    let ka_rate = n_ka as f64 / start.elapsed().as_secs_f64();
+    println!("keep-alive enrollments:      {ka_rate:>7.0} /s  ({n_ka} over {conns} connections)");
+
+    // 3. Latency at half the keep-alive rate, paced (open loop per connection).
+    let target = ka_rate / 2.0;
+    let secs = if run("latency") { 5.0 } else { 0.0 };
+    let n_lat = (target * secs) as usize;
+    let per_conn = n_lat / conns;
+    let interval = Duration::from_secs_f64(conns as f64 / target);
+    let sets: Vec<Vec<Vec<u8>>> = (0..conns)
+        .map(|i| bodies(per_conn, &format!("lat{i}")))
+        .collect();
+    let latencies = rt.block_on(async {
+        let tasks: Vec<_> = sets
+            .into_iter()
+            .enumerate()
+            .map(|(i, set)| {
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let mut c = Client::connect(addr, tls).await.unwrap();
+                    tokio::time::sleep(interval.mul_f64(i as f64 / conns as f64)).await;
+                    let mut tick = tokio::time::interval(interval);
+                    let mut out = Vec::new();
+                    for body in set {
+                        tick.tick().await;
+                        let t = Instant::now();
+                        post(&mut c, body).await;
+                        out.push(t.elapsed());
+                    }
+                    out
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        all
+    });
+    let mut sorted = latencies;
+    sorted.sort();
+    if !sorted.is_empty() {
+        println!(
+            "latency at {target:.0}/s:         p50 {:.2} ms, p99 {:.2} ms ({} requests)",
+            percentile(&sorted, 0.50).as_secs_f64() * 1e3,
+            percentile(&sorted, 0.99).as_secs_f64() * 1e3,
+            sorted.len()
+        );
+    }
+
+    // 4. RSS with 1,000 open keep-alive connections.
+    let (idle_rss, _) = rss_kib(child.id());
+    let held = rt.block_on(async {
+        let mut held = Vec::new();
+        for _ in 0..if run("rss") { 1000 } else { 0 } {
+            let mut c = Client::connect(addr, anon.clone()).await.unwrap();
+            assert_eq!(c.get("/.well-known/est/cacerts").await.status, 200);
+            held.push(c);
+        }
+        held
+    });
+    let (rss, hwm) = rss_kib(child.id());
+    println!(
+        "server RSS: {:.1} MiB with 1,000 open keep-alive connections (before opening them: {:.1} MiB; peak over the run: {:.1} MiB)",
+        rss as f64 / 1024.0,
+        idle_rss as f64 / 1024.0,
+        hwm as f64 / 1024.0
+    );
+    drop(held);
+    let _ = child.kill();
+    let _ = child.wait();
+}
