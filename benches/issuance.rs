@@ -9,7 +9,7 @@ use matter_est::asn1::{self, oid};
 use matter_est::config::Config;
 use matter_est::issuance::{IssueOptions, Issuer, load_label};
 use matter_est::profile::{self, dev};
-use matter_est::signer::{self, KeySigner, Signer};
+use matter_est::signer::{self, KeySigner};
 use matter_est::store::redb::RedbLedger;
 
 fn csrs(n: usize, tag: &str) -> Vec<Vec<u8>> {
@@ -72,8 +72,21 @@ fn main() {
     let parse = start.elapsed().as_secs_f64() * 1e6 / n as f64;
     let req = matter_est::csr::parse(&bodies[0]).unwrap();
     let serial = profile::random_serial().unwrap();
-    let subject = label.profile.subject(&label.pai, &req.ids, &serial).unwrap();
-    let dac = label.profile.build(&label.pai, &subject, &serial, &req.public_key, label.signer.as_ref(), asn1::now()).unwrap();
+    let subject = label
+        .profile
+        .subject(&label.pai, &req.ids, &serial)
+        .unwrap();
+    let dac = label
+        .profile
+        .build(
+            &label.pai,
+            &subject,
+            &serial,
+            &req.public_key,
+            label.signer.as_ref(),
+            asn1::now(),
+        )
+        .unwrap();
     let start = Instant::now();
     for _ in 0..n {
         profile::check::dac(&dac.der, &label.pai, asn1::now()).unwrap();
@@ -84,7 +97,9 @@ fn main() {
         label.signer.sign(&dac.der[..300]).unwrap();
     }
     let sign = start.elapsed().as_secs_f64() * 1e6 / n as f64;
-    println!("  stages: CSR parse + verify {parse:.1} µs, self-check {check:.1} µs, sign {sign:.1} µs");
+    println!(
+        "  stages: CSR parse + verify {parse:.1} µs, self-check {check:.1} µs, sign {sign:.1} µs"
+    );
 
     let ledger = Arc::new(RedbLedger::open(&config.ledger).unwrap());
     let issuer = Arc::new(Issuer::new(&config, ledger.clone()).unwrap());

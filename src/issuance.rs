@@ -12,7 +12,7 @@ use crate::profile::cert::Parsed;
 use crate::profile::check::{self, CaRole};
 use crate::profile::{self, Dac, DacProfile, DacSubject, Pai};
 use crate::signer::{self, FileSigner, Signer};
-use crate::store::{Admission, DacRecord, Ledger, Status};
+use crate::store::{Admission, DacRecord, Ledger, Pending, Status};
 
 /// A label, loaded: its PAI, chain, signer and policy.
 pub struct Label {
@@ -95,6 +95,20 @@ impl Issuer {
         opts: &IssueOptions,
         authorize: impl FnOnce(&DacSubject) -> Result<()>,
     ) -> Result<Issued> {
+        let (issued, pending) = self.start_with(label, req, opts, authorize)?;
+        pending.wait()?;
+        Ok(issued)
+    }
+
+    /// The CPU part of [`Issuer::issue_with`]: decides, signs, self-checks and submits the record
+    /// to the ledger. The DAC must not leave before the returned [`Pending`] resolves `Ok`.
+    pub fn start_with(
+        &self,
+        label: &str,
+        req: &EnrollmentRequest,
+        opts: &IssueOptions,
+        authorize: impl FnOnce(&DacSubject) -> Result<()>,
+    ) -> Result<(Issued, Pending)> {
         let label = self.label(label)?;
         let serial = profile::random_serial()?;
         let subject = match &opts.renews {
@@ -102,7 +116,7 @@ impl Issuer {
             None => label.profile.subject(&label.pai, &req.ids, &serial)?,
         };
         authorize(&subject)?;
-        self.issue_subject(label, &subject, &serial, &req.public_key, opts)
+        self.start_subject(label, &subject, &serial, &req.public_key, opts)
     }
 
     /// Issues a DAC for a subject already decided (batch, renewal) and a public key.
@@ -114,6 +128,20 @@ impl Issuer {
         public_key: &[u8; 65],
         opts: &IssueOptions,
     ) -> Result<Issued> {
+        let (issued, pending) = self.start_subject(label, subject, serial, public_key, opts)?;
+        pending.wait()?;
+        Ok(issued)
+    }
+
+    /// The CPU part of [`Issuer::issue_subject`]; see [`Issuer::start_with`].
+    pub fn start_subject(
+        &self,
+        label: &Label,
+        subject: &DacSubject,
+        serial: &[u8],
+        public_key: &[u8; 65],
+        opts: &IssueOptions,
+    ) -> Result<(Issued, Pending)> {
         let subject_der = subject.to_der();
         let renews = opts.renews.as_ref().map(|(r, _)| r.serial.clone());
         // A cheap refusal before signing when the quota is used up (many requests arrive at once
@@ -150,14 +178,14 @@ impl Issuer {
             status: Status::Issued,
             renews,
         };
-        self.ledger.commit(
+        let pending = self.ledger.submit(
             &record,
             &Admission {
                 quota: label.config.quota,
                 token: opts.token.clone(),
             },
-        )?;
-        Ok(Issued { dac, record })
+        );
+        Ok((Issued { dac, record }, pending))
     }
 }
 

@@ -102,10 +102,12 @@ enum TokenCommand {
     },
 }
 
-/// Issuances in flight at once (each holds a blocking thread while it signs and waits for the
-/// ledger's group commit). 32 keeps two cores busy while a commit's fsync is pending and bounds
-/// the memory of thread stacks and allocator arenas; requests beyond it queue.
-const MAX_ISSUING_THREADS: usize = 32;
+/// Threads for the CPU part of issuance (CSR verification, signing, self-check). They never wait
+/// for the ledger's fsync (that is awaited asynchronously), so a few per core keep every core
+/// busy; more would only add context switches and allocator arenas.
+fn issuing_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()) * 2
+}
 
 /// Where `serve` without --config keeps the embedded default.
 const EMBEDDED_DIR: &str = "matter-est-dev";
@@ -246,7 +248,7 @@ fn serve(config: Option<PathBuf>, log_json: bool, danger_dev: bool) -> Result<()
     let config = Config::load(&config_path)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .max_blocking_threads(MAX_ISSUING_THREADS)
+        .max_blocking_threads(issuing_threads())
         .build()
         .map_err(|e| Error::Internal(e.to_string()))?;
     let ledger = Arc::new(RedbLedger::open(&config.ledger)?);

@@ -20,6 +20,7 @@ use crate::csr;
 use crate::error::{Error, ErrorKind, Result};
 use crate::issuance::{IssueOptions, Issued, Issuer, Label};
 use crate::policy::{Basic, PeerChain, Policy};
+use crate::store::Pending;
 
 /// The realm of the HTTP Basic challenge (RFC 7617 §2).
 pub const REALM: &str = "matter-est";
@@ -210,7 +211,7 @@ async fn route(
                 .and_then(Basic::parse);
             let body = read_body(app, req).await?;
             let (app, conn, for_task) = (app.clone(), conn.clone(), label.clone());
-            let (issued, who) = tokio::task::spawn_blocking(move || {
+            let (issued, pending, who) = tokio::task::spawn_blocking(move || {
                 enroll(
                     &app,
                     &for_task,
@@ -222,6 +223,8 @@ async fn route(
             })
             .await
             .map_err(|e| Error::Internal(format!("issuance task: {e}")))??;
+            // Recorded durably before anything is returned (DESIGN.md step 7).
+            pending.await?;
             outcome.identity = Some(who);
             outcome.serial = Some(asn1::hex(&issued.dac.serial));
             Ok(Reply::base64(
@@ -269,7 +272,7 @@ async fn read_body(app: &App, req: Request<Incoming>) -> Result<Bytes> {
 }
 
 /// The enrollment service call, off the async runtime: authenticate, decode, authorise,
-/// issue. Returns the DAC and who asked.
+/// sign and submit to the ledger. Returns the DAC, its pending commit, and who asked.
 fn enroll(
     app: &App,
     label: &Arc<Label>,
@@ -277,7 +280,7 @@ fn enroll(
     peer: Option<&PeerChain>,
     basic: Option<&Basic>,
     body: &[u8],
-) -> Result<(Issued, String)> {
+) -> Result<(Issued, Pending, String)> {
     let ledger = app.issuer.ledger().as_ref();
     let name = &label.config.name;
     match op {
@@ -297,7 +300,8 @@ fn enroll(
                 token: None,
                 renews: Some((old, subject)),
             };
-            Ok((app.issuer.issue(name, &req, &opts)?, who))
+            let (issued, pending) = app.issuer.start_with(name, &req, &opts, |_| Ok(()))?;
+            Ok((issued, pending, who))
         }
         _ => {
             let enroller = app
@@ -313,10 +317,10 @@ fn enroll(
                 token: enroller.token(),
                 renews: None,
             };
-            let issued = app.issuer.issue_with(name, &req, &opts, |subject| {
+            let (issued, pending) = app.issuer.start_with(name, &req, &opts, |subject| {
                 Policy::authorize(&enroller, name, subject)
             })?;
-            Ok((issued, who))
+            Ok((issued, pending, who))
         }
     }
 }

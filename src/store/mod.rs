@@ -73,12 +73,78 @@ pub struct Admission {
     pub token: Option<String>,
 }
 
-/// The ledger seam. Every method is blocking: call it off the async runtime's threads.
+/// A commit in progress: await it (async) or [`Pending::wait`] for it (blocking). It resolves
+/// once the record is durable or refused; a DAC is returned only after it resolved `Ok`.
+pub struct Pending(tokio::sync::oneshot::Receiver<Result<bool>>);
+
+/// The writing side of a [`Pending`].
+pub struct Completer(tokio::sync::oneshot::Sender<Result<bool>>);
+
+impl Pending {
+    /// A new pending result and the completer that resolves it.
+    pub fn new() -> (Completer, Pending) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (Completer(tx), Pending(rx))
+    }
+
+    /// Blocks the calling thread until the commit resolves (works inside or outside a runtime;
+    /// call it off the async runtime's worker threads).
+    pub fn wait(self) -> Result<bool> {
+        block_on(self)
+    }
+}
+
+impl Completer {
+    /// Resolves the pending result (a dropped waiter is fine).
+    pub fn complete(self, result: Result<bool>) {
+        let _ = self.0.send(result);
+    }
+}
+
+impl std::future::Future for Pending {
+    type Output = Result<bool>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|r| {
+            r.unwrap_or_else(|_| Err(crate::Error::Ledger("the ledger writer stopped".into())))
+        })
+    }
+}
+
+/// Polls a future to completion on this thread, parking between wake-ups.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let mut future = std::pin::pin!(future);
+    let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    loop {
+        if let std::task::Poll::Ready(v) = future.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
+
+/// The ledger seam. Reads block briefly; writes are submitted and resolve through [`Pending`],
+/// so an async caller never holds a thread while a commit is made durable.
 pub trait Ledger: Send + Sync {
-    /// Records `record` durably (fsync'd) if, atomically: its serial is new, its subject is not
-    /// held by another DAC of the same issuer (a renewal may take over its predecessor's
-    /// subject), the label's quota has room, and the admission's token is unspent.
-    fn commit(&self, record: &DacRecord, admission: &Admission) -> Result<()>;
+    /// Submits `record` to be recorded durably (fsync'd) if, atomically: its serial is new, its
+    /// subject is not held by another DAC of the same issuer (a renewal may take over its
+    /// predecessor's subject), the label's quota has room, and the admission's token is
+    /// unspent.
+    fn submit(&self, record: &DacRecord, admission: &Admission) -> Pending;
+    /// [`Ledger::submit`] and wait for it.
+    fn commit(&self, record: &DacRecord, admission: &Admission) -> Result<()> {
+        self.submit(record, admission).wait().map(|_| ())
+    }
     /// The DAC with this serial.
     fn by_serial(&self, serial: &[u8]) -> Result<Option<DacRecord>>;
     /// The current DAC with this subject under this issuer.

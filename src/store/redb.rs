@@ -11,15 +11,18 @@ use std::thread::JoinHandle;
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::{Admission, DacRecord, Ledger, Status, TokenRecord};
+use super::{Admission, Completer, DacRecord, Ledger, Pending, Status, TokenRecord};
 use crate::error::{Error, Result};
 
-/// serial → record (JSON).
-const DACS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dacs");
-/// issuer SKID ‖ subject DER → serial of the current holder.
-const SUBJECTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("subjects");
-/// issue sequence number → serial (the list in issue order).
-const SEQUENCE: TableDefinition<u64, &[u8]> = TableDefinition::new("sequence");
+/// issue sequence number → record ([`codec`]). Keyed by sequence so that a commit appends to
+/// the end of the tree instead of rewriting pages all over it (serials are random).
+const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
+/// serial → sequence number.
+const SERIALS: TableDefinition<&[u8], u64> = TableDefinition::new("serials");
+/// SHA-256(issuer SKID ‖ subject DER)[..16] → sequence number of the current holder. A short
+/// fixed-size key keeps this random-access index small; the record's own subject is compared
+/// on lookup.
+const SUBJECTS: TableDefinition<&[u8], u64> = TableDefinition::new("subjects");
 /// label → DACs issued.
 const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("counts");
 /// SHA-256 of a token secret → token (JSON).
@@ -55,7 +58,7 @@ enum Op {
 
 struct Job {
     op: Op,
-    reply: mpsc::SyncSender<Result<bool>>,
+    reply: Completer,
 }
 
 fn le(e: impl std::fmt::Display) -> Error {
@@ -80,9 +83,9 @@ impl RedbLedger {
             })?;
         let txn = db.begin_write().map_err(le)?;
         {
-            txn.open_table(DACS).map_err(le)?;
+            txn.open_table(RECORDS).map_err(le)?;
+            txn.open_table(SERIALS).map_err(le)?;
             txn.open_table(SUBJECTS).map_err(le)?;
-            txn.open_table(SEQUENCE).map_err(le)?;
             txn.open_table(COUNTS).map_err(le)?;
             txn.open_table(TOKENS).map_err(le)?;
             txn.open_table(TOKEN_IDS).map_err(le)?;
@@ -118,20 +121,25 @@ impl RedbLedger {
         }
     }
 
-    fn submit(&self, op: Op) -> Result<bool> {
-        let (reply, answer) = mpsc::sync_channel(1);
-        {
-            let jobs = self.jobs.lock().map_err(le)?;
-            let sender = jobs
-                .as_ref()
-                .ok_or_else(|| Error::Ledger("the ledger is closed".into()))?;
-            sender
+    fn submit_op(&self, op: Op) -> Pending {
+        let (reply, pending) = Pending::new();
+        let sent = self.jobs.lock().map_err(le).and_then(|jobs| {
+            jobs.as_ref()
+                .ok_or_else(|| Error::Ledger("the ledger is closed".into()))?
                 .send(Job { op, reply })
-                .map_err(|_| Error::Ledger("the ledger writer stopped".into()))?;
+                .map_err(|e| {
+                    let job = e.0;
+                    job.reply
+                        .complete(Err(Error::Ledger("the ledger writer stopped".into())));
+                    Error::Ledger("the ledger writer stopped".into())
+                })
+        });
+        if let Err(e) = sent {
+            let (reply, pending) = Pending::new();
+            reply.complete(Err(e));
+            return pending;
         }
-        answer
-            .recv()
-            .map_err(|_| Error::Ledger("the ledger writer stopped".into()))?
+        pending
     }
 
     fn read<T>(
@@ -162,13 +170,13 @@ fn writer_loop(db: &Database, rx: &mpsc::Receiver<Job>) {
         match outcome {
             Ok(results) => {
                 for (job, result) in group.into_iter().zip(results) {
-                    let _ = job.reply.send(result);
+                    job.reply.complete(result);
                 }
             }
             Err(e) => {
                 let msg = e.to_string();
                 for job in group {
-                    let _ = job.reply.send(Err(Error::Ledger(msg.clone())));
+                    job.reply.complete(Err(Error::Ledger(msg.clone())));
                 }
             }
         }
@@ -181,13 +189,13 @@ fn apply_group(db: &Database, group: &[Job]) -> Result<Vec<Result<bool>>> {
     let txn = db.begin_write().map_err(le)?;
     let mut results = Vec::with_capacity(group.len());
     {
-        let mut dacs = txn.open_table(DACS).map_err(le)?;
+        let mut records = txn.open_table(RECORDS).map_err(le)?;
+        let mut serials = txn.open_table(SERIALS).map_err(le)?;
         let mut subjects = txn.open_table(SUBJECTS).map_err(le)?;
-        let mut sequence = txn.open_table(SEQUENCE).map_err(le)?;
         let mut counts = txn.open_table(COUNTS).map_err(le)?;
         let mut tokens = txn.open_table(TOKENS).map_err(le)?;
         let mut token_ids = txn.open_table(TOKEN_IDS).map_err(le)?;
-        let mut next_seq = sequence
+        let mut next_seq = records
             .last()
             .map_err(le)?
             .map(|(k, _)| k.value() + 1)
@@ -195,16 +203,23 @@ fn apply_group(db: &Database, group: &[Job]) -> Result<Vec<Result<bool>>> {
         for job in group {
             let result = match &job.op {
                 Op::Commit(record, admission) => (|| {
-                    if dacs.get(record.serial.as_slice()).map_err(le)?.is_some() {
+                    if serials.get(record.serial.as_slice()).map_err(le)?.is_some() {
                         return Err(Error::Ledger(format!(
                             "serial {} is already on record",
                             crate::asn1::hex(&record.serial)
                         )));
                     }
-                    let subject_key = [record.issuer_key.as_slice(), &record.subject_der].concat();
+                    let subject_key = subject_key(&record.issuer_key, &record.subject_der);
                     if let Some(holder) = subjects.get(subject_key.as_slice()).map_err(le)? {
+                        let holder = codec::decode(
+                            records
+                                .get(holder.value())
+                                .map_err(le)?
+                                .ok_or_else(|| Error::Ledger("dangling subject index".into()))?
+                                .value(),
+                        )?;
                         // RFC 7030 §4.2.2 renewal: only the link to the holder is exempt.
-                        if record.renews.as_deref() != Some(holder.value()) {
+                        if record.renews.as_deref() != Some(holder.serial.as_slice()) {
                             return Err(Error::SubjectTaken {
                                 subject: record.subject.clone(),
                                 label: record.label.clone(),
@@ -247,16 +262,14 @@ fn apply_group(db: &Database, group: &[Job]) -> Result<Vec<Result<bool>>> {
                             .insert(hash.as_slice(), encode(&token)?.as_slice())
                             .map_err(le)?;
                     }
-                    dacs.insert(
-                        record.serial.as_slice(),
-                        encode(record.as_ref())?.as_slice(),
-                    )
-                    .map_err(le)?;
-                    subjects
-                        .insert(subject_key.as_slice(), record.serial.as_slice())
+                    records
+                        .insert(next_seq, codec::encode(record).as_slice())
                         .map_err(le)?;
-                    sequence
-                        .insert(next_seq, record.serial.as_slice())
+                    serials
+                        .insert(record.serial.as_slice(), next_seq)
+                        .map_err(le)?;
+                    subjects
+                        .insert(subject_key.as_slice(), next_seq)
                         .map_err(le)?;
                     next_seq += 1;
                     counts
@@ -265,20 +278,27 @@ fn apply_group(db: &Database, group: &[Job]) -> Result<Vec<Result<bool>>> {
                     Ok(true)
                 })(),
                 Op::Revoke { serial, reason, at } => (|| {
-                    let Some(mut record): Option<DacRecord> = dacs
+                    let Some(seq) = serials
                         .get(serial.as_slice())
                         .map_err(le)?
-                        .map(|v| decode(v.value()))
-                        .transpose()?
+                        .map(|v| v.value())
                     else {
                         return Ok(false);
                     };
+                    let mut record = codec::decode(
+                        records
+                            .get(seq)
+                            .map_err(le)?
+                            .ok_or_else(|| Error::Ledger("dangling serial index".into()))?
+                            .value(),
+                    )?;
                     if record.status == Status::Issued {
                         record.status = Status::Revoked {
                             at: *at,
                             reason: reason.clone(),
                         };
-                        dacs.insert(serial.as_slice(), encode(&record)?.as_slice())
+                        records
+                            .insert(seq, codec::encode(&record).as_slice())
                             .map_err(le)?;
                     }
                     Ok(true)
@@ -304,6 +324,119 @@ fn apply_group(db: &Database, group: &[Job]) -> Result<Vec<Result<bool>>> {
     Ok(results)
 }
 
+/// The subject index key: unique subjects per issuer (MATTER.md "DAC").
+fn subject_key(issuer_key: &[u8], subject_der: &[u8]) -> [u8; 16] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update((issuer_key.len() as u32).to_be_bytes());
+    h.update(issuer_key);
+    h.update(subject_der);
+    let digest = h.finalize();
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&digest[..16]);
+    key
+}
+
+/// A compact binary form of [`DacRecord`] (length-prefixed fields, version byte first); JSON
+/// and hex cost more than the B-tree insert on the commit path.
+mod codec {
+    use super::{DacRecord, Status};
+    use crate::error::{Error, Result};
+
+    const VERSION: u8 = 1;
+
+    pub fn encode(r: &DacRecord) -> Vec<u8> {
+        let mut out = Vec::with_capacity(96 + r.der.len() + r.subject_der.len() + r.subject.len());
+        out.push(VERSION);
+        bytes(&mut out, &r.serial);
+        bytes(&mut out, r.label.as_bytes());
+        bytes(&mut out, &r.issuer_key);
+        bytes(&mut out, r.subject.as_bytes());
+        bytes(&mut out, &r.subject_der);
+        out.extend_from_slice(&r.vid.to_be_bytes());
+        out.extend_from_slice(&r.pid.to_be_bytes());
+        bytes(&mut out, r.requester.as_bytes());
+        out.extend_from_slice(&r.issued_at.to_be_bytes());
+        bytes(&mut out, &r.der);
+        match &r.status {
+            Status::Issued => out.push(0),
+            Status::Revoked { at, reason } => {
+                out.push(1);
+                out.extend_from_slice(&at.to_be_bytes());
+                bytes(&mut out, reason.as_bytes());
+            }
+        }
+        match &r.renews {
+            None => out.push(0),
+            Some(s) => {
+                out.push(1);
+                bytes(&mut out, s);
+            }
+        }
+        out
+    }
+
+    pub fn decode(mut input: &[u8]) -> Result<DacRecord> {
+        let r = &mut input;
+        if take(r, 1)? != [VERSION] {
+            return Err(Error::Ledger("unknown record version".into()));
+        }
+        Ok(DacRecord {
+            serial: field(r)?.to_vec(),
+            label: text(r)?,
+            issuer_key: field(r)?.to_vec(),
+            subject: text(r)?,
+            subject_der: field(r)?.to_vec(),
+            vid: u16::from_be_bytes(array(r)?),
+            pid: u16::from_be_bytes(array(r)?),
+            requester: text(r)?,
+            issued_at: i64::from_be_bytes(array(r)?),
+            der: field(r)?.to_vec(),
+            status: match take(r, 1)?[0] {
+                0 => Status::Issued,
+                _ => Status::Revoked {
+                    at: i64::from_be_bytes(array(r)?),
+                    reason: text(r)?,
+                },
+            },
+            renews: match take(r, 1)?[0] {
+                0 => None,
+                _ => Some(field(r)?.to_vec()),
+            },
+        })
+    }
+
+    fn bytes(out: &mut Vec<u8>, b: &[u8]) {
+        out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+        out.extend_from_slice(b);
+    }
+
+    fn take<'a>(r: &mut &'a [u8], n: usize) -> Result<&'a [u8]> {
+        if r.len() < n {
+            return Err(Error::Ledger("truncated record".into()));
+        }
+        let (head, tail) = r.split_at(n);
+        *r = tail;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(r: &mut &[u8]) -> Result<[u8; N]> {
+        take(r, N)?
+            .try_into()
+            .map_err(|_| Error::Ledger("truncated record".into()))
+    }
+
+    fn field<'a>(r: &mut &'a [u8]) -> Result<&'a [u8]> {
+        let len = u32::from_be_bytes(array(r)?) as usize;
+        take(r, len)
+    }
+
+    fn text(r: &mut &[u8]) -> Result<String> {
+        String::from_utf8(field(r)?.to_vec())
+            .map_err(|_| Error::Ledger("bad text in record".into()))
+    }
+}
+
 fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(value).map_err(le)
 }
@@ -313,45 +446,49 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
 }
 
 impl Ledger for RedbLedger {
-    fn commit(&self, record: &DacRecord, admission: &Admission) -> Result<()> {
-        self.submit(Op::Commit(Box::new(record.clone()), admission.clone()))
-            .map(|_| ())
+    fn submit(&self, record: &DacRecord, admission: &Admission) -> Pending {
+        self.submit_op(Op::Commit(Box::new(record.clone()), admission.clone()))
     }
 
     fn by_serial(&self, serial: &[u8]) -> Result<Option<DacRecord>> {
         self.read(|txn| {
-            let t = txn.open_table(DACS).map_err(le)?;
-            t.get(serial)
+            let serials = txn.open_table(SERIALS).map_err(le)?;
+            let Some(seq) = serials.get(serial).map_err(le)?.map(|v| v.value()) else {
+                return Ok(None);
+            };
+            let records = txn.open_table(RECORDS).map_err(le)?;
+            records
+                .get(seq)
                 .map_err(le)?
-                .map(|v| decode(v.value()))
+                .map(|v| codec::decode(v.value()))
                 .transpose()
         })
     }
 
     fn by_subject(&self, issuer_key: &[u8], subject_der: &[u8]) -> Result<Option<DacRecord>> {
-        let serial = self.read(|txn| {
-            let t = txn.open_table(SUBJECTS).map_err(le)?;
-            let key = [issuer_key, subject_der].concat();
-            Ok(t.get(key.as_slice())
+        self.read(|txn| {
+            let subjects = txn.open_table(SUBJECTS).map_err(le)?;
+            let key = subject_key(issuer_key, subject_der);
+            let Some(seq) = subjects.get(key.as_slice()).map_err(le)?.map(|v| v.value()) else {
+                return Ok(None);
+            };
+            let records = txn.open_table(RECORDS).map_err(le)?;
+            let record = records
+                .get(seq)
                 .map_err(le)?
-                .map(|v| v.value().to_vec()))
-        })?;
-        match serial {
-            Some(s) => self.by_serial(&s),
-            None => Ok(None),
-        }
+                .map(|v| codec::decode(v.value()))
+                .transpose()?;
+            Ok(record.filter(|r| r.issuer_key == issuer_key && r.subject_der == subject_der))
+        })
     }
 
     fn list(&self, skip: usize, limit: usize) -> Result<Vec<DacRecord>> {
         self.read(|txn| {
-            let seq = txn.open_table(SEQUENCE).map_err(le)?;
-            let dacs = txn.open_table(DACS).map_err(le)?;
+            let records = txn.open_table(RECORDS).map_err(le)?;
             let mut out = Vec::new();
-            for entry in seq.iter().map_err(le)?.skip(skip).take(limit) {
-                let (_, serial) = entry.map_err(le)?;
-                if let Some(v) = dacs.get(serial.value()).map_err(le)? {
-                    out.push(decode(v.value())?);
-                }
+            for entry in records.iter().map_err(le)?.skip(skip).take(limit) {
+                let (_, bytes) = entry.map_err(le)?;
+                out.push(codec::decode(bytes.value())?);
             }
             Ok(out)
         })
@@ -365,15 +502,17 @@ impl Ledger for RedbLedger {
     }
 
     fn revoke(&self, serial: &[u8], reason: &str, at: i64) -> Result<bool> {
-        self.submit(Op::Revoke {
+        self.submit_op(Op::Revoke {
             serial: serial.to_vec(),
             reason: reason.to_string(),
             at,
         })
+        .wait()
     }
 
     fn put_token(&self, secret_hash: &[u8; 32], token: &TokenRecord) -> Result<()> {
-        self.submit(Op::PutToken(*secret_hash, token.clone()))
+        self.submit_op(Op::PutToken(*secret_hash, token.clone()))
+            .wait()
             .map(|_| ())
     }
 
@@ -391,7 +530,7 @@ impl Ledger for RedbLedger {
 impl RedbLedger {
     /// Number of DACs on record.
     pub fn len(&self) -> Result<u64> {
-        self.read(|txn| txn.open_table(DACS).map_err(le)?.len().map_err(le))
+        self.read(|txn| txn.open_table(RECORDS).map_err(le)?.len().map_err(le))
     }
 
     /// True when nothing is on record.
