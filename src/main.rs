@@ -324,17 +324,16 @@ matter-est is serving the embedded default (development PKI, test VID FFF1) on h
 Try it from another terminal:
 
   # the CA certificates (PAI, PAA)
-  curl -s --cacert {d}/tls/ca.pem https://localhost:{port}/.well-known/est/cacerts | openssl base64 -d -A | openssl pkcs7 -inform DER -print_certs
+  curl -s --cacert {d}/tls/ca.pem https://localhost:{port}/.well-known/est/cacerts | openssl base64 -d | openssl pkcs7 -inform DER -print_certs
 
-  # a device key and a Matter CSR (VID FFF1, PID 8000), then enroll as the development gateway
+  # a device key and a Matter CSR (VID FFF1 and PID 8000 in the CN's Matter legacy form, which
+  # openssl's -subj can write), then enroll as the development gateway
   openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout device.key -out device.csr \
-      -subj "/CN=device-0001/1.3.6.1.4.1.37244.2.1=FFF1/1.3.6.1.4.1.37244.2.2=8000" -addext "basicConstraints=CA:FALSE"
+      -subj "/CN=device-0001 Mvid:FFF1 Mpid:8000"
   curl -s --cacert {d}/tls/ca.pem --cert {d}/clients/gateway.pem --key {d}/clients/gateway.key \
       -H "Content-Type: application/pkcs10" --data-binary @device.csr \
       https://localhost:{port}/.well-known/est/{label}/simpleenroll | openssl base64 -d | openssl pkcs7 -inform DER -print_certs > dac-chain.pem
 
-  # or with the bundled client
-  cargo run -p est-client -- enroll --server https://localhost:{port} --cacert {d}/tls/ca.pem --cert {d}/clients/gateway.pem --key {d}/clients/gateway.key --vid FFF1 --pid 8000 --device-id device-0002 --out device-0002
 "#
     );
 }
