@@ -31,6 +31,12 @@ pub struct Issued {
     pub record: DacRecord,
 }
 
+/// A DAC built, signed and self-checked, with its ledger record, not yet recorded.
+pub struct Prepared {
+    pub issued: Issued,
+    admission: Admission,
+}
+
 /// What a caller asks for beyond the CSR.
 #[derive(Clone, Debug, Default)]
 pub struct IssueOptions {
@@ -142,6 +148,28 @@ impl Issuer {
         public_key: &[u8; 65],
         opts: &IssueOptions,
     ) -> Result<(Issued, Pending)> {
+        let prepared = self.prepare_subject(label, subject, serial, public_key, opts)?;
+        let pending = self.submit(&prepared);
+        Ok((prepared.issued, pending))
+    }
+
+    /// Submits a prepared DAC to the ledger. Its DAC must not leave before the [`Pending`]
+    /// resolves `Ok`.
+    pub fn submit(&self, prepared: &Prepared) -> Pending {
+        self.ledger
+            .submit(&prepared.issued.record, &prepared.admission)
+    }
+
+    /// Builds, signs and self-checks a DAC and its ledger record, without recording it (the
+    /// batch writes the key first, then submits; see [`Issuer::submit`]).
+    pub fn prepare_subject(
+        &self,
+        label: &Label,
+        subject: &DacSubject,
+        serial: &[u8],
+        public_key: &[u8; 65],
+        opts: &IssueOptions,
+    ) -> Result<Prepared> {
         let subject_der = subject.to_der();
         let renews = opts.renews.as_ref().map(|(r, _)| r.serial.clone());
         // A cheap refusal before signing when the quota is used up (many requests arrive at once
@@ -178,14 +206,13 @@ impl Issuer {
             status: Status::Issued,
             renews,
         };
-        let pending = self.ledger.submit(
-            &record,
-            &Admission {
+        Ok(Prepared {
+            issued: Issued { dac, record },
+            admission: Admission {
                 quota: label.config.quota,
                 token: opts.token.clone(),
             },
-        );
-        Ok((Issued { dac, record }, pending))
+        })
     }
 }
 

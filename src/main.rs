@@ -10,7 +10,7 @@ use matter_est::config::Config;
 use matter_est::issuance::{IssueOptions, Issuer};
 use matter_est::profile::dev;
 use matter_est::store::redb::RedbLedger;
-use matter_est::{Error, Result, asn1, csr, matter, policy, server, signer};
+use matter_est::{Error, Result, asn1, batch, csr, matter, policy, server, signer};
 
 #[derive(Parser)]
 #[command(
@@ -68,6 +68,28 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Make keys and DACs ahead of time for a production line without a network.
+    Batch {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        label: String,
+        /// The PID of every DAC in the batch.
+        #[arg(long)]
+        pid: String,
+        /// How many devices (CN = the label's cn_prefix + serial).
+        #[arg(long, conflicts_with = "devices", required_unless_present = "devices")]
+        count: Option<u64>,
+        /// One hardware ID per line (CSV; the first column); each becomes the DAC's CN.
+        #[arg(long)]
+        devices: Option<PathBuf>,
+        /// Output directory (created 0700; an interrupted batch here is resumed).
+        #[arg(long)]
+        out: PathBuf,
+        /// Encrypt each private key with the passphrase in this environment variable.
+        #[arg(long)]
+        encrypt_passphrase_env: Option<String>,
     },
     /// Make a Matter CSR (P-256 key, CN/VID/PID subject) with our own code, to try `issue`.
     SampleCsr {
@@ -203,6 +225,71 @@ fn run(cli: Cli) -> Result<()> {
             }
             ledger.close();
             Ok(())
+        }
+        Command::Batch {
+            config,
+            label,
+            pid,
+            count,
+            devices,
+            out,
+            encrypt_passphrase_env,
+        } => {
+            let config = Config::load(&config)?;
+            config.label(&label)?;
+            let pid = matter::Pid::parse(&pid)?;
+            let ledger = Arc::new(RedbLedger::open(&config.ledger)?);
+            let issuer = Issuer::new(&config, ledger.clone())?;
+            let devices = match (count, devices) {
+                (_, Some(path)) => batch::Devices::List(path),
+                (Some(n), None) => batch::Devices::Count(n),
+                (None, None) => {
+                    return Err(Error::BadRequest("give --count N or --devices FILE".into()));
+                }
+            };
+            let start = std::time::Instant::now();
+            let report = batch::run(
+                &issuer,
+                &batch::BatchOptions {
+                    label,
+                    pid,
+                    devices,
+                    out: out.clone(),
+                    passphrase_env: encrypt_passphrase_env,
+                    progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                },
+            )?;
+            drop(issuer);
+            ledger.close();
+            let secs = start.elapsed().as_secs_f64();
+            for (id, reason) in &report.failures {
+                eprintln!("device {id}: {reason}");
+            }
+            let s = &report.summary;
+            println!(
+                "batch {}: label {} VID {} PID {}: {} of {} devices ({} made now at {:.0}/s, {} recovered), serials {} .. {}, keys {}",
+                s.status,
+                s.label,
+                s.vid,
+                s.pid,
+                s.count,
+                s.requested,
+                report.made,
+                report.made as f64 / secs.max(1e-9),
+                report.recovered,
+                s.first_serial.as_deref().unwrap_or("-"),
+                s.last_serial.as_deref().unwrap_or("-"),
+                s.key_encryption,
+            );
+            println!("output: {}", out.display());
+            if report.failures.is_empty() {
+                Ok(())
+            } else {
+                Err(Error::BadRequest(format!(
+                    "{} devices failed; rerun the same command to retry them",
+                    report.failures.len()
+                )))
+            }
         }
         Command::SampleCsr {
             out,

@@ -1,0 +1,285 @@
+//! Offline batches (issue 5): conformant DACs with matching keys, a manifest that matches the
+//! files, the ledger holding exactly the batch, quota refusal up front, resume after a kill.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // reason: tests
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::Command;
+
+use common::{DevEnv, assert_matter_dac};
+use matter_est::batch::ManifestEntry;
+use matter_est::profile::dev;
+use matter_est::store::Ledger;
+use sha2::{Digest, Sha256};
+
+fn batch(env: &DevEnv, out: &Path, extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_matter-est"))
+        .args(["batch", "--config"])
+        .arg(env.path(dev::files::CONFIG))
+        .args(["--label", "dev", "--pid", "8000", "--out"])
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn manifest(out: &Path) -> Vec<ManifestEntry> {
+    std::fs::read_to_string(out.join("manifest.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    matter_est::asn1::hex(bytes)
+}
+
+/// Every entry's files exist with the listed hashes, the key matches the DAC, and the DAC
+/// passes MATTER.md.
+fn check_files(env: &DevEnv, out: &Path, entries: &[ManifestEntry], check_rules: bool) {
+    use p256::elliptic_curve::sec1::ToSec1Point;
+    use p256::pkcs8::DecodePrivateKey;
+    let pai = env.pai_der();
+    for e in entries {
+        let dir = out.join("devices").join(&e.device_id);
+        let der = std::fs::read(dir.join("dac.der")).unwrap();
+        let pem = std::fs::read(dir.join("dac.pem")).unwrap();
+        let key = std::fs::read(dir.join(&e.key_file)).unwrap();
+        assert_eq!(hex(&Sha256::digest(&der)), e.dac_der_sha256);
+        assert_eq!(hex(&Sha256::digest(&pem)), e.dac_pem_sha256);
+        assert_eq!(hex(&Sha256::digest(&key)), e.key_sha256);
+        if check_rules {
+            assert_matter_dac(&der, &pai);
+        }
+        let cert: x509_cert::Certificate = der::Decode::from_der(&der).unwrap();
+        let point = cert
+            .tbs_certificate()
+            .subject_public_key_info()
+            .subject_public_key
+            .raw_bytes()
+            .to_vec();
+        if e.key_file == "key.der" {
+            let secret = p256::SecretKey::from_pkcs8_der(&key).unwrap();
+            assert_eq!(
+                secret.public_key().to_sec1_point(false).as_bytes(),
+                point.as_slice(),
+                "key matches DAC"
+            );
+        }
+        assert_eq!(
+            hex(cert.tbs_certificate().serial_number().as_bytes()).to_uppercase(),
+            e.serial
+        );
+    }
+}
+
+#[test]
+fn a_batch_of_ten_thousand() {
+    let env = DevEnv::new(|t| t);
+    let out = env.path("batch-1");
+    let run = batch(&env, &out, &["--count", "10000"]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let entries = manifest(&out);
+    assert_eq!(entries.len(), 10_000);
+    let subjects: HashSet<_> = entries.iter().map(|e| e.subject.clone()).collect();
+    assert_eq!(subjects.len(), 10_000, "subjects unique");
+    check_files(&env, &out, &entries, true);
+    let csv = std::fs::read_to_string(out.join("manifest.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 10_001, "CSV manifest with header");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("batch.json")).unwrap()).unwrap();
+    assert_eq!(summary["status"], "complete");
+    assert_eq!(summary["count"], 10_000);
+    assert_eq!(summary["vid"], "FFF1");
+    assert_eq!(std::fs::read(out.join("pai.der")).unwrap(), env.pai_der());
+    // Files 0600, directories 0700.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&out), 0o700);
+    let one = out.join("devices").join(&entries[0].device_id);
+    assert_eq!(mode(&one), 0o700);
+    assert_eq!(mode(&one.join("key.der")), 0o600);
+    // The ledger holds exactly the batch.
+    let (issuer, ledger) = env.issuer();
+    assert_eq!(ledger.count("dev").unwrap(), 10_000);
+    let on_record: HashSet<String> = ledger
+        .list(0, 20_000)
+        .unwrap()
+        .iter()
+        .map(|r| hex(&r.serial).to_uppercase())
+        .collect();
+    let in_batch: HashSet<String> = entries.iter().map(|e| e.serial.clone()).collect();
+    assert_eq!(on_record, in_batch);
+    drop((issuer, ledger));
+
+    // A second batch never reuses a subject or a serial; a rerun of the first does nothing.
+    let out2 = env.path("batch-2");
+    assert!(batch(&env, &out2, &["--count", "500"]).status.success());
+    let second = manifest(&out2);
+    assert!(
+        second
+            .iter()
+            .all(|e| !in_batch.contains(&e.serial) && !subjects.contains(&e.subject))
+    );
+    let rerun = batch(&env, &out, &["--count", "10000"]);
+    assert!(rerun.status.success());
+    assert!(
+        String::from_utf8_lossy(&rerun.stdout).contains("0 made now"),
+        "{}",
+        String::from_utf8_lossy(&rerun.stdout)
+    );
+}
+
+#[test]
+fn device_list_batch_with_encrypted_keys() {
+    let env = DevEnv::new(|t| t);
+    let list = env.path("devices.csv");
+    std::fs::write(&list, "device_id\nhw-0001\nhw-0002\nhw-0003\n").unwrap();
+    let out = env.path("line-7");
+    let run = Command::new(env!("CARGO_BIN_EXE_matter-est"))
+        .env("LINE_PASS", "line seven passphrase")
+        .args(["batch", "--config"])
+        .arg(env.path(dev::files::CONFIG))
+        .args(["--label", "dev", "--pid", "8000", "--devices"])
+        .arg(&list)
+        .arg("--out")
+        .arg(&out)
+        .args(["--encrypt-passphrase-env", "LINE_PASS"])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let entries = manifest(&out);
+    let ids: Vec<_> = entries
+        .iter()
+        .map(|e| e.device_id.as_str())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(ids.len(), 3);
+    check_files(&env, &out, &entries, true);
+    // The documented decryption command.
+    let dir = out.join("devices/hw-0002");
+    let key = Command::new("openssl")
+        .env("LINE_PASS", "line seven passphrase")
+        .args(["pkcs8", "-inform", "DER", "-passin", "env:LINE_PASS", "-in"])
+        .arg(dir.join("key-encrypted.der"))
+        .output()
+        .unwrap();
+    assert!(
+        key.status.success(),
+        "{}",
+        String::from_utf8_lossy(&key.stderr)
+    );
+    std::fs::write(env.path("k.pem"), &key.stdout).unwrap();
+    let pubkey = Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(env.path("k.pem"))
+        .output()
+        .unwrap();
+    let dac_pub = Command::new("openssl")
+        .args(["x509", "-noout", "-pubkey", "-in"])
+        .arg(dir.join("dac.pem"))
+        .output()
+        .unwrap();
+    assert_eq!(pubkey.stdout, dac_pub.stdout);
+    // The same devices again in another batch: refused per device, nothing recorded twice.
+    let again = batch(
+        &env,
+        &env.path("line-7b"),
+        &["--devices", list.to_str().unwrap()],
+    );
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already issued"));
+    let (_issuer, ledger) = env.issuer();
+    assert_eq!(ledger.count("dev").unwrap(), 3);
+}
+
+#[test]
+fn quota_refuses_the_whole_batch_before_any_work() {
+    let env =
+        DevEnv::new(|t| t.replace("cn_prefix = \"dev-\"", "cn_prefix = \"dev-\"\nquota = 50"));
+    let out = env.path("too-big");
+    let run = batch(&env, &out, &["--count", "51"]);
+    assert!(!run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        err.contains("has 50 of its quota of 50 DACs left; this batch needs 51"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(out.join("devices")).unwrap().count(), 0);
+    let (_issuer, ledger) = env.issuer();
+    assert_eq!(ledger.count("dev").unwrap(), 0);
+}
+
+#[test]
+fn a_killed_batch_resumes_without_loss_or_duplicates() {
+    let env = DevEnv::new(|t| t);
+    let out = env.path("killed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_matter-est"))
+        .args(["batch", "--config"])
+        .arg(env.path(dev::files::CONFIG))
+        .args([
+            "--label", "dev", "--pid", "8000", "--count", "6000", "--out",
+        ])
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it (SIGKILL) once it is well under way.
+    let manifest_path = out.join("manifest.jsonl");
+    for _ in 0..400 {
+        if std::fs::metadata(&manifest_path)
+            .map(|m| m.len() > 100_000)
+            .unwrap_or(false)
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let partial: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(out.join("batch.json"))
+            .unwrap_or_else(|_| b"{\"status\":\"partial\"}".to_vec()),
+    )
+    .unwrap();
+    assert_eq!(partial["status"], "partial");
+    let before = manifest(&out).len();
+    assert!(before < 6_000, "killed before the end ({before})");
+
+    let rerun = batch(&env, &out, &["--count", "6000"]);
+    assert!(
+        rerun.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rerun.stderr)
+    );
+    let entries = manifest(&out);
+    assert_eq!(entries.len(), 6_000);
+    let ids: HashSet<_> = entries.iter().map(|e| e.device_id.clone()).collect();
+    assert_eq!(ids.len(), 6_000, "no device twice in the manifest");
+    let dirs: Vec<_> = std::fs::read_dir(out.join("devices"))
+        .unwrap()
+        .map(|d| d.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(dirs.len(), 6_000);
+    assert!(dirs.iter().all(|d| !d.ends_with(".partial")));
+    check_files(&env, &out, &entries, false);
+    let (_issuer, ledger) = env.issuer();
+    assert_eq!(
+        ledger.count("dev").unwrap(),
+        6_000,
+        "every recorded DAC is in the batch, once"
+    );
+}
