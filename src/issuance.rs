@@ -122,7 +122,41 @@ impl Issuer {
             None => label.profile.subject(&label.pai, &req.ids, &serial)?,
         };
         authorize(&subject)?;
+        if opts.renews.is_none()
+            && let Some(existing) = self.same_request_on_record(label, &subject, &req.public_key)?
+        {
+            // An idempotent retry: the same key asking for the same subject again (a client that
+            // lost the response) gets the DAC on record, not a second DAC and not a refusal.
+            return Ok((existing, Pending::resolved(Ok(false))));
+        }
         self.start_subject(label, &subject, &serial, &req.public_key, opts)
+    }
+
+    /// The unrevoked DAC of `label` with this subject and this public key, if any.
+    fn same_request_on_record(
+        &self,
+        label: &Label,
+        subject: &DacSubject,
+        public_key: &[u8; 65],
+    ) -> Result<Option<Issued>> {
+        let Some(record) = self.ledger.by_subject(&label.pai.skid, &subject.to_der())? else {
+            return Ok(None);
+        };
+        let parsed = Parsed::from_der(&record.der)?;
+        if record.status != Status::Issued
+            || record.label != label.config.name
+            || &parsed.public_key != public_key
+        {
+            return Ok(None);
+        }
+        let dac = Dac {
+            der: record.der.clone(),
+            serial: record.serial.clone(),
+            subject: subject.clone(),
+            not_before: parsed.not_before,
+            not_after: parsed.not_after,
+        };
+        Ok(Some(Issued { dac, record }))
     }
 
     /// Issues a DAC for a subject already decided (batch, renewal) and a public key.

@@ -295,7 +295,24 @@ async fn openssl_and_curl_enroll_as_a_gateway() {
     }
     assert_eq!(server.ledger.count("dev").unwrap(), 2);
 
-    // The same device again: 403 with the reason.
+    // The same CSR again (a gateway that lost the response): the same DAC, not a second one.
+    let before = std::fs::read_to_string(d.join("dev-0001-chain.pem")).unwrap();
+    let head = curl_enroll(
+        &server,
+        &p,
+        "dev-0001",
+        &["--cert", &p.gw_cert, "--key", &p.gw_key],
+        "/.well-known/est/dev/simpleenroll",
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(
+        std::fs::read_to_string(d.join("dev-0001-chain.pem")).unwrap(),
+        before
+    );
+    assert_eq!(server.ledger.count("dev").unwrap(), 2);
+    // The same device with a new key: 403 with the reason.
+    openssl_csr(d, "dev-0001").await;
     let head = curl_enroll(
         &server,
         &p,

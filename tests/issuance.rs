@@ -581,7 +581,40 @@ fn cli_init_dev_keeps_keys_and_issue_writes_a_dac() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    // The same CSR again: refused with the reason, exit code non-zero.
+    // The same CSR again (same key, same subject): the DAC on record, not a second one.
+    let first = std::fs::read(&dac).unwrap();
+    let out = run(&[
+        "issue",
+        "--config",
+        config.to_str().unwrap(),
+        "--csr",
+        csr_path.to_str().unwrap(),
+        "--out",
+        dac.to_str().unwrap(),
+        "--pem",
+    ]);
+    assert!(out.status.success());
+    assert_eq!(std::fs::read(&dac).unwrap(), first);
+    // Another key for the same subject: refused with the reason, exit code non-zero.
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+        ])
+        .arg(dir.path().join("d2.key"))
+        .arg("-config")
+        .arg(&cnf)
+        .arg("-out")
+        .arg(&csr_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
     let out = run(&[
         "issue",
         "--config",

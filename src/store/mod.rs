@@ -87,6 +87,13 @@ impl Pending {
         (Completer(tx), Pending(rx))
     }
 
+    /// An already resolved result.
+    pub fn resolved(result: Result<bool>) -> Pending {
+        let (completer, pending) = Pending::new();
+        completer.complete(result);
+        pending
+    }
+
     /// Blocks the calling thread until the commit resolves (works inside or outside a runtime;
     /// call it off the async runtime's worker threads).
     pub fn wait(self) -> Result<bool> {

@@ -1,0 +1,161 @@
+//! Matter DAC keys and CSRs: a P-256 key from the operating system's CSPRNG and a PKCS#10 CSR
+//! whose subject carries the device identity (CN and/or serialNumber) and the Matter VID and PID
+//! attributes (Matter Core §6.2.2.2: 4 uppercase hex digits, UTF8String).
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use ring::rand::SystemRandom;
+use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
+
+use crate::{Error, Result};
+
+/// What goes into a device's subject.
+#[derive(Clone, Debug, Default)]
+pub struct DeviceSubject {
+    /// commonName: the device identity (at most 64 characters).
+    pub cn: Option<String>,
+    /// serialNumber attribute (X.520), e.g. a hardware serial.
+    pub serial_number: Option<String>,
+    /// 4 uppercase hex digits.
+    pub vid: Option<String>,
+    /// 4 uppercase hex digits.
+    pub pid: Option<String>,
+}
+
+/// A fresh P-256 key pair as PKCS#8 DER.
+pub fn generate_key() -> Result<Vec<u8>> {
+    EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &SystemRandom::new())
+        .map(|d| d.as_ref().to_vec())
+        .map_err(|_| Error::Usage("P-256 key generation failed".into()))
+}
+
+/// A PKCS#10 CSR (RFC 2986) for `subject`, signed with `pkcs8`.
+pub fn csr(pkcs8: &[u8], subject: &DeviceSubject) -> Result<Vec<u8>> {
+    let rng = SystemRandom::new();
+    let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8, &rng)
+        .map_err(|e| Error::Usage(format!("not a P-256 PKCS#8 key: {e}")))?;
+    for (name, v) in [("VID", &subject.vid), ("PID", &subject.pid)] {
+        if let Some(v) = v {
+            let ok = v.len() == 4
+                && v.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+                && v != "0000";
+            if !ok {
+                return Err(Error::Usage(format!(
+                    "{name} {v:?} must be 4 uppercase hex digits, not 0000"
+                )));
+            }
+        }
+    }
+    if subject
+        .cn
+        .as_ref()
+        .is_some_and(|cn| cn.chars().count() > 64)
+    {
+        return Err(Error::Usage(
+            "the device ID (CN) is at most 64 characters".into(),
+        ));
+    }
+    const CN: &[u8] = &[0x55, 0x04, 0x03];
+    const SERIAL: &[u8] = &[0x55, 0x04, 0x05];
+    const VID: &[u8] = &[0x2b, 0x06, 0x01, 0x04, 0x01, 0x82, 0xa2, 0x7c, 0x02, 0x01];
+    const PID: &[u8] = &[0x2b, 0x06, 0x01, 0x04, 0x01, 0x82, 0xa2, 0x7c, 0x02, 0x02];
+    let mut rdns = Vec::new();
+    let mut rdn = |oid: &[u8], string_tag: u8, value: &str| {
+        let atv = tlv(
+            0x30,
+            &[&tlv(0x06, &[oid]), &tlv(string_tag, &[value.as_bytes()])],
+        );
+        rdns.push(tlv(0x31, &[&atv]));
+    };
+    if let Some(cn) = &subject.cn {
+        rdn(CN, 0x0c, cn);
+    }
+    if let Some(sn) = &subject.serial_number {
+        rdn(SERIAL, 0x13, sn); // X.520: serialNumber is a PrintableString
+    }
+    if let Some(v) = &subject.vid {
+        rdn(VID, 0x0c, v);
+    }
+    if let Some(p) = &subject.pid {
+        rdn(PID, 0x0c, p);
+    }
+    let refs: Vec<&[u8]> = rdns.iter().map(Vec::as_slice).collect();
+    let name = tlv(0x30, &refs);
+    let spki_prefix: &[u8] = &[
+        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08,
+        0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+    ];
+    let spki = [spki_prefix, key.public_key().as_ref()].concat();
+    let info = tlv(0x30, &[&[0x02, 0x01, 0x00], &name, &spki, &[0xa0, 0x00]]);
+    let sig = key
+        .sign(&rng, &info)
+        .map_err(|_| Error::Usage("signing the CSR failed".into()))?;
+    let ecdsa_sha256: &[u8] = &[
+        0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02,
+    ];
+    let bits = [&[0u8][..], sig.as_ref()].concat();
+    Ok(tlv(0x30, &[&info, ecdsa_sha256, &tlv(0x03, &[&bits])]))
+}
+
+/// Reads a PKCS#8 PEM private key.
+pub fn read_key(path: &Path) -> Result<Vec<u8>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::File {
+        path: path.display().to_string(),
+        problem: e.to_string(),
+    })?;
+    let (label, der) = der::pem::decode_vec(text.as_bytes()).map_err(|e| Error::File {
+        path: path.display().to_string(),
+        problem: format!("not PEM: {e}"),
+    })?;
+    if label != "PRIVATE KEY" {
+        return Err(Error::File {
+            path: path.display().to_string(),
+            problem: format!("PEM label {label}; expected PRIVATE KEY (PKCS#8)"),
+        });
+    }
+    Ok(der)
+}
+
+/// Writes a PKCS#8 key as PEM, mode 0600 from creation.
+pub fn write_key(path: &Path, pkcs8: &[u8]) -> Result<()> {
+    let pem = der::pem::encode_string("PRIVATE KEY", der::pem::LineEnding::LF, pkcs8)
+        .map_err(|e| Error::Usage(e.to_string()))?;
+    write_file(path, pem.as_bytes(), 0o600)
+}
+
+/// Writes a file with `mode` set at creation, replacing an existing one.
+pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let err = |e: std::io::Error| Error::File {
+        path: path.display().to_string(),
+        problem: e.to_string(),
+    };
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(err)?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+fn tlv(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut out = vec![tag];
+    if len < 0x80 {
+        out.push(len as u8);
+    } else if len < 0x100 {
+        out.extend_from_slice(&[0x81, len as u8]);
+    } else {
+        out.extend_from_slice(&[0x82, (len >> 8) as u8, len as u8]);
+    }
+    for p in parts {
+        out.extend_from_slice(p);
+    }
+    out
+}
