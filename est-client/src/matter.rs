@@ -33,9 +33,6 @@ pub fn generate_key() -> Result<Vec<u8>> {
 
 /// A PKCS#10 CSR (RFC 2986) for `subject`, signed with `pkcs8`.
 pub fn csr(pkcs8: &[u8], subject: &DeviceSubject) -> Result<Vec<u8>> {
-    let rng = SystemRandom::new();
-    let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8, &rng)
-        .map_err(|e| Error::Usage(format!("not a P-256 PKCS#8 key: {e}")))?;
     for (name, v) in [("VID", &subject.vid), ("PID", &subject.pid)] {
         if let Some(v) = v {
             let ok = v.len() == 4
@@ -83,13 +80,20 @@ pub fn csr(pkcs8: &[u8], subject: &DeviceSubject) -> Result<Vec<u8>> {
         rdn(PID, 0x0c, p);
     }
     let refs: Vec<&[u8]> = rdns.iter().map(Vec::as_slice).collect();
-    let name = tlv(0x30, &refs);
+    csr_for_name(pkcs8, &tlv(0x30, &refs))
+}
+
+/// A PKCS#10 CSR for a subject Name given as DER (re-enrollment copies the old subject).
+pub fn csr_for_name(pkcs8: &[u8], name: &[u8]) -> Result<Vec<u8>> {
+    let rng = SystemRandom::new();
+    let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8, &rng)
+        .map_err(|e| Error::Usage(format!("not a P-256 PKCS#8 key: {e}")))?;
     let spki_prefix: &[u8] = &[
         0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08,
         0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
     ];
     let spki = [spki_prefix, key.public_key().as_ref()].concat();
-    let info = tlv(0x30, &[&[0x02, 0x01, 0x00], &name, &spki, &[0xa0, 0x00]]);
+    let info = tlv(0x30, &[&[0x02, 0x01, 0x00], name, &spki, &[0xa0, 0x00]]);
     let sig = key
         .sign(&rng, &info)
         .map_err(|_| Error::Usage("signing the CSR failed".into()))?;

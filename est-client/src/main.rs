@@ -1,0 +1,683 @@
+//! The `est-client` command line: cacerts, csrattrs, enroll, reenroll, renew, and gateway mode
+//! for a production line.
+
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use der::{Decode, Encode};
+use est_client::matter::{self, DeviceSubject};
+use est_client::{Client, ClientConfig, Enrolled, Error, Result, wire};
+use sha2::{Digest, Sha256};
+
+#[derive(Parser)]
+#[command(name = "est-client", version, about = "EST client for Matter DACs")]
+struct Cli {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct Conn {
+    /// The EST server, e.g. https://est.example.com:8443
+    #[arg(long, global = true, default_value = "https://localhost:8443")]
+    server: String,
+    /// The server's label (RFC 7030 §3.2.2), e.g. one PAI.
+    #[arg(long, global = true)]
+    label: Option<String>,
+    /// CA certificates (PEM) to trust for the server; the only trust anchors used.
+    #[arg(long, global = true)]
+    cacert: Option<PathBuf>,
+    /// Client certificate (PEM, leaf first) for mutual TLS.
+    #[arg(long, global = true)]
+    cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, global = true)]
+    key: Option<PathBuf>,
+    /// HTTP Basic user (e.g. an enrollment token id); the password comes from the
+    /// EST_PASSWORD environment variable or --password-file, never the command line.
+    #[arg(long, global = true)]
+    user: Option<String>,
+    #[arg(long, global = true)]
+    password_file: Option<PathBuf>,
+    /// How long to keep retrying a request the server holds (202 Retry-After), seconds.
+    #[arg(long, global = true, default_value_t = 600)]
+    max_wait: u64,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fetch the CA certificates (PAI, PAA).
+    Cacerts {
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Show the CSR attributes the server asks for.
+    Csrattrs,
+    /// Enroll a device: a new P-256 key and Matter CSR (or --csr), then simpleenroll.
+    Enroll {
+        #[command(flatten)]
+        device: DeviceArgs,
+        /// Send this CSR (PEM or DER) instead of making a key and CSR.
+        #[arg(long)]
+        csr: Option<PathBuf>,
+        /// Output prefix: PREFIX.dac.pem, PREFIX.key.pem, PREFIX.chain.pem
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        format: Format,
+    },
+    /// Re-enroll with the DAC given as --cert/--key: same subject, new key unless --keep-key.
+    Reenroll {
+        #[arg(long)]
+        keep_key: bool,
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        format: Format,
+    },
+    /// Re-enroll only when the --cert DAC has used more than --threshold of its lifetime.
+    Renew {
+        /// Share of the lifetime after which to renew (0-1).
+        #[arg(long, default_value_t = 0.7)]
+        threshold: f64,
+        #[arg(long)]
+        keep_key: bool,
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        format: Format,
+    },
+    /// Production-line gateway: enroll every device of a CSV over keep-alive connections.
+    Gateway {
+        /// One hardware ID per line (first CSV column; header `device_id` and `#` lines skipped).
+        #[arg(long)]
+        devices: PathBuf,
+        #[arg(long)]
+        vid: String,
+        #[arg(long)]
+        pid: String,
+        /// Output directory: DIR/<device>/{dac.pem,key.pem,chain.pem} and DIR/manifest.jsonl.
+        #[arg(long)]
+        out: PathBuf,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Keep-alive connections to spread them over.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+    },
+}
+
+#[derive(Args)]
+struct DeviceArgs {
+    /// Vendor ID, 4 uppercase hex digits.
+    #[arg(long)]
+    vid: Option<String>,
+    /// Product ID, 4 uppercase hex digits.
+    #[arg(long)]
+    pid: Option<String>,
+    /// The device identity, written as the CN.
+    #[arg(long)]
+    device_id: Option<String>,
+    /// A hardware serial number, written as the serialNumber attribute.
+    #[arg(long)]
+    serial_number: Option<String>,
+}
+
+#[derive(Args, Clone, Copy)]
+struct Format {
+    /// Write PEM (default).
+    #[arg(long, conflicts_with = "der")]
+    pem: bool,
+    /// Write DER: PREFIX.dac.der, PREFIX.key.der, PREFIX.chain.der (PAI, PAA concatenated).
+    #[arg(long)]
+    der: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("est-client: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("est-client: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn client(conn: &Conn, identity_override: Option<(&Path, &Path)>) -> Result<Client> {
+    let cacert = conn.cacert.as_deref().ok_or_else(|| {
+        Error::Usage("--cacert is required: the CA that issued the server's certificate".into())
+    })?;
+    let identity = identity_override.or(match (&conn.cert, &conn.key) {
+        (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+        (None, None) => None,
+        _ => return Err(Error::Usage("--cert and --key go together".into())),
+    });
+    let mut config = ClientConfig::new(&conn.server, conn.label.as_deref(), cacert, identity)?;
+    if let Some(user) = &conn.user {
+        let password = match &conn.password_file {
+            Some(p) => std::fs::read_to_string(p)
+                .map_err(|e| Error::File {
+                    path: p.display().to_string(),
+                    problem: e.to_string(),
+                })?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+            None => std::env::var("EST_PASSWORD").map_err(|_| {
+                Error::Usage("--user needs the password in EST_PASSWORD or --password-file".into())
+            })?,
+        };
+        config.basic = Some((user.clone(), password));
+    }
+    Ok(Client::new(config))
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let conn = &cli.conn;
+    match &cli.command {
+        Command::Cacerts { out } => {
+            let certs = client(conn, None)?.cacerts().await?;
+            let pem = wire::pem(&certs)?;
+            match out {
+                Some(path) => matter::write_file(path, pem.as_bytes(), 0o644)?,
+                None => print!("{pem}"),
+            }
+            eprintln!("{} CA certificates", certs.len());
+        }
+        Command::Csrattrs => match client(conn, None)?.csrattrs().await? {
+            Some(der) => {
+                for oid in csrattrs_oids(&der) {
+                    println!("{oid}");
+                }
+            }
+            None => println!("(the server asks for no particular attributes)"),
+        },
+        Command::Enroll {
+            device,
+            csr,
+            out,
+            format,
+        } => {
+            let c = client(conn, None)?;
+            let (csr_der, key) = match csr {
+                Some(path) => (read_csr(path)?, None),
+                None => {
+                    let key = matter::generate_key()?;
+                    let subject = DeviceSubject {
+                        cn: device.device_id.clone(),
+                        serial_number: device.serial_number.clone(),
+                        vid: device.vid.clone(),
+                        pid: device.pid.clone(),
+                    };
+                    if subject.cn.is_none() && subject.serial_number.is_none() {
+                        return Err(Error::Usage(
+                            "give --device-id and/or --serial-number (or --csr)".into(),
+                        ));
+                    }
+                    (matter::csr(&key, &subject)?, Some(key))
+                }
+            };
+            // The key is on disk before the request: a lost response can be retried with it.
+            if let Some(key) = &key {
+                write_key(out, key, *format)?;
+            }
+            let certs = with_retry(conn.max_wait, || c.simpleenroll(&csr_der)).await?;
+            write_outputs(out, &certs, *format)?;
+            println!("{}", describe(&certs[0]));
+        }
+        Command::Reenroll {
+            keep_key,
+            out,
+            format,
+        } => {
+            let certs = reenroll(conn, *keep_key, out, *format).await?;
+            println!("{}", describe(&certs[0]));
+        }
+        Command::Renew {
+            threshold,
+            keep_key,
+            out,
+            format,
+        } => {
+            let cert_path = conn
+                .cert
+                .as_deref()
+                .ok_or_else(|| Error::Usage("--cert (the DAC to renew) is required".into()))?;
+            let (nb, na) = validity(&std::fs::read(cert_path).map_err(|e| Error::File {
+                path: cert_path.display().to_string(),
+                problem: e.to_string(),
+            })?)?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let used = (now.saturating_sub(nb)) as f64 / (na.saturating_sub(nb)).max(1) as f64;
+            if used < *threshold {
+                println!(
+                    "not renewing: {:.1} % of the lifetime used, below {:.0} %",
+                    used * 100.0,
+                    threshold * 100.0
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            let certs = reenroll(conn, *keep_key, out, *format).await?;
+            println!("renewed: {}", describe(&certs[0]));
+        }
+        Command::Gateway {
+            devices,
+            vid,
+            pid,
+            out,
+            concurrency,
+            connections,
+        } => {
+            return gateway(conn, devices, vid, pid, out, *concurrency, *connections).await;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn reenroll(conn: &Conn, keep_key: bool, out: &Path, format: Format) -> Result<Vec<Vec<u8>>> {
+    let (cert, old_key) = match (&conn.cert, &conn.key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        _ => {
+            return Err(Error::Usage(
+                "--cert and --key (the DAC being renewed and its key) are required".into(),
+            ));
+        }
+    };
+    let dac = read_cert_der(&cert)?;
+    let subject = x509_cert::Certificate::from_der(&dac)
+        .map_err(|e| Error::BadResponse(format!("{}: {e}", cert.display())))?
+        .tbs_certificate()
+        .subject()
+        .to_der()
+        .map_err(|e| Error::BadResponse(e.to_string()))?;
+    let key = if keep_key {
+        matter::read_key(&old_key)?
+    } else {
+        matter::generate_key()?
+    };
+    // RFC 7030 §4.2.2: the CSR subject is the renewed certificate's subject.
+    let csr = matter::csr_for_name(&key, &subject)?;
+    let c = client(conn, Some((&cert, &old_key)))?;
+    write_key(out, &key, format)?;
+    let certs = with_retry(conn.max_wait, || c.simplereenroll(&csr)).await?;
+    write_outputs(out, &certs, format)?;
+    Ok(certs)
+}
+
+/// Retries a held (202) request until `max_wait` seconds have passed.
+async fn with_retry<F, Fut>(max_wait: u64, mut op: F) -> Result<Vec<Vec<u8>>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Enrolled>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(max_wait);
+    loop {
+        match op().await? {
+            Enrolled::Certificates(c) => return Ok(c),
+            Enrolled::Pending { retry_after } => {
+                if Instant::now() + retry_after > deadline {
+                    return Err(Error::Status {
+                        status: 202,
+                        message: format!("still held by the server after {max_wait} s"),
+                    });
+                }
+                eprintln!(
+                    "held by the server; retrying in {} s",
+                    retry_after.as_secs()
+                );
+                tokio::time::sleep(retry_after).await;
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)] // reason: the CLI's flags, passed once
+async fn gateway(
+    conn: &Conn,
+    devices: &Path,
+    vid: &str,
+    pid: &str,
+    out: &Path,
+    concurrency: usize,
+    connections: usize,
+) -> Result<ExitCode> {
+    let ids = read_devices(devices)?;
+    std::fs::create_dir_all(out).map_err(|e| file_err(out, e))?;
+    let manifest_path = out.join("manifest.jsonl");
+    let done = read_done(&manifest_path);
+    let todo: Vec<String> = ids
+        .into_iter()
+        .filter(|id| !done.contains_key(id))
+        .collect();
+    let total = todo.len();
+    let clients: Vec<Arc<Client>> = (0..connections.max(1))
+        .map(|_| client(conn, None).map(Arc::new))
+        .collect::<Result<_>>()?;
+    let manifest = Arc::new(std::sync::Mutex::new(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&manifest_path)
+            .map_err(|e| file_err(&manifest_path, e))?,
+    ));
+    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        indicatif::ProgressBar::new(total as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{bar:40} {pos}/{len} devices  {per_sec}  ETA {eta}",
+    ) {
+        bar.set_style(style);
+    }
+    let slots = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(total);
+    for (i, id) in todo.into_iter().enumerate() {
+        let permit = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| Error::Usage(e.to_string()))?;
+        let client = clients[i % clients.len()].clone();
+        let (manifest, bar, out) = (manifest.clone(), bar.clone(), out.to_path_buf());
+        let (vid, pid) = (vid.to_string(), pid.to_string());
+        tasks.push(tokio::spawn(async move {
+            let _permit = permit;
+            let result = enroll_device(&client, &out, &id, &vid, &pid).await;
+            let line = match &result {
+                Ok((serial, sha)) => serde_json::json!({
+                    "device_id": id, "serial": serial, "dac_file": format!("{id}/dac.pem"),
+                    "sha256": sha, "status": "ok"
+                }),
+                Err(e) => serde_json::json!({ "device_id": id, "status": "failed", "error": e.to_string() }),
+            };
+            if let Err(e) = &result {
+                bar.suspend(|| eprintln!("device {id}: {e}"));
+            }
+            if let Ok(mut f) = manifest.lock() {
+                let _ = writeln!(f, "{line}");
+            }
+            bar.inc(1);
+            result.is_ok()
+        }));
+    }
+    let mut failed = 0;
+    for t in tasks {
+        if !t.await.unwrap_or(false) {
+            failed += 1;
+        }
+    }
+    bar.finish_and_clear();
+    if let Ok(f) = manifest.lock() {
+        let _ = f.sync_all();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{} devices enrolled, {failed} failed, {} already done ({:.0} devices/s); manifest {}",
+        total - failed,
+        done.len(),
+        (total - failed) as f64 / secs.max(1e-9),
+        manifest_path.display()
+    );
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// One device of the gateway: its key is written before the request, so a rerun after a lost
+/// response sends the same key and subject and gets the same DAC back.
+async fn enroll_device(
+    client: &Client,
+    out: &Path,
+    id: &str,
+    vid: &str,
+    pid: &str,
+) -> Result<(String, String)> {
+    let dir = out.join(id);
+    std::fs::create_dir_all(&dir).map_err(|e| file_err(&dir, e))?;
+    let key_path = dir.join("key.pem");
+    let key = match matter::read_key(&key_path) {
+        Ok(k) => k,
+        Err(_) => {
+            let k = matter::generate_key()?;
+            matter::write_key(&key_path, &k)?;
+            k
+        }
+    };
+    let csr = matter::csr(
+        &key,
+        &DeviceSubject {
+            cn: Some(id.to_string()),
+            vid: Some(vid.to_string()),
+            pid: Some(pid.to_string()),
+            serial_number: None,
+        },
+    )?;
+    let certs = match client.simpleenroll(&csr).await? {
+        Enrolled::Certificates(c) => c,
+        Enrolled::Pending { retry_after } => {
+            return Err(Error::Status {
+                status: 202,
+                message: format!(
+                    "held by the server; rerun after {} s",
+                    retry_after.as_secs()
+                ),
+            });
+        }
+    };
+    let dac_pem = wire::pem(&certs[..1])?;
+    matter::write_file(&dir.join("dac.pem"), dac_pem.as_bytes(), 0o644)?;
+    matter::write_file(
+        &dir.join("chain.pem"),
+        wire::pem(&certs[1..])?.as_bytes(),
+        0o644,
+    )?;
+    let serial = x509_cert::Certificate::from_der(&certs[0])
+        .map(|c| hex(c.tbs_certificate().serial_number().as_bytes()))
+        .map_err(|e| Error::BadResponse(e.to_string()))?;
+    Ok((serial, hex(&Sha256::digest(dac_pem.as_bytes()))))
+}
+
+fn read_done(manifest: &Path) -> HashMap<String, String> {
+    let mut done = HashMap::new();
+    if let Ok(f) = std::fs::File::open(manifest) {
+        for line in std::io::BufReader::new(f)
+            .lines()
+            .map_while(std::result::Result::ok)
+        {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && v["status"] == "ok"
+                && let Some(id) = v["device_id"].as_str()
+            {
+                done.insert(
+                    id.to_string(),
+                    v["serial"].as_str().unwrap_or("").to_string(),
+                );
+            }
+        }
+    }
+    done
+}
+
+fn read_devices(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| file_err(path, e))?;
+    let mut ids = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let id = line.split(',').next().unwrap_or("").trim();
+        if id.is_empty() || id.starts_with('#') || (n == 0 && id.eq_ignore_ascii_case("device_id"))
+        {
+            continue;
+        }
+        if id.len() > 64
+            || id.starts_with('.')
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+        {
+            return Err(Error::File {
+                path: path.display().to_string(),
+                problem: format!(
+                    "line {}: {id:?}: a device ID is 1-64 of letters, digits, '.', '_', '-'",
+                    n + 1
+                ),
+            });
+        }
+        ids.push(id.to_string());
+    }
+    Ok(ids)
+}
+
+fn write_key(prefix: &Path, key: &[u8], format: Format) -> Result<()> {
+    if format.der {
+        matter::write_file(&with_suffix(prefix, "key.der"), key, 0o600)
+    } else {
+        matter::write_key(&with_suffix(prefix, "key.pem"), key)
+    }
+}
+
+fn write_outputs(prefix: &Path, certs: &[Vec<u8>], format: Format) -> Result<()> {
+    if format.der {
+        matter::write_file(&with_suffix(prefix, "dac.der"), &certs[0], 0o644)?;
+        matter::write_file(
+            &with_suffix(prefix, "chain.der"),
+            &certs[1..].concat(),
+            0o644,
+        )
+    } else {
+        matter::write_file(
+            &with_suffix(prefix, "dac.pem"),
+            wire::pem(&certs[..1])?.as_bytes(),
+            0o644,
+        )?;
+        matter::write_file(
+            &with_suffix(prefix, "chain.pem"),
+            wire::pem(&certs[1..])?.as_bytes(),
+            0o644,
+        )
+    }
+}
+
+fn with_suffix(prefix: &Path, suffix: &str) -> PathBuf {
+    let mut s = prefix.as_os_str().to_owned();
+    s.push(".");
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+fn read_csr(path: &Path) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(path).map_err(|e| file_err(path, e))?;
+    match der::pem::decode_vec(&bytes) {
+        Ok((_, der)) => Ok(der),
+        Err(_) => Ok(bytes),
+    }
+}
+
+fn read_cert_der(path: &Path) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(path).map_err(|e| file_err(path, e))?;
+    if bytes.starts_with(b"-----BEGIN") {
+        let text = String::from_utf8_lossy(&bytes);
+        let first = text
+            .split_inclusive("-----END CERTIFICATE-----")
+            .next()
+            .unwrap_or_default();
+        der::pem::decode_vec(first.trim().as_bytes())
+            .map(|(_, d)| d)
+            .map_err(|e| Error::File {
+                path: path.display().to_string(),
+                problem: format!("not a PEM certificate: {e}"),
+            })
+    } else {
+        Ok(bytes)
+    }
+}
+
+fn validity(pem_or_der: &[u8]) -> Result<(u64, u64)> {
+    let der = if pem_or_der.starts_with(b"-----BEGIN") {
+        let text = String::from_utf8_lossy(pem_or_der);
+        let first = text
+            .split_inclusive("-----END CERTIFICATE-----")
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        der::pem::decode_vec(first.as_bytes())
+            .map(|(_, d)| d)
+            .map_err(|e| Error::BadResponse(e.to_string()))?
+    } else {
+        pem_or_der.to_vec()
+    };
+    let cert =
+        x509_cert::Certificate::from_der(&der).map_err(|e| Error::BadResponse(e.to_string()))?;
+    let v = cert.tbs_certificate().validity();
+    Ok((
+        v.not_before.to_unix_duration().as_secs(),
+        v.not_after.to_unix_duration().as_secs(),
+    ))
+}
+
+fn describe(der: &[u8]) -> String {
+    match x509_cert::Certificate::from_der(der) {
+        Ok(c) => format!(
+            "DAC serial {} subject {}",
+            hex(c.tbs_certificate().serial_number().as_bytes()),
+            c.tbs_certificate().subject()
+        ),
+        Err(e) => format!("certificate ({e})"),
+    }
+}
+
+fn csrattrs_oids(der: &[u8]) -> Vec<String> {
+    // CsrAttrs ::= SEQUENCE OF AttrOrOID; print each OID (and an attribute's type).
+    #[derive(der::Choice)]
+    enum AttrOrOid {
+        Oid(const_oid::ObjectIdentifier),
+        Attribute(x509_cert::attr::Attribute),
+    }
+    Vec::<AttrOrOid>::from_der(der)
+        .map(|v| {
+            v.into_iter()
+                .map(|a| match a {
+                    AttrOrOid::Oid(o) => o.to_string(),
+                    AttrOrOid::Attribute(a) => format!("{} (attribute)", a.oid),
+                })
+                .collect()
+        })
+        .unwrap_or_else(|e| vec![format!("unreadable CsrAttrs: {e}")])
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn file_err(path: &Path, e: std::io::Error) -> Error {
+    Error::File {
+        path: path.display().to_string(),
+        problem: e.to_string(),
+    }
+}

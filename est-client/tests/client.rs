@@ -1,0 +1,305 @@
+//! est-client against a real `matter-est serve` on loopback (issue 4).
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)] // reason: tests; shared helpers
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::est::TestServer;
+use est_client::matter::{self, DeviceSubject};
+use est_client::{Client, ClientConfig, Enrolled, Error};
+use matter_est::profile::dev;
+use matter_est::store::Ledger;
+
+fn config(server: &TestServer, identity: Option<(&Path, &Path)>) -> ClientConfig {
+    ClientConfig::new(
+        &server.url(""),
+        Some("dev"),
+        &server.env.path(dev::files::TLS_CA_CERT),
+        identity,
+    )
+    .unwrap()
+}
+
+fn gateway(server: &TestServer) -> Client {
+    let (c, k) = (
+        server.env.path(dev::files::GATEWAY_CERT),
+        server.env.path(dev::files::GATEWAY_KEY),
+    );
+    Client::new(config(server, Some((&c, &k))))
+}
+
+fn device_csr(id: &str, pid: &str) -> (Vec<u8>, Vec<u8>) {
+    let key = matter::generate_key().unwrap();
+    let csr = matter::csr(
+        &key,
+        &DeviceSubject {
+            cn: Some(id.into()),
+            serial_number: Some("SN-42".into()),
+            vid: Some("FFF1".into()),
+            pid: Some(pid.into()),
+        },
+    )
+    .unwrap();
+    (key, csr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operation_against_the_server() {
+    let server = TestServer::start(|t| t).await;
+    let anon = Client::new(config(&server, None));
+    let cas = anon.cacerts().await.unwrap();
+    assert_eq!(cas[0], server.env.pai_der());
+    let attrs = anon.csrattrs().await.unwrap().unwrap();
+    assert_eq!(attrs[0], 0x30);
+
+    // Enroll twice on one keep-alive connection; the CSR carries CN, serialNumber, VID, PID.
+    let gw = gateway(&server);
+    let mut last = None;
+    for id in ["lib-0001", "lib-0002"] {
+        let (key, csr) = device_csr(id, "8000");
+        let Enrolled::Certificates(certs) = gw.simpleenroll(&csr).await.unwrap() else {
+            panic!("pending")
+        };
+        assert_eq!(certs.len(), 2);
+        assert_eq!(certs[1], server.env.pai_der());
+        common::assert_matter_dac(&certs[0], &server.env.pai_der());
+        last = Some((key, certs[0].clone()));
+    }
+
+    // Re-enroll with the DAC as the TLS client certificate.
+    let (key, dac) = last.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (dac_path, key_path) = (dir.path().join("dac.pem"), dir.path().join("key.pem"));
+    std::fs::write(
+        &dac_path,
+        est_client::wire::pem(std::slice::from_ref(&dac)).unwrap(),
+    )
+    .unwrap();
+    matter::write_key(&key_path, &key).unwrap();
+    let device = Client::new(config(&server, Some((&dac_path, &key_path))));
+    let subject = {
+        use der::{Decode, Encode};
+        x509_cert::Certificate::from_der(&dac)
+            .unwrap()
+            .tbs_certificate()
+            .subject()
+            .to_der()
+            .unwrap()
+    };
+    let csr = matter::csr_for_name(&matter::generate_key().unwrap(), &subject).unwrap();
+    let Enrolled::Certificates(renewed) = device.simplereenroll(&csr).await.unwrap() else {
+        panic!()
+    };
+    assert_ne!(renewed[0], dac);
+    assert_eq!(server.ledger.count("dev").unwrap(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_name_their_cause() {
+    let mut server = TestServer::start(|t| {
+        t.replace(
+            "match = \"cn:gw-line-1\"\npids = \"any\"",
+            "match = \"cn:gw-line-1\"\npids = [\"8000\"]",
+        )
+    })
+    .await;
+    // Wrong trust anchor: the PAA is not the TLS CA.
+    let wrong = ClientConfig::new(
+        &server.url(""),
+        None,
+        &server.env.path(dev::files::PAA_CERT),
+        None,
+    )
+    .unwrap();
+    let err = Client::new(wrong).cacerts().await.unwrap_err();
+    assert!(matches!(err, Error::Tls { .. }), "{err}");
+    assert!(err.to_string().contains("--cacert"), "{err}");
+    // No client certificate: 401 with the server's reason.
+    let (_, csr) = device_csr("nocert", "8000");
+    let err = Client::new(config(&server, None))
+        .simpleenroll(&csr)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Unauthorized(ref m) if m.contains("client certificate")),
+        "{err}"
+    );
+    // Forbidden PID: 403 with the rule.
+    let (_, csr) = device_csr("pid8001", "8001");
+    let err = gateway(&server).simpleenroll(&csr).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "403 Forbidden: PID 8001 is not allowed for client cn:gw-line-1 on label \"dev\""
+    );
+    // Server down.
+    let client = gateway(&server);
+    server.stop().await;
+    let err = client.cacerts().await.unwrap_err();
+    assert!(matches!(err, Error::Connect { .. }), "{err}");
+}
+
+#[test]
+fn decoders_accept_libest_and_globalsign_shapes() {
+    use base64::Engine;
+    let certs: Vec<Vec<u8>> = {
+        let env = common::DevEnv::new(|t| t);
+        vec![
+            env.pai_der(),
+            matter_est::issuance::read_cert(&env.path(dev::files::PAA_CERT)).unwrap(),
+        ]
+    };
+    let refs: Vec<&[u8]> = certs.iter().map(Vec::as_slice).collect();
+    let der = matter_est::est::wire::certs_only(&refs);
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&der);
+    let wrap = |n: usize, eol: &str| -> String {
+        b64.as_bytes()
+            .chunks(n)
+            .map(|c| format!("{}{eol}", std::str::from_utf8(c).unwrap()))
+            .collect()
+    };
+    for body in [
+        wrap(64, "\n"),
+        wrap(76, "\r\n"),
+        b64.clone(),
+        format!("{}\n", b64),
+    ] {
+        assert_eq!(
+            est_client::wire::certs_only(body.as_bytes()).unwrap(),
+            certs
+        );
+    }
+    assert_eq!(
+        est_client::wire::certs_only(&der).unwrap(),
+        certs,
+        "raw DER too"
+    );
+    assert!(est_client::wire::certs_only(b"not base64!").is_err());
+}
+
+fn gateway_cmd(server: &TestServer, devices: &Path, out: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_est-client"));
+    cmd.args([
+        "gateway",
+        "--server",
+        &server.url(""),
+        "--label",
+        "dev",
+        "--cacert",
+    ])
+    .arg(server.env.path(dev::files::TLS_CA_CERT))
+    .arg("--cert")
+    .arg(server.env.path(dev::files::GATEWAY_CERT))
+    .arg("--key")
+    .arg(server.env.path(dev::files::GATEWAY_KEY))
+    .args(["--vid", "FFF1", "--pid", "8000", "--devices"])
+    .arg(devices)
+    .arg("--out")
+    .arg(out);
+    cmd
+}
+
+fn ok_lines(out: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out.join("manifest.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["status"] == "ok")
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_mode_over_a_thousand_devices() {
+    let server = TestServer::start(|t| t).await;
+    let dir = tempfile::tempdir().unwrap();
+    let devices = dir.path().join("devices.csv");
+    let mut csv = String::from("device_id\n");
+    for i in 0..1000 {
+        csv.push_str(&format!("line1-{i:05}\n"));
+    }
+    std::fs::write(&devices, csv).unwrap();
+    let out = dir.path().join("out");
+    let run = tokio::task::spawn_blocking({
+        let mut cmd = gateway_cmd(&server, &devices, &out);
+        move || cmd.output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let lines = ok_lines(&out);
+    assert_eq!(lines.len(), 1000);
+    for v in lines.iter().take(50) {
+        let id = v["device_id"].as_str().unwrap();
+        let pem = std::fs::read(out.join(id).join("dac.pem")).unwrap();
+        use sha2::Digest;
+        assert_eq!(
+            matter_est::asn1::hex(&sha2::Sha256::digest(&pem)),
+            v["sha256"].as_str().unwrap()
+        );
+    }
+    assert_eq!(server.ledger.count("dev").unwrap(), 1000);
+    // A rerun does nothing.
+    let rerun = tokio::task::spawn_blocking({
+        let mut cmd = gateway_cmd(&server, &devices, &out);
+        move || cmd.output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(rerun.status.success());
+    assert!(
+        String::from_utf8_lossy(&rerun.stdout)
+            .contains("0 devices enrolled, 0 failed, 1000 already done")
+    );
+    assert_eq!(server.ledger.count("dev").unwrap(), 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_killed_midway_finishes_on_rerun_without_duplicates() {
+    let server = TestServer::start(|t| t).await;
+    let dir = tempfile::tempdir().unwrap();
+    let devices = dir.path().join("devices.csv");
+    let csv: String = (0..1500).map(|i| format!("line2-{i:05}\n")).collect();
+    std::fs::write(&devices, csv).unwrap();
+    let out = dir.path().join("out");
+    let mut child = gateway_cmd(&server, &devices, &out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..500 {
+        if ok_lines(&out).len() > 300 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = ok_lines(&out).len();
+    assert!(before < 1500, "killed midway ({before})");
+    let rerun = tokio::task::spawn_blocking({
+        let mut cmd = gateway_cmd(&server, &devices, &out);
+        move || cmd.output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        rerun.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rerun.stderr)
+    );
+    let lines = ok_lines(&out);
+    let ids: std::collections::HashSet<_> = lines
+        .iter()
+        .map(|v| v["device_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 1500);
+    // Requests in flight at the kill were retried with the same key: the server returned the
+    // DAC on record instead of issuing a second one.
+    assert_eq!(server.ledger.count("dev").unwrap(), 1500);
+}
