@@ -395,40 +395,59 @@ async fn gateway(
     }
     let slots = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     let start = Instant::now();
-    let mut tasks = Vec::with_capacity(total);
-    for (i, id) in todo.into_iter().enumerate() {
-        let permit = slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|e| Error::Usage(e.to_string()))?;
-        let client = clients[i % clients.len()].clone();
-        let (manifest, bar, out) = (manifest.clone(), bar.clone(), out.to_path_buf());
-        let (vid, pid) = (vid.to_string(), pid.to_string());
-        tasks.push(tokio::spawn(async move {
-            let _permit = permit;
-            let result = enroll_device(&client, &out, &id, &vid, &pid).await;
+    let mut failed = 0;
+    let chain_written = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Devices go in chunks: every key of a chunk is written, then made durable with one
+    // syncfs, before any of its CSRs is sent (a DAC must never exist for a key we lost); the
+    // DAC files of a chunk are made durable before its manifest lines are written.
+    for (chunk_no, chunk) in todo.chunks(CHUNK).enumerate() {
+        let mut keys = Vec::with_capacity(chunk.len());
+        for id in chunk {
+            keys.push(device_key(out, id)?);
+        }
+        sync_dir(out)?;
+        let mut tasks = Vec::with_capacity(chunk.len());
+        for (i, (id, key)) in chunk.iter().cloned().zip(keys).enumerate() {
+            let permit = slots
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|e| Error::Usage(e.to_string()))?;
+            let client = clients[(chunk_no * CHUNK + i) % clients.len()].clone();
+            let (out, vid, pid) = (out.to_path_buf(), vid.to_string(), pid.to_string());
+            let chain_written = chain_written.clone();
+            tasks.push(tokio::spawn(async move {
+                let _permit = permit;
+                let result =
+                    enroll_device(&client, &out, &id, &key, &vid, &pid, &chain_written).await;
+                (id, result)
+            }));
+        }
+        let mut results = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            results.push(t.await.map_err(|e| Error::Usage(e.to_string()))?);
+        }
+        sync_dir(out)?;
+        let mut lines = String::new();
+        for (id, result) in results {
             let line = match &result {
                 Ok((serial, sha)) => serde_json::json!({
                     "device_id": id, "serial": serial, "dac_file": format!("{id}/dac.pem"),
                     "sha256": sha, "status": "ok"
                 }),
-                Err(e) => serde_json::json!({ "device_id": id, "status": "failed", "error": e.to_string() }),
+                Err(e) => {
+                    failed += 1;
+                    bar.suspend(|| eprintln!("device {id}: {e}"));
+                    serde_json::json!({ "device_id": id, "status": "failed", "error": e.to_string() })
+                }
             };
-            if let Err(e) = &result {
-                bar.suspend(|| eprintln!("device {id}: {e}"));
-            }
-            if let Ok(mut f) = manifest.lock() {
-                let _ = writeln!(f, "{line}");
-            }
+            lines.push_str(&line.to_string());
+            lines.push('\n');
             bar.inc(1);
-            result.is_ok()
-        }));
-    }
-    let mut failed = 0;
-    for t in tasks {
-        if !t.await.unwrap_or(false) {
-            failed += 1;
+        }
+        if let Ok(mut f) = manifest.lock() {
+            f.write_all(lines.as_bytes())
+                .map_err(|e| file_err(&manifest_path, e))?;
         }
     }
     bar.finish_and_clear();
@@ -450,28 +469,38 @@ async fn gateway(
     })
 }
 
-/// One device of the gateway: its key is written before the request, so a rerun after a lost
-/// response sends the same key and subject and gets the same DAC back.
+/// The device's key: the one a previous, interrupted run wrote (so a lost response is retried
+/// with the same key and subject and gets the same DAC back), else a new one (not yet synced).
+fn device_key(out: &Path, id: &str) -> Result<Vec<u8>> {
+    let dir = out.join(id);
+    let key_path = dir.join("key.pem");
+    if let Ok(k) = matter::read_key(&key_path) {
+        return Ok(k);
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| file_err(&dir, e))?;
+    let k = matter::generate_key()?;
+    matter::write_new_file(
+        &key_path,
+        &der::pem::encode_string("PRIVATE KEY", der::pem::LineEnding::LF, &k)
+            .map_err(|e| Error::Usage(e.to_string()))?
+            .into_bytes(),
+        0o600,
+    )?;
+    Ok(k)
+}
+
+/// One device of the gateway: CSR, simpleenroll, DAC file (durable with its chunk).
 async fn enroll_device(
     client: &Client,
     out: &Path,
     id: &str,
+    key: &[u8],
     vid: &str,
     pid: &str,
+    chain_written: &std::sync::atomic::AtomicBool,
 ) -> Result<(String, String)> {
-    let dir = out.join(id);
-    std::fs::create_dir_all(&dir).map_err(|e| file_err(&dir, e))?;
-    let key_path = dir.join("key.pem");
-    let key = match matter::read_key(&key_path) {
-        Ok(k) => k,
-        Err(_) => {
-            let k = matter::generate_key()?;
-            matter::write_key(&key_path, &k)?;
-            k
-        }
-    };
     let csr = matter::csr(
-        &key,
+        key,
         &DeviceSubject {
             cn: Some(id.to_string()),
             vid: Some(vid.to_string()),
@@ -492,17 +521,29 @@ async fn enroll_device(
         }
     };
     let dac_pem = wire::pem(&certs[..1])?;
-    matter::write_file(&dir.join("dac.pem"), dac_pem.as_bytes(), 0o644)?;
-    matter::write_file(
-        &dir.join("chain.pem"),
-        wire::pem(&certs[1..])?.as_bytes(),
-        0o644,
-    )?;
+    matter::write_new_file(&out.join(id).join("dac.pem"), dac_pem.as_bytes(), 0o644)?;
+    // The chain (PAI, PAA as received) is the same for every device of a label: written once.
+    if !chain_written.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        matter::write_file(
+            &out.join("chain.pem"),
+            wire::pem(&certs[1..])?.as_bytes(),
+            0o644,
+        )?;
+    }
     let serial = x509_cert::Certificate::from_der(&certs[0])
         .map(|c| hex(c.tbs_certificate().serial_number().as_bytes()))
         .map_err(|e| Error::BadResponse(e.to_string()))?;
     Ok((serial, hex(&Sha256::digest(dac_pem.as_bytes()))))
 }
+
+/// Makes every file written under `dir` durable: one syncfs instead of an fsync per file.
+fn sync_dir(dir: &Path) -> Result<()> {
+    let f = std::fs::File::open(dir).map_err(|e| file_err(dir, e))?;
+    rustix::fs::syncfs(&f).map_err(|e| file_err(dir, e.into()))
+}
+
+/// Devices per chunk of the gateway: one syncfs for the keys and one for the DACs per chunk.
+const CHUNK: usize = 256;
 
 fn read_done(manifest: &Path) -> HashMap<String, String> {
     let mut done = HashMap::new();

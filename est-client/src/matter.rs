@@ -148,6 +148,23 @@ pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(err)
 }
 
+/// Writes a new file with `mode` set at creation, without fsync (the caller syncs a group of
+/// files at once).
+pub fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let err = |e: std::io::Error| Error::File {
+        path: path.display().to_string(),
+        problem: e.to_string(),
+    };
+    let _ = std::fs::remove_file(path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .and_then(|mut f| f.write_all(bytes))
+        .map_err(err)
+}
+
 fn tlv(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
     let len: usize = parts.iter().map(|p| p.len()).sum();
     let mut out = vec![tag];
