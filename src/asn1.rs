@@ -12,7 +12,6 @@ pub mod tag {
     pub const OCTET_STRING: u8 = 0x04;
     pub const OID: u8 = 0x06;
     pub const UTF8_STRING: u8 = 0x0c;
-    pub const PRINTABLE_STRING: u8 = 0x13;
     pub const UTC_TIME: u8 = 0x17;
     pub const GENERALIZED_TIME: u8 = 0x18;
     pub const SEQUENCE: u8 = 0x30;
@@ -23,8 +22,6 @@ pub mod tag {
 pub mod oid {
     /// id-at-commonName 2.5.4.3
     pub const COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
-    /// id-at-organizationName 2.5.4.10
-    pub const ORGANIZATION: &[u8] = &[0x55, 0x04, 0x0a];
     /// Matter VID 1.3.6.1.4.1.37244.2.1 (Matter Core §6.2.2.2)
     pub const MATTER_VID: &[u8] = &[0x2b, 0x06, 0x01, 0x04, 0x01, 0x82, 0xa2, 0x7c, 0x02, 0x01];
     /// Matter PID 1.3.6.1.4.1.37244.2.2 (Matter Core §6.2.2.2)

@@ -339,8 +339,8 @@ fn serve(config: Option<PathBuf>, log_json: bool, danger_dev: bool) -> Result<()
         .build()
         .map_err(|e| Error::Internal(e.to_string()))?;
     let ledger = Arc::new(RedbLedger::open(&config.ledger)?);
-    let issuer_check = matter_est::issuance::Issuer::new(&config, ledger.clone())?;
-    let test_vid = issuer_check
+    let issuer = Arc::new(Issuer::new(&config, ledger.clone())?);
+    let test_vid = issuer
         .labels()
         .find(|l| (0xfff1..=0xfff4).contains(&l.pai.vid.value()));
     if let Some(label) = test_vid
@@ -357,9 +357,8 @@ fn serve(config: Option<PathBuf>, log_json: bool, danger_dev: bool) -> Result<()
             ),
         });
     }
-    drop(issuer_check);
     runtime.block_on(async {
-        let running = server::start(&config, ledger.clone()).await?;
+        let running = server::start(&config, issuer).await?;
         tracing::info!(addr = %running.addr, config = %config.path.display(), "matter-est serving");
         if embedded {
             print_try_it(&running.addr, &config.default_label);

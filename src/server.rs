@@ -17,7 +17,6 @@ use crate::error::{Error, Result};
 use crate::est::{self, App, Conn};
 use crate::issuance::Issuer;
 use crate::policy::{PeerChain, Policy};
-use crate::store::Ledger;
 use crate::tls;
 
 /// How long shutdown waits for requests in flight before dropping them: longer than the
@@ -44,9 +43,8 @@ impl Running {
     }
 }
 
-/// Loads everything `config` names and starts listening on `config.server.listen`.
-pub async fn start(config: &Config, ledger: Arc<dyn Ledger>) -> Result<Running> {
-    let issuer = Arc::new(Issuer::new(config, ledger)?);
+/// Starts serving `issuer` (loaded from `config`) on `config.server.listen`.
+pub async fn start(config: &Config, issuer: Arc<Issuer>) -> Result<Running> {
     let anchors = Policy::all_anchors(&issuer)?;
     let tls_config = tls::server_config(&config.server.tls_cert, &config.server.tls_key, &anchors)?;
     let app = Arc::new(App::new(

@@ -435,7 +435,7 @@ fn ten_thousand_issuances_have_unique_serials() {
         .flat_map(|t| t.join().unwrap())
         .collect();
     assert_eq!(serials.len(), 10_000);
-    assert_eq!(ledger.len().unwrap(), 10_000);
+    assert_eq!(ledger.records().unwrap(), 10_000);
     assert_eq!(ledger.count("dev").unwrap(), 10_000);
 }
 

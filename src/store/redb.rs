@@ -5,7 +5,7 @@
 //! it durable, but many concurrent enrollments share one fsync. A single writer also makes the
 //! quota, uniqueness and token checks atomic with the insert.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Mutex, mpsc};
 use std::thread::JoinHandle;
 
@@ -41,7 +41,6 @@ const CACHE_BYTES: usize = 16 * 1024 * 1024;
 /// The embedded ledger.
 pub struct RedbLedger {
     db: std::sync::Arc<Database>,
-    path: PathBuf,
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -100,15 +99,9 @@ impl RedbLedger {
             .map_err(le)?;
         Ok(Self {
             db,
-            path: path.to_path_buf(),
             jobs: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
         })
-    }
-
-    /// The file behind it.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Stops the writer after the queued writes are committed. Further writes fail.
@@ -529,13 +522,8 @@ impl Ledger for RedbLedger {
 
 impl RedbLedger {
     /// Number of DACs on record.
-    pub fn len(&self) -> Result<u64> {
+    pub fn records(&self) -> Result<u64> {
         self.read(|txn| txn.open_table(RECORDS).map_err(le)?.len().map_err(le))
-    }
-
-    /// True when nothing is on record.
-    pub fn is_empty(&self) -> Result<bool> {
-        Ok(self.len()? == 0)
     }
 }
 

@@ -31,7 +31,8 @@ impl TestServer {
         let env = DevEnv::new(|t| edit(t.replace("127.0.0.1:8443", "127.0.0.1:0")));
         let config = env.config();
         let ledger = Arc::new(RedbLedger::open(&config.ledger).unwrap());
-        let running = server::start(&config, ledger.clone()).await.unwrap();
+        let issuer = Arc::new(matter_est::issuance::Issuer::new(&config, ledger.clone()).unwrap());
+        let running = server::start(&config, issuer).await.unwrap();
         let addr = running.addr;
         Self {
             env,
