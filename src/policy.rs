@@ -24,21 +24,70 @@ use crate::tls::{Anchors, read_pem_certs};
 
 /// A presented client certificate chain, leaf first, already verified by the TLS layer against
 /// the union of all anchors.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct PeerChain {
     pub certs: Vec<CertificateDer<'static>>,
     /// A name for logs: the leaf's subject.
     pub display: String,
+    /// The leaf's subject commonName.
+    pub cn: Option<String>,
+    /// The leaf's dNSName, rfc822Name and URI subjectAltNames.
+    pub sans: Vec<String>,
+    /// SHA-256 of the leaf certificate DER, lowercase hex.
+    pub fingerprint: String,
+    /// Per-label outcome of verifying this chain against the label's anchors. A connection
+    /// keeps its chain, so a gateway enrolling thousands of devices on one keep-alive
+    /// connection pays for the chain verification once per label, not once per request.
+    verified: std::sync::Mutex<Vec<(String, Anchor, bool)>>,
+}
+
+/// Which anchors of a label a chain was verified against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Anchor {
+    Clients,
+    Pai,
 }
 
 impl PeerChain {
     /// Wraps the certificates rustls reports for a connection.
     pub fn new(certs: Vec<CertificateDer<'static>>) -> Option<Self> {
-        let leaf = Certificate::from_der(certs.first()?.as_ref()).ok()?;
+        let leaf_der = certs.first()?.as_ref();
+        let leaf = Certificate::from_der(leaf_der).ok()?;
+        let cn = leaf
+            .tbs_certificate()
+            .subject()
+            .iter()
+            .find(|a| a.oid == matter::OID_CN)
+            .and_then(|a| {
+                std::str::from_utf8(a.value.value())
+                    .ok()
+                    .map(str::to_string)
+            });
         Some(Self {
             display: leaf.tbs_certificate().subject().to_string(),
+            cn,
+            sans: subject_alt_names(&leaf),
+            fingerprint: asn1::hex(&Sha256::digest(leaf_der)),
+            verified: std::sync::Mutex::new(Vec::new()),
             certs,
         })
+    }
+
+    /// Whether the chain verifies to `anchors` (cached per label and kind of anchor).
+    fn verifies(&self, label: &str, kind: Anchor, anchors: Option<&Anchors>) -> bool {
+        let Some(anchors) = anchors else {
+            return false;
+        };
+        if let Ok(cache) = self.verified.lock()
+            && let Some((_, _, ok)) = cache.iter().find(|(l, k, _)| l == label && *k == kind)
+        {
+            return *ok;
+        }
+        let ok = anchors.verifies(&self.certs);
+        if let Ok(mut cache) = self.verified.lock() {
+            cache.push((label.to_string(), kind, ok));
+        }
+        ok
     }
 }
 
@@ -188,35 +237,16 @@ impl Policy {
         trust: &LabelTrust,
         peer: &PeerChain,
     ) -> Result<Enroller> {
-        let trusted = trust
-            .clients
-            .as_ref()
-            .is_some_and(|a| a.verifies(&peer.certs));
-        if !trusted {
+        if !peer.verifies(&label.name, Anchor::Clients, trust.clients.as_ref()) {
             return Err(Error::Forbidden(format!(
                 "client certificate {} is not issued by a CA trusted for label {:?}",
                 peer.display, label.name
             )));
         }
-        let leaf_der = peer.certs[0].as_ref();
-        let leaf = Certificate::from_der(leaf_der)
-            .map_err(|e| Error::BadRequest(format!("client certificate: {e}")))?;
-        let fingerprint = asn1::hex(&Sha256::digest(leaf_der));
-        let cn = leaf
-            .tbs_certificate()
-            .subject()
-            .iter()
-            .find(|a| a.oid == matter::OID_CN)
-            .and_then(|a| {
-                std::str::from_utf8(a.value.value())
-                    .ok()
-                    .map(str::to_string)
-            });
-        let sans = subject_alt_names(&leaf);
         let rule = label.clients.iter().find(|r| match &r.matcher {
-            IdentityMatch::Cn(v) => cn.as_deref() == Some(v.as_str()),
-            IdentityMatch::San(v) => sans.iter().any(|s| s == v),
-            IdentityMatch::Sha256(v) => *v == fingerprint,
+            IdentityMatch::Cn(v) => peer.cn.as_deref() == Some(v.as_str()),
+            IdentityMatch::San(v) => peer.sans.iter().any(|s| s == v),
+            IdentityMatch::Sha256(v) => *v == peer.fingerprint,
         });
         match rule {
             Some(rule) => Ok(Enroller::Client {
@@ -279,7 +309,7 @@ impl Policy {
                     .into(),
             )
         })?;
-        if !trust.dacs.verifies(&peer.certs) {
+        if !peer.verifies(&label.config.name, Anchor::Pai, Some(&trust.dacs)) {
             return Err(Error::Forbidden(format!(
                 "client certificate {} is not a DAC of label {:?}'s PAI",
                 peer.display, label.config.name
