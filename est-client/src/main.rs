@@ -41,7 +41,8 @@ struct Conn {
     #[arg(long, global = true)]
     key: Option<PathBuf>,
     /// HTTP Basic user (e.g. an enrollment token id); the password comes from the
-    /// EST_PASSWORD environment variable or --password-file, never the command line.
+    /// EST_PASSWORD environment variable, --password-file, or a prompt on the terminal, never
+    /// the command line.
     #[arg(long, global = true)]
     user: Option<String>,
     #[arg(long, global = true)]
@@ -183,9 +184,20 @@ fn client(conn: &Conn, identity_override: Option<(&Path, &Path)>) -> Result<Clie
                 .next()
                 .unwrap_or_default()
                 .to_string(),
-            None => std::env::var("EST_PASSWORD").map_err(|_| {
-                Error::Usage("--user needs the password in EST_PASSWORD or --password-file".into())
-            })?,
+            None => match std::env::var("EST_PASSWORD") {
+                Ok(p) => p,
+                // Asked on the terminal without echo; never taken from the command line.
+                Err(_) if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
+                    rpassword::prompt_password(format!("password for {user}: "))
+                        .map_err(|e| Error::Usage(format!("could not read the password: {e}")))?
+                }
+                Err(_) => {
+                    return Err(Error::Usage(
+                        "--user needs the password in EST_PASSWORD, --password-file, or typed at the prompt of a terminal"
+                            .into(),
+                    ));
+                }
+            },
         };
         config.basic = Some((user.clone(), password));
     }

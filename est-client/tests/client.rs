@@ -95,6 +95,21 @@ async fn every_operation_against_the_server() {
     };
     assert_ne!(renewed[0], dac);
     assert_eq!(server.ledger.count("dev").unwrap(), 3);
+
+    // A device bootstrapping with a one-time token (HTTP Basic).
+    let (id, secret) =
+        matter_est::policy::create_token(server.ledger.as_ref(), "dev", None).unwrap();
+    let mut cfg = config(&server, None);
+    cfg.basic = Some((id, secret));
+    let with_token = Client::new(cfg);
+    let (_, csr) = device_csr("tok-0001", "8000");
+    assert!(matches!(
+        with_token.simpleenroll(&csr).await.unwrap(),
+        Enrolled::Certificates(_)
+    ));
+    let (_, csr) = device_csr("tok-0002", "8000");
+    let err = with_token.simpleenroll(&csr).await.unwrap_err();
+    assert!(err.to_string().contains("already used"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
