@@ -1,0 +1,7 @@
+//! A request body as the EST server receives it: body decoding (DER, base64, PEM) and CSR
+//! parsing must refuse anything malformed with an error, never panic.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = matter_est::csr::parse(data);
+});
