@@ -60,6 +60,8 @@ pub struct BatchOptions {
     pub passphrase_env: Option<String>,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// Also write the finished batch as one archive, `<out>.tar` (mode 0600).
+    pub archive: bool,
 }
 
 /// One line of the manifest.
@@ -249,6 +251,9 @@ pub fn run(issuer: &Issuer, opts: &BatchOptions) -> Result<Report> {
         &serde_json::to_vec_pretty(&summary).map_err(|e| Error::Internal(e.to_string()))?,
         0o600,
     )?;
+    if opts.archive && summary.status == "complete" {
+        write_archive(out)?;
+    }
     Ok(Report {
         summary,
         made: made.0,
@@ -773,6 +778,34 @@ impl KeyEncryptor {
             &[&alg, &asn1::tlv(tag::OCTET_STRING, &[&ciphertext])],
         ))
     }
+}
+
+/// `<out>.tar`: the whole batch directory as one uncompressed tar (what a line loads when it
+/// takes one file), written to a temporary name, synced, then renamed.
+fn write_archive(out: &Path) -> Result<PathBuf> {
+    let name = out
+        .file_name()
+        .ok_or_else(|| Error::io(out, "the batch directory has no name"))?;
+    let archive = out.with_extension("tar");
+    let partial = out.with_extension("tar.partial");
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&partial)
+        .map_err(|e| Error::io(&partial, e))?;
+    let mut tar = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, file));
+    tar.mode(tar::HeaderMode::Deterministic);
+    tar.append_dir_all(name, out)
+        .map_err(|e| Error::io(&archive, e))?;
+    let file = tar
+        .into_inner()
+        .and_then(|w| w.into_inner().map_err(|e| e.into_error()))
+        .map_err(|e| Error::io(&archive, e))?;
+    file.sync_all().map_err(|e| Error::io(&archive, e))?;
+    fs::rename(&partial, &archive).map_err(|e| Error::io(&archive, e))?;
+    Ok(archive)
 }
 
 fn write_chain(out: &Path, label: &Label) -> Result<()> {

@@ -90,6 +90,9 @@ enum Command {
         /// Encrypt each private key with the passphrase in this environment variable.
         #[arg(long)]
         encrypt_passphrase_env: Option<String>,
+        /// Also write the finished batch as one archive, OUT.tar.
+        #[arg(long)]
+        archive: bool,
     },
     /// Make a Matter CSR (P-256 key, CN/VID/PID subject) with our own code, to try `issue`.
     SampleCsr {
@@ -234,6 +237,7 @@ fn run(cli: Cli) -> Result<()> {
             devices,
             out,
             encrypt_passphrase_env,
+            archive,
         } => {
             let config = Config::load(&config)?;
             config.label(&label)?;
@@ -257,6 +261,7 @@ fn run(cli: Cli) -> Result<()> {
                     out: out.clone(),
                     passphrase_env: encrypt_passphrase_env,
                     progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                    archive,
                 },
             )?;
             drop(issuer);

@@ -151,7 +151,7 @@ fn device_list_batch_with_encrypted_keys() {
         .arg(&list)
         .arg("--out")
         .arg(&out)
-        .args(["--encrypt-passphrase-env", "LINE_PASS"])
+        .args(["--encrypt-passphrase-env", "LINE_PASS", "--archive"])
         .output()
         .unwrap();
     assert!(
@@ -168,6 +168,25 @@ fn device_list_batch_with_encrypted_keys() {
         .collect();
     assert_eq!(ids.len(), 3);
     check_files(&env, &out, &entries, true);
+    // The archive holds the whole batch directory.
+    let listing = Command::new("tar")
+        .arg("-tf")
+        .arg(env.path("line-7.tar"))
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    for f in [
+        "line-7/batch.json",
+        "line-7/manifest.csv",
+        "line-7/pai.der",
+        "line-7/devices/hw-0002/key-encrypted.der",
+        "line-7/devices/hw-0003/dac.pem",
+    ] {
+        assert!(
+            listing.lines().any(|l| l == f),
+            "{f} not in the archive:\n{listing}"
+        );
+    }
     // The documented decryption command.
     let dir = out.join("devices/hw-0002");
     let key = Command::new("openssl")
