@@ -58,6 +58,9 @@ pub struct BatchOptions {
     /// Encrypt each private key (PKCS#8 PBES2, PBKDF2-SHA256 + AES-256-CBC) with the
     /// passphrase in this environment variable.
     pub passphrase_env: Option<String>,
+    /// Encrypt each private key to the line's P-256 public key or certificate (PEM) as CMS
+    /// EnvelopedData (`key.cms`).
+    pub encrypt_to: Option<PathBuf>,
     /// Show a progress bar on stderr.
     pub progress: bool,
     /// Also write the finished batch as one archive, `<out>.tar` (mode 0600).
@@ -120,9 +123,15 @@ pub fn run(issuer: &Issuer, opts: &BatchOptions) -> Result<Report> {
         Devices::Count(_) => "count".to_string(),
         Devices::List(p) => p.display().to_string(),
     };
-    let key_encryption = match &opts.passphrase_env {
-        Some(_) => "pkcs8-pbes2-pbkdf2-sha256-aes256cbc".to_string(),
-        None => "none".to_string(),
+    let key_encryption = match (&opts.passphrase_env, &opts.encrypt_to) {
+        (Some(_), Some(_)) => {
+            return Err(Error::BadRequest(
+                "choose one of --encrypt-passphrase-env and --encrypt-to".into(),
+            ));
+        }
+        (Some(_), None) => "pkcs8-pbes2-pbkdf2-sha256-aes256cbc".to_string(),
+        (None, Some(_)) => "cms-enveloped-ecdh-p256-aes256".to_string(),
+        (None, None) => "none".to_string(),
     };
     let summary_path = out.join("batch.json");
     let mut summary = match fs::read(&summary_path) {
@@ -199,15 +208,20 @@ pub fn run(issuer: &Issuer, opts: &BatchOptions) -> Result<Report> {
         }
     }
 
-    let encryptor = match &opts.passphrase_env {
-        Some(var) => {
+    let encryptor = match (&opts.passphrase_env, &opts.encrypt_to) {
+        (Some(var), _) => {
             let pass = std::env::var(var).map_err(|_| Error::KeyFile {
                 path: PathBuf::from(format!("${var}")),
                 problem: "the batch passphrase environment variable is not set".into(),
             })?;
-            Some(Arc::new(KeyEncryptor::new(pass.as_bytes())?))
+            Some(Arc::new(KeyProtection::Passphrase(KeyEncryptor::new(
+                pass.as_bytes(),
+            )?)))
         }
-        None => None,
+        (None, Some(path)) => Some(Arc::new(KeyProtection::Line(
+            crate::envelope::Recipient::from_pem_file(path)?,
+        ))),
+        (None, None) => None,
     };
 
     let progress = if opts.progress {
@@ -275,7 +289,7 @@ fn produce(
     label: &Arc<Label>,
     opts: &BatchOptions,
     todo: Box<dyn Iterator<Item = Result<Option<String>>> + Send>,
-    encryptor: Option<Arc<KeyEncryptor>>,
+    encryptor: Option<Arc<KeyProtection>>,
     manifest: &mut Manifest,
     summary: &mut Summary,
     progress: &indicatif::ProgressBar,
@@ -376,7 +390,7 @@ fn make_device(
     devices: &Path,
     index: u64,
     id: Option<String>,
-    encryptor: Option<&KeyEncryptor>,
+    encryptor: Option<&KeyProtection>,
 ) -> Result<Made> {
     let (pkcs8, point) = signer::generate_p256()?;
     let serial = profile::random_serial()?;
@@ -407,7 +421,8 @@ fn make_device(
     let pem = der::pem::encode_string("CERTIFICATE", der::pem::LineEnding::LF, der)
         .map_err(|e| Error::Internal(e.to_string()))?;
     let (key_file, key_bytes) = match encryptor {
-        Some(enc) => ("key-encrypted.der", enc.encrypt(&pkcs8)?),
+        Some(KeyProtection::Passphrase(enc)) => ("key-encrypted.der", enc.encrypt(&pkcs8)?),
+        Some(KeyProtection::Line(to)) => ("key.cms", crate::envelope::seal(&pkcs8, to)?),
         None => ("key.der", pkcs8),
     };
     let dir = devices.join(format!("{cn}.partial"));
@@ -523,11 +538,10 @@ fn recover(issuer: &Issuer, out: &Path, manifest: &mut Manifest) -> Result<u64> 
 fn entry_from_files(dir: &Path, id: &str, index: u64) -> Result<ManifestEntry> {
     let der = fs::read(dir.join("dac.der")).map_err(|e| Error::io(dir, e))?;
     let pem = fs::read(dir.join("dac.pem")).map_err(|e| Error::io(dir, e))?;
-    let key_file = if dir.join("key.der").exists() {
-        "key.der"
-    } else {
-        "key-encrypted.der"
-    };
+    let key_file = ["key.der", "key-encrypted.der", "key.cms"]
+        .into_iter()
+        .find(|f| dir.join(f).exists())
+        .unwrap_or("key.der");
     let key = fs::read(dir.join(key_file)).map_err(|e| Error::io(dir, e))?;
     let parsed = profile::cert::Parsed::from_der(&der)?;
     let tbs = parsed.cert.tbs_certificate();
@@ -711,6 +725,14 @@ pub fn read_device_ids(path: &Path) -> Result<Vec<String>> {
         ids.push(id.to_string());
     }
     Ok(ids)
+}
+
+/// How device keys are protected for the line.
+pub enum KeyProtection {
+    /// PKCS#8 PBES2 under a passphrase.
+    Passphrase(KeyEncryptor),
+    /// CMS EnvelopedData to the line's public key.
+    Line(crate::envelope::Recipient),
 }
 
 /// Encrypts PKCS#8 keys for the line: PBES2 (RFC 8018 §6.2) with PBKDF2-HMAC-SHA256 and

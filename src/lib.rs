@@ -8,6 +8,7 @@ pub mod asn1;
 pub mod batch;
 pub mod config;
 pub mod csr;
+pub mod envelope;
 pub mod error;
 pub mod est;
 pub mod issuance;

@@ -90,6 +90,10 @@ enum Command {
         /// Encrypt each private key with the passphrase in this environment variable.
         #[arg(long)]
         encrypt_passphrase_env: Option<String>,
+        /// Encrypt each private key to the line's P-256 certificate or public key (PEM) as CMS
+        /// (`openssl cms -decrypt -inkey line.key` reads it).
+        #[arg(long, conflicts_with = "encrypt_passphrase_env")]
+        encrypt_to: Option<PathBuf>,
         /// Also write the finished batch as one archive, OUT.tar.
         #[arg(long)]
         archive: bool,
@@ -237,6 +241,7 @@ fn run(cli: Cli) -> Result<()> {
             devices,
             out,
             encrypt_passphrase_env,
+            encrypt_to,
             archive,
         } => {
             let config = Config::load(&config)?;
@@ -260,6 +265,7 @@ fn run(cli: Cli) -> Result<()> {
                     devices,
                     out: out.clone(),
                     passphrase_env: encrypt_passphrase_env,
+                    encrypt_to,
                     progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
                     archive,
                 },

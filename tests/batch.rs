@@ -302,3 +302,99 @@ fn a_killed_batch_resumes_without_loss_or_duplicates() {
         "every recorded DAC is in the batch, once"
     );
 }
+
+#[test]
+fn keys_encrypted_to_the_line_public_key() {
+    let env = DevEnv::new(|t| t);
+    let line_key = env.path("line.key");
+    let line_pub = env.path("line.pub");
+    let ok = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    ok(Command::new("openssl")
+        .args([
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+        ])
+        .arg(&line_key)
+        .output()
+        .unwrap());
+    ok(Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&line_key)
+        .arg("-out")
+        .arg(&line_pub)
+        .output()
+        .unwrap());
+    let out = env.path("line-9");
+    let run = batch(
+        &env,
+        &out,
+        &["--count", "20", "--encrypt-to", line_pub.to_str().unwrap()],
+    );
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let entries = manifest(&out);
+    assert_eq!(entries.len(), 20);
+    check_files(&env, &out, &entries, true);
+    // The documented decryption command, on the line, for every key.
+    for e in &entries {
+        assert_eq!(e.key_file, "key.cms");
+        let dir = out.join("devices").join(&e.device_id);
+        let key = env.path("k.der");
+        ok(Command::new("openssl")
+            .args(["cms", "-decrypt", "-inform", "DER", "-in"])
+            .arg(dir.join("key.cms"))
+            .arg("-inkey")
+            .arg(&line_key)
+            .arg("-out")
+            .arg(&key)
+            .output()
+            .unwrap());
+        let pubkey = Command::new("openssl")
+            .args(["pkey", "-inform", "DER", "-pubout", "-in"])
+            .arg(&key)
+            .output()
+            .unwrap();
+        let dac_pub = Command::new("openssl")
+            .args(["x509", "-noout", "-pubkey", "-in"])
+            .arg(dir.join("dac.pem"))
+            .output()
+            .unwrap();
+        assert_eq!(pubkey.stdout, dac_pub.stdout, "{}", e.device_id);
+    }
+    // Another key cannot open it.
+    let other = env.path("other.key");
+    ok(Command::new("openssl")
+        .args([
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+        ])
+        .arg(&other)
+        .output()
+        .unwrap());
+    let dir = out.join("devices").join(&entries[0].device_id);
+    let denied = Command::new("openssl")
+        .args(["cms", "-decrypt", "-inform", "DER", "-in"])
+        .arg(dir.join("key.cms"))
+        .arg("-inkey")
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(!denied.status.success());
+}
