@@ -334,6 +334,15 @@ impl Policy {
                 asn1::hex(serial)
             )));
         }
+        if let Some(holder) = ledger.by_subject(&record.issuer_key, &record.subject_der)?
+            && holder.serial != record.serial
+        {
+            return Err(Error::Forbidden(format!(
+                "DAC serial {} was already renewed by serial {}; renew with the newest DAC",
+                asn1::hex(serial),
+                asn1::hex(&holder.serial)
+            )));
+        }
         let old_subject = leaf.tbs_certificate().subject();
         let same = names_equal(&req.subject, old_subject);
         let placeholder = label.config.reenroll_placeholder_subject && is_placeholder(&req.subject);

@@ -481,9 +481,22 @@ async fn simplereenroll_renews_the_presented_dac() {
             .renews,
         Some(old_serial.clone())
     );
-    // Another subject: refused.
-    let (der, _) = csr(&subject(Some("someone-else"), Some("FFF1"), Some("8000")));
+    // The old DAC cannot renew a second time: the renewed one holds the subject now.
+    let (der, _) = csr(&subject(Some("renew-me"), Some("FFF1"), Some("8000")));
     let r = device.enroll(reenroll, &der).await;
+    assert_eq!(r.status, 403);
+    assert!(
+        r.text().contains("already renewed by serial"),
+        "{}",
+        r.text()
+    );
+    // Another subject: refused.
+    let (dac3, key3) = enroll_device(&server, "keeps-its-name").await;
+    let (der, _) = csr(&subject(Some("someone-else"), Some("FFF1"), Some("8000")));
+    let r = as_device(&server, &dac3, &key3)
+        .await
+        .enroll(reenroll, &der)
+        .await;
     assert_eq!(r.status, 403);
     assert!(
         r.text().contains("must equal the renewed DAC's subject"),

@@ -275,10 +275,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 .cert
                 .as_deref()
                 .ok_or_else(|| Error::Usage("--cert (the DAC to renew) is required".into()))?;
-            let (nb, na) = validity(&std::fs::read(cert_path).map_err(|e| Error::File {
-                path: cert_path.display().to_string(),
-                problem: e.to_string(),
-            })?)?;
+            let (nb, na) = validity(&read_cert_der(cert_path)?)?;
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
@@ -670,23 +667,10 @@ fn read_cert_der(path: &Path) -> Result<Vec<u8>> {
     }
 }
 
-fn validity(pem_or_der: &[u8]) -> Result<(u64, u64)> {
-    let der = if pem_or_der.starts_with(b"-----BEGIN") {
-        let text = String::from_utf8_lossy(pem_or_der);
-        let first = text
-            .split_inclusive("-----END CERTIFICATE-----")
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_string();
-        der::pem::decode_vec(first.as_bytes())
-            .map(|(_, d)| d)
-            .map_err(|e| Error::BadResponse(e.to_string()))?
-    } else {
-        pem_or_der.to_vec()
-    };
+/// (notBefore, notAfter) in Unix seconds.
+fn validity(der: &[u8]) -> Result<(u64, u64)> {
     let cert =
-        x509_cert::Certificate::from_der(&der).map_err(|e| Error::BadResponse(e.to_string()))?;
+        x509_cert::Certificate::from_der(der).map_err(|e| Error::BadResponse(e.to_string()))?;
     let v = cert.tbs_certificate().validity();
     Ok((
         v.not_before.to_unix_duration().as_secs(),
