@@ -678,15 +678,32 @@ fn validity(der: &[u8]) -> Result<(u64, u64)> {
     ))
 }
 
+/// `DAC serial … subject CN=…,VID=…,PID=…` (Matter attribute names, in the DAC's order).
 fn describe(der: &[u8]) -> String {
-    match x509_cert::Certificate::from_der(der) {
-        Ok(c) => format!(
-            "DAC serial {} subject {}",
-            hex(c.tbs_certificate().serial_number().as_bytes()),
-            c.tbs_certificate().subject()
-        ),
-        Err(e) => format!("certificate ({e})"),
-    }
+    let c = match x509_cert::Certificate::from_der(der) {
+        Ok(c) => c,
+        Err(e) => return format!("certificate ({e})"),
+    };
+    let subject: Vec<String> = c
+        .tbs_certificate()
+        .subject()
+        .iter()
+        .map(|a| {
+            let name = match a.oid.to_string().as_str() {
+                "2.5.4.3" => "CN".to_string(),
+                "2.5.4.5" => "serialNumber".to_string(),
+                "1.3.6.1.4.1.37244.2.1" => "VID".to_string(),
+                "1.3.6.1.4.1.37244.2.2" => "PID".to_string(),
+                other => other.to_string(),
+            };
+            format!("{name}={}", String::from_utf8_lossy(a.value.value()))
+        })
+        .collect();
+    format!(
+        "DAC serial {} subject {}",
+        hex(c.tbs_certificate().serial_number().as_bytes()),
+        subject.join(",")
+    )
 }
 
 fn csrattrs_oids(der: &[u8]) -> Vec<String> {
