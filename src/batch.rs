@@ -464,12 +464,17 @@ fn finish_group(
     for (m, pending) in group.into_iter().zip(pendings) {
         let partial = devices.join(format!("{}.partial", m.device_id));
         match pending.wait() {
-            Ok(_) => {
+            Ok(crate::store::Committed::Recorded) => {
                 // 3. Published: the directory under its final name, then the manifest line.
                 let final_dir = devices.join(&m.device_id);
                 fs::rename(&partial, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
                 manifest.append(m.entry)?;
                 finished += 1;
+            }
+            // A fresh key cannot already hold a subject; refuse rather than keep a stray key.
+            Ok(crate::store::Committed::AlreadyOnRecord(_)) => {
+                let _ = fs::remove_dir_all(&partial);
+                failures.push((m.device_id, "already on record".into()));
             }
             Err(e) => {
                 let _ = fs::remove_dir_all(&partial);

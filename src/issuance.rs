@@ -12,7 +12,7 @@ use crate::profile::cert::Parsed;
 use crate::profile::check::{self, CaRole};
 use crate::profile::{self, Dac, DacProfile, DacSubject, Pai};
 use crate::signer::{self, FileSigner, Signer};
-use crate::store::{Admission, DacRecord, Ledger, Pending, Status};
+use crate::store::{Admission, Committed, DacRecord, Ledger, Pending, Status};
 
 /// A label, loaded: its PAI, chain, signer and policy.
 pub struct Label {
@@ -29,6 +29,29 @@ pub struct Label {
 pub struct Issued {
     pub dac: Dac,
     pub record: DacRecord,
+}
+
+impl Issued {
+    /// The DAC to return once its commit resolved: this one, or, when the same key already held
+    /// the subject (a retry after a lost response), the one on record (idempotent retry).
+    pub fn settle(self, committed: Committed) -> Result<Issued> {
+        match committed {
+            Committed::Recorded => Ok(self),
+            Committed::AlreadyOnRecord(record) => {
+                let parsed = Parsed::from_der(&record.der)?;
+                Ok(Issued {
+                    dac: Dac {
+                        der: record.der.clone(),
+                        serial: record.serial.clone(),
+                        subject: self.dac.subject,
+                        not_before: parsed.not_before,
+                        not_after: parsed.not_after,
+                    },
+                    record: *record,
+                })
+            }
+        }
+    }
 }
 
 /// A DAC built, signed and self-checked, with its ledger record, not yet recorded.
@@ -102,8 +125,7 @@ impl Issuer {
         authorize: impl FnOnce(&DacSubject) -> Result<()>,
     ) -> Result<Issued> {
         let (issued, pending) = self.start_with(label, req, opts, authorize)?;
-        pending.wait()?;
-        Ok(issued)
+        issued.settle(pending.wait()?)
     }
 
     /// The CPU part of [`Issuer::issue_with`]: decides, signs, self-checks and submits the record
@@ -114,7 +136,7 @@ impl Issuer {
         req: &EnrollmentRequest,
         opts: &IssueOptions,
         authorize: impl FnOnce(&DacSubject) -> Result<()>,
-    ) -> Result<(Issued, Pending)> {
+    ) -> Result<(Issued, Pending<Committed>)> {
         let label = self.label(label)?;
         let serial = profile::random_serial()?;
         let subject = match &opts.renews {
@@ -122,41 +144,7 @@ impl Issuer {
             None => label.profile.subject(&label.pai, &req.ids, &serial)?,
         };
         authorize(&subject)?;
-        if opts.renews.is_none()
-            && let Some(existing) = self.same_request_on_record(label, &subject, &req.public_key)?
-        {
-            // An idempotent retry: the same key asking for the same subject again (a client that
-            // lost the response) gets the DAC on record, not a second DAC and not a refusal.
-            return Ok((existing, Pending::resolved(Ok(false))));
-        }
         self.start_subject(label, &subject, &serial, &req.public_key, opts)
-    }
-
-    /// The unrevoked DAC of `label` with this subject and this public key, if any.
-    fn same_request_on_record(
-        &self,
-        label: &Label,
-        subject: &DacSubject,
-        public_key: &[u8; 65],
-    ) -> Result<Option<Issued>> {
-        let Some(record) = self.ledger.by_subject(&label.pai.skid, &subject.to_der())? else {
-            return Ok(None);
-        };
-        let parsed = Parsed::from_der(&record.der)?;
-        if record.status != Status::Issued
-            || record.label != label.config.name
-            || &parsed.public_key != public_key
-        {
-            return Ok(None);
-        }
-        let dac = Dac {
-            der: record.der.clone(),
-            serial: record.serial.clone(),
-            subject: subject.clone(),
-            not_before: parsed.not_before,
-            not_after: parsed.not_after,
-        };
-        Ok(Some(Issued { dac, record }))
     }
 
     /// Issues a DAC for a subject already decided (batch, renewal) and a public key.
@@ -169,8 +157,7 @@ impl Issuer {
         opts: &IssueOptions,
     ) -> Result<Issued> {
         let (issued, pending) = self.start_subject(label, subject, serial, public_key, opts)?;
-        pending.wait()?;
-        Ok(issued)
+        issued.settle(pending.wait()?)
     }
 
     /// The CPU part of [`Issuer::issue_subject`]; see [`Issuer::start_with`].
@@ -181,7 +168,7 @@ impl Issuer {
         serial: &[u8],
         public_key: &[u8; 65],
         opts: &IssueOptions,
-    ) -> Result<(Issued, Pending)> {
+    ) -> Result<(Issued, Pending<Committed>)> {
         let prepared = self.prepare_subject(label, subject, serial, public_key, opts)?;
         let pending = self.submit(&prepared);
         Ok((prepared.issued, pending))
@@ -189,7 +176,7 @@ impl Issuer {
 
     /// Submits a prepared DAC to the ledger. Its DAC must not leave before the [`Pending`]
     /// resolves `Ok`.
-    pub fn submit(&self, prepared: &Prepared) -> Pending {
+    pub fn submit(&self, prepared: &Prepared) -> Pending<Committed> {
         self.ledger
             .submit(&prepared.issued.record, &prepared.admission)
     }

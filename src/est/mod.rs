@@ -20,7 +20,7 @@ use crate::csr;
 use crate::error::{Error, ErrorKind, Result};
 use crate::issuance::{IssueOptions, Issued, Issuer, Label};
 use crate::policy::{Basic, PeerChain, Policy};
-use crate::store::Pending;
+use crate::store::{Committed, Pending};
 
 /// The realm of the HTTP Basic challenge (RFC 7617 §2).
 pub const REALM: &str = "matter-est";
@@ -224,7 +224,7 @@ async fn route(
             .await
             .map_err(|e| Error::Internal(format!("issuance task: {e}")))??;
             // Recorded durably before anything is returned (DESIGN.md step 7).
-            pending.await?;
+            let issued = issued.settle(pending.await?)?;
             outcome.identity = Some(who);
             outcome.serial = Some(asn1::hex(&issued.dac.serial));
             Ok(Reply::base64(
@@ -280,7 +280,7 @@ fn enroll(
     peer: Option<&PeerChain>,
     basic: Option<&Basic>,
     body: &[u8],
-) -> Result<(Issued, Pending, String)> {
+) -> Result<(Issued, Pending<Committed>, String)> {
     let ledger = app.issuer.ledger().as_ref();
     let name = &label.config.name;
     match op {

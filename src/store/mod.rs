@@ -75,20 +75,30 @@ pub struct Admission {
 
 /// A commit in progress: await it (async) or [`Pending::wait`] for it (blocking). It resolves
 /// once the record is durable or refused; a DAC is returned only after it resolved `Ok`.
-pub struct Pending(tokio::sync::oneshot::Receiver<Result<bool>>);
+pub struct Pending<T = Committed>(tokio::sync::oneshot::Receiver<Result<T>>);
 
 /// The writing side of a [`Pending`].
-pub struct Completer(tokio::sync::oneshot::Sender<Result<bool>>);
+pub struct Completer<T = Committed>(tokio::sync::oneshot::Sender<Result<T>>);
 
-impl Pending {
+/// What a commit did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Committed {
+    /// The record is now on record, durably.
+    Recorded,
+    /// The same public key already holds this subject (a client retrying after a lost
+    /// response): nothing was written; this is the DAC on record, to be returned instead.
+    AlreadyOnRecord(Box<DacRecord>),
+}
+
+impl<T> Pending<T> {
     /// A new pending result and the completer that resolves it.
-    pub fn new() -> (Completer, Pending) {
+    pub fn new() -> (Completer<T>, Pending<T>) {
         let (tx, rx) = tokio::sync::oneshot::channel();
         (Completer(tx), Pending(rx))
     }
 
     /// An already resolved result.
-    pub fn resolved(result: Result<bool>) -> Pending {
+    pub fn resolved(result: Result<T>) -> Pending<T> {
         let (completer, pending) = Pending::new();
         completer.complete(result);
         pending
@@ -96,20 +106,20 @@ impl Pending {
 
     /// Blocks the calling thread until the commit resolves (works inside or outside a runtime;
     /// call it off the async runtime's worker threads).
-    pub fn wait(self) -> Result<bool> {
+    pub fn wait(self) -> Result<T> {
         block_on(self)
     }
 }
 
-impl Completer {
+impl<T> Completer<T> {
     /// Resolves the pending result (a dropped waiter is fine).
-    pub fn complete(self, result: Result<bool>) {
+    pub fn complete(self, result: Result<T>) {
         let _ = self.0.send(result);
     }
 }
 
-impl std::future::Future for Pending {
-    type Output = Result<bool>;
+impl<T> std::future::Future for Pending<T> {
+    type Output = Result<T>;
 
     fn poll(
         mut self: std::pin::Pin<&mut Self>,
@@ -145,12 +155,13 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
 pub trait Ledger: Send + Sync {
     /// Submits `record` to be recorded durably (fsync'd) if, atomically: its serial is new, its
     /// subject is not held by another DAC of the same issuer (a renewal may take over its
-    /// predecessor's subject), the label's quota has room, and the admission's token is
-    /// unspent.
-    fn submit(&self, record: &DacRecord, admission: &Admission) -> Pending;
+    /// predecessor's subject; the same public key asking again gets
+    /// [`Committed::AlreadyOnRecord`]), the label's quota has room, and the admission's token
+    /// is unspent.
+    fn submit(&self, record: &DacRecord, admission: &Admission) -> Pending<Committed>;
     /// [`Ledger::submit`] and wait for it.
-    fn commit(&self, record: &DacRecord, admission: &Admission) -> Result<()> {
-        self.submit(record, admission).wait().map(|_| ())
+    fn commit(&self, record: &DacRecord, admission: &Admission) -> Result<Committed> {
+        self.submit(record, admission).wait()
     }
     /// The DAC with this serial.
     fn by_serial(&self, serial: &[u8]) -> Result<Option<DacRecord>>;

@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::{Admission, Completer, DacRecord, Ledger, Pending, Status, TokenRecord};
+use super::{Admission, Committed, Completer, DacRecord, Ledger, Pending, Status, TokenRecord};
 use crate::error::{Error, Result};
 
 /// issue sequence number → record ([`codec`]). Keyed by sequence so that a commit appends to
@@ -57,7 +57,40 @@ enum Op {
 
 struct Job {
     op: Op,
-    reply: Completer,
+    reply: Reply,
+}
+
+/// Where a job's answer goes.
+enum Reply {
+    Commit(Completer<Committed>),
+    Flag(Completer<bool>),
+}
+
+/// A job's answer.
+enum Outcome {
+    Commit(Committed),
+    Flag(bool),
+}
+
+impl Reply {
+    fn complete(self, result: Result<Outcome>) {
+        match (self, result) {
+            (Reply::Commit(c), Ok(Outcome::Commit(v))) => c.complete(Ok(v)),
+            (Reply::Flag(c), Ok(Outcome::Flag(v))) => c.complete(Ok(v)),
+            (Reply::Commit(c), Err(e)) => c.complete(Err(e)),
+            (Reply::Flag(c), Err(e)) => c.complete(Err(e)),
+            (Reply::Commit(c), Ok(_)) => {
+                c.complete(Err(Error::Internal("ledger reply mismatch".into())))
+            }
+            (Reply::Flag(c), Ok(_)) => {
+                c.complete(Err(Error::Internal("ledger reply mismatch".into())))
+            }
+        }
+    }
+
+    fn fail(self, e: Error) {
+        self.complete(Err(e));
+    }
 }
 
 fn le(e: impl std::fmt::Display) -> Error {
@@ -114,25 +147,27 @@ impl RedbLedger {
         }
     }
 
-    fn submit_op(&self, op: Op) -> Pending {
-        let (reply, pending) = Pending::new();
-        let sent = self.jobs.lock().map_err(le).and_then(|jobs| {
-            jobs.as_ref()
-                .ok_or_else(|| Error::Ledger("the ledger is closed".into()))?
-                .send(Job { op, reply })
-                .map_err(|e| {
-                    let job = e.0;
-                    job.reply
-                        .complete(Err(Error::Ledger("the ledger writer stopped".into())));
-                    Error::Ledger("the ledger writer stopped".into())
-                })
-        });
-        if let Err(e) = sent {
-            let (reply, pending) = Pending::new();
-            reply.complete(Err(e));
-            return pending;
+    fn submit_op(&self, op: Op, reply: Reply) {
+        let Ok(jobs) = self.jobs.lock() else {
+            return reply.fail(Error::Ledger("the ledger lock is poisoned".into()));
+        };
+        match jobs.as_ref() {
+            Some(tx) => {
+                if let Err(unsent) = tx.send(Job { op, reply }) {
+                    unsent
+                        .0
+                        .reply
+                        .fail(Error::Ledger("the ledger writer stopped".into()));
+                }
+            }
+            None => reply.fail(Error::Ledger("the ledger is closed".into())),
         }
-        pending
+    }
+
+    fn flag_op(&self, op: Op) -> Result<bool> {
+        let (reply, pending) = Pending::new();
+        self.submit_op(op, Reply::Flag(reply));
+        pending.wait()
     }
 
     fn read<T>(
@@ -178,7 +213,7 @@ fn writer_loop(db: &Database, rx: &mpsc::Receiver<Job>) {
 
 /// Applies each job in one write transaction; a job whose checks fail changes nothing and
 /// gets its own error, the others proceed. Nothing is acknowledged before the commit returns.
-fn apply_group(db: &Database, group: &[Job]) -> Result<Vec<Result<bool>>> {
+fn apply_group(db: &Database, group: &[Job]) -> Result<Vec<Result<Outcome>>> {
     let txn = db.begin_write().map_err(le)?;
     let mut results = Vec::with_capacity(group.len());
     {
@@ -211,6 +246,11 @@ fn apply_group(db: &Database, group: &[Job]) -> Result<Vec<Result<bool>>> {
                                 .ok_or_else(|| Error::Ledger("dangling subject index".into()))?
                                 .value(),
                         )?;
+                        if record.renews.is_none() && same_request(&holder, record) {
+                            return Ok(Outcome::Commit(Committed::AlreadyOnRecord(Box::new(
+                                holder,
+                            ))));
+                        }
                         // RFC 7030 §4.2.2 renewal: only the link to the holder is exempt.
                         if record.renews.as_deref() != Some(holder.serial.as_slice()) {
                             return Err(Error::SubjectTaken {
@@ -268,7 +308,7 @@ fn apply_group(db: &Database, group: &[Job]) -> Result<Vec<Result<bool>>> {
                     counts
                         .insert(record.label.as_str(), issued + 1)
                         .map_err(le)?;
-                    Ok(true)
+                    Ok(Outcome::Commit(Committed::Recorded))
                 })(),
                 Op::Revoke { serial, reason, at } => (|| {
                     let Some(seq) = serials
@@ -276,7 +316,7 @@ fn apply_group(db: &Database, group: &[Job]) -> Result<Vec<Result<bool>>> {
                         .map_err(le)?
                         .map(|v| v.value())
                     else {
-                        return Ok(false);
+                        return Ok(Outcome::Flag(false));
                     };
                     let mut record = codec::decode(
                         records
@@ -294,7 +334,7 @@ fn apply_group(db: &Database, group: &[Job]) -> Result<Vec<Result<bool>>> {
                             .insert(seq, codec::encode(&record).as_slice())
                             .map_err(le)?;
                     }
-                    Ok(true)
+                    Ok(Outcome::Flag(true))
                 })(),
                 Op::PutToken(hash, token) => (|| {
                     if token_ids.get(token.id.as_str()).map_err(le)?.is_some() {
@@ -306,7 +346,7 @@ fn apply_group(db: &Database, group: &[Job]) -> Result<Vec<Result<bool>>> {
                     token_ids
                         .insert(token.id.as_str(), hash.as_slice())
                         .map_err(le)?;
-                    Ok(true)
+                    Ok(Outcome::Flag(true))
                 })(),
             };
             results.push(result);
@@ -315,6 +355,20 @@ fn apply_group(db: &Database, group: &[Job]) -> Result<Vec<Result<bool>>> {
     // Durability::Immediate (redb's default): fsync before we acknowledge anything.
     txn.commit().map_err(le)?;
     Ok(results)
+}
+
+/// The same public key asking again for an unrevoked DAC of the same label (a retry after a lost
+/// response). Both certificates are ours, so the key is the 65 bytes after the P-256 SPKI prefix.
+fn same_request(holder: &DacRecord, record: &DacRecord) -> bool {
+    let key = |der: &[u8]| {
+        der.windows(crate::asn1::P256_SPKI_PREFIX.len())
+            .position(|w| w == crate::asn1::P256_SPKI_PREFIX)
+            .and_then(|at| der.get(at + 26..at + 26 + 65).map(<[u8]>::to_vec))
+    };
+    holder.status == Status::Issued
+        && holder.label == record.label
+        && key(&holder.der).is_some()
+        && key(&holder.der) == key(&record.der)
 }
 
 /// The subject index key: unique subjects per issuer (MATTER.md "DAC").
@@ -439,8 +493,13 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
 }
 
 impl Ledger for RedbLedger {
-    fn submit(&self, record: &DacRecord, admission: &Admission) -> Pending {
-        self.submit_op(Op::Commit(Box::new(record.clone()), admission.clone()))
+    fn submit(&self, record: &DacRecord, admission: &Admission) -> Pending<Committed> {
+        let (reply, pending) = Pending::new();
+        self.submit_op(
+            Op::Commit(Box::new(record.clone()), admission.clone()),
+            Reply::Commit(reply),
+        );
+        pending
     }
 
     fn by_serial(&self, serial: &[u8]) -> Result<Option<DacRecord>> {
@@ -495,17 +554,15 @@ impl Ledger for RedbLedger {
     }
 
     fn revoke(&self, serial: &[u8], reason: &str, at: i64) -> Result<bool> {
-        self.submit_op(Op::Revoke {
+        self.flag_op(Op::Revoke {
             serial: serial.to_vec(),
             reason: reason.to_string(),
             at,
         })
-        .wait()
     }
 
     fn put_token(&self, secret_hash: &[u8; 32], token: &TokenRecord) -> Result<()> {
-        self.submit_op(Op::PutToken(*secret_hash, token.clone()))
-            .wait()
+        self.flag_op(Op::PutToken(*secret_hash, token.clone()))
             .map(|_| ())
     }
 
