@@ -188,10 +188,15 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for HeaderCaseFix<T
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        match buf
-            .windows(TITLE_CASED.len())
-            .position(|w| w == TITLE_CASED)
-        {
+        // Only a 401 carries the challenge, and hyper writes a response head at the start of a
+        // write: other responses pass through unscanned.
+        let at = if buf.starts_with(b"HTTP/1.1 401 ") {
+            buf.windows(TITLE_CASED.len())
+                .position(|w| w == TITLE_CASED)
+        } else {
+            None
+        };
+        match at {
             Some(at) => {
                 let mut fixed = buf.to_vec();
                 fixed[at..at + WIRE_CASED.len()].copy_from_slice(WIRE_CASED);
