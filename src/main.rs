@@ -431,6 +431,10 @@ Try it from another terminal:
       -H "Content-Type: application/pkcs10" --data-binary @device.csr \
       https://localhost:{port}/.well-known/est/{label}/simpleenroll | openssl base64 -d | openssl pkcs7 -inform DER -print_certs > dac-chain.pem
 
+  # or with the bundled client (a new key and Matter CSR made for you; writes device-0002.*.pem)
+  cargo run --release -p est-client -- enroll --server https://localhost:{port} --label {label} --cacert {d}/tls/ca.pem \
+      --cert {d}/clients/gateway.pem --key {d}/clients/gateway.key --vid FFF1 --pid 8000 --device-id device-0002 --out device-0002
+
 "#
     );
 }
