@@ -378,7 +378,7 @@ fn produce(
             .map_err(|_| Error::Internal("batch feeder panicked".into()))??;
         Ok(())
     })?;
-    manifest.sync(&opts.out)?;
+    manifest.sync()?;
     Ok((made, failures))
 }
 
@@ -659,7 +659,7 @@ impl Manifest {
         Ok(())
     }
 
-    fn sync(&mut self, _out: &Path) -> Result<()> {
+    fn sync(&mut self) -> Result<()> {
         for f in [self.jsonl.as_mut(), self.csv.as_mut()]
             .into_iter()
             .flatten()
