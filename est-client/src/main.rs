@@ -104,7 +104,8 @@ enum Command {
         vid: String,
         #[arg(long)]
         pid: String,
-        /// Output directory: DIR/<device>/{dac.pem,key.pem,chain.pem} and DIR/manifest.jsonl.
+        /// Output directory: DIR/<device>.key.pem, DIR/<device>.dac.pem, DIR/chain.pem and
+        /// DIR/manifest.jsonl (flat: a directory per device costs the file system more).
         #[arg(long)]
         out: PathBuf,
         /// Requests in flight at once.
@@ -441,7 +442,7 @@ async fn gateway(
         for (id, result) in results {
             let line = match &result {
                 Ok((serial, sha)) => serde_json::json!({
-                    "device_id": id, "serial": serial, "dac_file": format!("{id}/dac.pem"),
+                    "device_id": id, "serial": serial, "dac_file": format!("{id}.dac.pem"),
                     "sha256": sha, "status": "ok"
                 }),
                 Err(e) => {
@@ -481,12 +482,10 @@ async fn gateway(
 /// The device's key: the one a previous, interrupted run wrote (so a lost response is retried
 /// with the same key and subject and gets the same DAC back), else a new one (not yet synced).
 fn device_key(out: &Path, id: &str) -> Result<Vec<u8>> {
-    let dir = out.join(id);
-    let key_path = dir.join("key.pem");
+    let key_path = out.join(format!("{id}.key.pem"));
     if let Ok(k) = matter::read_key(&key_path) {
         return Ok(k);
     }
-    std::fs::create_dir_all(&dir).map_err(|e| file_err(&dir, e))?;
     let k = matter::generate_key()?;
     matter::write_new_file(
         &key_path,
@@ -530,7 +529,11 @@ async fn enroll_device(
         }
     };
     let dac_pem = wire::pem(&certs[..1])?;
-    matter::write_new_file(&out.join(id).join("dac.pem"), dac_pem.as_bytes(), 0o644)?;
+    matter::write_new_file(
+        &out.join(format!("{id}.dac.pem")),
+        dac_pem.as_bytes(),
+        0o644,
+    )?;
     // The chain (PAI, PAA as received) is the same for every device of a label: written once.
     if !chain_written.swap(true, std::sync::atomic::Ordering::SeqCst) {
         matter::write_file(
