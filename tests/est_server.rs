@@ -675,3 +675,87 @@ async fn graceful_shutdown_stops_accepting() {
             .is_err()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dac_only_label_returns_the_dac_alone() {
+    // RFC 7030 §4.2.3's strict form, per label.
+    let server = TestServer::start(|t| {
+        t.replace(
+            "cn_prefix = \"dev-\"",
+            "cn_prefix = \"dev-\"\ndac_only = true",
+        )
+    })
+    .await;
+    let (der, _) = csr(&subject(Some("strict"), Some("FFF1"), Some("8000")));
+    let r = server.gateway().await.enroll(ENROLL, &der).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let certs = pkcs7_certs(&r.body);
+    assert_eq!(certs.len(), 1);
+    assert_matter_dac(&certs[0], &server.env.pai_der());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reenroll_with_the_sdk_placeholder_subject_keeps_the_old_subject() {
+    let server = TestServer::start(|t| {
+        t.replace(
+            "cn_prefix = \"dev-\"",
+            "cn_prefix = \"dev-\"\nreenroll_placeholder_subject = true",
+        )
+    })
+    .await;
+    let (dac, key) = enroll_device(&server, "sdk-device").await;
+    let ou_csa = dev::name(&[(&[0x55, 0x04, 0x0b], "CSA")]);
+    let (der, _) = csr(&ou_csa);
+    let r = as_device(&server, &dac, &key)
+        .await
+        .enroll("/.well-known/est/dev/simplereenroll", &der)
+        .await;
+    let renewed = check_enrolled(&server, &r);
+    let subject = |d: &[u8]| {
+        use der::Encode;
+        x509_cert::Certificate::from_der(d)
+            .unwrap()
+            .tbs_certificate()
+            .subject()
+            .to_der()
+            .unwrap()
+    };
+    assert_eq!(subject(&renewed), subject(&dac));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_wait_for_a_free_slot() {
+    let server = TestServer::start(|t| {
+        t.replace(
+            "tls_key = \"tls/server.key\"",
+            "tls_key = \"tls/server.key\"\nmax_connections = 2",
+        )
+    })
+    .await;
+    let mut first = server.anonymous().await;
+    let mut second = server.anonymous().await;
+    assert_eq!(first.get("/.well-known/est/cacerts").await.status, 200);
+    assert_eq!(second.get("/.well-known/est/cacerts").await.status, 200);
+    // A third connection is not served while two are open...
+    let config = server.client_config(None, ALL);
+    let third = tokio::time::timeout(
+        std::time::Duration::from_millis(800),
+        Client::connect(server.addr, config.clone()),
+    )
+    .await;
+    assert!(
+        third.is_err(),
+        "a third connection was accepted over max_connections = 2"
+    );
+    // ...and is once one closes.
+    drop(first);
+    let mut third = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        Client::connect(server.addr, config),
+    )
+    .await
+    .expect("served after a slot freed")
+    .unwrap();
+    assert_eq!(third.get("/.well-known/est/cacerts").await.status, 200);
+    assert_eq!(second.get("/.well-known/est/cacerts").await.status, 200);
+}
