@@ -759,3 +759,41 @@ async fn connections_beyond_the_cap_wait_for_a_free_slot() {
     assert_eq!(third.get("/.well-known/est/cacerts").await.status, 200);
     assert_eq!(second.get("/.well-known/est/cacerts").await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_gets_408_after_the_request_deadline() {
+    let server = TestServer::start(|t| {
+        t.replace(
+            "tls_key = \"tls/server.key\"",
+            "tls_key = \"tls/server.key\"\nrequest_timeout_secs = 1",
+        )
+    })
+    .await;
+    let config = server.client_config(Some(server.gateway_identity()), ALL);
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    // Headers promise 500 bytes; 10 arrive, then nothing.
+    let head = format!(
+        "POST {ENROLL} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/pkcs10\r\nContent-Length: 500\r\n\r\nMIIBxxxxxx"
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 512];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), tls.read(&mut buf))
+        .await
+        .expect("answered within the deadline")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(
+        text.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+        "{text}"
+    );
+    // Others are still served.
+    let (der, _) = csr(&subject(Some("after-408"), Some("FFF1"), Some("8000")));
+    check_enrolled(&server, &server.gateway().await.enroll(ENROLL, &der).await);
+}
