@@ -147,20 +147,8 @@ impl Issuer {
         self.start_subject(label, &subject, &serial, &req.public_key, opts)
     }
 
-    /// Issues a DAC for a subject already decided (batch, renewal) and a public key.
-    pub fn issue_subject(
-        &self,
-        label: &Label,
-        subject: &DacSubject,
-        serial: &[u8],
-        public_key: &[u8; 65],
-        opts: &IssueOptions,
-    ) -> Result<Issued> {
-        let (issued, pending) = self.start_subject(label, subject, serial, public_key, opts)?;
-        issued.settle(pending.wait()?)
-    }
-
-    /// The CPU part of [`Issuer::issue_subject`]; see [`Issuer::start_with`].
+    /// Builds, signs and self-checks a DAC for a subject already decided and submits it; see
+    /// [`Issuer::start_with`].
     pub fn start_subject(
         &self,
         label: &Label,

@@ -226,8 +226,7 @@ fn device_list_batch_with_encrypted_keys() {
 
 #[test]
 fn quota_refuses_the_whole_batch_before_any_work() {
-    let env =
-        DevEnv::new(|t| t.replace("cn_prefix = \"dev-\"", "cn_prefix = \"dev-\"\nquota = 50"));
+    let env = DevEnv::new(|t| common::label_keys(t, "quota = 50"));
     let out = env.path("too-big");
     let run = batch(&env, &out, &["--count", "51"]);
     assert!(!run.status.success());

@@ -569,12 +569,7 @@ async fn simplereenroll_renews_the_presented_dac() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quota_and_uniqueness_hold_under_50_concurrent_requests() {
-    let server = Arc::new(
-        TestServer::start(|t| {
-            t.replace("cn_prefix = \"dev-\"", "cn_prefix = \"dev-\"\nquota = 10")
-        })
-        .await,
-    );
+    let server = Arc::new(TestServer::start(|t| common::label_keys(t, "quota = 10")).await);
     let mut tasks = Vec::new();
     for i in 0..50 {
         let server = server.clone();
@@ -624,10 +619,7 @@ async fn quota_and_uniqueness_hold_under_50_concurrent_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients_are_cut_off_and_others_still_served() {
     let server = TestServer::start(|t| {
-        t.replace(
-            "tls_key = \"tls/server.key\"",
-            "tls_key = \"tls/server.key\"\nhandshake_timeout_secs = 1\nheader_timeout_secs = 1",
-        )
+        common::server_keys(t, "handshake_timeout_secs = 1\nheader_timeout_secs = 1")
     })
     .await;
     // A TCP client that never starts TLS.
@@ -679,13 +671,7 @@ async fn graceful_shutdown_stops_accepting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dac_only_label_returns_the_dac_alone() {
     // RFC 7030 §4.2.3's strict form, per label.
-    let server = TestServer::start(|t| {
-        t.replace(
-            "cn_prefix = \"dev-\"",
-            "cn_prefix = \"dev-\"\ndac_only = true",
-        )
-    })
-    .await;
+    let server = TestServer::start(|t| common::label_keys(t, "dac_only = true")).await;
     let (der, _) = csr(&subject(Some("strict"), Some("FFF1"), Some("8000")));
     let r = server.gateway().await.enroll(ENROLL, &der).await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -696,13 +682,8 @@ async fn dac_only_label_returns_the_dac_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reenroll_with_the_sdk_placeholder_subject_keeps_the_old_subject() {
-    let server = TestServer::start(|t| {
-        t.replace(
-            "cn_prefix = \"dev-\"",
-            "cn_prefix = \"dev-\"\nreenroll_placeholder_subject = true",
-        )
-    })
-    .await;
+    let server =
+        TestServer::start(|t| common::label_keys(t, "reenroll_placeholder_subject = true")).await;
     let (dac, key) = enroll_device(&server, "sdk-device").await;
     let ou_csa = dev::name(&[(&[0x55, 0x04, 0x0b], "CSA")]);
     let (der, _) = csr(&ou_csa);
@@ -725,13 +706,7 @@ async fn reenroll_with_the_sdk_placeholder_subject_keeps_the_old_subject() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_cap_wait_for_a_free_slot() {
-    let server = TestServer::start(|t| {
-        t.replace(
-            "tls_key = \"tls/server.key\"",
-            "tls_key = \"tls/server.key\"\nmax_connections = 2",
-        )
-    })
-    .await;
+    let server = TestServer::start(|t| common::server_keys(t, "max_connections = 2")).await;
     let mut first = server.anonymous().await;
     let mut second = server.anonymous().await;
     assert_eq!(first.get("/.well-known/est/cacerts").await.status, 200);
@@ -762,13 +737,7 @@ async fn connections_beyond_the_cap_wait_for_a_free_slot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_body_gets_408_after_the_request_deadline() {
-    let server = TestServer::start(|t| {
-        t.replace(
-            "tls_key = \"tls/server.key\"",
-            "tls_key = \"tls/server.key\"\nrequest_timeout_secs = 1",
-        )
-    })
-    .await;
+    let server = TestServer::start(|t| common::server_keys(t, "request_timeout_secs = 1")).await;
     let config = server.client_config(Some(server.gateway_identity()), ALL);
     let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let mut tls = tokio_rustls::TlsConnector::from(config)

@@ -441,7 +441,7 @@ fn ten_thousand_issuances_have_unique_serials() {
 
 #[test]
 fn same_subject_twice_quota_and_reopen() {
-    let env = DevEnv::new(|t| t.replace("cn_prefix = \"dev-\"", "cn_prefix = \"dev-\"\nquota = 5"));
+    let env = DevEnv::new(|t| common::label_keys(t, "quota = 5"));
     let serials = {
         let (issuer, ledger) = env.issuer();
         let name = subject(Some("same"), Some("FFF1"), Some("8000"));

@@ -50,6 +50,22 @@ impl DevEnv {
     }
 }
 
+/// Adds `lines` to the development config's `[labels.dev]` table (an `init-dev` config edit).
+pub fn label_keys(config: String, lines: &str) -> String {
+    config.replace(
+        "cn_prefix = \"dev-\"",
+        &format!("cn_prefix = \"dev-\"\n{lines}"),
+    )
+}
+
+/// Adds `lines` to the development config's `[server]` table.
+pub fn server_keys(config: String, lines: &str) -> String {
+    config.replace(
+        "tls_key = \"tls/server.key\"",
+        &format!("tls_key = \"tls/server.key\"\n{lines}"),
+    )
+}
+
 /// A subject Name with the given attributes, in order.
 pub fn subject(cn: Option<&str>, vid: Option<&str>, pid: Option<&str>) -> Vec<u8> {
     let mut attrs: Vec<(&[u8], &str)> = Vec::new();
