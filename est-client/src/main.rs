@@ -108,11 +108,9 @@ enum Command {
         /// DIR/manifest.jsonl (flat: a directory per device costs the file system more).
         #[arg(long)]
         out: PathBuf,
-        /// Requests in flight at once.
-        #[arg(long, default_value_t = 32)]
-        concurrency: usize,
-        /// Keep-alive connections to spread them over.
-        #[arg(long, default_value_t = 4)]
+        /// Keep-alive connections, each carrying one request at a time (HTTP/1.1 does not
+        /// multiplex): the number of enrollments in flight.
+        #[arg(long, default_value_t = 16)]
         connections: usize,
     },
 }
@@ -298,10 +296,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             vid,
             pid,
             out,
-            concurrency,
             connections,
         } => {
-            return gateway(conn, devices, vid, pid, out, *concurrency, *connections).await;
+            return gateway(conn, devices, (vid, pid), out, *connections).await;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -364,14 +361,18 @@ where
     }
 }
 
-#[allow(clippy::too_many_arguments)] // reason: the CLI's flags, passed once
+/// Gateway mode: a pipeline of three stages, so that no stage waits for another's chunk.
+/// 1. keys: one thread makes (or, on a rerun, reads) each device's key and CSR; a chunk of keys
+///    is made durable with one `syncfs` before any of its CSRs is sent (a DAC must never exist
+///    for a key we lost);
+/// 2. enrollment: one task per keep-alive connection sends CSRs and writes the DAC files;
+/// 3. manifest: a chunk of DAC files is made durable before its manifest lines are appended, so
+///    a device in the manifest is complete on disk and a rerun skips exactly those.
 async fn gateway(
     conn: &Conn,
     devices: &Path,
-    vid: &str,
-    pid: &str,
+    subject: (&str, &str),
     out: &Path,
-    concurrency: usize,
     connections: usize,
 ) -> Result<ExitCode> {
     let ids = read_devices(devices)?;
@@ -383,16 +384,14 @@ async fn gateway(
         .filter(|id| !done.contains_key(id))
         .collect();
     let total = todo.len();
-    let clients: Vec<Arc<Client>> = (0..connections.max(1))
-        .map(|_| client(conn, None).map(Arc::new))
+    let clients: Vec<Client> = (0..connections.max(1))
+        .map(|_| client(conn, None))
         .collect::<Result<_>>()?;
-    let manifest = Arc::new(std::sync::Mutex::new(
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&manifest_path)
-            .map_err(|e| file_err(&manifest_path, e))?,
-    ));
+    let manifest = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&manifest_path)
+        .map_err(|e| file_err(&manifest_path, e))?;
     let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         indicatif::ProgressBar::new(total as u64)
     } else {
@@ -403,67 +402,68 @@ async fn gateway(
     ) {
         bar.set_style(style);
     }
-    let slots = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     let start = Instant::now();
-    let mut failed = 0;
-    let chain_written = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    // Devices go in chunks: every key of a chunk is written, then made durable with one
-    // syncfs, before any of its CSRs is sent (a DAC must never exist for a key we lost); the
-    // DAC files of a chunk are made durable before its manifest lines are written.
-    for (chunk_no, chunk) in todo.chunks(CHUNK).enumerate() {
-        let mut keys = Vec::with_capacity(chunk.len());
-        for id in chunk {
-            keys.push(device_key(out, id)?);
-        }
-        sync_dir(out)?;
-        let mut tasks = Vec::with_capacity(chunk.len());
-        for (i, (id, key)) in chunk.iter().cloned().zip(keys).enumerate() {
-            let permit = slots
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|e| Error::Usage(e.to_string()))?;
-            let client = clients[(chunk_no * CHUNK + i) % clients.len()].clone();
-            let (out, vid, pid) = (out.to_path_buf(), vid.to_string(), pid.to_string());
-            let chain_written = chain_written.clone();
-            tasks.push(tokio::spawn(async move {
-                let _permit = permit;
-                let result =
-                    enroll_device(&client, &out, &id, &key, &vid, &pid, &chain_written).await;
-                (id, result)
-            }));
-        }
-        let mut results = Vec::with_capacity(tasks.len());
-        for t in tasks {
-            results.push(t.await.map_err(|e| Error::Usage(e.to_string()))?);
-        }
-        sync_dir(out)?;
-        let mut lines = String::new();
-        for (id, result) in results {
-            let line = match &result {
-                Ok((serial, sha)) => serde_json::json!({
-                    "device_id": id, "serial": serial, "dac_file": format!("{id}.dac.pem"),
-                    "sha256": sha, "status": "ok"
-                }),
-                Err(e) => {
-                    failed += 1;
-                    bar.suspend(|| eprintln!("device {id}: {e}"));
-                    serde_json::json!({ "device_id": id, "status": "failed", "error": e.to_string() })
+
+    let (csr_tx, csr_rx) = tokio::sync::mpsc::channel::<(String, Vec<u8>)>(2 * CHUNK);
+    let (vid, pid) = (subject.0.to_string(), subject.1.to_string());
+    let keys = {
+        let out = out.to_path_buf();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            for chunk in todo.chunks(CHUNK) {
+                let mut csrs = Vec::with_capacity(chunk.len());
+                for id in chunk {
+                    let key = device_key(&out, id)?;
+                    let csr = matter::csr(
+                        &key,
+                        &DeviceSubject {
+                            cn: Some(id.clone()),
+                            vid: Some(vid.clone()),
+                            pid: Some(pid.clone()),
+                            serial_number: None,
+                        },
+                    )?;
+                    csrs.push((id.clone(), csr));
                 }
-            };
-            lines.push_str(&line.to_string());
-            lines.push('\n');
-            bar.inc(1);
-        }
-        if let Ok(mut f) = manifest.lock() {
-            f.write_all(lines.as_bytes())
-                .map_err(|e| file_err(&manifest_path, e))?;
-        }
+                sync_dir(&out)?;
+                for item in csrs {
+                    if csr_tx.blocking_send(item).is_err() {
+                        return Ok(()); // the enrollment stage stopped; its error is reported
+                    }
+                }
+            }
+            Ok(())
+        })
+    };
+
+    let (done_tx, done_rx) =
+        tokio::sync::mpsc::channel::<(String, Result<(String, String)>)>(2 * CHUNK);
+    let csr_rx = Arc::new(tokio::sync::Mutex::new(csr_rx));
+    let chain_written = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let senders: Vec<_> = clients
+        .into_iter()
+        .map(|client| {
+            let (csr_rx, done_tx) = (csr_rx.clone(), done_tx.clone());
+            let (out, chain_written) = (out.to_path_buf(), chain_written.clone());
+            tokio::spawn(async move {
+                loop {
+                    let next = csr_rx.lock().await.recv().await;
+                    let Some((id, csr)) = next else { break };
+                    let result = enroll_device(&client, &out, &id, &csr, &chain_written).await;
+                    if done_tx.send((id, result)).await.is_err() {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect();
+    drop(done_tx);
+
+    let failed = finish_devices(out, done_rx, manifest, &manifest_path, &bar).await?;
+    for s in senders {
+        s.await.map_err(|e| Error::Usage(e.to_string()))?;
     }
+    keys.await.map_err(|e| Error::Usage(e.to_string()))??;
     bar.finish_and_clear();
-    if let Ok(f) = manifest.lock() {
-        let _ = f.sync_all();
-    }
     let secs = start.elapsed().as_secs_f64();
     println!(
         "{} devices enrolled, {failed} failed, {} already done ({:.0} devices/s); manifest {}",
@@ -477,6 +477,62 @@ async fn gateway(
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The gateway's last stage: DAC files made durable a chunk at a time (or after a short pause
+/// in the results), then their manifest lines. Returns how many devices failed.
+async fn finish_devices(
+    out: &Path,
+    mut results: tokio::sync::mpsc::Receiver<(String, Result<(String, String)>)>,
+    mut manifest: std::fs::File,
+    manifest_path: &Path,
+    bar: &indicatif::ProgressBar,
+) -> Result<usize> {
+    let mut failed = 0;
+    let mut chunk = Vec::with_capacity(CHUNK);
+    loop {
+        let next = tokio::time::timeout(FLUSH_AFTER, results.recv()).await;
+        let closed = matches!(next, Ok(None));
+        if let Ok(Some(result)) = next {
+            chunk.push(result);
+            if chunk.len() < CHUNK {
+                continue;
+            }
+        }
+        if !chunk.is_empty() {
+            let dir = out.to_path_buf();
+            tokio::task::spawn_blocking(move || sync_dir(&dir))
+                .await
+                .map_err(|e| Error::Usage(e.to_string()))??;
+            let mut lines = String::new();
+            for (id, result) in chunk.drain(..) {
+                let line = match &result {
+                    Ok((serial, sha)) => serde_json::json!({
+                        "device_id": id, "serial": serial, "dac_file": format!("{id}.dac.pem"),
+                        "sha256": sha, "status": "ok"
+                    }),
+                    Err(e) => {
+                        failed += 1;
+                        bar.suspend(|| eprintln!("device {id}: {e}"));
+                        serde_json::json!({ "device_id": id, "status": "failed", "error": e.to_string() })
+                    }
+                };
+                lines.push_str(&line.to_string());
+                lines.push('\n');
+                bar.inc(1);
+            }
+            manifest
+                .write_all(lines.as_bytes())
+                .map_err(|e| file_err(manifest_path, e))?;
+        }
+        if closed {
+            break;
+        }
+    }
+    manifest
+        .sync_all()
+        .map_err(|e| file_err(manifest_path, e))?;
+    Ok(failed)
 }
 
 /// The device's key: the one a previous, interrupted run wrote (so a lost response is retried
@@ -497,26 +553,15 @@ fn device_key(out: &Path, id: &str) -> Result<Vec<u8>> {
     Ok(k)
 }
 
-/// One device of the gateway: CSR, simpleenroll, DAC file (durable with its chunk).
+/// One device of the gateway: simpleenroll, then the DAC file (durable with its chunk).
 async fn enroll_device(
     client: &Client,
     out: &Path,
     id: &str,
-    key: &[u8],
-    vid: &str,
-    pid: &str,
+    csr: &[u8],
     chain_written: &std::sync::atomic::AtomicBool,
 ) -> Result<(String, String)> {
-    let csr = matter::csr(
-        key,
-        &DeviceSubject {
-            cn: Some(id.to_string()),
-            vid: Some(vid.to_string()),
-            pid: Some(pid.to_string()),
-            serial_number: None,
-        },
-    )?;
-    let certs = match client.simpleenroll(&csr).await? {
+    let certs = match client.simpleenroll(csr).await? {
         Enrolled::Certificates(c) => c,
         Enrolled::Pending { retry_after } => {
             return Err(Error::Status {
@@ -556,6 +601,10 @@ fn sync_dir(dir: &Path) -> Result<()> {
 
 /// Devices per chunk of the gateway: one syncfs for the keys and one for the DACs per chunk.
 const CHUNK: usize = 256;
+
+/// The manifest stage syncs a partial chunk when no result came for this long, so the manifest
+/// keeps up with a slow line.
+const FLUSH_AFTER: Duration = Duration::from_millis(250);
 
 fn read_done(manifest: &Path) -> HashMap<String, String> {
     let mut done = HashMap::new();

@@ -155,14 +155,21 @@ pub fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         path: path.display().to_string(),
         problem: e.to_string(),
     };
-    let _ = std::fs::remove_file(path);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .and_then(|mut f| f.write_all(bytes))
-        .map_err(err)
+    let create = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(path)
+    };
+    // A leftover of an interrupted run is replaced, never reused with its old mode.
+    let file = match create() {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::remove_file(path).and_then(|_| create())
+        }
+        other => other,
+    };
+    file.and_then(|mut f| f.write_all(bytes)).map_err(err)
 }
 
 fn tlv(tag: u8, parts: &[&[u8]]) -> Vec<u8> {

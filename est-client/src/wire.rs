@@ -2,10 +2,8 @@
 //! (libest: LF every 64 columns; globalsign/est: CRLF every 76; some: one line), with or without
 //! `Content-Transfer-Encoding`, and certs-only CMS SignedData.
 
-use base64::Engine;
-use der::{Decode, Encode};
-
 use crate::{Error, Result};
+use base64::Engine;
 
 /// The bytes of a base64 body, whatever its wrapping; a DER body (a server that forgot the
 /// base64) is taken as is.
@@ -23,29 +21,72 @@ pub fn base64_body(body: &[u8]) -> Result<Vec<u8>> {
         .map_err(|e| Error::BadResponse(format!("the body is not base64: {e}")))
 }
 
-/// The certificates of a certs-only PKCS#7 / CMS SignedData body, in the order they appear on
-/// the wire (the issued certificate first, for enroll responses).
+/// The certificates of a certs-only PKCS#7 / CMS SignedData body (RFC 5652 §5.1), as the raw
+/// DER the server sent, in the order it sent them (the issued certificate first, for enroll
+/// responses). Walks the structure instead of decoding and re-encoding each certificate.
 pub fn certs_only(body: &[u8]) -> Result<Vec<Vec<u8>>> {
     let der = base64_body(body)?;
-    let bad =
-        |e: &dyn std::fmt::Display| Error::BadResponse(format!("not a certs-only PKCS#7: {e}"));
-    let ci = cms::content_info::ContentInfo::from_der(&der).map_err(|e| bad(&e))?;
-    if ci.content_type != const_oid::ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.2") {
-        return Err(bad(&"the content is not SignedData"));
-    }
-    let sd: cms::signed_data::SignedData = ci.content.decode_as().map_err(|e| bad(&e))?;
-    let mut certs = Vec::new();
-    for choice in sd.certificates.map(|c| c.0.into_vec()).unwrap_or_default() {
-        if let cms::cert::CertificateChoices::Certificate(c) = choice {
-            certs.push(c.to_der().map_err(|e| bad(&e))?);
+    let bad = |what: &str| Error::BadResponse(format!("not a certs-only PKCS#7: {what}"));
+    // The element at the front of `input` with `tag`: its contents and its whole length.
+    fn expect<'a>(input: &'a [u8], tag: u8, what: &str) -> Result<(&'a [u8], usize)> {
+        match tlv(input) {
+            Some((t, contents, rest)) if t == tag => Ok((contents, input.len() - rest.len())),
+            _ => Err(Error::BadResponse(format!(
+                "not a certs-only PKCS#7: {what}"
+            ))),
         }
     }
-    if certs.is_empty() {
-        return Err(bad(&"no certificates"));
+    // ContentInfo ::= SEQUENCE { contentType OID, content [0] EXPLICIT ANY }
+    let (ci, _) = expect(&der, 0x30, "no ContentInfo")?;
+    let (oid, n) = expect(ci, 0x06, "no content type")?;
+    if oid != SIGNED_DATA {
+        return Err(bad("the content is not SignedData"));
     }
-    // DER decoding sorts a SET OF; recover the order in which the server sent them.
-    certs.sort_by_key(|c| der.windows(c.len()).position(|w| w == c.as_slice()));
+    let (explicit, _) = expect(&ci[n..], 0xa0, "no content")?;
+    // SignedData ::= SEQUENCE { version, digestAlgorithms SET, encapContentInfo SEQUENCE,
+    //                           certificates [0] IMPLICIT SET OF CertificateChoices OPTIONAL, ...}
+    let (sd, _) = expect(explicit, 0x30, "no SignedData")?;
+    let (_, a) = expect(sd, 0x02, "no version")?;
+    let (_, b) = expect(&sd[a..], 0x31, "no digestAlgorithms")?;
+    let (_, c) = expect(&sd[a + b..], 0x30, "no encapContentInfo")?;
+    let (mut set, _) = expect(&sd[a + b + c..], 0xa0, "no certificates")?;
+    let mut certs = Vec::new();
+    while !set.is_empty() {
+        let (tag, _, rest) = tlv(set).ok_or_else(|| bad("a malformed certificate"))?;
+        // CertificateChoices: only `certificate` is a SEQUENCE; the others are tagged [0]-[3].
+        if tag == 0x30 {
+            certs.push(set[..set.len() - rest.len()].to_vec());
+        }
+        set = rest;
+    }
+    if certs.is_empty() {
+        return Err(bad("no certificates"));
+    }
     Ok(certs)
+}
+
+/// id-signedData, 1.2.840.113549.1.7.2, as DER contents.
+const SIGNED_DATA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x02];
+
+/// One DER element at the front of `input`: (tag, contents, what follows). `None` when it is
+/// truncated, uses the indefinite (BER) length or a length over 4 bytes.
+fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = match first {
+        0..=0x7f => (usize::from(first), rest),
+        0x81..=0x84 => {
+            let n = usize::from(first & 0x7f);
+            let bytes = rest.get(..n)?;
+            let len = bytes
+                .iter()
+                .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
+            (len, &rest[n..])
+        }
+        _ => return None,
+    };
+    let contents = rest.get(..len)?;
+    Some((tag, contents, &rest[len..]))
 }
 
 /// PEM of certificates, concatenated.
@@ -57,4 +98,58 @@ pub fn pem(certs: &[Vec<u8>]) -> Result<String> {
                 .map_err(|e| Error::BadResponse(e.to_string()))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // reason: tests
+
+    use super::*;
+
+    fn body(certs: &[&[u8]]) -> Vec<u8> {
+        matter_est::est::wire::certs_only(certs)
+    }
+
+    fn b64(der: &[u8]) -> Vec<u8> {
+        base64::engine::general_purpose::STANDARD
+            .encode(der)
+            .into_bytes()
+    }
+
+    #[test]
+    fn certificates_come_back_raw_and_in_wire_order() {
+        // Not sorted as a DER SET OF would be: the issued certificate first.
+        let (a, b) = (&[0x30, 0x03, 0x02, 0x01, 0x09][..], &[0x30, 0x01, 0x05][..]);
+        assert_eq!(
+            certs_only(&b64(&body(&[a, b]))).unwrap(),
+            vec![a.to_vec(), b.to_vec()]
+        );
+    }
+
+    #[test]
+    fn other_certificate_choices_are_skipped() {
+        let cert = &[0x30, 0x01, 0x05][..];
+        let attribute_cert = &[0xa2, 0x01, 0x05][..];
+        assert_eq!(
+            certs_only(&b64(&body(&[attribute_cert, cert]))).unwrap(),
+            vec![cert.to_vec()]
+        );
+        let e = certs_only(&b64(&body(&[attribute_cert]))).unwrap_err();
+        assert!(e.to_string().contains("no certificates"), "{e}");
+    }
+
+    #[test]
+    fn malformed_bodies_are_refused_without_panicking() {
+        let good = body(&[&[0x30, 0x03, 0x02, 0x01, 0x09]]);
+        for n in 0..good.len() {
+            assert!(certs_only(&b64(&good[..n])).is_err(), "truncated at {n}");
+        }
+        let mut enveloped = good.clone();
+        enveloped[12] = 0x03; // id-envelopedData instead of id-signedData
+        let e = certs_only(&b64(&enveloped)).unwrap_err();
+        assert!(e.to_string().contains("not SignedData"), "{e}");
+        let mut indefinite = good.clone();
+        indefinite[1] = 0x80; // a BER indefinite length
+        assert!(certs_only(&b64(&indefinite)).is_err());
+    }
 }

@@ -192,6 +192,27 @@ fn decoders_accept_libest_and_globalsign_shapes() {
         "raw DER too"
     );
     assert!(est_client::wire::certs_only(b"not base64!").is_err());
+
+    // What libest sends is made by OpenSSL: `openssl crl2pkcs7 -nocrl` gives the same chain.
+    let dir = tempfile::tempdir().unwrap();
+    let chain = dir.path().join("chain.pem");
+    std::fs::write(&chain, est_client::wire::pem(&certs).unwrap()).unwrap();
+    let out = Command::new("openssl")
+        .args(["crl2pkcs7", "-nocrl", "-outform", "DER", "-certfile"])
+        .arg(&chain)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&out.stdout);
+    assert_eq!(
+        est_client::wire::certs_only(b64.as_bytes()).unwrap(),
+        certs,
+        "OpenSSL's certs-only PKCS#7"
+    );
 }
 
 fn gateway_cmd(server: &TestServer, devices: &Path, out: &Path) -> Command {
