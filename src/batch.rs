@@ -2,13 +2,17 @@
 //! production line without a network, through the same issuance core (profile, signer,
 //! self-check, ledger).
 //!
-//! Order per device, and why nothing is lost: the key pair and the DAC are made in memory, both
-//! are written under `devices/<id>.partial/`, the files are made durable (one `syncfs` per
-//! group), then the DAC is committed to the ledger (one group commit), then the directory is
-//! renamed to `devices/<id>/` and the manifest line appended. A crash before the commit leaves a
-//! `.partial` directory whose DAC is not on record: resume deletes it (that key was never
-//! certified). A crash after the commit leaves a `.partial` directory whose DAC is on record:
-//! resume finishes it. So no recorded DAC lacks its key, and no kept key lacks its record.
+//! Layout: flat, `devices/<id>.dac.der`, `<id>.dac.pem` and `<id>.key.der` (or `.key.cms`,
+//! `.key-encrypted.der`): a directory per device would cost the file system an inode, a
+//! directory block and a rename more per device (measured: a sixth of the batch's time on ext4).
+//!
+//! Order per device, and why nothing is lost: the key pair and the DAC are made in memory and
+//! written under `devices/`, the files are made durable (one `syncfs` per group), then the DAC
+//! is committed to the ledger (one group commit), then the manifest line is appended: a device
+//! is done when it is in the manifest. A crash before the commit leaves files of a device whose
+//! DAC is not on record: resume deletes them (that key was never certified). A crash after the
+//! commit leaves files whose DAC is on record: resume adds them to the manifest. So no recorded
+//! DAC lacks its key, and no kept key lacks its record.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -34,6 +38,9 @@ use crate::signer;
 /// group's wait under ~0.1 s at 5,000 DACs/s while amortising the fsyncs.
 const GROUP: usize = 512;
 
+/// Devices per job handed to a worker thread (and per result handed back).
+const CHUNK: usize = 32;
+
 /// PBKDF2-SHA256 iterations for the batch passphrase (OWASP 2023 recommends 600,000 for
 /// PBKDF2-HMAC-SHA256); derived once per batch, so it costs well under a second.
 const PBKDF2_ROUNDS: u32 = 600_000;
@@ -44,7 +51,7 @@ pub enum Devices {
     /// This many, named by the label's `cn_prefix` and the DAC serial.
     Count(u64),
     /// One hardware ID per line (first CSV column; `#` comments and a `device_id` header
-    /// skipped); the ID is the DAC's CN and the directory name.
+    /// skipped); the ID is the DAC's CN and its files' name.
     List(PathBuf),
 }
 
@@ -295,10 +302,12 @@ fn produce(
     progress: &indicatif::ProgressBar,
 ) -> Result<(u64, Vec<(String, String)>)> {
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let (job_tx, job_rx) = mpsc::sync_channel::<(u64, Option<String>)>(GROUP * 2);
+    // Jobs and results travel in chunks: one channel hand-off (and at most one wake-up) per
+    // chunk instead of per device.
+    let (job_tx, job_rx) = mpsc::sync_channel::<Vec<(u64, Option<String>)>>(GROUP * 2 / CHUNK);
     let job_rx = Arc::new(std::sync::Mutex::new(job_rx));
     let (done_tx, done_rx) =
-        mpsc::sync_channel::<std::result::Result<Made, (String, Error)>>(GROUP * 2);
+        mpsc::sync_channel::<Vec<std::result::Result<Made, (String, Error)>>>(GROUP * 2 / CHUNK);
     let mut failures = Vec::new();
     let mut made = 0u64;
     let first_index = manifest.next_index();
@@ -308,19 +317,24 @@ fn produce(
             let devices = opts.out.join("devices");
             scope.spawn(move || {
                 loop {
-                    let job = job_rx.lock().ok().and_then(|rx| rx.recv().ok());
-                    let Some((index, id)) = job else { break };
-                    let result = make_device(
-                        issuer,
-                        label,
-                        opts.pid,
-                        &devices,
-                        index,
-                        id.clone(),
-                        encryptor.as_deref(),
-                    )
-                    .map_err(|e| (id.unwrap_or_else(|| format!("#{index}")), e));
-                    if done_tx.send(result).is_err() {
+                    let jobs = job_rx.lock().ok().and_then(|rx| rx.recv().ok());
+                    let Some(jobs) = jobs else { break };
+                    let results = jobs
+                        .into_iter()
+                        .map(|(index, id)| {
+                            make_device(
+                                issuer,
+                                label,
+                                opts.pid,
+                                &devices,
+                                index,
+                                id.clone(),
+                                encryptor.as_deref(),
+                            )
+                            .map_err(|e| (id.unwrap_or_else(|| format!("#{index}")), e))
+                        })
+                        .collect();
+                    if done_tx.send(results).is_err() {
                         break;
                     }
                 }
@@ -329,17 +343,21 @@ fn produce(
         drop(done_tx);
         // Feed jobs from another scoped thread so that the finisher below never blocks on them.
         let feeder = scope.spawn(move || -> Result<()> {
+            let mut chunk = Vec::with_capacity(CHUNK);
             for (i, item) in todo.enumerate() {
-                let id = item?;
-                if job_tx.send((first_index + i as u64, id)).is_err() {
-                    break;
+                chunk.push((first_index + i as u64, item?));
+                if chunk.len() == CHUNK && job_tx.send(std::mem::take(&mut chunk)).is_err() {
+                    return Ok(());
                 }
+            }
+            if !chunk.is_empty() {
+                let _ = job_tx.send(chunk);
             }
             Ok(())
         });
 
         // The finisher: groups, syncfs, ledger commit, rename, manifest.
-        let mut group: Vec<Made> = Vec::with_capacity(GROUP);
+        let mut group: Vec<Made> = Vec::with_capacity(GROUP + CHUNK);
         let devices_dir = opts.out.join("devices");
         loop {
             let next = if group.is_empty() {
@@ -348,16 +366,19 @@ fn produce(
                 done_rx.try_recv().ok()
             };
             match next {
-                Some(Ok(m)) => {
-                    group.push(m);
+                Some(results) => {
+                    for result in results {
+                        match result {
+                            Ok(m) => group.push(m),
+                            Err((id, e)) => {
+                                progress.inc(1);
+                                failures.push((id, e.to_string()));
+                            }
+                        }
+                    }
                     if group.len() < GROUP {
                         continue;
                     }
-                }
-                Some(Err((id, e))) => {
-                    progress.inc(1);
-                    failures.push((id, e.to_string()));
-                    continue;
                 }
                 None if group.is_empty() => break,
                 None => {}
@@ -382,7 +403,7 @@ fn produce(
     Ok((made, failures))
 }
 
-/// One device: key pair, DAC (built, signed, self-checked), files under `<id>.partial/`.
+/// One device: key pair, DAC (built, signed, self-checked), its files under `devices/`.
 fn make_device(
     issuer: &Issuer,
     label: &Label,
@@ -425,12 +446,10 @@ fn make_device(
         Some(KeyProtection::Line(to)) => ("key.cms", crate::envelope::seal(&pkcs8, to)?),
         None => ("key.der", pkcs8),
     };
-    let dir = devices.join(format!("{cn}.partial"));
-    let _ = fs::remove_dir_all(&dir);
-    mkdir_private(&dir)?;
-    write_private(&dir.join("dac.der"), der)?;
-    write_private(&dir.join("dac.pem"), pem.as_bytes())?;
-    write_private(&dir.join(key_file), &key_bytes)?;
+    let files = DeviceFiles::new(devices, &cn);
+    write_private(&files.dac_der, der)?;
+    write_private(&files.dac_pem, pem.as_bytes())?;
+    write_private(&files.key(key_file), &key_bytes)?;
     let entry = ManifestEntry {
         index,
         device_id: cn.clone(),
@@ -438,7 +457,7 @@ fn make_device(
         subject: subject.to_string(),
         dac_der_sha256: sha256_hex(der),
         dac_pem_sha256: sha256_hex(pem.as_bytes()),
-        key_file: key_file.into(),
+        key_file: format!("{cn}.{key_file}"),
         key_sha256: sha256_hex(&key_bytes),
     };
     Ok(Made {
@@ -448,7 +467,7 @@ fn make_device(
     })
 }
 
-/// Makes a group durable (files, then ledger), then publishes it (rename, manifest).
+/// Makes a group durable (files, then ledger), then publishes it (manifest).
 fn finish_group(
     issuer: &Issuer,
     devices: &Path,
@@ -462,22 +481,19 @@ fn finish_group(
     let pendings: Vec<_> = group.iter().map(|m| issuer.submit(&m.prepared)).collect();
     let mut finished = 0;
     for (m, pending) in group.into_iter().zip(pendings) {
-        let partial = devices.join(format!("{}.partial", m.device_id));
         match pending.wait() {
             Ok(crate::store::Committed::Recorded) => {
-                // 3. Published: the directory under its final name, then the manifest line.
-                let final_dir = devices.join(&m.device_id);
-                fs::rename(&partial, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
+                // 3. Published: the manifest line.
                 manifest.append(m.entry)?;
                 finished += 1;
             }
             // A fresh key cannot already hold a subject; refuse rather than keep a stray key.
             Ok(crate::store::Committed::AlreadyOnRecord(_)) => {
-                let _ = fs::remove_dir_all(&partial);
+                DeviceFiles::new(devices, &m.device_id).remove()?;
                 failures.push((m.device_id, "already on record".into()));
             }
             Err(e) => {
-                let _ = fs::remove_dir_all(&partial);
+                DeviceFiles::new(devices, &m.device_id).remove()?;
                 failures.push((m.device_id, e.to_string()));
             }
         }
@@ -486,7 +502,8 @@ fn finish_group(
     Ok(finished)
 }
 
-/// Finishes or removes what an interrupted run left under `devices/`.
+/// Finishes or removes what an interrupted run left under `devices/`: the files of a device
+/// not in the manifest are added to it when its DAC is on record, and deleted otherwise.
 fn recover(issuer: &Issuer, out: &Path, manifest: &mut Manifest) -> Result<u64> {
     let devices = out.join("devices");
     let listed: BTreeSet<String> = manifest
@@ -494,22 +511,16 @@ fn recover(issuer: &Issuer, out: &Path, manifest: &mut Manifest) -> Result<u64> 
         .iter()
         .map(|e| e.device_id.clone())
         .collect();
-    let mut recovered = 0;
-    let mut names: Vec<String> = fs::read_dir(&devices)
+    let unlisted: BTreeSet<String> = fs::read_dir(&devices)
         .map_err(|e| Error::io(&devices, e))?
         .filter_map(|d| d.ok()?.file_name().into_string().ok())
+        .filter_map(|name| DeviceFiles::id_of(&name).map(str::to_string))
+        .filter(|id| !listed.contains(id))
         .collect();
-    names.sort();
-    for name in names {
-        let dir = devices.join(&name);
-        let (id, partial) = match name.strip_suffix(".partial") {
-            Some(id) => (id.to_string(), true),
-            None => (name.clone(), false),
-        };
-        if !partial && listed.contains(&id) {
-            continue;
-        }
-        let on_record = fs::read(dir.join("dac.der"))
+    let mut recovered = 0;
+    for id in unlisted {
+        let files = DeviceFiles::new(&devices, &id);
+        let on_record = fs::read(&files.dac_der)
             .ok()
             .and_then(|der| {
                 let parsed = profile::cert::Parsed::from_der(&der).ok()?;
@@ -525,14 +536,10 @@ fn recover(issuer: &Issuer, out: &Path, manifest: &mut Manifest) -> Result<u64> 
             .is_some();
         if !on_record {
             // Never recorded: the key was never certified; nothing is lost by removing it.
-            fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            files.remove()?;
             continue;
         }
-        let final_dir = devices.join(&id);
-        if partial {
-            fs::rename(&dir, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
-        }
-        let entry = entry_from_files(&final_dir, &id, manifest.next_index())?;
+        let entry = entry_from_files(&files, &id, manifest.next_index())?;
         manifest.append(entry)?;
         recovered += 1;
     }
@@ -540,14 +547,63 @@ fn recover(issuer: &Issuer, out: &Path, manifest: &mut Manifest) -> Result<u64> 
     Ok(recovered)
 }
 
-fn entry_from_files(dir: &Path, id: &str, index: u64) -> Result<ManifestEntry> {
-    let der = fs::read(dir.join("dac.der")).map_err(|e| Error::io(dir, e))?;
-    let pem = fs::read(dir.join("dac.pem")).map_err(|e| Error::io(dir, e))?;
-    let key_file = ["key.der", "key-encrypted.der", "key.cms"]
+/// The files of one device under `devices/`.
+struct DeviceFiles {
+    dir: PathBuf,
+    id: String,
+    dac_der: PathBuf,
+    dac_pem: PathBuf,
+}
+
+impl DeviceFiles {
+    /// The key file names, plain or encrypted (`--encrypt-passphrase-env`, `--encrypt-to`).
+    const KEYS: [&str; 3] = ["key.der", "key-encrypted.der", "key.cms"];
+
+    fn new(devices: &Path, id: &str) -> Self {
+        Self {
+            dir: devices.to_path_buf(),
+            id: id.to_string(),
+            dac_der: devices.join(format!("{id}.dac.der")),
+            dac_pem: devices.join(format!("{id}.dac.pem")),
+        }
+    }
+
+    fn key(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{}.{name}", self.id))
+    }
+
+    /// The device ID a file under `devices/` belongs to (IDs may hold dots; suffixes are fixed).
+    fn id_of(name: &str) -> Option<&str> {
+        ["dac.der", "dac.pem"]
+            .into_iter()
+            .chain(Self::KEYS)
+            .find_map(|suffix| name.strip_suffix(suffix)?.strip_suffix('.'))
+            .filter(|id| !id.is_empty())
+    }
+
+    fn remove(&self) -> Result<()> {
+        let keys = Self::KEYS.map(|k| self.key(k));
+        for path in [&self.dac_der, &self.dac_pem].into_iter().chain(&keys) {
+            match fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::io(path, e));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+fn entry_from_files(files: &DeviceFiles, id: &str, index: u64) -> Result<ManifestEntry> {
+    let der = fs::read(&files.dac_der).map_err(|e| Error::io(&files.dac_der, e))?;
+    let pem = fs::read(&files.dac_pem).map_err(|e| Error::io(&files.dac_pem, e))?;
+    let key_file = DeviceFiles::KEYS
         .into_iter()
-        .find(|f| dir.join(f).exists())
+        .find(|f| files.key(f).exists())
         .unwrap_or("key.der");
-    let key = fs::read(dir.join(key_file)).map_err(|e| Error::io(dir, e))?;
+    let key_path = files.key(key_file);
+    let key = fs::read(&key_path).map_err(|e| Error::io(&key_path, e))?;
     let parsed = profile::cert::Parsed::from_der(&der)?;
     let tbs = parsed.cert.tbs_certificate();
     let ids = crate::matter::read_subject(tbs.subject())?;
@@ -563,7 +619,7 @@ fn entry_from_files(dir: &Path, id: &str, index: u64) -> Result<ManifestEntry> {
         ),
         dac_der_sha256: sha256_hex(&der),
         dac_pem_sha256: sha256_hex(&pem),
-        key_file: key_file.into(),
+        key_file: format!("{id}.{key_file}"),
         key_sha256: sha256_hex(&key),
     })
 }
@@ -693,7 +749,7 @@ fn csv_line(e: &ManifestEntry) -> String {
 }
 
 /// Reads one hardware ID per line: first CSV column, `#` comments, blank lines and a
-/// `device_id` header skipped. IDs become CNs and directory names, so they are limited to
+/// `device_id` header skipped. IDs become CNs and file names, so they are limited to
 /// letters, digits, '.', '_' and '-', at most 64 characters, and must be unique.
 pub fn read_device_ids(path: &Path) -> Result<Vec<String>> {
     let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;

@@ -44,9 +44,9 @@ fn check_files(env: &DevEnv, out: &Path, entries: &[ManifestEntry], check_rules:
     use p256::pkcs8::DecodePrivateKey;
     let pai = env.pai_der();
     for e in entries {
-        let dir = out.join("devices").join(&e.device_id);
-        let der = std::fs::read(dir.join("dac.der")).unwrap();
-        let pem = std::fs::read(dir.join("dac.pem")).unwrap();
+        let dir = out.join("devices");
+        let der = std::fs::read(dir.join(format!("{}.dac.der", e.device_id))).unwrap();
+        let pem = std::fs::read(dir.join(format!("{}.dac.pem", e.device_id))).unwrap();
         let key = std::fs::read(dir.join(&e.key_file)).unwrap();
         assert_eq!(hex(&Sha256::digest(&der)), e.dac_der_sha256);
         assert_eq!(hex(&Sha256::digest(&pem)), e.dac_pem_sha256);
@@ -61,7 +61,7 @@ fn check_files(env: &DevEnv, out: &Path, entries: &[ManifestEntry], check_rules:
             .subject_public_key
             .raw_bytes()
             .to_vec();
-        if e.key_file == "key.der" {
+        if e.key_file == format!("{}.key.der", e.device_id) {
             let secret = p256::SecretKey::from_pkcs8_der(&key).unwrap();
             assert_eq!(
                 secret.public_key().to_sec1_point(false).as_bytes(),
@@ -103,9 +103,11 @@ fn a_batch_of_ten_thousand() {
     use std::os::unix::fs::PermissionsExt;
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&out), 0o700);
-    let one = out.join("devices").join(&entries[0].device_id);
-    assert_eq!(mode(&one), 0o700);
-    assert_eq!(mode(&one.join("key.der")), 0o600);
+    assert_eq!(mode(&out.join("devices")), 0o700);
+    for suffix in ["key.der", "dac.der", "dac.pem"] {
+        let file = format!("{}.{suffix}", entries[0].device_id);
+        assert_eq!(mode(&out.join("devices").join(file)), 0o600, "{suffix}");
+    }
     // The ledger holds exactly the batch.
     let (issuer, ledger) = env.issuer();
     assert_eq!(ledger.count("dev").unwrap(), 10_000);
@@ -179,8 +181,8 @@ fn device_list_batch_with_encrypted_keys() {
         "line-7/batch.json",
         "line-7/manifest.csv",
         "line-7/pai.der",
-        "line-7/devices/hw-0002/key-encrypted.der",
-        "line-7/devices/hw-0003/dac.pem",
+        "line-7/devices/hw-0002.key-encrypted.der",
+        "line-7/devices/hw-0003.dac.pem",
     ] {
         assert!(
             listing.lines().any(|l| l == f),
@@ -188,11 +190,10 @@ fn device_list_batch_with_encrypted_keys() {
         );
     }
     // The documented decryption command.
-    let dir = out.join("devices/hw-0002");
     let key = Command::new("openssl")
         .env("LINE_PASS", "line seven passphrase")
         .args(["pkcs8", "-inform", "DER", "-passin", "env:LINE_PASS", "-in"])
-        .arg(dir.join("key-encrypted.der"))
+        .arg(out.join("devices/hw-0002.key-encrypted.der"))
         .output()
         .unwrap();
     assert!(
@@ -208,7 +209,7 @@ fn device_list_batch_with_encrypted_keys() {
         .unwrap();
     let dac_pub = Command::new("openssl")
         .args(["x509", "-noout", "-pubkey", "-in"])
-        .arg(dir.join("dac.pem"))
+        .arg(out.join("devices/hw-0002.dac.pem"))
         .output()
         .unwrap();
     assert_eq!(pubkey.stdout, dac_pub.stdout);
@@ -287,12 +288,19 @@ fn a_killed_batch_resumes_without_loss_or_duplicates() {
     assert_eq!(entries.len(), 6_000);
     let ids: HashSet<_> = entries.iter().map(|e| e.device_id.clone()).collect();
     assert_eq!(ids.len(), 6_000, "no device twice in the manifest");
-    let dirs: Vec<_> = std::fs::read_dir(out.join("devices"))
+    // Exactly the three files of each device in the manifest: the unrecorded ones the kill
+    // left were deleted, the recorded ones were added to the manifest.
+    let mut files: Vec<_> = std::fs::read_dir(out.join("devices"))
         .unwrap()
         .map(|d| d.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert_eq!(dirs.len(), 6_000);
-    assert!(dirs.iter().all(|d| !d.ends_with(".partial")));
+    files.sort();
+    let mut expected: Vec<_> = entries
+        .iter()
+        .flat_map(|e| ["dac.der", "dac.pem", "key.der"].map(|s| format!("{}.{s}", e.device_id)))
+        .collect();
+    expected.sort();
+    assert_eq!(files, expected);
     check_files(&env, &out, &entries, false);
     let (_issuer, ledger) = env.issuer();
     assert_eq!(
@@ -349,12 +357,12 @@ fn keys_encrypted_to_the_line_public_key() {
     check_files(&env, &out, &entries, true);
     // The documented decryption command, on the line, for every key.
     for e in &entries {
-        assert_eq!(e.key_file, "key.cms");
-        let dir = out.join("devices").join(&e.device_id);
+        assert_eq!(e.key_file, format!("{}.key.cms", e.device_id));
+        let dir = out.join("devices");
         let key = env.path("k.der");
         ok(Command::new("openssl")
             .args(["cms", "-decrypt", "-inform", "DER", "-in"])
-            .arg(dir.join("key.cms"))
+            .arg(dir.join(&e.key_file))
             .arg("-inkey")
             .arg(&line_key)
             .arg("-out")
@@ -368,7 +376,7 @@ fn keys_encrypted_to_the_line_public_key() {
             .unwrap();
         let dac_pub = Command::new("openssl")
             .args(["x509", "-noout", "-pubkey", "-in"])
-            .arg(dir.join("dac.pem"))
+            .arg(dir.join(format!("{}.dac.pem", e.device_id)))
             .output()
             .unwrap();
         assert_eq!(pubkey.stdout, dac_pub.stdout, "{}", e.device_id);
@@ -387,13 +395,58 @@ fn keys_encrypted_to_the_line_public_key() {
         .arg(&other)
         .output()
         .unwrap());
-    let dir = out.join("devices").join(&entries[0].device_id);
     let denied = Command::new("openssl")
         .args(["cms", "-decrypt", "-inform", "DER", "-in"])
-        .arg(dir.join("key.cms"))
+        .arg(out.join("devices").join(&entries[0].key_file))
         .arg("-inkey")
         .arg(&other)
         .output()
         .unwrap();
     assert!(!denied.status.success());
+}
+
+#[test]
+fn resume_adds_recorded_devices_and_deletes_unrecorded_ones() {
+    let env = DevEnv::new(|t| t);
+    let out = env.path("resume");
+    assert!(batch(&env, &out, &["--count", "5"]).status.success());
+    let entries = manifest(&out);
+    // As after a crash between the ledger commit and the manifest line: the last device's
+    // files are on disk and its DAC on record, but it is not in the manifest.
+    let jsonl = std::fs::read_to_string(out.join("manifest.jsonl")).unwrap();
+    let kept: String = jsonl.lines().take(4).map(|l| format!("{l}\n")).collect();
+    std::fs::write(out.join("manifest.jsonl"), kept).unwrap();
+    // As after a crash before the commit: files of a device whose DAC is not on record (an ID
+    // with dots, as a device list may hold).
+    let devices = out.join("devices");
+    for suffix in ["dac.der", "dac.pem", "key.der"] {
+        std::fs::write(devices.join(format!("hw.7.{suffix}")), b"torn").unwrap();
+    }
+    std::fs::write(devices.join("notes.txt"), b"not ours").unwrap();
+
+    let rerun = batch(&env, &out, &["--count", "5"]);
+    let stdout = String::from_utf8_lossy(&rerun.stdout);
+    assert!(
+        rerun.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rerun.stderr)
+    );
+    assert!(
+        stdout.contains("0 made now") && stdout.contains("1 recovered"),
+        "{stdout}"
+    );
+    let after = manifest(&out);
+    assert_eq!(after.len(), 5);
+    assert_eq!(after[4].device_id, entries[4].device_id);
+    assert_eq!(after[4].dac_der_sha256, entries[4].dac_der_sha256);
+    check_files(&env, &out, &after, true);
+    for suffix in ["dac.der", "dac.pem", "key.der"] {
+        assert!(!devices.join(format!("hw.7.{suffix}")).exists(), "{suffix}");
+    }
+    assert!(
+        devices.join("notes.txt").exists(),
+        "files not of a device are left alone"
+    );
+    let (_issuer, ledger) = env.issuer();
+    assert_eq!(ledger.count("dev").unwrap(), 5);
 }
