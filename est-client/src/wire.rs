@@ -151,5 +151,13 @@ mod tests {
         let mut indefinite = good.clone();
         indefinite[1] = 0x80; // a BER indefinite length
         assert!(certs_only(&b64(&indefinite)).is_err());
+        // Any byte changed to any value: an answer (either way), never a panic.
+        for i in 0..good.len() {
+            for v in [0x00, 0x01, 0x30, 0x7f, 0x80, 0x81, 0x84, 0x85, 0xa0, 0xff] {
+                let mut bent = good.clone();
+                bent[i] = v;
+                let _ = certs_only(&b64(&bent));
+            }
+        }
     }
 }
