@@ -365,9 +365,10 @@ where
 /// 1. keys: one thread makes (or, on a rerun, reads) each device's key and CSR; a chunk of keys
 ///    is made durable with one `syncfs` before any of its CSRs is sent (a DAC must never exist
 ///    for a key we lost);
-/// 2. enrollment: one task per keep-alive connection sends CSRs and writes the DAC files;
-/// 3. manifest: a chunk of DAC files is made durable before its manifest lines are appended, so
-///    a device in the manifest is complete on disk and a rerun skips exactly those.
+/// 2. enrollment: one task per keep-alive connection sends CSRs (network only);
+/// 3. manifest: one blocking step per chunk writes the DAC files and makes them durable before
+///    their manifest lines are appended, so a device in the manifest is complete on disk and a
+///    rerun skips exactly those.
 async fn gateway(
     conn: &Conn,
     devices: &Path,
@@ -436,19 +437,17 @@ async fn gateway(
     };
 
     let (done_tx, done_rx) =
-        tokio::sync::mpsc::channel::<(String, Result<(String, String)>)>(2 * CHUNK);
+        tokio::sync::mpsc::channel::<(String, Result<Vec<Vec<u8>>>)>(2 * CHUNK);
     let csr_rx = Arc::new(tokio::sync::Mutex::new(csr_rx));
-    let chain_written = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let senders: Vec<_> = clients
         .into_iter()
         .map(|client| {
             let (csr_rx, done_tx) = (csr_rx.clone(), done_tx.clone());
-            let (out, chain_written) = (out.to_path_buf(), chain_written.clone());
             tokio::spawn(async move {
                 loop {
                     let next = csr_rx.lock().await.recv().await;
                     let Some((id, csr)) = next else { break };
-                    let result = enroll_device(&client, &out, &id, &csr, &chain_written).await;
+                    let result = enroll_device(&client, &csr).await;
                     if done_tx.send((id, result)).await.is_err() {
                         break;
                     }
@@ -479,17 +478,19 @@ async fn gateway(
     })
 }
 
-/// The gateway's last stage: DAC files made durable a chunk at a time (or after a short pause
-/// in the results), then their manifest lines. Returns how many devices failed.
+/// The gateway's last stage, off the async threads: a chunk's DAC files written and made
+/// durable (a chunk at a time, or after a short pause in the results), then their manifest
+/// lines. Returns how many devices failed.
 async fn finish_devices(
     out: &Path,
-    mut results: tokio::sync::mpsc::Receiver<(String, Result<(String, String)>)>,
-    mut manifest: std::fs::File,
+    mut results: tokio::sync::mpsc::Receiver<(String, Result<Vec<Vec<u8>>>)>,
+    manifest: std::fs::File,
     manifest_path: &Path,
     bar: &indicatif::ProgressBar,
 ) -> Result<usize> {
     let mut failed = 0;
     let mut chunk = Vec::with_capacity(CHUNK);
+    let mut state = (manifest, false); // the manifest file; whether chain.pem is written
     loop {
         let next = tokio::time::timeout(FLUSH_AFTER, results.recv()).await;
         let closed = matches!(next, Ok(None));
@@ -500,39 +501,90 @@ async fn finish_devices(
             }
         }
         if !chunk.is_empty() {
-            let dir = out.to_path_buf();
-            tokio::task::spawn_blocking(move || sync_dir(&dir))
-                .await
-                .map_err(|e| Error::Usage(e.to_string()))??;
-            let mut lines = String::new();
-            for (id, result) in chunk.drain(..) {
-                let line = match &result {
-                    Ok((serial, sha)) => serde_json::json!({
-                        "device_id": id, "serial": serial, "dac_file": format!("{id}.dac.pem"),
-                        "sha256": sha, "status": "ok"
-                    }),
-                    Err(e) => {
-                        failed += 1;
-                        bar.suspend(|| eprintln!("device {id}: {e}"));
-                        serde_json::json!({ "device_id": id, "status": "failed", "error": e.to_string() })
-                    }
-                };
-                lines.push_str(&line.to_string());
-                lines.push('\n');
+            let (dir, path, work) = (
+                out.to_path_buf(),
+                manifest_path.to_path_buf(),
+                std::mem::take(&mut chunk),
+            );
+            let done;
+            (state, done) = tokio::task::spawn_blocking(move || {
+                let (mut manifest, mut chain_written) = state;
+                let done = write_chunk(&dir, work, &mut chain_written)?;
+                let lines: String = done.iter().map(|(_, line)| format!("{line}\n")).collect();
+                manifest
+                    .write_all(lines.as_bytes())
+                    .map_err(|e| file_err(&path, e))?;
+                Ok::<_, Error>(((manifest, chain_written), done))
+            })
+            .await
+            .map_err(|e| Error::Usage(e.to_string()))??;
+            for (failure, _) in done {
+                if let Some((id, e)) = failure {
+                    failed += 1;
+                    bar.suspend(|| eprintln!("device {id}: {e}"));
+                }
                 bar.inc(1);
             }
-            manifest
-                .write_all(lines.as_bytes())
-                .map_err(|e| file_err(manifest_path, e))?;
         }
         if closed {
             break;
         }
     }
-    manifest
-        .sync_all()
-        .map_err(|e| file_err(manifest_path, e))?;
+    state.0.sync_all().map_err(|e| file_err(manifest_path, e))?;
     Ok(failed)
+}
+
+/// A device's manifest line, with its failure if it has one.
+type ManifestLine = (Option<(String, Error)>, serde_json::Value);
+
+/// One chunk of enrollment results: each DAC written to `<id>.dac.pem` (the chain, the same for
+/// every device of a label, to `chain.pem` once), all made durable with one `syncfs`; then the
+/// manifest line of each device.
+fn write_chunk(
+    out: &Path,
+    chunk: Vec<(String, Result<Vec<Vec<u8>>>)>,
+    chain_written: &mut bool,
+) -> Result<Vec<ManifestLine>> {
+    let mut done = Vec::with_capacity(chunk.len());
+    for (id, result) in chunk {
+        let written = result.and_then(|certs| {
+            let dac_pem = wire::pem(&certs[..1])?;
+            let serial = x509_cert::Certificate::from_der(&certs[0])
+                .map(|c| hex(c.tbs_certificate().serial_number().as_bytes()))
+                .map_err(|e| Error::BadResponse(format!("the DAC does not parse: {e}")))?;
+            matter::write_new_file(
+                &out.join(format!("{id}.dac.pem")),
+                dac_pem.as_bytes(),
+                0o644,
+            )?;
+            if !*chain_written {
+                matter::write_file(
+                    &out.join("chain.pem"),
+                    wire::pem(&certs[1..])?.as_bytes(),
+                    0o644,
+                )?;
+                *chain_written = true;
+            }
+            Ok((serial, hex(&Sha256::digest(dac_pem.as_bytes()))))
+        });
+        done.push(match written {
+            Ok((serial, sha)) => (
+                None,
+                serde_json::json!({
+                    "device_id": id, "serial": serial, "dac_file": format!("{id}.dac.pem"),
+                    "sha256": sha, "status": "ok"
+                }),
+            ),
+            Err(e) => {
+                let line = serde_json::json!({
+                    "device_id": id, "status": "failed", "error": e.to_string()
+                });
+                (Some((id, e)), line)
+            }
+        });
+    }
+    sync_dir(out)?;
+    Ok(done)
 }
 
 /// The device's key: the one a previous, interrupted run wrote (so a lost response is retried
@@ -553,44 +605,18 @@ fn device_key(out: &Path, id: &str) -> Result<Vec<u8>> {
     Ok(k)
 }
 
-/// One device of the gateway: simpleenroll, then the DAC file (durable with its chunk).
-async fn enroll_device(
-    client: &Client,
-    out: &Path,
-    id: &str,
-    csr: &[u8],
-    chain_written: &std::sync::atomic::AtomicBool,
-) -> Result<(String, String)> {
-    let certs = match client.simpleenroll(csr).await? {
-        Enrolled::Certificates(c) => c,
-        Enrolled::Pending { retry_after } => {
-            return Err(Error::Status {
-                status: 202,
-                message: format!(
-                    "held by the server; rerun after {} s",
-                    retry_after.as_secs()
-                ),
-            });
-        }
-    };
-    let dac_pem = wire::pem(&certs[..1])?;
-    matter::write_new_file(
-        &out.join(format!("{id}.dac.pem")),
-        dac_pem.as_bytes(),
-        0o644,
-    )?;
-    // The chain (PAI, PAA as received) is the same for every device of a label: written once.
-    if !chain_written.swap(true, std::sync::atomic::Ordering::SeqCst) {
-        matter::write_file(
-            &out.join("chain.pem"),
-            wire::pem(&certs[1..])?.as_bytes(),
-            0o644,
-        )?;
+/// One device of the gateway: simpleenroll; the certificates as received (DAC first).
+async fn enroll_device(client: &Client, csr: &[u8]) -> Result<Vec<Vec<u8>>> {
+    match client.simpleenroll(csr).await? {
+        Enrolled::Certificates(certs) => Ok(certs),
+        Enrolled::Pending { retry_after } => Err(Error::Status {
+            status: 202,
+            message: format!(
+                "held by the server; rerun after {} s",
+                retry_after.as_secs()
+            ),
+        }),
     }
-    let serial = x509_cert::Certificate::from_der(&certs[0])
-        .map(|c| hex(c.tbs_certificate().serial_number().as_bytes()))
-        .map_err(|e| Error::BadResponse(e.to_string()))?;
-    Ok((serial, hex(&Sha256::digest(dac_pem.as_bytes()))))
 }
 
 /// Makes every file written under `dir` durable: one syncfs instead of an fsync per file.

@@ -270,7 +270,8 @@ async fn gateway_mode_over_a_thousand_devices() {
     );
     let lines = ok_lines(&out);
     assert_eq!(lines.len(), 1000);
-    for v in lines.iter().take(50) {
+    // Every device: its DAC file as listed, for its own key, with the serial listed.
+    for v in &lines {
         let id = v["device_id"].as_str().unwrap();
         let pem = std::fs::read(out.join(format!("{id}.dac.pem"))).unwrap();
         use sha2::Digest;
@@ -278,7 +279,29 @@ async fn gateway_mode_over_a_thousand_devices() {
             matter_est::asn1::hex(&sha2::Sha256::digest(&pem)),
             v["sha256"].as_str().unwrap()
         );
+        let (_, dac) = der::pem::decode_vec(&pem).unwrap();
+        let cert: x509_cert::Certificate = der::Decode::from_der(&dac).unwrap();
+        let tbs = cert.tbs_certificate();
+        assert_eq!(
+            matter_est::asn1::hex(tbs.serial_number().as_bytes()),
+            v["serial"].as_str().unwrap()
+        );
+        let key = matter::read_key(&out.join(format!("{id}.key.pem"))).unwrap();
+        let pair = ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+            &key,
+            &ring::rand::SystemRandom::new(),
+        )
+        .unwrap();
+        assert_eq!(
+            ring::signature::KeyPair::public_key(&pair).as_ref(),
+            tbs.subject_public_key_info().subject_public_key.raw_bytes(),
+            "{id}: the DAC certifies the device's key"
+        );
     }
+    let chain = std::fs::read_to_string(out.join("chain.pem")).unwrap();
+    let pai = est_client::wire::pem(&[server.env.pai_der()]).unwrap();
+    assert!(chain.starts_with(&pai), "chain.pem starts with the PAI");
     assert_eq!(server.ledger.count("dev").unwrap(), 1000);
     // A rerun does nothing.
     let rerun = tokio::task::spawn_blocking({
