@@ -79,7 +79,10 @@ fn main() {
         text.replace("127.0.0.1:8443", &format!("127.0.0.1:{port}")),
     )
     .unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_matter-est"))
+    // EST_LOAD_SERVER_BIN=path runs another build of the server (to compare two builds).
+    let server_bin = std::env::var_os("EST_LOAD_SERVER_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_matter-est").into());
+    let mut child = std::process::Command::new(server_bin)
         .args(["serve", "--config"])
         .arg(&config)
         .env("RUST_LOG", "info")

@@ -337,7 +337,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn serve(config: Option<PathBuf>, log_json: bool, danger_dev: bool) -> Result<()> {
-    init_logs(log_json);
+    let _logs = init_logs(log_json);
     let embedded = config.is_none();
     let config_path = match config {
         Some(path) => path,
@@ -384,17 +384,26 @@ fn serve(config: Option<PathBuf>, log_json: bool, danger_dev: bool) -> Result<()
     Ok(())
 }
 
-fn init_logs(json: bool) {
+/// Logs to stdout from a thread of their own, so that a slow stdout (a pipe to a busy journald)
+/// never stalls the async threads. Not lossy: a full buffer slows requests down rather than
+/// dropping their lines. The guard flushes what is buffered when it is dropped.
+fn init_logs(json: bool) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("log-writer")
+        .finish(std::io::stdout());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false);
+        .with_target(false)
+        .with_writer(writer);
     if json {
         builder.json().init();
     } else {
         builder.init();
     }
+    guard
 }
 
 async fn shutdown_signal() {
