@@ -405,7 +405,7 @@ async fn gateway(
     }
     let start = Instant::now();
 
-    let (csr_tx, csr_rx) = tokio::sync::mpsc::channel::<(String, Vec<u8>)>(2 * CHUNK);
+    let (csr_tx, csr_rx) = tokio::sync::mpsc::channel::<(String, Result<Vec<u8>>)>(2 * CHUNK);
     let (vid, pid) = (subject.0.to_string(), subject.1.to_string());
     let keys = {
         let out = out.to_path_buf();
@@ -413,16 +413,17 @@ async fn gateway(
             for chunk in todo.chunks(CHUNK) {
                 let mut csrs = Vec::with_capacity(chunk.len());
                 for id in chunk {
-                    let key = device_key(&out, id)?;
-                    let csr = matter::csr(
-                        &key,
-                        &DeviceSubject {
-                            cn: Some(id.clone()),
-                            vid: Some(vid.clone()),
-                            pid: Some(pid.clone()),
-                            serial_number: None,
-                        },
-                    )?;
+                    let csr = device_key(&out, id).and_then(|key| {
+                        matter::csr(
+                            &key,
+                            &DeviceSubject {
+                                cn: Some(id.clone()),
+                                vid: Some(vid.clone()),
+                                pid: Some(pid.clone()),
+                                serial_number: None,
+                            },
+                        )
+                    });
                     csrs.push((id.clone(), csr));
                 }
                 sync_dir(&out)?;
@@ -447,7 +448,11 @@ async fn gateway(
                 loop {
                     let next = csr_rx.lock().await.recv().await;
                     let Some((id, csr)) = next else { break };
-                    let result = enroll_device(&client, &csr).await;
+                    // A device whose key could not be made or read fails alone.
+                    let result = match csr {
+                        Ok(csr) => enroll_device(&client, &csr).await,
+                        Err(e) => Err(e),
+                    };
                     if done_tx.send((id, result)).await.is_err() {
                         break;
                     }
@@ -589,10 +594,19 @@ fn write_chunk(
 
 /// The device's key: the one a previous, interrupted run wrote (so a lost response is retried
 /// with the same key and subject and gets the same DAC back), else a new one (not yet synced).
+/// A key file that exists but cannot be read is the device's error, never replaced: its CSR may
+/// have been sent. One that is read but is not PEM was torn by an interrupted run before it was
+/// synced, so its CSR was never sent: it is replaced.
 fn device_key(out: &Path, id: &str) -> Result<Vec<u8>> {
     let key_path = out.join(format!("{id}.key.pem"));
-    if let Ok(k) = matter::read_key(&key_path) {
-        return Ok(k);
+    match std::fs::read(&key_path) {
+        Ok(pem) => {
+            if let Ok(k) = matter::parse_key(&pem) {
+                return Ok(k);
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(file_err(&key_path, e)),
     }
     let k = matter::generate_key()?;
     matter::write_new_file(

@@ -106,19 +106,21 @@ pub fn csr_for_name(pkcs8: &[u8], name: &[u8]) -> Result<Vec<u8>> {
 
 /// Reads a PKCS#8 PEM private key.
 pub fn read_key(path: &Path) -> Result<Vec<u8>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::File {
+    let text = std::fs::read(path).map_err(|e| Error::File {
         path: path.display().to_string(),
         problem: e.to_string(),
     })?;
-    let (label, der) = der::pem::decode_vec(text.as_bytes()).map_err(|e| Error::File {
+    parse_key(&text).map_err(|problem| Error::File {
         path: path.display().to_string(),
-        problem: format!("not PEM: {e}"),
-    })?;
+        problem,
+    })
+}
+
+/// The PKCS#8 DER of a PEM `PRIVATE KEY`, or what is wrong with it.
+pub fn parse_key(pem: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    let (label, der) = der::pem::decode_vec(pem).map_err(|e| format!("not PEM: {e}"))?;
     if label != "PRIVATE KEY" {
-        return Err(Error::File {
-            path: path.display().to_string(),
-            problem: format!("PEM label {label}; expected PRIVATE KEY (PKCS#8)"),
-        });
+        return Err(format!("PEM label {label}; expected PRIVATE KEY (PKCS#8)"));
     }
     Ok(der)
 }

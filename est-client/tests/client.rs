@@ -362,3 +362,73 @@ async fn gateway_killed_midway_finishes_on_rerun_without_duplicates() {
     // DAC on record instead of issuing a second one.
     assert_eq!(server.ledger.count("dev").unwrap(), 1500);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_replaces_a_torn_key_and_fails_alone_on_an_unreadable_one() {
+    let server = TestServer::start(|t| t).await;
+    let dir = tempfile::tempdir().unwrap();
+    let devices = dir.path().join("devices.csv");
+    std::fs::write(&devices, "torn-1\nblocked-1\nplain-1\n").unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    // A key torn by a kill before it was synced (so its CSR was never sent)...
+    std::fs::write(
+        out.join("torn-1.key.pem"),
+        "-----BEGIN PRIVATE KEY-----\nMIGH",
+    )
+    .unwrap();
+    // ...and one that cannot be read: never replaced, the device fails alone.
+    std::fs::create_dir(out.join("blocked-1.key.pem")).unwrap();
+    let run = |out: &Path| {
+        let mut cmd = gateway_cmd(&server, &devices, out);
+        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+    };
+    let first = run(&out).await.unwrap();
+    assert!(
+        !first.status.success(),
+        "a failed device makes the exit non-zero"
+    );
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(
+        stderr.contains("device blocked-1:") && stderr.contains("blocked-1.key.pem"),
+        "{stderr}"
+    );
+    let ok: Vec<String> = ok_lines(&out)
+        .iter()
+        .map(|v| v["device_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ok.len(), 2, "{ok:?}");
+    assert!(ok.contains(&"torn-1".to_string()) && ok.contains(&"plain-1".to_string()));
+    assert!(out.join("blocked-1.key.pem").is_dir(), "left as it was");
+    // The torn key was replaced by the key the DAC certifies.
+    let key = matter::read_key(&out.join("torn-1.key.pem")).unwrap();
+    let pair = ring::signature::EcdsaKeyPair::from_pkcs8(
+        &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+        &key,
+        &ring::rand::SystemRandom::new(),
+    )
+    .unwrap();
+    let (_, dac) =
+        der::pem::decode_vec(&std::fs::read(out.join("torn-1.dac.pem")).unwrap()).unwrap();
+    let cert: x509_cert::Certificate = der::Decode::from_der(&dac).unwrap();
+    assert_eq!(
+        ring::signature::KeyPair::public_key(&pair).as_ref(),
+        cert.tbs_certificate()
+            .subject_public_key_info()
+            .subject_public_key
+            .raw_bytes()
+    );
+    // Once the operator clears the way, a rerun does only that device.
+    std::fs::remove_dir(out.join("blocked-1.key.pem")).unwrap();
+    let second = run(&out).await.unwrap();
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&second.stdout)
+            .contains("1 devices enrolled, 0 failed, 2 already done")
+    );
+    assert_eq!(server.ledger.count("dev").unwrap(), 3);
+}
