@@ -188,7 +188,7 @@ fn main() {
     let secs = if run("latency") { 5.0 } else { 0.0 };
     let n_lat = (target * secs) as usize;
     let per_conn = n_lat / conns;
-    let interval = Duration::from_secs_f64(conns as f64 / target);
+    let interval = Duration::from_secs_f64(conns as f64 / target.max(1.0));
     let sets: Vec<Vec<Vec<u8>>> = (0..conns)
         .map(|i| bodies(per_conn, &format!("lat{i}")))
         .collect();
