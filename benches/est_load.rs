@@ -151,8 +151,9 @@ fn main() {
     );
 
     // 2. Keep-alive: 64 connections, back to back.
+    let fixed_rate = std::env::var_os("EST_LOAD_LATENCY_RATE").is_some();
     let (n_ka, conns) = (
-        if run("keepalive") || run("latency") {
+        if run("keepalive") || (run("latency") && !fixed_rate) {
             40_000
         } else {
             0
@@ -184,7 +185,11 @@ fn main() {
     println!("keep-alive enrollments:      {ka_rate:>7.0} /s  ({n_ka} over {conns} connections)");
 
     // 3. Latency at half the keep-alive rate, paced (open loop per connection).
-    let target = ka_rate / 2.0;
+    // EST_LOAD_LATENCY_RATE=2500 (say) paces at a fixed rate instead of half the measured one.
+    let target = std::env::var("EST_LOAD_LATENCY_RATE")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(ka_rate / 2.0);
     let secs = if run("latency") { 5.0 } else { 0.0 };
     let n_lat = (target * secs) as usize;
     let per_conn = n_lat / conns;
