@@ -82,14 +82,16 @@ fn main() {
     // EST_LOAD_SERVER_BIN=path runs another build of the server (to compare two builds).
     let server_bin = std::env::var_os("EST_LOAD_SERVER_BIN")
         .unwrap_or_else(|| env!("CARGO_BIN_EXE_matter-est").into());
-    let mut child = std::process::Command::new(server_bin)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = Server(
+        std::process::Command::new(server_bin)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     while std::net::TcpStream::connect(addr).is_err() {
         std::thread::sleep(Duration::from_millis(50));
@@ -236,7 +238,7 @@ fn main() {
     }
 
     // 4. RSS with 1,000 open keep-alive connections.
-    let (idle_rss, _) = rss_kib(child.id());
+    let (idle_rss, _) = rss_kib(child.0.id());
     let held = rt.block_on(async {
         let mut held = Vec::new();
         for _ in 0..if run("rss") { 1000 } else { 0 } {
@@ -246,7 +248,7 @@ fn main() {
         }
         held
     });
-    let (rss, hwm) = rss_kib(child.id());
+    let (rss, hwm) = rss_kib(child.0.id());
     println!(
         "server RSS: {:.1} MiB with 1,000 open keep-alive connections (before opening them: {:.1} MiB; peak over the run: {:.1} MiB)",
         rss as f64 / 1024.0,
@@ -254,6 +256,15 @@ fn main() {
         hwm as f64 / 1024.0
     );
     drop(held);
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
+}
+
+/// The server process, stopped however the benchmark ends (a panic included).
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
