@@ -237,6 +237,29 @@ fn gateway_cmd(server: &TestServer, devices: &Path, out: &Path) -> Command {
     cmd
 }
 
+/// The gateway's DAC for `id`, after checking that it certifies the gateway's key for `id`.
+fn device_certified(out: &Path, id: &str) -> x509_cert::Certificate {
+    let pem = std::fs::read(out.join(format!("{id}.dac.pem"))).unwrap();
+    let (_, dac) = der::pem::decode_vec(&pem).unwrap();
+    let cert: x509_cert::Certificate = der::Decode::from_der(&dac).unwrap();
+    let key = matter::read_key(&out.join(format!("{id}.key.pem"))).unwrap();
+    let pair = ring::signature::EcdsaKeyPair::from_pkcs8(
+        &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+        &key,
+        &ring::rand::SystemRandom::new(),
+    )
+    .unwrap();
+    assert_eq!(
+        ring::signature::KeyPair::public_key(&pair).as_ref(),
+        cert.tbs_certificate()
+            .subject_public_key_info()
+            .subject_public_key
+            .raw_bytes(),
+        "{id}: the DAC certifies the device's key"
+    );
+    cert
+}
+
 fn ok_lines(out: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(out.join("manifest.jsonl"))
         .unwrap_or_default()
@@ -279,24 +302,10 @@ async fn gateway_mode_over_a_thousand_devices() {
             matter_est::asn1::hex(&sha2::Sha256::digest(&pem)),
             v["sha256"].as_str().unwrap()
         );
-        let (_, dac) = der::pem::decode_vec(&pem).unwrap();
-        let cert: x509_cert::Certificate = der::Decode::from_der(&dac).unwrap();
-        let tbs = cert.tbs_certificate();
+        let cert = device_certified(&out, id);
         assert_eq!(
-            matter_est::asn1::hex(tbs.serial_number().as_bytes()),
+            matter_est::asn1::hex(cert.tbs_certificate().serial_number().as_bytes()),
             v["serial"].as_str().unwrap()
-        );
-        let key = matter::read_key(&out.join(format!("{id}.key.pem"))).unwrap();
-        let pair = ring::signature::EcdsaKeyPair::from_pkcs8(
-            &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
-            &key,
-            &ring::rand::SystemRandom::new(),
-        )
-        .unwrap();
-        assert_eq!(
-            ring::signature::KeyPair::public_key(&pair).as_ref(),
-            tbs.subject_public_key_info().subject_public_key.raw_bytes(),
-            "{id}: the DAC certifies the device's key"
         );
     }
     let chain = std::fs::read_to_string(out.join("chain.pem")).unwrap();
@@ -401,23 +410,7 @@ async fn gateway_replaces_a_torn_key_and_fails_alone_on_an_unreadable_one() {
     assert!(ok.contains(&"torn-1".to_string()) && ok.contains(&"plain-1".to_string()));
     assert!(out.join("blocked-1.key.pem").is_dir(), "left as it was");
     // The torn key was replaced by the key the DAC certifies.
-    let key = matter::read_key(&out.join("torn-1.key.pem")).unwrap();
-    let pair = ring::signature::EcdsaKeyPair::from_pkcs8(
-        &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
-        &key,
-        &ring::rand::SystemRandom::new(),
-    )
-    .unwrap();
-    let (_, dac) =
-        der::pem::decode_vec(&std::fs::read(out.join("torn-1.dac.pem")).unwrap()).unwrap();
-    let cert: x509_cert::Certificate = der::Decode::from_der(&dac).unwrap();
-    assert_eq!(
-        ring::signature::KeyPair::public_key(&pair).as_ref(),
-        cert.tbs_certificate()
-            .subject_public_key_info()
-            .subject_public_key
-            .raw_bytes()
-    );
+    device_certified(&out, "torn-1");
     // Once the operator clears the way, a rerun does only that device.
     std::fs::remove_dir(out.join("blocked-1.key.pem")).unwrap();
     let second = run(&out).await.unwrap();
