@@ -310,6 +310,22 @@ fn a_killed_batch_resumes_without_loss_or_duplicates() {
     );
 }
 
+/// `openssl ecparam` making a P-256 key at `path`.
+fn p256_key(path: &Path) -> std::process::Output {
+    Command::new("openssl")
+        .args([
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+        ])
+        .arg(path)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn keys_encrypted_to_the_line_public_key() {
     let env = DevEnv::new(|t| t);
@@ -322,18 +338,7 @@ fn keys_encrypted_to_the_line_public_key() {
             String::from_utf8_lossy(&out.stderr)
         )
     };
-    ok(Command::new("openssl")
-        .args([
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-        ])
-        .arg(&line_key)
-        .output()
-        .unwrap());
+    ok(p256_key(&line_key));
     ok(Command::new("openssl")
         .args(["pkey", "-pubout", "-in"])
         .arg(&line_key)
@@ -383,18 +388,7 @@ fn keys_encrypted_to_the_line_public_key() {
     }
     // Another key cannot open it.
     let other = env.path("other.key");
-    ok(Command::new("openssl")
-        .args([
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-        ])
-        .arg(&other)
-        .output()
-        .unwrap());
+    ok(p256_key(&other));
     let denied = Command::new("openssl")
         .args(["cms", "-decrypt", "-inform", "DER", "-in"])
         .arg(out.join("devices").join(&entries[0].key_file))

@@ -260,6 +260,14 @@ fn device_certified(out: &Path, id: &str) -> x509_cert::Certificate {
     cert
 }
 
+/// Runs `est-client gateway` to its end, off the test's async threads.
+async fn run_gateway(server: &TestServer, devices: &Path, out: &Path) -> std::process::Output {
+    let mut cmd = gateway_cmd(server, devices, out);
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
 fn ok_lines(out: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(out.join("manifest.jsonl"))
         .unwrap_or_default()
@@ -280,12 +288,7 @@ async fn gateway_mode_over_a_thousand_devices() {
     }
     std::fs::write(&devices, csv).unwrap();
     let out = dir.path().join("out");
-    let run = tokio::task::spawn_blocking({
-        let mut cmd = gateway_cmd(&server, &devices, &out);
-        move || cmd.output().unwrap()
-    })
-    .await
-    .unwrap();
+    let run = run_gateway(&server, &devices, &out).await;
     assert!(
         run.status.success(),
         "{}",
@@ -313,12 +316,7 @@ async fn gateway_mode_over_a_thousand_devices() {
     assert!(chain.starts_with(&pai), "chain.pem starts with the PAI");
     assert_eq!(server.ledger.count("dev").unwrap(), 1000);
     // A rerun does nothing.
-    let rerun = tokio::task::spawn_blocking({
-        let mut cmd = gateway_cmd(&server, &devices, &out);
-        move || cmd.output().unwrap()
-    })
-    .await
-    .unwrap();
+    let rerun = run_gateway(&server, &devices, &out).await;
     assert!(rerun.status.success());
     assert!(
         String::from_utf8_lossy(&rerun.stdout)
@@ -350,12 +348,7 @@ async fn gateway_killed_midway_finishes_on_rerun_without_duplicates() {
     child.wait().unwrap();
     let before = ok_lines(&out).len();
     assert!(before < 1500, "killed midway ({before})");
-    let rerun = tokio::task::spawn_blocking({
-        let mut cmd = gateway_cmd(&server, &devices, &out);
-        move || cmd.output().unwrap()
-    })
-    .await
-    .unwrap();
+    let rerun = run_gateway(&server, &devices, &out).await;
     assert!(
         rerun.status.success(),
         "{}",
@@ -388,11 +381,7 @@ async fn gateway_replaces_a_torn_key_and_fails_alone_on_an_unreadable_one() {
     .unwrap();
     // ...and one that cannot be read: never replaced, the device fails alone.
     std::fs::create_dir(out.join("blocked-1.key.pem")).unwrap();
-    let run = |out: &Path| {
-        let mut cmd = gateway_cmd(&server, &devices, out);
-        tokio::task::spawn_blocking(move || cmd.output().unwrap())
-    };
-    let first = run(&out).await.unwrap();
+    let first = run_gateway(&server, &devices, &out).await;
     assert!(
         !first.status.success(),
         "a failed device makes the exit non-zero"
@@ -413,7 +402,7 @@ async fn gateway_replaces_a_torn_key_and_fails_alone_on_an_unreadable_one() {
     device_certified(&out, "torn-1");
     // Once the operator clears the way, a rerun does only that device.
     std::fs::remove_dir(out.join("blocked-1.key.pem")).unwrap();
-    let second = run(&out).await.unwrap();
+    let second = run_gateway(&server, &devices, &out).await;
     assert!(
         second.status.success(),
         "{}",
