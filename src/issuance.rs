@@ -247,7 +247,7 @@ pub fn load_label(lc: &LabelConfig) -> Result<Label> {
             Arc::new(FileSigner::load(key, passphrase.as_ref())?)
         }
     };
-    if signer.public_key() != &pai.public_key {
+    if signer.public_key() != pai.public_key() {
         let path = match &lc.signer {
             SignerConfig::File { key, .. } => key.clone(),
         };

@@ -14,7 +14,6 @@ use super::{MAX_CERT_BYTES, Pai};
 use crate::asn1::{self, oid};
 use crate::error::{Error, Result};
 use crate::matter::{self, OID_CN, OID_PID, OID_VID, Pid, Vid};
-use crate::signer;
 
 /// Which CA certificate is being checked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,7 +135,7 @@ fn dac_inner(der: &[u8], pai: &Pai, now: i64) -> Result<()> {
     }
 
     // Signed by the PAI.
-    if !signer::verify(&pai.public_key, &p.tbs_der, p.signature()) {
+    if !pai.key.verify(&p.tbs_der, p.signature()) {
         return Err(fail(
             "the signature does not verify with the PAI's public key",
         ));

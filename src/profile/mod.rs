@@ -10,6 +10,7 @@ pub mod dev;
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::sync::Arc;
 
 use ring::rand::{SecureRandom, SystemRandom};
 
@@ -17,6 +18,7 @@ use crate::asn1::{self, oid, tag};
 use crate::error::{Error, Result};
 use crate::matter::{MAX_CN_CHARS, Pid, SubjectIds, Vid};
 use crate::signer::Signer;
+use crate::signer::fixed_key::FixedKeyVerifier;
 use cert::{CertFields, Parsed};
 
 /// Length of our serial numbers: 16 random bytes (MATTER.md: positive, at most 20 octets; at
@@ -77,7 +79,8 @@ pub struct Pai {
     pub pid: Option<Pid>,
     pub not_before: i64,
     pub not_after: i64,
-    pub public_key: [u8; 65],
+    /// The PAI's key, with the tables that make verifying DACs by it fast.
+    pub key: Arc<FixedKeyVerifier>,
 }
 
 impl Pai {
@@ -96,8 +99,15 @@ impl Pai {
             pid: facts.pid,
             not_before: parsed.not_before,
             not_after: parsed.not_after,
-            public_key: parsed.public_key,
+            key: Arc::new(FixedKeyVerifier::new(&parsed.public_key).ok_or_else(|| {
+                Error::BadRequest("the PAI's public key is not a P-256 point".into())
+            })?),
         })
+    }
+
+    /// The PAI's SEC1 uncompressed public key.
+    pub fn public_key(&self) -> &[u8; 65] {
+        self.key.public_key()
     }
 }
 

@@ -5,6 +5,7 @@
 //! signer lives in [`file`]; a PKCS#11 signer slots in behind the same trait.
 
 pub mod file;
+pub mod fixed_key;
 
 use ring::rand::SystemRandom;
 use ring::signature::{self, EcdsaKeyPair, KeyPair};
