@@ -5,7 +5,8 @@
 //! the generator `G` but a variable-base multiplication for the key `Q`: ~80 µs on our 2-vCPU
 //! machine, the largest single cost of issuing a DAC. The PAI key is fixed for the life of a
 //! label, so we precompute multiples of `Q` exactly as of `G`, and the verification becomes
-//! 2 × [`WINDOWS`] additions of table points (FIPS 186-5 §6.4.2 otherwise unchanged).
+//! 2 × 32 additions of table points (FIPS 186-5 §6.4.2 otherwise unchanged): ~25 µs. The tables
+//! take 2 × 510 KiB and ~5 ms to build, once per process for `G` and once per label for `Q`.
 //!
 //! Only public values pass through here (key, message, signature), so the arithmetic is
 //! variable-time. Its results are cross-checked against ring and the `p256` crate in the tests.
@@ -62,7 +63,8 @@ const GY: Fe = [
 ];
 
 /// Bits per table window: each window holds the 2^W − 1 non-zero multiples of one power of two
-/// of the point; a scalar multiplication is one addition per window.
+/// of the point; a scalar multiplication is one addition per window. Measured: 7 bits 32 µs,
+/// 8 bits 25 µs per verification.
 const W: usize = 8;
 /// Windows that cover a 256-bit scalar.
 const WINDOWS: usize = 256_usize.div_ceil(W);
@@ -511,6 +513,23 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn addition_handles_doubling_and_inverse() {
+        let g = generator_table();
+        let (one, two) = (g.0[0][0], g.0[0][1]);
+        let doubled = Jacobian::from_affine(&one).add_affine(&one);
+        assert_eq!(doubled.to_sec1(), Jacobian::from_affine(&two).to_sec1());
+        let minus_one = Affine {
+            x: one.x,
+            y: sub(&[0; 4], &one.y),
+        };
+        assert!(
+            Jacobian::from_affine(&one)
+                .add_affine(&minus_one)
+                .is_infinity()
+        );
     }
 
     #[test]
