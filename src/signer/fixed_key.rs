@@ -6,7 +6,7 @@
 //! machine, the largest single cost of issuing a DAC. The PAI key is fixed for the life of a
 //! label, so we precompute multiples of `Q` exactly as of `G`, and the verification becomes
 //! 2 × 32 additions of table points (FIPS 186-5 §6.4.2 otherwise unchanged): ~25 µs. The tables
-//! take 2 × 510 KiB and ~5 ms to build, once per process for `G` and once per label for `Q`.
+//! take 2 × 510 KiB and ~6 ms to build, once per process for `G` and once per label for `Q`.
 //!
 //! Only public values pass through here (key, message, signature), so the arithmetic is
 //! variable-time. Its results are cross-checked against ring and the `p256` crate in the tests.
