@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::process::Command;
 
-use common::{DevEnv, assert_matter_dac};
+use common::{DevEnv, assert_matter_dac, assert_success};
 use matter_est::batch::ManifestEntry;
 use matter_est::profile::dev;
 use matter_est::store::Ledger;
@@ -331,21 +331,16 @@ fn keys_encrypted_to_the_line_public_key() {
     let env = DevEnv::new(|t| t);
     let line_key = env.path("line.key");
     let line_pub = env.path("line.pub");
-    let ok = |out: std::process::Output| {
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    };
-    ok(p256_key(&line_key));
-    ok(Command::new("openssl")
-        .args(["pkey", "-pubout", "-in"])
-        .arg(&line_key)
-        .arg("-out")
-        .arg(&line_pub)
-        .output()
-        .unwrap());
+    assert_success(&p256_key(&line_key));
+    assert_success(
+        &Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(&line_key)
+            .arg("-out")
+            .arg(&line_pub)
+            .output()
+            .unwrap(),
+    );
     let out = env.path("line-9");
     let run = batch(
         &env,
@@ -365,15 +360,17 @@ fn keys_encrypted_to_the_line_public_key() {
         assert_eq!(e.key_file, format!("{}.key.cms", e.device_id));
         let dir = out.join("devices");
         let key = env.path("k.der");
-        ok(Command::new("openssl")
-            .args(["cms", "-decrypt", "-inform", "DER", "-in"])
-            .arg(dir.join(&e.key_file))
-            .arg("-inkey")
-            .arg(&line_key)
-            .arg("-out")
-            .arg(&key)
-            .output()
-            .unwrap());
+        assert_success(
+            &Command::new("openssl")
+                .args(["cms", "-decrypt", "-inform", "DER", "-in"])
+                .arg(dir.join(&e.key_file))
+                .arg("-inkey")
+                .arg(&line_key)
+                .arg("-out")
+                .arg(&key)
+                .output()
+                .unwrap(),
+        );
         let pubkey = Command::new("openssl")
             .args(["pkey", "-inform", "DER", "-pubout", "-in"])
             .arg(&key)
@@ -388,7 +385,7 @@ fn keys_encrypted_to_the_line_public_key() {
     }
     // Another key cannot open it.
     let other = env.path("other.key");
-    ok(p256_key(&other));
+    assert_success(&p256_key(&other));
     let denied = Command::new("openssl")
         .args(["cms", "-decrypt", "-inform", "DER", "-in"])
         .arg(out.join("devices").join(&entries[0].key_file))

@@ -7,6 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::Output;
 
+use common::assert_success;
 use common::est::TestServer;
 use matter_est::profile::dev;
 use matter_est::store::Ledger;
@@ -26,12 +27,7 @@ async fn run(dir: &Path, args: &[&str]) -> Output {
 }
 
 fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(out);
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
-use common::{DevEnv, assert_matter_dac, csr, openssl_verify, subject};
+use common::{DevEnv, assert_matter_dac, assert_success, csr, openssl_verify, subject};
 use matter_est::Error;
 use matter_est::issuance::IssueOptions;
 use matter_est::profile::dev;
@@ -92,21 +92,13 @@ fn openssl_csr(dir: &std::path::Path, keygen: &[&str], digest: &str) -> Vec<u8> 
         .arg(&key)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let out = Command::new("openssl")
         .args(["req", "-new", "-subj", "/CN=dev1", digest, "-key"])
         .arg(&key)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     out.stdout
 }
 
@@ -343,11 +335,7 @@ fn encrypted_key_loads_with_its_passphrase_from_a_file_or_env() {
         .arg(env.path("pki/pai-enc.key"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let private = |rel: &str| {
         std::fs::set_permissions(env.path(rel), std::fs::Permissions::from_mode(0o600)).unwrap()
     };
@@ -544,11 +532,7 @@ fn cli_init_dev_keeps_keys_and_issue_writes_a_dac() {
         .arg(&csr_path)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let dac = dir.path().join("dac.pem");
     let config = dev_dir.join(dev::files::CONFIG);
     let out = run(&[
@@ -563,11 +547,7 @@ fn cli_init_dev_keeps_keys_and_issue_writes_a_dac() {
         dac.to_str().unwrap(),
         "--pem",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let out = Command::new("openssl")
         .args(["verify", "-CAfile"])
         .arg(dev_dir.join(dev::files::PAA_CERT))
@@ -576,11 +556,7 @@ fn cli_init_dev_keeps_keys_and_issue_writes_a_dac() {
         .arg(&dac)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert_success(&out);
     // The same CSR again (same key, same subject): the DAC on record, not a second one.
     let first = std::fs::read(&dac).unwrap();
     let out = run(&[

@@ -4,7 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // reason: test helpers; not every test file uses every helper
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 use std::sync::Arc;
 
 use der::{Decode, Encode};
@@ -205,3 +205,13 @@ pub fn write_pem(path: &Path, der: &[u8]) {
     std::fs::write(path, pem).unwrap();
 }
 pub mod est;
+
+/// Asserts that a command (openssl, curl, the CLI) exited 0, showing what it printed if not.
+pub fn assert_success(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
