@@ -75,6 +75,30 @@ fn cpu_secs(pid: u32) -> f64 {
     ticks as f64 / 100.0
 }
 
+/// What the server's ledger writer thread has written so far: (bytes, write calls), from
+/// /proc/PID/task/TID/io (`wchar`, `syscw`).
+fn writer_io(pid: u32) -> (u64, u64) {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return (0, 0);
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if comm.trim() != "ledger-writer" {
+            continue;
+        }
+        let io = std::fs::read_to_string(path.join("io")).unwrap_or_default();
+        let field = |name: &str| {
+            io.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        return (field("wchar:"), field("syscw:"));
+    }
+    (0, 0)
+}
+
 fn main() {
     let dir = tempfile::tempdir().unwrap();
     dev::init(dir.path(), false).unwrap();
@@ -167,6 +191,7 @@ fn main() {
     let (n_ka, conns) = (if run("keepalive") { 40_000 } else { 0 }, 64);
     let work = Arc::new(std::sync::Mutex::new(bodies(n_ka, "ka")));
     let cpu_before = cpu_secs(child.0.id());
+    let io_before = writer_io(child.0.id());
     let start = Instant::now();
     rt.block_on(async {
         let tasks: Vec<_> = (0..conns)
@@ -195,6 +220,12 @@ fn main() {
         println!(
             "  server CPU per keep-alive enrollment: {:.0} µs (user + system, all threads)",
             cpu * 1e6 / n_ka as f64
+        );
+        let io = writer_io(child.0.id());
+        println!(
+            "  ledger writer per keep-alive enrollment: {:.1} KiB in {:.2} write calls",
+            (io.0 - io_before.0) as f64 / 1024.0 / n_ka as f64,
+            (io.1 - io_before.1) as f64 / n_ka as f64
         );
     }
 
@@ -271,12 +302,14 @@ fn main() {
         held
     });
     let (rss, hwm) = rss_kib(child.0.id());
-    println!(
-        "server RSS: {:.1} MiB with 1,000 open keep-alive connections (before opening them: {:.1} MiB; peak over the run: {:.1} MiB)",
-        rss as f64 / 1024.0,
-        idle_rss as f64 / 1024.0,
-        hwm as f64 / 1024.0
-    );
+    if run("rss") {
+        println!(
+            "server RSS: {:.1} MiB with 1,000 open keep-alive connections (before opening them: {:.1} MiB; peak over the run: {:.1} MiB)",
+            rss as f64 / 1024.0,
+            idle_rss as f64 / 1024.0,
+            hwm as f64 / 1024.0
+        );
+    }
     drop(held);
     drop(child);
 }

@@ -21,8 +21,8 @@ use crate::signer::Signer;
 use crate::signer::fixed_key::FixedKeyVerifier;
 use cert::{CertFields, Parsed};
 
-/// Length of our serial numbers: 16 random bytes (MATTER.md: positive, at most 20 octets; at
-/// least 64 random bits per CA/B BR §7.1, we take 127 bits).
+/// Length of our serial numbers: 16 bytes, a 6-byte time prefix and 80 random bits (MATTER.md:
+/// positive, at most 20 octets; at least 64 random bits per CA/B BR §7.1).
 pub const SERIAL_LEN: usize = 16;
 
 /// How far notBefore is backdated, to tolerate commissioner clocks that lag ours (MATTER.md
@@ -272,13 +272,47 @@ impl DacProfile {
     }
 }
 
-/// A fresh serial: [`SERIAL_LEN`] random bytes with the first in 0x01–0x7F, so the INTEGER is
-/// positive and has no 0x00 pad (MATTER.md "Every certificate").
+/// A fresh serial: the issuance time in milliseconds (6 bytes, big-endian) then 10 random bytes.
+/// MATTER.md "Every certificate": positive with no 0x00 pad, so the first byte is kept in
+/// 0x01–0x7F (the time's first byte is 0x01 from 2004 to 2039). The time prefix makes serials
+/// ascend, so the ledger's serial index appends instead of rewriting a random page per DAC.
 pub fn random_serial() -> Result<[u8; SERIAL_LEN]> {
     let mut serial = [0u8; SERIAL_LEN];
     SystemRandom::new()
-        .fill(&mut serial)
+        .fill(&mut serial[6..])
         .map_err(|_| Error::Internal("the system random generator failed".into()))?;
-    serial[0] = serial[0] % 0x7f + 1;
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    serial[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    serial[0] = serial[0].clamp(1, 0x7f);
     Ok(serial)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serials_are_positive_ascending_and_random() {
+        let a = random_serial().expect("serial");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = random_serial().expect("serial");
+        let c = random_serial().expect("serial");
+        for s in [a, b, c] {
+            assert!((0x01..=0x7f).contains(&s[0]), "first byte {:#04x}", s[0]);
+        }
+        // Later issuance sorts later (the time prefix) ...
+        assert!(a < b && a < c, "{a:02x?} then {b:02x?}");
+        // ... and the 80 bits after it are fresh each time.
+        assert_ne!(b[6..], c[6..]);
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as u64;
+        let mut prefix = [0u8; 8];
+        prefix[2..].copy_from_slice(&c[..6]);
+        assert!(ms.abs_diff(u64::from_be_bytes(prefix)) < 60_000);
+    }
 }

@@ -17,7 +17,8 @@ use crate::error::{Error, Result};
 /// issue sequence number → record ([`codec`]). Keyed by sequence so that a commit appends to
 /// the end of the tree instead of rewriting pages all over it (serials are random).
 const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
-/// serial → sequence number.
+/// serial → sequence number. Our serials start with their issuance time
+/// (`profile::random_serial`), so inserts land at the end of this tree as well.
 const SERIALS: TableDefinition<&[u8], u64> = TableDefinition::new("serials");
 /// SHA-256(issuer SKID ‖ subject DER)[..16] → sequence number of the current holder. A short
 /// fixed-size key keeps this random-access index small; the record's own subject is compared
