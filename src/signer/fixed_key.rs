@@ -466,6 +466,39 @@ mod tests {
         b
     }
 
+    /// mul and sqr against crypto-bigint's modular multiplication: mul(a, b) · 2^256 ≡ a · b.
+    #[test]
+    fn field_arithmetic_matches_crypto_bigint() {
+        use p256::elliptic_curve::bigint::{NonZero, U256};
+        let p = NonZero::new(U256::from_words(P)).expect("p");
+        let r = U256::from_words([1, 0xffff_ffff_0000_0000, u64::MAX, 0xffff_fffe]); // 2^256 mod p
+        let mut p_minus_1 = P;
+        p_minus_1[0] -= 1;
+        let mut values = vec![[0; 4], [1, 0, 0, 0], p_minus_1, [u64::MAX, 0, 0, 0], R2];
+        values.extend((0..200).map(|_| {
+            let mut v = limbs(&random_bytes());
+            while !less_than(&v, &P) {
+                v = limbs(&random_bytes());
+            }
+            v
+        }));
+        for a in &values {
+            for b in values.iter().take(40) {
+                let want = U256::from_words(*a).mul_mod(&U256::from_words(*b), &p);
+                let got = U256::from_words(mul(a, b)).mul_mod(&r, &p);
+                assert_eq!(got, want, "mul({a:x?}, {b:x?})");
+                assert!(less_than(&mul(a, b), &P));
+            }
+            let want = U256::from_words(*a).mul_mod(&U256::from_words(*a), &p);
+            assert_eq!(
+                U256::from_words(sqr(a)).mul_mod(&r, &p),
+                want,
+                "sqr({a:x?})"
+            );
+            assert!(less_than(&sqr(a), &P));
+        }
+    }
+
     #[test]
     fn montgomery_constants() {
         // R2 = (2^256 mod p) doubled 256 times.
