@@ -4,6 +4,17 @@
 //! byte of a Matter certificate is the one MATTER.md prescribes (x509-cert 0.3's builder decides
 //! extension encodings itself, and Matter verifiers are byte-sensitive, e.g. keyUsage).
 
+/// The signed part of a SIGNED{...} structure exactly as it appears in `der`: its first element
+/// (a certificate's TBSCertificate, RFC 5280 §4.1.1.3; a CSR's CertificationRequestInfo,
+/// RFC 2986 §4.2). A signature covers these bytes, so they are taken from the input, never from
+/// a re-encoding of the decoded value.
+pub fn signed_part(der: &[u8]) -> der::Result<&[u8]> {
+    use der::{Decode, Reader};
+    let mut reader = der::SliceReader::new(der)?;
+    der::Header::decode(&mut reader)?;
+    reader.tlv_bytes()
+}
+
 /// DER tags used here (X.690 §8).
 pub mod tag {
     pub const BOOLEAN: u8 = 0x01;

@@ -7,10 +7,11 @@
 
 use base64::Engine;
 use const_oid::ObjectIdentifier;
-use der::{Decode, Encode};
+use der::Decode;
 use x509_cert::name::Name;
 use x509_cert::request::CertReq;
 
+use crate::asn1;
 use crate::error::{Error, Result};
 use crate::matter::{self, MAX_CN_CHARS, SubjectIds};
 use crate::signer;
@@ -129,16 +130,13 @@ pub fn parse_der(der: &[u8]) -> Result<EnrollmentRequest> {
         return Err(Error::CsrHashNotSha256(oid_name(&csr.algorithm.oid)));
     }
 
-    // RFC 2986 §4.2: the signature covers the DER of certificationRequestInfo.
-    let info = csr
-        .info
-        .to_der()
-        .map_err(|e| Error::NotACsr(e.to_string()))?;
+    // RFC 2986 §4.2: the signature covers the DER of certificationRequestInfo, as received.
+    let info = asn1::signed_part(der).map_err(|e| Error::NotACsr(e.to_string()))?;
     let signature = csr
         .signature
         .as_bytes()
         .ok_or_else(|| Error::NotACsr("signature bit string is not octet-aligned".into()))?;
-    if !signer::verify(&public_key, &info, signature) {
+    if !signer::verify(&public_key, info, signature) {
         return Err(Error::CsrBadSignature);
     }
 

@@ -1,6 +1,6 @@
 //! Assembling and reading X.509 v3 certificates (RFC 5280 §4.1), for every profile we build.
 
-use der::{Decode, Encode, Reader};
+use der::{Decode, Encode};
 use sha1::{Digest, Sha1};
 use x509_cert::Certificate;
 use x509_cert::ext::Extension;
@@ -124,14 +124,6 @@ pub fn key_usage_ext(bits: &[u8]) -> Vec<u8> {
     asn1::extension(oid::KEY_USAGE, true, bits)
 }
 
-/// The TBSCertificate exactly as it appears in `der`: the signature covers these bytes (RFC 5280
-/// §4.1.1.3), so they are taken from the input, never from a re-encoding of the decoded value.
-fn raw_tbs(der: &[u8]) -> der::Result<&[u8]> {
-    let mut reader = der::SliceReader::new(der)?;
-    der::Header::decode(&mut reader)?;
-    reader.tlv_bytes()
-}
-
 /// Facts read back from a parsed certificate.
 pub struct Parsed {
     pub cert: Certificate,
@@ -152,7 +144,7 @@ impl Parsed {
         let enc = |r: der::Result<Vec<u8>>| r.map_err(|e| Error::Internal(e.to_string()));
         let subject_der = enc(tbs.subject().to_der())?;
         let issuer_der = enc(tbs.issuer().to_der())?;
-        let tbs_der = raw_tbs(der)
+        let tbs_der = asn1::signed_part(der)
             .map_err(|e| Error::BadRequest(format!("not an X.509 certificate: {e}")))?
             .to_vec();
         let spki = tbs.subject_public_key_info();
