@@ -110,6 +110,13 @@ fn each_csr_refusal_names_its_problem() {
     let mut bad_sig = good.clone();
     let last = bad_sig.len() - 1;
     bad_sig[last - 3] ^= 0x01;
+    // The signed bytes themselves bent (the CN "dev" becomes "eev"): still a well-formed CSR.
+    let mut bent_info = good.clone();
+    let at = bent_info
+        .windows(3)
+        .position(|w| w == b"dev")
+        .expect("the CN in the CSR");
+    bent_info[at] = b'e';
     let rsa = openssl_csr(
         d,
         &[
@@ -147,6 +154,7 @@ fn each_csr_refusal_names_its_problem() {
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (b"hello world".to_vec(), "not a PKCS#10 CSR"),
         (bad_sig, "signature does not verify"),
+        (bent_info, "signature does not verify"),
         (rsa, "EC P-256 (prime256v1), found rsaEncryption"),
         (p384, "found EC curve secp384r1"),
         (sha384, "ecdsa-with-SHA256, found ecdsa-with-SHA384"),
