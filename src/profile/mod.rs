@@ -275,7 +275,9 @@ impl DacProfile {
 /// A fresh serial: the issuance time in milliseconds (6 bytes, big-endian) then 10 random bytes.
 /// MATTER.md "Every certificate": positive with no 0x00 pad, so the first byte is kept in
 /// 0x01–0x7F (the time's first byte is 0x01 from 2004 to 2039). The time prefix makes serials
-/// ascend, so the ledger's serial index appends instead of rewriting a random page per DAC.
+/// ascend, so the ledger's serial index appends instead of rewriting a random page per DAC; a
+/// clock stepped back costs only that locality, since uniqueness rests on the 80 random bits and
+/// the ledger's check at commit. The time adds nothing a DAC does not already show (notBefore).
 pub fn random_serial() -> Result<[u8; SERIAL_LEN]> {
     let mut serial = [0u8; SERIAL_LEN];
     SystemRandom::new()
