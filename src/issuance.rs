@@ -12,7 +12,7 @@ use crate::profile::cert::Parsed;
 use crate::profile::check::{self, CaRole};
 use crate::profile::{self, Dac, DacProfile, DacSubject, Pai};
 use crate::signer::{self, FileSigner, Signer};
-use crate::store::{Admission, Committed, DacRecord, Ledger, Pending, Status};
+use crate::store::{Admission, Committed, Completer, DacRecord, Ledger, Pending, Status};
 
 /// A label, loaded: its PAI, chain, signer and policy.
 pub struct Label {
@@ -124,19 +124,21 @@ impl Issuer {
         opts: &IssueOptions,
         authorize: impl FnOnce(&DacSubject) -> Result<()>,
     ) -> Result<Issued> {
-        let (issued, pending) = self.start_with(label, req, opts, authorize)?;
-        issued.settle(pending.wait()?)
+        let prepared = self.prepare_with(label, req, opts, authorize)?;
+        let committed = self.submit(&prepared).wait()?;
+        prepared.issued.settle(committed)
     }
 
-    /// The CPU part of [`Issuer::issue_with`]: decides, signs, self-checks and submits the record
-    /// to the ledger. The DAC must not leave before the returned [`Pending`] resolves `Ok`.
-    pub fn start_with(
+    /// The CPU part of [`Issuer::issue_with`]: decides the subject, asks `authorize`, signs and
+    /// self-checks, without recording anything ([`Issuer::submit`] or [`Issuer::submit_then`]
+    /// does).
+    pub fn prepare_with(
         &self,
         label: &str,
         req: &EnrollmentRequest,
         opts: &IssueOptions,
         authorize: impl FnOnce(&DacSubject) -> Result<()>,
-    ) -> Result<(Issued, Pending<Committed>)> {
+    ) -> Result<Prepared> {
         let label = self.label(label)?;
         let serial = profile::random_serial()?;
         let subject = match &opts.renews {
@@ -144,22 +146,7 @@ impl Issuer {
             None => label.profile.subject(&label.pai, &req.ids, &serial)?,
         };
         authorize(&subject)?;
-        self.start_subject(label, &subject, &serial, &req.public_key, opts)
-    }
-
-    /// Builds, signs and self-checks a DAC for a subject already decided and submits it; see
-    /// [`Issuer::start_with`].
-    pub fn start_subject(
-        &self,
-        label: &Label,
-        subject: &DacSubject,
-        serial: &[u8],
-        public_key: &[u8; 65],
-        opts: &IssueOptions,
-    ) -> Result<(Issued, Pending<Committed>)> {
-        let prepared = self.prepare_subject(label, subject, serial, public_key, opts)?;
-        let pending = self.submit(&prepared);
-        Ok((prepared.issued, pending))
+        self.prepare_subject(label, &subject, &serial, &req.public_key, opts)
     }
 
     /// Submits a prepared DAC to the ledger. Its DAC must not leave before the [`Pending`]
@@ -167,6 +154,23 @@ impl Issuer {
     pub fn submit(&self, prepared: &Prepared) -> Pending<Committed> {
         self.ledger
             .submit(&prepared.issued.record, &prepared.admission)
+    }
+
+    /// Submits a prepared DAC to the ledger and hands it, with the commit's outcome, to `then`
+    /// on the ledger's thread (keep it short: it delays the next commit). The DAC must not leave
+    /// unless that outcome is `Ok`. For async callers: the outcome reaches them in one wake-up.
+    pub fn submit_then(
+        &self,
+        prepared: Prepared,
+        then: impl FnOnce(Issued, Result<Committed>) + Send + 'static,
+    ) {
+        let Prepared { issued, admission } = prepared;
+        let record = issued.record.clone();
+        self.ledger.submit_then(
+            record,
+            admission,
+            Completer::new(move |outcome| then(issued, outcome)),
+        );
     }
 
     /// Builds, signs and self-checks a DAC and its ledger record, without recording it (the

@@ -18,7 +18,7 @@ use crate::asn1;
 use crate::config::Limits;
 use crate::csr;
 use crate::error::{Error, ErrorKind, Result};
-use crate::issuance::{IssueOptions, Issued, Issuer, Label};
+use crate::issuance::{IssueOptions, Issued, Issuer, Label, Prepared};
 use crate::policy::{Basic, PeerChain, Policy};
 use crate::store::{Committed, Pending};
 
@@ -211,20 +211,21 @@ async fn route(
                 .and_then(Basic::parse);
             let body = read_body(app, req).await?;
             let (app, conn, for_task) = (app.clone(), conn.clone(), label.clone());
-            let (issued, pending, who) = tokio::task::spawn_blocking(move || {
-                enroll(
-                    &app,
-                    &for_task,
-                    op,
-                    conn.peer.as_ref(),
-                    basic.as_ref(),
-                    &body,
-                )
-            })
-            .await
-            .map_err(|e| Error::Internal(format!("issuance task: {e}")))??;
+            // The issuing thread hands its DAC to the ledger, and the ledger's thread hands the
+            // DAC and the commit's outcome here: one wake-up of this task per enrollment.
+            let (done, answer) = Pending::<(Issued, Committed, String)>::new();
+            tokio::task::spawn_blocking(move || {
+                let peer = conn.peer.as_ref();
+                match enroll(&app, &for_task, op, peer, basic.as_ref(), &body) {
+                    Ok((prepared, who)) => app.issuer.submit_then(prepared, move |issued, r| {
+                        done.complete(r.map(|committed| (issued, committed, who)));
+                    }),
+                    Err(e) => done.complete(Err(e)),
+                }
+            });
+            let (issued, committed, who) = answer.await?;
             // Recorded durably before anything is returned (DESIGN.md step 7).
-            let issued = issued.settle(pending.await?)?;
+            let issued = issued.settle(committed)?;
             outcome.identity = Some(who);
             outcome.serial = Some(asn1::hex(&issued.dac.serial));
             Ok(Reply::base64(
@@ -271,8 +272,8 @@ async fn read_body(app: &App, req: Request<Incoming>) -> Result<Bytes> {
     Ok(body)
 }
 
-/// The enrollment service call, off the async runtime: authenticate, decode, authorise,
-/// sign and submit to the ledger. Returns the DAC, its pending commit, and who asked.
+/// The enrollment service call, off the async runtime: authenticate, decode, authorise, sign
+/// and self-check. Returns the DAC ready for the ledger, and who asked.
 fn enroll(
     app: &App,
     label: &Arc<Label>,
@@ -280,7 +281,7 @@ fn enroll(
     peer: Option<&PeerChain>,
     basic: Option<&Basic>,
     body: &[u8],
-) -> Result<(Issued, Pending<Committed>, String)> {
+) -> Result<(Prepared, String)> {
     let ledger = app.issuer.ledger().as_ref();
     let name = &label.config.name;
     match op {
@@ -300,8 +301,8 @@ fn enroll(
                 token: None,
                 renews: Some((old, subject)),
             };
-            let (issued, pending) = app.issuer.start_with(name, &req, &opts, |_| Ok(()))?;
-            Ok((issued, pending, who))
+            let prepared = app.issuer.prepare_with(name, &req, &opts, |_| Ok(()))?;
+            Ok((prepared, who))
         }
         _ => {
             let enroller = app
@@ -317,10 +318,10 @@ fn enroll(
                 token: enroller.token(),
                 renews: None,
             };
-            let (issued, pending) = app.issuer.start_with(name, &req, &opts, |subject| {
+            let prepared = app.issuer.prepare_with(name, &req, &opts, |subject| {
                 Policy::authorize(&enroller, name, subject)
             })?;
-            Ok((issued, pending, who))
+            Ok((prepared, who))
         }
     }
 }

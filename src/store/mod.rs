@@ -77,8 +77,9 @@ pub struct Admission {
 /// once the record is durable or refused; a DAC is returned only after it resolved `Ok`.
 pub struct Pending<T = Committed>(tokio::sync::oneshot::Receiver<Result<T>>);
 
-/// The writing side of a [`Pending`].
-pub struct Completer<T = Committed>(tokio::sync::oneshot::Sender<Result<T>>);
+/// What receives a commit's outcome: the writing side of a [`Pending`], or a continuation
+/// ([`Completer::new`]) that the ledger calls on its own thread.
+pub struct Completer<T = Committed>(Box<dyn FnOnce(Result<T>) + Send>);
 
 /// What a commit did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,11 +91,17 @@ pub enum Committed {
     AlreadyOnRecord(Box<DacRecord>),
 }
 
-impl<T> Pending<T> {
+impl<T: Send + 'static> Pending<T> {
     /// A new pending result and the completer that resolves it.
     pub fn new() -> (Completer<T>, Pending<T>) {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        (Completer(tx), Pending(rx))
+        (
+            Completer::new(move |result| {
+                // A dropped waiter is fine.
+                let _ = tx.send(result);
+            }),
+            Pending(rx),
+        )
     }
 
     /// An already resolved result.
@@ -112,9 +119,15 @@ impl<T> Pending<T> {
 }
 
 impl<T> Completer<T> {
-    /// Resolves the pending result (a dropped waiter is fine).
+    /// A completer that hands the outcome to `then`; it runs on the ledger's thread, so it must
+    /// be short and must not block.
+    pub fn new(then: impl FnOnce(Result<T>) + Send + 'static) -> Self {
+        Self(Box::new(then))
+    }
+
+    /// Resolves the pending result.
     pub fn complete(self, result: Result<T>) {
-        let _ = self.0.send(result);
+        (self.0)(result)
     }
 }
 
@@ -126,7 +139,12 @@ impl<T> std::future::Future for Pending<T> {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
         std::pin::Pin::new(&mut self.0).poll(cx).map(|r| {
-            r.unwrap_or_else(|_| Err(crate::Error::Ledger("the ledger writer stopped".into())))
+            r.unwrap_or_else(|_| {
+                Err(crate::Error::Ledger(
+                    "the ledger writer, or the task waiting for it, stopped before answering"
+                        .into(),
+                ))
+            })
         })
     }
 }
@@ -153,12 +171,19 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
 /// The ledger seam. Reads block briefly; writes are submitted and resolve through [`Pending`],
 /// so an async caller never holds a thread while a commit is made durable.
 pub trait Ledger: Send + Sync {
-    /// Submits `record` to be recorded durably (fsync'd) if, atomically: its serial is new, its
+    /// Submits `record` to be recorded durably (fsync'd), and gives `done` the outcome, if
+    /// atomically: its serial is new, its
     /// subject is not held by another DAC of the same issuer (a renewal may take over its
     /// predecessor's subject; the same public key asking again gets
     /// [`Committed::AlreadyOnRecord`]), the label's quota has room, and the admission's token
     /// is unspent.
-    fn submit(&self, record: &DacRecord, admission: &Admission) -> Pending<Committed>;
+    fn submit_then(&self, record: DacRecord, admission: Admission, done: Completer<Committed>);
+    /// [`Ledger::submit_then`], resolving a [`Pending`].
+    fn submit(&self, record: &DacRecord, admission: &Admission) -> Pending<Committed> {
+        let (done, pending) = Pending::new();
+        self.submit_then(record.clone(), admission.clone(), done);
+        pending
+    }
     /// [`Ledger::submit`] and wait for it.
     fn commit(&self, record: &DacRecord, admission: &Admission) -> Result<Committed> {
         self.submit(record, admission).wait()

@@ -494,13 +494,8 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
 }
 
 impl Ledger for RedbLedger {
-    fn submit(&self, record: &DacRecord, admission: &Admission) -> Pending<Committed> {
-        let (reply, pending) = Pending::new();
-        self.submit_op(
-            Op::Commit(Box::new(record.clone()), admission.clone()),
-            Reply::Commit(reply),
-        );
-        pending
+    fn submit_then(&self, record: DacRecord, admission: Admission, done: Completer<Committed>) {
+        self.submit_op(Op::Commit(Box::new(record), admission), Reply::Commit(done));
     }
 
     fn by_serial(&self, serial: &[u8]) -> Result<Option<DacRecord>> {
