@@ -141,8 +141,7 @@ impl<T> std::future::Future for Pending<T> {
         std::pin::Pin::new(&mut self.0).poll(cx).map(|r| {
             r.unwrap_or_else(|_| {
                 Err(crate::Error::Ledger(
-                    "the ledger writer, or the task waiting for it, stopped before answering"
-                        .into(),
+                    "no answer from the ledger: its writer or the issuing task stopped".into(),
                 ))
             })
         })
@@ -171,12 +170,11 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
 /// The ledger seam. Reads block briefly; writes are submitted and resolve through [`Pending`],
 /// so an async caller never holds a thread while a commit is made durable.
 pub trait Ledger: Send + Sync {
-    /// Submits `record` to be recorded durably (fsync'd), and gives `done` the outcome, if
-    /// atomically: its serial is new, its
-    /// subject is not held by another DAC of the same issuer (a renewal may take over its
-    /// predecessor's subject; the same public key asking again gets
-    /// [`Committed::AlreadyOnRecord`]), the label's quota has room, and the admission's token
-    /// is unspent.
+    /// Submits `record` to be recorded durably (fsync'd) and gives `done` the outcome. It is
+    /// recorded if, atomically: its serial is new, its subject is not held by another DAC of the
+    /// same issuer (a renewal may take over its predecessor's subject; the same public key
+    /// asking again gets [`Committed::AlreadyOnRecord`]), the label's quota has room, and the
+    /// admission's token is unspent.
     fn submit_then(&self, record: DacRecord, admission: Admission, done: Completer<Committed>);
     /// [`Ledger::submit_then`], resolving a [`Pending`].
     fn submit(&self, record: &DacRecord, admission: &Admission) -> Pending<Committed> {

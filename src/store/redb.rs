@@ -15,7 +15,7 @@ use super::{Admission, Committed, Completer, DacRecord, Ledger, Pending, Status,
 use crate::error::{Error, Result};
 
 /// issue sequence number → record ([`codec`]). Keyed by sequence so that a commit appends to
-/// the end of the tree instead of rewriting pages all over it (serials are random).
+/// the end of the tree instead of rewriting pages all over it (serials are only roughly ordered).
 const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
 /// serial → sequence number. Our serials start with their issuance time
 /// (`profile::random_serial`), so inserts land at the end of this tree as well.
