@@ -388,6 +388,11 @@ fn serve(config: Option<PathBuf>, log_json: bool, danger_dev: bool) -> Result<()
 /// default, 128,000, preallocates ~4 MiB.)
 const LOG_BUFFER_LINES: usize = 8192;
 
+/// The log thread writes whatever lines are queued with one `write` and flushes when the queue
+/// is empty (tracing-appender's worker), instead of one `write` per line (stdout is
+/// line-buffered): a busy server queues several lines per wake-up.
+const LOG_WRITE_BYTES: usize = 64 * 1024;
+
 /// Logs to stdout from a thread of their own, so that a slow stdout (a pipe to a busy journald)
 /// never stalls the async threads. Not lossy: a full buffer slows requests down rather than
 /// dropping their lines. The guard flushes what is buffered when it is dropped.
@@ -398,7 +403,10 @@ fn init_logs(json: bool) -> tracing_appender::non_blocking::WorkerGuard {
         .lossy(false)
         .buffered_lines_limit(LOG_BUFFER_LINES)
         .thread_name("log-writer")
-        .finish(std::io::stdout());
+        .finish(std::io::BufWriter::with_capacity(
+            LOG_WRITE_BYTES,
+            std::io::stdout(),
+        ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
