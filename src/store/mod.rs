@@ -104,13 +104,6 @@ impl<T: Send + 'static> Pending<T> {
         )
     }
 
-    /// An already resolved result.
-    pub fn resolved(result: Result<T>) -> Pending<T> {
-        let (completer, pending) = Pending::new();
-        completer.complete(result);
-        pending
-    }
-
     /// Blocks the calling thread until the commit resolves (works inside or outside a runtime;
     /// call it off the async runtime's worker threads).
     pub fn wait(self) -> Result<T> {
