@@ -704,6 +704,25 @@ async fn reenroll_with_the_sdk_placeholder_subject_keeps_the_old_subject() {
     assert_eq!(subject(&renewed), subject(&dac));
 }
 
+/// A renewal issues a DAC, so it counts against the label's quota (config/example.toml).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_counts_against_the_quota() {
+    let server = TestServer::start(|t| common::label_keys(t, "quota = 2")).await;
+    let (dac, key) = enroll_device(&server, "quota-renew").await;
+    let (der, _) = csr(&subject(Some("quota-renew"), Some("FFF1"), Some("8000")));
+    let r = as_device(&server, &dac, &key)
+        .await
+        .enroll("/.well-known/est/dev/simplereenroll", &der)
+        .await;
+    check_enrolled(&server, &r);
+    assert_eq!(server.ledger.count("dev").unwrap(), 2);
+    let (der, _) = csr(&subject(Some("one-too-many"), Some("FFF1"), Some("8000")));
+    let r = server.gateway().await.enroll(ENROLL, &der).await;
+    assert_eq!(r.status, 403);
+    assert!(r.text().contains("quota of 2"), "{}", r.text());
+    assert_eq!(server.ledger.count("dev").unwrap(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_cap_wait_for_a_free_slot() {
     let server = TestServer::start(|t| common::server_keys(t, "max_connections = 2")).await;
