@@ -28,7 +28,6 @@ pub struct Label {
 #[derive(Clone, Debug)]
 pub struct Issued {
     pub dac: Dac,
-    pub record: DacRecord,
 }
 
 impl Issued {
@@ -39,15 +38,15 @@ impl Issued {
             Committed::Recorded => Ok(self),
             Committed::AlreadyOnRecord(record) => {
                 let parsed = Parsed::from_der(&record.der)?;
+                let DacRecord { der, serial, .. } = *record;
                 Ok(Issued {
                     dac: Dac {
-                        der: record.der.clone(),
-                        serial: record.serial.clone(),
+                        der,
+                        serial,
                         subject: self.dac.subject,
                         not_before: parsed.not_before,
                         not_after: parsed.not_after,
                     },
-                    record: *record,
                 })
             }
         }
@@ -57,6 +56,7 @@ impl Issued {
 /// A DAC built, signed and self-checked, with its ledger record, not yet recorded.
 pub struct Prepared {
     pub issued: Issued,
+    record: DacRecord,
     admission: Admission,
 }
 
@@ -152,8 +152,7 @@ impl Issuer {
     /// Submits a prepared DAC to the ledger. Its DAC must not leave before the [`Pending`]
     /// resolves `Ok`.
     pub fn submit(&self, prepared: &Prepared) -> Pending<Committed> {
-        self.ledger
-            .submit(&prepared.issued.record, &prepared.admission)
+        self.ledger.submit(&prepared.record, &prepared.admission)
     }
 
     /// Submits a prepared DAC to the ledger and hands it, with the commit's outcome, to `then`
@@ -164,8 +163,11 @@ impl Issuer {
         prepared: Prepared,
         then: impl FnOnce(Issued, Result<Committed>) + Send + 'static,
     ) {
-        let Prepared { issued, admission } = prepared;
-        let record = issued.record.clone();
+        let Prepared {
+            issued,
+            record,
+            admission,
+        } = prepared;
         self.ledger.submit_then(
             record,
             admission,
@@ -220,7 +222,8 @@ impl Issuer {
             renews,
         };
         Ok(Prepared {
-            issued: Issued { dac, record },
+            issued: Issued { dac },
+            record,
             admission: Admission {
                 quota: label.config.quota,
                 token: opts.token.clone(),
