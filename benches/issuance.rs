@@ -43,7 +43,7 @@ fn main() {
         let serial = profile::random_serial().unwrap();
         let subject = label
             .profile
-            .subject(&label.pai, &req.ids, &serial)
+            .subject(&label.pai, &req.ids, &req.public_key)
             .unwrap();
         label
             .profile
@@ -74,7 +74,7 @@ fn main() {
     let serial = profile::random_serial().unwrap();
     let subject = label
         .profile
-        .subject(&label.pai, &req.ids, &serial)
+        .subject(&label.pai, &req.ids, &req.public_key)
         .unwrap();
     let dac = label
         .profile

@@ -179,6 +179,12 @@ pub fn civil(unix: i64) -> (i64, u32, u32, u32, u32, u32) {
     )
 }
 
+/// A Unix time as RFC 3339 UTC text, for messages.
+pub fn format_time(unix: i64) -> String {
+    let (y, mo, d, h, mi, s) = civil(unix);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+}
+
 /// The current Unix time in seconds.
 pub fn now() -> i64 {
     std::time::SystemTime::now()

@@ -789,6 +789,8 @@ pub fn read_device_ids(path: &Path) -> Result<Vec<String>> {
             continue;
         }
         let bad = |problem: &str| Error::io(path, format!("line {}: {id:?}: {problem}", n + 1));
+        crate::matter::check_cn(id).map_err(|e| bad(&e.to_string()))?;
+        // Stricter than the CN rule: an ID also names the device's files.
         if id.len() > crate::matter::MAX_CN_CHARS
             || !id
                 .bytes()

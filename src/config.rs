@@ -57,6 +57,12 @@ pub struct Limits {
     /// enough for the 1,000-keep-alive-connection target with headroom and well under the
     /// default `ulimit -n` of 1024 raised by systemd's LimitNOFILE (set it higher with this).
     pub max_connections: usize,
+    /// Open connections at most from one peer address, so that one client (or one attacker)
+    /// cannot take every slot while others wait. Default 256: a gateway uses one to a few
+    /// dozen keep-alive connections (`est-client gateway --connections`, default 16), so 256
+    /// leaves room for several gateways behind one NAT, and 16 such peers fit under
+    /// `max_connections`. A connection over the cap is closed at once.
+    pub max_connections_per_peer: usize,
     /// TLS handshake deadline. Default 10 s: a handshake takes < 10 ms on loopback and a few
     /// round trips on a factory LAN; longer means a stalled or hostile peer.
     pub handshake_timeout: Duration,
@@ -74,6 +80,7 @@ impl Default for Limits {
         Self {
             max_body_bytes: 64 * 1024,
             max_connections: 4096,
+            max_connections_per_peer: 256,
             handshake_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(30),
@@ -101,6 +108,32 @@ pub struct LabelConfig {
     pub clients: Vec<ClientRule>,
     /// simplereenroll may send an empty or `OU=CSA` subject and keep the old one.
     pub reenroll_placeholder_subject: bool,
+    /// `[labels.NAME.renewal]`: how often one DAC lineage may renew, and whether renewals use
+    /// up the quota.
+    pub renewal: RenewalPolicy,
+}
+
+/// `[labels.NAME.renewal]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RenewalPolicy {
+    /// Least time between two renewals of one DAC lineage, counted from the lineage's previous
+    /// renewal (a lineage's first renewal is never held back). Default one day: a device
+    /// renews when its DAC nears expiry or is to be re-keyed, not several times a day, and a
+    /// device stuck in a renewal loop then costs its label at most one DAC a day.
+    pub min_interval: Duration,
+    /// Whether a renewal counts against the label's quota. Default true: the quota bounds how
+    /// many certificates the PAI signs, and a renewal is one; `min_interval` keeps one device
+    /// from using the quota up.
+    pub counts_against_quota: bool,
+}
+
+impl Default for RenewalPolicy {
+    fn default() -> Self {
+        Self {
+            min_interval: Duration::from_secs(86_400),
+            counts_against_quota: true,
+        }
+    }
 }
 
 /// How the label's PAI key is reached.
@@ -121,13 +154,20 @@ pub struct ClientRule {
     pub pids: PidPolicy,
 }
 
-/// How a client certificate is recognised.
+/// How a client certificate is recognised: each form matches one name type only.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum IdentityMatch {
     /// Subject commonName equals.
     Cn(String),
-    /// A dNSName, rfc822Name or URI subjectAltName equals.
-    San(String),
+    /// A dNSName subjectAltName equals (`san:`; ASCII case-insensitive, RFC 5280 §7.2).
+    Dns(String),
+    /// A uniformResourceIdentifier subjectAltName equals (`uri:`, exact).
+    Uri(String),
+    /// An rfc822Name subjectAltName equals (`email:`; the domain case-insensitive, RFC 5280
+    /// §7.5).
+    Email(String),
+    /// An iPAddress subjectAltName equals (`ip:`).
+    Ip(std::net::IpAddr),
     /// SHA-256 of the certificate DER (lowercase hex).
     Sha256(String),
 }
@@ -136,7 +176,10 @@ impl std::fmt::Display for IdentityMatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             IdentityMatch::Cn(v) => write!(f, "cn:{v}"),
-            IdentityMatch::San(v) => write!(f, "san:{v}"),
+            IdentityMatch::Dns(v) => write!(f, "san:{v}"),
+            IdentityMatch::Uri(v) => write!(f, "uri:{v}"),
+            IdentityMatch::Email(v) => write!(f, "email:{v}"),
+            IdentityMatch::Ip(v) => write!(f, "ip:{v}"),
             IdentityMatch::Sha256(v) => write!(f, "sha256:{v}"),
         }
     }
@@ -282,6 +325,16 @@ impl Config {
                     "clients are listed but no client_cas trust anchor is configured".into(),
                 ));
             }
+            let renewal = match &l.renewal {
+                None => RenewalPolicy::default(),
+                Some(r) => RenewalPolicy {
+                    min_interval: r
+                        .min_interval_secs
+                        .map(Duration::from_secs)
+                        .unwrap_or(RenewalPolicy::default().min_interval),
+                    counts_against_quota: r.counts_against_quota.unwrap_or(true),
+                },
+            };
             labels.insert(
                 name.clone(),
                 LabelConfig {
@@ -300,6 +353,7 @@ impl Config {
                     client_cas: l.client_cas.iter().map(|p| resolve(p)).collect(),
                     clients,
                     reenroll_placeholder_subject: l.reenroll_placeholder_subject,
+                    renewal,
                     name,
                 },
             );
@@ -328,6 +382,9 @@ impl Config {
         let limits = Limits {
             max_body_bytes: server.max_body_bytes.unwrap_or(defaults.max_body_bytes),
             max_connections: server.max_connections.unwrap_or(defaults.max_connections),
+            max_connections_per_peer: server
+                .max_connections_per_peer
+                .unwrap_or(defaults.max_connections_per_peer),
             handshake_timeout: secs(
                 server.handshake_timeout_secs,
                 defaults.handshake_timeout,
@@ -348,6 +405,12 @@ impl Config {
             return Err(err(
                 "server",
                 "max_body_bytes must be at least 1024 and max_connections at least 1".into(),
+            ));
+        }
+        if limits.max_connections_per_peer == 0 {
+            return Err(err(
+                "server.max_connections_per_peer",
+                "must be at least 1".into(),
             ));
         }
         let listen = server
@@ -407,16 +470,26 @@ fn parse_pids(raw: &RawPids) -> std::result::Result<PidPolicy, String> {
     }
 }
 
+const MATCH_FORMS: &str =
+    "expected cn:NAME, san:DNS-NAME, uri:URI, email:ADDRESS, ip:ADDRESS or sha256:HEX";
+
 fn parse_match(text: &str) -> std::result::Result<IdentityMatch, String> {
     let (kind, value) = text
         .split_once(':')
-        .ok_or_else(|| format!("{text:?}: expected cn:NAME, san:NAME or sha256:HEX"))?;
+        .ok_or_else(|| format!("{text:?}: {MATCH_FORMS}"))?;
     if value.is_empty() {
         return Err(format!("{text:?}: the value after {kind}: is empty"));
     }
     match kind {
         "cn" => Ok(IdentityMatch::Cn(value.to_string())),
-        "san" => Ok(IdentityMatch::San(value.to_string())),
+        "san" | "dns" => Ok(IdentityMatch::Dns(value.to_string())),
+        "uri" => Ok(IdentityMatch::Uri(value.to_string())),
+        "email" if value.contains('@') => Ok(IdentityMatch::Email(value.to_string())),
+        "email" => Err(format!("{text:?}: an email address has an '@'")),
+        "ip" => value
+            .parse()
+            .map(IdentityMatch::Ip)
+            .map_err(|e| format!("{text:?}: {e}")),
         "sha256" => {
             let hex = value.replace(':', "").to_ascii_lowercase();
             if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -425,7 +498,7 @@ fn parse_match(text: &str) -> std::result::Result<IdentityMatch, String> {
                 Err(format!("{text:?}: a SHA-256 fingerprint is 64 hex digits"))
             }
         }
-        other => Err(format!("{other:?}: expected cn, san or sha256")),
+        other => Err(format!("{other:?}: {MATCH_FORMS}")),
     }
 }
 
@@ -449,6 +522,7 @@ struct RawServer {
     tls_key: Option<PathBuf>,
     max_body_bytes: Option<usize>,
     max_connections: Option<usize>,
+    max_connections_per_peer: Option<usize>,
     handshake_timeout_secs: Option<u64>,
     header_timeout_secs: Option<u64>,
     request_timeout_secs: Option<u64>,
@@ -478,6 +552,14 @@ struct RawLabel {
     clients: Vec<RawClient>,
     #[serde(default)]
     reenroll_placeholder_subject: bool,
+    renewal: Option<RawRenewal>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRenewal {
+    min_interval_secs: Option<u64>,
+    counts_against_quota: Option<bool>,
 }
 
 #[derive(Deserialize)]

@@ -13,7 +13,7 @@ use x509_cert::request::CertReq;
 
 use crate::asn1;
 use crate::error::{Error, Result};
-use crate::matter::{self, MAX_CN_CHARS, SubjectIds};
+use crate::matter::{self, SubjectIds};
 use crate::signer;
 
 /// id-ecPublicKey.
@@ -142,10 +142,7 @@ pub fn parse_der(der: &[u8]) -> Result<EnrollmentRequest> {
 
     let ids = matter::read_subject(&csr.info.subject)?;
     if let Some(cn) = &ids.cn {
-        let len = cn.chars().count();
-        if len > MAX_CN_CHARS {
-            return Err(Error::CnTooLong { len });
-        }
+        matter::check_cn(cn)?;
     }
     Ok(EnrollmentRequest {
         public_key,

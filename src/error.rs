@@ -33,6 +33,8 @@ pub enum ErrorKind {
     UnsupportedMediaType,
     /// The request took longer than its deadline (408).
     Timeout,
+    /// Too many requests of this kind for now (429, with `Retry-After`).
+    TooManyRequests,
     /// Our own fault; the client sees a generic message (500).
     Internal,
 }
@@ -63,6 +65,8 @@ pub enum Error {
     BadLegacyTag { cn: String, tag: &'static str },
     #[error("the CN is {len} characters long; a DAC CN is at most 64")]
     CnTooLong { len: usize },
+    #[error("the CN \"{cn}\" is refused: {rule}")]
+    BadCn { cn: String, rule: String },
     #[error(
         "the CSR carries no PID and label {label:?} is not fixed to one product; put a PID in the subject"
     )]
@@ -91,6 +95,10 @@ pub enum Error {
     QuotaExhausted { label: String, quota: u64 },
     #[error("unknown label {0:?}")]
     UnknownLabel(String),
+    #[error(
+        "DAC serial {serial} was renewed less than the label's renewal.min_interval_secs ago; retry in {retry_after} s"
+    )]
+    RenewalTooSoon { serial: String, retry_after: u64 },
 
     // ---- authentication and policy (EST) ----
     #[error("{0}")]
@@ -149,6 +157,7 @@ impl Error {
             | BadId { .. }
             | BadLegacyTag { .. }
             | CnTooLong { .. }
+            | BadCn { .. }
             | MissingPid { .. }
             | SubjectAttributeRefused { .. }
             | DacTooLarge { .. }
@@ -162,6 +171,7 @@ impl Error {
             PayloadTooLarge { .. } => ErrorKind::PayloadTooLarge,
             UnsupportedMediaType { .. } => ErrorKind::UnsupportedMediaType,
             Timeout { .. } => ErrorKind::Timeout,
+            RenewalTooSoon { .. } => ErrorKind::TooManyRequests,
             Config { .. }
             | KeyFile { .. }
             | Io { .. }
@@ -177,6 +187,14 @@ impl Error {
         match self.kind() {
             ErrorKind::Internal => "internal error; the operator's log has the details".into(),
             _ => self.to_string(),
+        }
+    }
+
+    /// Seconds after which a refused request may succeed (`Retry-After`, RFC 9110 §10.2.3).
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Error::RenewalTooSoon { retry_after, .. } => Some(*retry_after),
+            _ => None,
         }
     }
 

@@ -8,6 +8,7 @@ use crate::asn1;
 use crate::config::{Config, LabelConfig, SignerConfig};
 use crate::csr::EnrollmentRequest;
 use crate::error::{Error, Result};
+use crate::matter;
 use crate::profile::cert::Parsed;
 use crate::profile::check::{self, CaRole};
 use crate::profile::{self, Dac, DacProfile, DacSubject, Pai};
@@ -31,33 +32,65 @@ pub struct Issued {
 }
 
 impl Issued {
+    /// The DAC of a record: what a repeated request is answered with.
+    pub fn from_record(record: DacRecord) -> Result<Issued> {
+        let parsed = Parsed::from_der(&record.der)?;
+        let ids = matter::read_subject(parsed.cert.tbs_certificate().subject())?;
+        let missing = |what: &str| {
+            Error::Ledger(format!(
+                "DAC serial {} on record has no {what}",
+                asn1::hex(&record.serial)
+            ))
+        };
+        let subject = DacSubject {
+            cn: ids.cn.unwrap_or_default(),
+            vid: ids.vid.ok_or_else(|| missing("VID"))?,
+            pid: ids.pid.ok_or_else(|| missing("PID"))?,
+        };
+        let DacRecord { der, serial, .. } = record;
+        Ok(Issued {
+            dac: Dac {
+                der,
+                serial,
+                subject,
+                not_before: parsed.not_before,
+                not_after: parsed.not_after,
+            },
+        })
+    }
+
     /// The DAC to return once its commit resolved: this one, or, when the same key already held
     /// the subject (a retry after a lost response), the one on record (idempotent retry).
     pub fn settle(self, committed: Committed) -> Result<Issued> {
         match committed {
             Committed::Recorded => Ok(self),
-            Committed::AlreadyOnRecord(record) => {
-                let parsed = Parsed::from_der(&record.der)?;
-                let DacRecord { der, serial, .. } = *record;
-                Ok(Issued {
-                    dac: Dac {
-                        der,
-                        serial,
-                        subject: self.dac.subject,
-                        not_before: parsed.not_before,
-                        not_after: parsed.not_after,
-                    },
-                })
-            }
+            Committed::AlreadyOnRecord(record) => Issued::from_record(*record),
         }
     }
 }
 
-/// A DAC built, signed and self-checked, with its ledger record, not yet recorded.
+/// A DAC ready to be returned once on record: built, signed and self-checked with its ledger
+/// record, or the DAC already on record that the request repeats.
 pub struct Prepared {
     pub issued: Issued,
-    record: DacRecord,
-    admission: Admission,
+    /// What to commit; `None` when the DAC is already on record.
+    commit: Option<(DacRecord, Admission)>,
+}
+
+impl Prepared {
+    /// The DAC on record that a request repeats (a client that lost the response): returned
+    /// as it is, nothing signed or written.
+    pub fn on_record(record: DacRecord) -> Result<Self> {
+        Ok(Self {
+            issued: Issued::from_record(record)?,
+            commit: None,
+        })
+    }
+
+    /// True when this is a DAC already on record, not a new one.
+    pub fn is_repeat(&self) -> bool {
+        self.commit.is_none()
+    }
 }
 
 /// What a caller asks for beyond the CSR.
@@ -112,7 +145,7 @@ impl Issuer {
         req: &EnrollmentRequest,
         opts: &IssueOptions,
     ) -> Result<Issued> {
-        self.issue_with(label, req, opts, |_| Ok(()))
+        self.issue_with(label, req, opts, |_, _| Ok(()))
     }
 
     /// As [`Issuer::issue`], asking `authorize` about the subject the profile decided before
@@ -122,57 +155,96 @@ impl Issuer {
         label: &str,
         req: &EnrollmentRequest,
         opts: &IssueOptions,
-        authorize: impl FnOnce(&DacSubject) -> Result<()>,
+        authorize: impl FnOnce(&DacSubject, Option<&DacRecord>) -> Result<()>,
     ) -> Result<Issued> {
         let prepared = self.prepare_with(label, req, opts, authorize)?;
         let committed = self.submit(&prepared).wait()?;
         prepared.issued.settle(committed)
     }
 
-    /// The CPU part of [`Issuer::issue_with`]: decides the subject, asks `authorize`, signs and
-    /// self-checks, without recording anything ([`Issuer::submit`] or [`Issuer::submit_then`]
-    /// does).
+    /// The CPU part of [`Issuer::issue_with`]: decides the subject, looks for the DAC on record
+    /// that the request repeats, asks `authorize` (with that DAC, if any), then either returns
+    /// the DAC on record or signs and self-checks a new one, without recording anything
+    /// ([`Issuer::submit`] or [`Issuer::submit_then`] does).
+    ///
+    /// A repeat is answered here, before the quota and the ledger's uniqueness and token rules,
+    /// which would refuse a new DAC: a client whose response was lost can always get the DAC
+    /// that is on record and counted.
     pub fn prepare_with(
         &self,
         label: &str,
         req: &EnrollmentRequest,
         opts: &IssueOptions,
-        authorize: impl FnOnce(&DacSubject) -> Result<()>,
+        authorize: impl FnOnce(&DacSubject, Option<&DacRecord>) -> Result<()>,
     ) -> Result<Prepared> {
         let label = self.label(label)?;
-        let serial = profile::random_serial()?;
         let subject = match &opts.renews {
             Some((_, keep)) => keep.clone(),
-            None => label.profile.subject(&label.pai, &req.ids, &serial)?,
+            None => label
+                .profile
+                .subject(&label.pai, &req.ids, &req.public_key)?,
         };
-        authorize(&subject)?;
+        // A renewal's repeat is its successor, which `policy` finds; here the holder of the
+        // subject is the DAC being renewed.
+        let repeat = match &opts.renews {
+            Some(_) => None,
+            None => self.repeat_of(label, &subject, &req.public_key)?,
+        };
+        authorize(&subject, repeat.as_ref())?;
+        if let Some(record) = repeat {
+            return Prepared::on_record(record);
+        }
+        let serial = profile::random_serial()?;
         self.prepare_subject(label, &subject, &serial, &req.public_key, opts)
+    }
+
+    /// The DAC on record that a request for `subject` with `public_key` on `label` repeats: the
+    /// same key holding the same subject on the same label, unrevoked.
+    pub fn repeat_of(
+        &self,
+        label: &Label,
+        subject: &DacSubject,
+        public_key: &[u8; 65],
+    ) -> Result<Option<DacRecord>> {
+        let holder = self.ledger.by_subject(&label.pai.skid, &subject.to_der())?;
+        Ok(holder.filter(|h| {
+            h.label == label.config.name
+                && h.status == Status::Issued
+                && h.public_key().as_ref() == Some(public_key)
+        }))
     }
 
     /// Submits a prepared DAC to the ledger. Its DAC must not leave before the [`Pending`]
     /// resolves `Ok`.
     pub fn submit(&self, prepared: &Prepared) -> Pending<Committed> {
-        self.ledger.submit(&prepared.record, &prepared.admission)
+        match &prepared.commit {
+            Some((record, admission)) => self.ledger.submit(record, admission),
+            None => {
+                let (done, pending) = Pending::new();
+                done.complete(Ok(Committed::Recorded));
+                pending
+            }
+        }
     }
 
     /// Submits a prepared DAC to the ledger and hands it, with the commit's outcome, to `then`
     /// on the ledger's thread (keep it short: it delays the next commit). The DAC must not leave
     /// unless that outcome is `Ok`. For async callers: the outcome reaches them in one wake-up.
+    /// A DAC already on record goes to `then` at once, on this thread.
     pub fn submit_then(
         &self,
         prepared: Prepared,
         then: impl FnOnce(Issued, Result<Committed>) + Send + 'static,
     ) {
-        let Prepared {
-            issued,
-            record,
-            admission,
-        } = prepared;
-        self.ledger.submit_then(
-            record,
-            admission,
-            Completer::new(move |outcome| then(issued, outcome)),
-        );
+        let Prepared { issued, commit } = prepared;
+        match commit {
+            Some((record, admission)) => self.ledger.submit_then(
+                record,
+                admission,
+                Completer::new(move |outcome| then(issued, outcome)),
+            ),
+            None => then(issued, Ok(Committed::Recorded)),
+        }
     }
 
     /// Builds, signs and self-checks a DAC and its ledger record, without recording it (the
@@ -187,10 +259,13 @@ impl Issuer {
     ) -> Result<Prepared> {
         let subject_der = subject.to_der();
         let renews = opts.renews.as_ref().map(|(r, _)| r.serial.clone());
+        // A renewal counts against the quota unless the label says otherwise.
+        let counted = renews.is_none() || label.config.renewal.counts_against_quota;
+        let quota = label.config.quota.filter(|_| counted);
         // A cheap refusal before signing when the quota is used up (many requests arrive at once
         // at the end of a quota); the ledger re-checks it, and subject uniqueness, atomically at
         // commit, so a refused DAC is signed but never recorded or returned.
-        if let Some(quota) = label.config.quota
+        if let Some(quota) = quota
             && self.ledger.count(&label.config.name)? >= quota
         {
             return Err(Error::QuotaExhausted {
@@ -223,11 +298,14 @@ impl Issuer {
         };
         Ok(Prepared {
             issued: Issued { dac },
-            record,
-            admission: Admission {
-                quota: label.config.quota,
-                token: opts.token.clone(),
-            },
+            commit: Some((
+                record,
+                Admission {
+                    quota,
+                    token: opts.token.clone(),
+                    uncounted: !counted,
+                },
+            )),
         })
     }
 }

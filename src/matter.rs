@@ -207,6 +207,72 @@ pub fn read_legacy_cn(cn: &str) -> Result<(Option<Vid>, Option<Pid>)> {
     Ok((vid, pid))
 }
 
+/// The one rule for a DAC CN, wherever it comes from (a CSR, a batch device ID, a generated
+/// name): 1 to 64 characters (MATTER.md "DAC"), printable, and nothing that makes it display
+/// differently from what it is. Control characters (Unicode Cc) and format characters (Cf:
+/// bidi overrides, zero-width spaces and joiners, the BOM, soft hyphens) are refused (Unicode
+/// TR #36 §2, "Visual Security Issues"): an operator reading the ledger or a DCL listing must
+/// see the name a device carries.
+pub fn check_cn(cn: &str) -> Result<()> {
+    let bad = |rule: String| Error::BadCn {
+        cn: cn.escape_debug().to_string(),
+        rule,
+    };
+    if cn.is_empty() {
+        return Err(bad(
+            "a CN may not be empty (omit the CN to have one made from the label's cn_prefix)"
+                .into(),
+        ));
+    }
+    let len = cn.chars().count();
+    if len > MAX_CN_CHARS {
+        return Err(Error::CnTooLong { len });
+    }
+    if let Some(c) = cn.chars().find(|c| c.is_control()) {
+        return Err(bad(format!(
+            "it contains the control character U+{:04X}; a CN is printable text",
+            u32::from(c)
+        )));
+    }
+    if let Some(c) = cn.chars().find(|c| is_format_char(*c)) {
+        return Err(bad(format!(
+            "it contains U+{:04X}, an invisible Unicode format character (bidi override, \
+             zero-width character or similar) that makes a name display as something else",
+            u32::from(c)
+        )));
+    }
+    Ok(())
+}
+
+/// Unicode General Category Cf (format characters), Unicode 15.1 (`DerivedGeneralCategory.txt`).
+fn is_format_char(c: char) -> bool {
+    const CF: &[(u32, u32)] = &[
+        (0x00AD, 0x00AD),
+        (0x0600, 0x0605),
+        (0x061C, 0x061C),
+        (0x06DD, 0x06DD),
+        (0x070F, 0x070F),
+        (0x0890, 0x0891),
+        (0x08E2, 0x08E2),
+        (0x180E, 0x180E),
+        (0x200B, 0x200F),
+        (0x202A, 0x202E),
+        (0x2060, 0x2064),
+        (0x2066, 0x206F),
+        (0xFEFF, 0xFEFF),
+        (0xFFF9, 0xFFFB),
+        (0x110BD, 0x110BD),
+        (0x110CD, 0x110CD),
+        (0x13430, 0x1343F),
+        (0x1BCA0, 0x1BCA3),
+        (0x1D173, 0x1D17A),
+        (0xE0001, 0xE0001),
+        (0xE0020, 0xE007F),
+    ];
+    let c = u32::from(c);
+    CF.iter().any(|&(lo, hi)| (lo..=hi).contains(&c))
+}
+
 /// The text of a UTF8String or PrintableString value.
 fn directory_string(value: &der::Any) -> Option<&str> {
     match value.tag() {
@@ -235,6 +301,31 @@ mod tests {
             Pid::parse("8000").map(|p| p.to_string()).ok(),
             Some("8000".into())
         );
+    }
+
+    #[test]
+    fn cn_rule() {
+        assert!(check_cn("line1-device-0001").is_ok());
+        assert!(
+            check_cn("Gerät Küche 1").is_ok(),
+            "non-ASCII letters are fine"
+        );
+        for (cn, needle) in [
+            ("", "empty"),
+            ("dev\u{7}bell", "control character U+0007"),
+            ("dev\nline", "control character U+000A"),
+            ("dev\u{202E}1fdp", "U+202E"),
+            ("dev\u{200B}1", "U+200B"),
+            ("\u{FEFF}dev", "U+FEFF"),
+            ("dev\u{2066}x", "U+2066"),
+        ] {
+            let msg = check_cn(cn).expect_err(cn).to_string();
+            assert!(msg.contains(needle), "{cn:?}: {msg}");
+        }
+        assert!(matches!(
+            check_cn(&"x".repeat(65)),
+            Err(Error::CnTooLong { len: 65 })
+        ));
     }
 
     #[test]

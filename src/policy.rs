@@ -31,14 +31,27 @@ pub struct PeerChain {
     pub display: String,
     /// The leaf's subject commonName.
     pub cn: Option<String>,
-    /// The leaf's dNSName, rfc822Name and URI subjectAltNames.
-    pub sans: Vec<String>,
+    /// The leaf's subjectAltNames of the types a client rule can match.
+    pub sans: Vec<San>,
+    /// The latest notBefore and the earliest notAfter of the presented certificates (Unix
+    /// seconds): the chain is valid between them, checked on every request.
+    valid_from: i64,
+    valid_until: i64,
     /// SHA-256 of the leaf certificate DER, lowercase hex.
     pub fingerprint: String,
     /// Per-label outcome of verifying this chain against the label's anchors. A connection
     /// keeps its chain, so a gateway enrolling thousands of devices on one keep-alive
     /// connection pays for the chain verification once per label, not once per request.
     verified: std::sync::Mutex<Vec<(String, Anchor, bool)>>,
+}
+
+/// A subjectAltName a client rule can match (RFC 5280 §4.2.1.6).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum San {
+    Dns(String),
+    Email(String),
+    Uri(String),
+    Ip(std::net::IpAddr),
 }
 
 /// Which anchors of a label a chain was verified against.
@@ -63,14 +76,44 @@ impl PeerChain {
                     .ok()
                     .map(str::to_string)
             });
+        let (mut valid_from, mut valid_until) = (i64::MIN, i64::MAX);
+        for der in &certs {
+            let v = Certificate::from_der(der.as_ref()).ok()?;
+            let v = v.tbs_certificate().validity();
+            valid_from = valid_from.max(crate::profile::cert::unix(v.not_before));
+            valid_until = valid_until.min(crate::profile::cert::unix(v.not_after));
+        }
         Some(Self {
             display: leaf.tbs_certificate().subject().to_string(),
             cn,
             sans: subject_alt_names(&leaf),
+            valid_from,
+            valid_until,
             fingerprint: asn1::hex(&Sha256::digest(leaf_der)),
             verified: std::sync::Mutex::new(Vec::new()),
             certs,
         })
+    }
+
+    /// RFC 5280 §6.1.3 (a)(2), on every request: a certificate that expires during a
+    /// keep-alive connection (or a resumed TLS session) stops authorising from that moment,
+    /// although the chain's verification is cached per connection.
+    fn check_time(&self, now: i64) -> Result<()> {
+        if now < self.valid_from {
+            return Err(Error::Forbidden(format!(
+                "client certificate {} is not valid until {}",
+                self.display,
+                asn1::format_time(self.valid_from)
+            )));
+        }
+        if now > self.valid_until {
+            return Err(Error::Forbidden(format!(
+                "client certificate {} expired at {}",
+                self.display,
+                asn1::format_time(self.valid_until)
+            )));
+        }
+        Ok(())
     }
 
     /// Whether the chain verifies to `anchors` (cached per label and kind of anchor).
@@ -243,11 +286,11 @@ impl Policy {
                 peer.display, label.name
             )));
         }
-        let rule = label.clients.iter().find(|r| match &r.matcher {
-            IdentityMatch::Cn(v) => peer.cn.as_deref() == Some(v.as_str()),
-            IdentityMatch::San(v) => peer.sans.iter().any(|s| s == v),
-            IdentityMatch::Sha256(v) => *v == peer.fingerprint,
-        });
+        peer.check_time(asn1::now())?;
+        let rule = label
+            .clients
+            .iter()
+            .find(|r| rule_matches(&r.matcher, peer));
         match rule {
             Some(rule) => Ok(Enroller::Client {
                 identity: rule.matcher.to_string(),
@@ -261,7 +304,22 @@ impl Policy {
     }
 
     /// May `enroller` obtain `subject`? (After the profile decided VID/PID from the CSR.)
-    pub fn authorize(enroller: &Enroller, label: &str, subject: &DacSubject) -> Result<()> {
+    /// `repeat` is the DAC on record that the request repeats, if any: a spent token still
+    /// gets the DAC it was spent on (a device that lost the response), and nothing else.
+    pub fn authorize(
+        enroller: &Enroller,
+        label: &str,
+        subject: &DacSubject,
+        repeat: Option<&DacRecord>,
+    ) -> Result<()> {
+        if let Enroller::Token(t) = enroller
+            && let Some(spent) = &t.spent_by
+            && repeat.map(|r| &r.serial) != Some(spent)
+        {
+            return Err(Error::Unauthenticated(
+                "this enrollment token was already used".into(),
+            ));
+        }
         match enroller {
             Enroller::Client { identity, rule } => {
                 if let Some(vids) = &rule.vids
@@ -293,28 +351,32 @@ impl Policy {
     }
 
     /// `simplereenroll` (RFC 7030 §4.2.2): the client authenticates with the DAC it renews,
-    /// which must chain to the label's PAI, be in our ledger and not be revoked. Returns its
-    /// record and the subject the renewal keeps.
+    /// which must chain to the label's PAI, be on record under this label, be valid now and not
+    /// be revoked. Returns what to do: renew it, or return the renewal already on record that
+    /// this request repeats (a client that lost the response).
     pub fn authenticate_renewal(
         &self,
         label: &Label,
         peer: Option<&PeerChain>,
         req: &EnrollmentRequest,
         ledger: &dyn Ledger,
-    ) -> Result<(DacRecord, DacSubject)> {
-        let trust = self.trust(&label.config.name)?;
+    ) -> Result<Renewal> {
+        let name = &label.config.name;
+        let trust = self.trust(name)?;
         let peer = peer.ok_or_else(|| {
             Error::Unauthenticated(
                 "simplereenroll requires the DAC being renewed as the TLS client certificate"
                     .into(),
             )
         })?;
-        if !peer.verifies(&label.config.name, Anchor::Pai, Some(&trust.dacs)) {
+        if !peer.verifies(name, Anchor::Pai, Some(&trust.dacs)) {
             return Err(Error::Forbidden(format!(
-                "client certificate {} is not a DAC of label {:?}'s PAI",
-                peer.display, label.config.name
+                "client certificate {} is not a DAC of label {name:?}'s PAI",
+                peer.display
             )));
         }
+        let now = asn1::now();
+        peer.check_time(now)?;
         let leaf_der = peer.certs[0].as_ref();
         let leaf = Certificate::from_der(leaf_der)
             .map_err(|e| Error::BadRequest(format!("client certificate: {e}")))?;
@@ -328,19 +390,19 @@ impl Policy {
                     asn1::hex(serial)
                 ))
             })?;
+        // A renewal belongs to the label that issued the DAC: another label sharing the PAI
+        // has its own PID allow-list, quota and clients.
+        if record.label != *name {
+            return Err(Error::Forbidden(format!(
+                "DAC serial {} was issued on label {:?}; renew it there, not on label {name:?}",
+                asn1::hex(serial),
+                record.label
+            )));
+        }
         if let Status::Revoked { .. } = record.status {
             return Err(Error::Forbidden(format!(
                 "DAC serial {} is revoked and cannot be renewed",
                 asn1::hex(serial)
-            )));
-        }
-        if let Some(holder) = ledger.by_subject(&record.issuer_key, &record.subject_der)?
-            && holder.serial != record.serial
-        {
-            return Err(Error::Forbidden(format!(
-                "DAC serial {} was already renewed by serial {}; renew with the newest DAC",
-                asn1::hex(serial),
-                asn1::hex(&holder.serial)
             )));
         }
         let old_subject = leaf.tbs_certificate().subject();
@@ -362,7 +424,79 @@ impl Policy {
                 .pid
                 .ok_or_else(|| Error::Internal("renewed DAC without PID".into()))?,
         };
-        Ok((record, subject))
+        // The label's current policy still allows this product (an operator who removed a PID
+        // stops its renewals).
+        label.profile.check_pid(&label.pai, subject.pid)?;
+        if let Some(holder) = ledger.by_subject(&record.issuer_key, &record.subject_der)?
+            && holder.serial != record.serial
+        {
+            // The same CSR again after a lost response: the renewal on record.
+            if holder.renews.as_deref() == Some(record.serial.as_slice())
+                && holder.status == Status::Issued
+                && holder.public_key().as_ref() == Some(&req.public_key)
+            {
+                return Ok(Renewal::Repeat(holder));
+            }
+            return Err(Error::Forbidden(format!(
+                "DAC serial {} was already renewed by serial {}; renew with the newest DAC",
+                asn1::hex(serial),
+                asn1::hex(&holder.serial)
+            )));
+        }
+        // One lineage renews at most once per `min_interval`, counted from its previous
+        // renewal: the DAC presented is that renewal when it renews another.
+        if record.renews.is_some() {
+            let interval = label.config.renewal.min_interval.as_secs() as i64;
+            let wait = record.issued_at.saturating_add(interval) - now;
+            if wait > 0 {
+                return Err(Error::RenewalTooSoon {
+                    serial: asn1::hex(serial),
+                    retry_after: wait as u64,
+                });
+            }
+        }
+        Ok(Renewal::Renew {
+            old: record,
+            subject,
+        })
+    }
+}
+
+/// What a `simplereenroll` that passed [`Policy::authenticate_renewal`] gets.
+#[derive(Debug)]
+pub enum Renewal {
+    /// Renew `old`, keeping `subject`.
+    Renew { old: DacRecord, subject: DacSubject },
+    /// The renewal already on record for this request.
+    Repeat(DacRecord),
+}
+
+/// Whether `rule` names `peer`: each form matches its own name type only.
+fn rule_matches(rule: &IdentityMatch, peer: &PeerChain) -> bool {
+    match rule {
+        IdentityMatch::Cn(v) => peer.cn.as_deref() == Some(v.as_str()),
+        IdentityMatch::Dns(v) => peer
+            .sans
+            .iter()
+            .any(|s| matches!(s, San::Dns(d) if d.eq_ignore_ascii_case(v))),
+        IdentityMatch::Uri(v) => peer.sans.iter().any(|s| matches!(s, San::Uri(u) if u == v)),
+        IdentityMatch::Email(v) => peer
+            .sans
+            .iter()
+            .any(|s| matches!(s, San::Email(e) if emails_equal(e, v))),
+        IdentityMatch::Ip(v) => peer
+            .sans
+            .iter()
+            .any(|s| matches!(s, San::Ip(ip) if ip == v)),
+        IdentityMatch::Sha256(v) => *v == peer.fingerprint,
+    }
+}
+
+/// RFC 5280 §7.5: the local part compares exactly, the domain case-insensitively.
+fn emails_equal(a: &str, b: &str) -> bool {
+    match (a.rsplit_once('@'), b.rsplit_once('@')) {
+        (Some((la, da)), Some((lb, db))) => la == lb && da.eq_ignore_ascii_case(db),
+        _ => false,
     }
 }
 
@@ -372,11 +506,8 @@ fn authenticate_token(label: &LabelConfig, basic: &Basic, ledger: &dyn Ledger) -
         .token(&hash)?
         .filter(|t| t.id == basic.user)
         .ok_or_else(|| Error::Unauthenticated("unknown enrollment token".into()))?;
-    if token.spent_by.is_some() {
-        return Err(Error::Unauthenticated(
-            "this enrollment token was already used".into(),
-        ));
-    }
+    // A spent token is refused by [`Policy::authorize`] unless the request repeats the
+    // enrollment that spent it.
     if token.label != label.name {
         return Err(Error::Forbidden(format!(
             "token {} is for label {:?}, not {:?}",
@@ -454,8 +585,8 @@ fn is_placeholder(name: &Name) -> bool {
     atvs.is_empty() || (atvs.len() == 1 && atvs[0].oid == OU && atvs[0].value.value() == b"CSA")
 }
 
-/// dNSName, rfc822Name and URI subjectAltNames as text.
-fn subject_alt_names(cert: &Certificate) -> Vec<String> {
+/// The dNSName, rfc822Name, URI and iPAddress subjectAltNames.
+fn subject_alt_names(cert: &Certificate) -> Vec<San> {
     let Some(ext) = cert.tbs_certificate().extensions().and_then(|e| {
         e.iter()
             .find(|e| e.extn_id.as_bytes() == asn1::oid::SUBJECT_ALT_NAME)
@@ -469,9 +600,14 @@ fn subject_alt_names(cert: &Certificate) -> Vec<String> {
     san.0
         .iter()
         .filter_map(|g| match g {
-            GeneralName::DnsName(s) => Some(s.to_string()),
-            GeneralName::Rfc822Name(s) => Some(s.to_string()),
-            GeneralName::UniformResourceIdentifier(s) => Some(s.to_string()),
+            GeneralName::DnsName(s) => Some(San::Dns(s.to_string())),
+            GeneralName::Rfc822Name(s) => Some(San::Email(s.to_string())),
+            GeneralName::UniformResourceIdentifier(s) => Some(San::Uri(s.to_string())),
+            GeneralName::IpAddress(o) => match o.as_bytes() {
+                b if b.len() == 4 => <[u8; 4]>::try_from(b).ok().map(|a| San::Ip(a.into())),
+                b if b.len() == 16 => <[u8; 16]>::try_from(b).ok().map(|a| San::Ip(a.into())),
+                _ => None,
+            },
             _ => None,
         })
         .collect()

@@ -222,13 +222,10 @@ async fn openssl_and_curl_enroll_as_a_gateway() {
             head.contains("Content-Type: application/pkcs7-mime; smime-type=certs-only\r\n"),
             "{head}"
         );
-        // The first certificate printed is the DAC; verify DAC -> PAI -> PAA with openssl.
+        // The DAC is the certificate for the device (a DER SET OF is sorted, so not
+        // necessarily first); verify DAC -> PAI -> PAA with openssl.
         let chain = std::fs::read_to_string(d.join(format!("{device}-chain.pem"))).unwrap();
-        let dac = chain
-            .split_inclusive("-----END CERTIFICATE-----\n")
-            .next()
-            .unwrap();
-        std::fs::write(d.join(format!("{device}.pem")), dac).unwrap();
+        std::fs::write(d.join(format!("{device}.pem")), dac_pem(&chain, device)).unwrap();
         let verified = ok(&run(
             d,
             &[
@@ -358,11 +355,7 @@ async fn curl_device_bootstraps_with_a_token_and_renews_with_its_dac() {
     .await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let chain = std::fs::read_to_string(d.join("dev-0100-chain.pem")).unwrap();
-    let dac = chain
-        .split_inclusive("-----END CERTIFICATE-----\n")
-        .next()
-        .unwrap()
-        .to_string();
+    let dac = dac_pem(&chain, "dev-0100");
     std::fs::write(d.join("dac.pem"), &dac).unwrap();
 
     // Renew with the DAC as the client certificate and a new key, same subject.
@@ -378,12 +371,19 @@ async fn curl_device_bootstraps_with_a_token_and_renews_with_its_dac() {
     .await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let renewed = std::fs::read_to_string(d.join("dev-0100-chain.pem")).unwrap();
-    assert_ne!(
-        renewed
-            .split_inclusive("-----END CERTIFICATE-----\n")
-            .next()
-            .unwrap(),
-        dac
-    );
+    assert_ne!(dac_pem(&renewed, "dev-0100"), dac);
     assert_eq!(server.ledger.count("dev").unwrap(), 2);
+}
+
+/// The PEM block of `openssl pkcs7 -print_certs` output whose subject names `device`: the DAC,
+/// found by its subject rather than its position.
+fn dac_pem(print_certs: &str, device: &str) -> String {
+    let block = print_certs
+        .split_inclusive("-----END CERTIFICATE-----\n")
+        .find(|b| {
+            b.lines()
+                .any(|l| l.starts_with("subject=") && l.contains(&format!("CN = {device},")))
+        })
+        .unwrap_or_else(|| panic!("no certificate for {device} in:\n{print_certs}"));
+    block[block.find("-----BEGIN").unwrap()..].to_string()
 }

@@ -19,7 +19,7 @@ use crate::config::Limits;
 use crate::csr;
 use crate::error::{Error, ErrorKind, Result};
 use crate::issuance::{IssueOptions, Issued, Issuer, Label, Prepared};
-use crate::policy::{Basic, PeerChain, Policy};
+use crate::policy::{Basic, PeerChain, Policy, Renewal};
 use crate::store::{Committed, Pending};
 
 /// The realm of the HTTP Basic challenge (RFC 7617 §2).
@@ -128,7 +128,11 @@ struct Reply {
 struct Outcome {
     label: Option<String>,
     op: Option<&'static str>,
+    /// Who the request authenticated as (also on a refusal after authentication).
     identity: Option<String>,
+    /// The credential presented, authenticated or not: a client certificate's subject, or an
+    /// HTTP Basic user name.
+    presented: Option<String>,
     serial: Option<String>,
     error: Option<String>,
 }
@@ -156,6 +160,7 @@ pub async fn handle(
     tracing::info!(
         peer = %conn.addr,
         identity = outcome.identity.as_deref().unwrap_or("-"),
+        presented = outcome.presented.as_deref().unwrap_or("-"),
         label = outcome.label.as_deref().unwrap_or("-"),
         op = outcome.op.unwrap_or("-"),
         status,
@@ -209,24 +214,32 @@ async fn route(
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
                 .and_then(Basic::parse);
+            outcome.presented = match (&conn.peer, &basic) {
+                (Some(peer), _) => Some(peer.display.clone()),
+                (None, Some(b)) => Some(format!("basic:{}", b.user)),
+                (None, None) => None,
+            };
             let body = read_body(app, req).await?;
             let (app, conn, for_task) = (app.clone(), conn.clone(), label.clone());
             // The issuing thread hands its DAC to the ledger, and the ledger's thread hands the
-            // DAC and the commit's outcome here: one wake-up of this task per enrollment.
-            let (done, answer) = Pending::<(Issued, Committed, String)>::new();
+            // DAC and the commit's outcome here: one wake-up of this task per enrollment. Who
+            // asked comes back on a refusal too, for the log.
+            let (done, answer) = Pending::<Attempt>::new();
             tokio::task::spawn_blocking(move || {
                 let peer = conn.peer.as_ref();
-                match enroll(&app, &for_task, op, peer, basic.as_ref(), &body) {
-                    Ok((prepared, who)) => app.issuer.submit_then(prepared, move |issued, r| {
-                        done.complete(r.map(|committed| (issued, committed, who)));
+                let mut who = None;
+                match enroll(&app, &for_task, op, peer, basic.as_ref(), &body, &mut who) {
+                    Ok(prepared) => app.issuer.submit_then(prepared, move |issued, r| {
+                        done.complete(Ok((who, r.map(|committed| (issued, committed)))));
                     }),
-                    Err(e) => done.complete(Err(e)),
+                    Err(e) => done.complete(Ok((who, Err(e)))),
                 }
             });
-            let (issued, committed, who) = answer.await?;
+            let (who, result) = answer.await?;
+            outcome.identity = who;
             // Recorded durably before anything is returned (DESIGN.md step 7).
+            let (issued, committed) = result?;
             let issued = issued.settle(committed)?;
-            outcome.identity = Some(who);
             outcome.serial = Some(asn1::hex(&issued.dac.serial));
             Ok(Reply::base64(
                 wire::CT_CERTS_ONLY,
@@ -272,8 +285,13 @@ async fn read_body(app: &App, req: Request<Incoming>) -> Result<Bytes> {
     Ok(body)
 }
 
-/// The enrollment service call, off the async runtime: authenticate, decode, authorise, sign
-/// and self-check. Returns the DAC ready for the ledger, and who asked.
+/// What an enrollment attempt comes to: who it authenticated as (if it got that far), and the
+/// DAC with its commit's outcome, or why it was refused.
+type Attempt = (Option<String>, Result<(Issued, Committed)>);
+
+/// The enrollment service call, off the async runtime: authenticate, decode, authorise, then
+/// either find the DAC on record that the request repeats or sign and self-check a new one.
+/// Sets `who` as soon as the requester is authenticated.
 fn enroll(
     app: &App,
     label: &Arc<Label>,
@@ -281,7 +299,8 @@ fn enroll(
     peer: Option<&PeerChain>,
     basic: Option<&Basic>,
     body: &[u8],
-) -> Result<(Prepared, String)> {
+    who: &mut Option<String>,
+) -> Result<Prepared> {
     let ledger = app.issuer.ledger().as_ref();
     let name = &label.config.name;
     match op {
@@ -294,34 +313,46 @@ fn enroll(
                 ));
             }
             let req = csr::parse(body)?;
-            let (old, subject) = app.policy.authenticate_renewal(label, peer, &req, ledger)?;
-            let who = format!("dac:{}", asn1::hex(&old.serial));
-            let opts = IssueOptions {
-                requester: who.clone(),
-                token: None,
-                renews: Some((old, subject)),
-            };
-            let prepared = app.issuer.prepare_with(name, &req, &opts, |_| Ok(()))?;
-            Ok((prepared, who))
+            match app.policy.authenticate_renewal(label, peer, &req, ledger)? {
+                Renewal::Repeat(record) => {
+                    *who = record
+                        .renews
+                        .as_deref()
+                        .map(|s| format!("dac:{}", asn1::hex(s)));
+                    Prepared::on_record(record)
+                }
+                Renewal::Renew { old, subject } => {
+                    let requester = format!("dac:{}", asn1::hex(&old.serial));
+                    *who = Some(requester.clone());
+                    let opts = IssueOptions {
+                        requester,
+                        token: None,
+                        renews: Some((old, subject)),
+                    };
+                    // The label's policy was applied to the kept subject when the renewal was
+                    // authenticated; the subject here is that one.
+                    app.issuer.prepare_with(name, &req, &opts, |_, _| Ok(()))
+                }
+            }
         }
         _ => {
             let enroller = app
                 .policy
                 .authenticate_enroll(&label.config, peer, basic, ledger)?;
+            *who = Some(enroller.requester());
             let req = csr::parse(body)?;
             if req.form == csr::BodyForm::Pem {
                 tracing::debug!(label = %name, "CSR arrived PEM-armoured");
             }
-            let who = enroller.requester();
             let opts = IssueOptions {
-                requester: who.clone(),
+                requester: enroller.requester(),
                 token: enroller.token(),
                 renews: None,
             };
-            let prepared = app.issuer.prepare_with(name, &req, &opts, |subject| {
-                Policy::authorize(&enroller, name, subject)
-            })?;
-            Ok((prepared, who))
+            app.issuer
+                .prepare_with(name, &req, &opts, |subject, repeat| {
+                    Policy::authorize(&enroller, name, subject, repeat)
+                })
         }
     }
 }
@@ -362,6 +393,7 @@ pub fn status_for(kind: ErrorKind) -> StatusCode {
         ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         ErrorKind::Timeout => StatusCode::REQUEST_TIMEOUT,
+        ErrorKind::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
         ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -384,7 +416,10 @@ fn error_reply(e: &Error, outcome: &mut Outcome) -> Reply {
         Error::PayloadTooLarge { .. } => {
             Some((header::CONNECTION, HeaderValue::from_static("close")))
         }
-        _ => None,
+        // EST-WIRE.md "Status codes": 429 and 503 carry Retry-After.
+        e => e
+            .retry_after()
+            .map(|secs| (header::RETRY_AFTER, HeaderValue::from(secs))),
     };
     let mut body = e.public_message();
     body.push('\n');

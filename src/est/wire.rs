@@ -38,12 +38,16 @@ pub fn base64_wrapped(der: &[u8]) -> String {
 }
 
 /// A certs-only CMS SignedData (RFC 5652 §5, RFC 7030 §4.1.3 "degenerate"): no signers, no
-/// content, the certificates in the order given.
+/// content. `CertificateSet` is a `SET OF`, so DER (X.690 §11.6) puts the certificates in
+/// ascending order of their encodings, whatever order they are given in: clients find the issued
+/// certificate by its public key, never by position (DESIGN.md "Decisions already taken").
 pub fn certs_only(certs: &[&[u8]]) -> Vec<u8> {
     // id-signedData 1.2.840.113549.1.7.2 and id-data 1.2.840.113549.1.7.1
     const SIGNED_DATA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x02];
     const DATA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x01];
-    let certificates = asn1::tlv(0xa0, certs); // [0] IMPLICIT CertificateSet
+    let mut sorted = certs.to_vec();
+    sorted.sort_by(|a, b| der_set_order(a, b));
+    let certificates = asn1::tlv(0xa0, &sorted); // [0] IMPLICIT CertificateSet
     let signed_data = asn1::tlv(
         tag::SEQUENCE,
         &[
@@ -61,6 +65,17 @@ pub fn certs_only(certs: &[&[u8]]) -> Vec<u8> {
             &asn1::tlv(0xa0, &[&signed_data]),
         ],
     )
+}
+
+/// X.690 §11.6: SET OF elements compare as octet strings, the shorter padded at its end with
+/// zero octets.
+fn der_set_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    let len = a.len().max(b.len());
+    let padded = |s: &[u8], i: usize| s.get(i).copied().unwrap_or(0);
+    (0..len)
+        .map(|i| padded(a, i).cmp(&padded(b, i)))
+        .find(|o| o.is_ne())
+        .unwrap_or(std::cmp::Ordering::Equal)
 }
 
 /// The CSR attributes a Matter DAC CSR needs (RFC 7030 §4.5.2, encoded per RFC 8951 §4):
@@ -98,6 +113,23 @@ mod tests {
         assert!(is_pkcs10("Application/PKCS10; charset=binary"));
         assert!(!is_pkcs10("application/pkcs7-mime"));
         assert!(!is_pkcs10("text/plain"));
+    }
+
+    #[test]
+    fn certificate_sets_are_sorted_as_der_requires() {
+        let big = [0x30, 0x82, 0x01, 0x02];
+        let small = [0x30, 0x81, 0xff];
+        let short = [0x30, 0x82, 0x01];
+        let out = certs_only(&[&big, &small]);
+        assert_eq!(out, certs_only(&[&small, &big]));
+        let at = |needle: &[u8]| out.windows(needle.len()).position(|w| w == needle);
+        assert!(at(&small) < at(&big), "0x81 sorts before 0x82");
+        // Padding: [30 82 01] is [30 82 01 00], which sorts before [30 82 01 02].
+        assert_eq!(
+            der_set_order(&short, &big),
+            std::cmp::Ordering::Less,
+            "shorter padded with zeros"
+        );
     }
 
     #[test]

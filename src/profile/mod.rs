@@ -16,7 +16,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::asn1::{self, oid, tag};
 use crate::error::{Error, Result};
-use crate::matter::{MAX_CN_CHARS, Pid, SubjectIds, Vid};
+use crate::matter::{self, Pid, SubjectIds, Vid};
 use crate::signer::Signer;
 use crate::signer::fixed_key::FixedKeyVerifier;
 use cert::{CertFields, Parsed};
@@ -64,7 +64,8 @@ pub struct DacProfile {
     pub label: String,
     pub pids: PidPolicy,
     pub validity: Validity,
-    /// Prefix of the CN we make when the CSR has none (followed by the serial in hex).
+    /// Prefix of the CN we make when the CSR has none (followed by 32 hex digits of the key's
+    /// identifier, see [`DacProfile::generated_cn`]).
     pub cn_prefix: String,
     pub other_attributes: OtherAttributes,
 }
@@ -152,8 +153,13 @@ pub struct Dac {
 
 impl DacProfile {
     /// Decides the DAC subject from the CSR's identifiers, the PAI and this label's policy.
-    /// `serial` names the device when the CSR carries no CN.
-    pub fn subject(&self, pai: &Pai, ids: &SubjectIds, serial: &[u8]) -> Result<DacSubject> {
+    /// `public_key` names the device when the CSR carries no CN.
+    pub fn subject(
+        &self,
+        pai: &Pai,
+        ids: &SubjectIds,
+        public_key: &[u8; 65],
+    ) -> Result<DacSubject> {
         if self.other_attributes == OtherAttributes::Refuse
             && let Some(other) = ids.others.first()
         {
@@ -190,13 +196,36 @@ impl DacProfile {
         self.check_pid(pai, pid)?;
         let cn = match &ids.cn {
             Some(cn) => cn.clone(),
-            None => format!("{}{}", self.cn_prefix, asn1::hex(serial).to_uppercase()),
+            None => self.generated_cn(public_key),
         };
-        let len = cn.chars().count();
-        if len > MAX_CN_CHARS {
-            return Err(Error::CnTooLong { len });
+        matter::check_cn(&cn)?;
+        // MATTER.md "VID and PID in the subject": verifiers read a legacy Mvid:/Mpid: tag in the
+        // CN even when the attributes are present; one that contradicts the VID/PID decided here
+        // fails the attestation, so it is refused before anything is signed.
+        let (tag_vid, tag_pid) = matter::read_legacy_cn(&cn)?;
+        let conflict = |tag, tagged: String, which, decided: String| Error::BadCn {
+            cn: cn.escape_debug().to_string(),
+            rule: format!(
+                "it carries {tag}{tagged} but the DAC's {which} is {decided}; Matter verifiers \
+                 read both and fail the attestation when they differ"
+            ),
+        };
+        if let Some(t) = tag_vid.filter(|t| *t != vid) {
+            return Err(conflict("Mvid:", t.to_string(), "VID", vid.to_string()));
+        }
+        if let Some(t) = tag_pid.filter(|t| *t != pid) {
+            return Err(conflict("Mpid:", t.to_string(), "PID", pid.to_string()));
         }
         Ok(DacSubject { cn, vid, pid })
+    }
+
+    /// The CN of a DAC whose CSR names none: the label's prefix and the first 16 bytes of the
+    /// key's SHA-1 identifier (RFC 5280 §4.2.1.2 method 1, as its SKID) in hex. Made from the key,
+    /// not the serial, so the same CSR sent again asks for the same subject and gets the DAC on
+    /// record (a retry after a lost response), and a new key gets a new name.
+    pub fn generated_cn(&self, public_key: &[u8; 65]) -> String {
+        let id = cert::key_id(public_key);
+        format!("{}{}", self.cn_prefix, asn1::hex(&id[..16]).to_uppercase())
     }
 
     /// MATTER.md "DAC": if the PAI has a PID, PID == PAI PID; and the label's allow-list.

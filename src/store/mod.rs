@@ -51,6 +51,16 @@ pub struct DacRecord {
     pub renews: Option<Vec<u8>>,
 }
 
+impl DacRecord {
+    /// The DAC's public key (SEC1 uncompressed). Every DAC on record is ours, so the key is the
+    /// 65 bytes after the P-256 SPKI prefix.
+    pub fn public_key(&self) -> Option<[u8; 65]> {
+        let prefix = crate::asn1::P256_SPKI_PREFIX;
+        let at = self.der.windows(prefix.len()).position(|w| w == prefix)?;
+        self.der.get(at + 26..at + 26 + 65)?.try_into().ok()
+    }
+}
+
 /// A one-time enrollment token, stored by the SHA-256 of its secret.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenRecord {
@@ -71,6 +81,9 @@ pub struct Admission {
     pub quota: Option<u64>,
     /// A token id that this issuance spends (refused if already spent).
     pub token: Option<String>,
+    /// Not counted against the label's quota (a renewal on a label whose
+    /// `renewal.counts_against_quota` is false).
+    pub uncounted: bool,
 }
 
 /// A commit in progress: await it (async) or [`Pending::wait`] for it (blocking). It resolves

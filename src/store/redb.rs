@@ -306,9 +306,11 @@ fn apply_group(db: &Database, group: &[Job]) -> Result<Vec<Result<Outcome>>> {
                         .insert(subject_key.as_slice(), next_seq)
                         .map_err(le)?;
                     next_seq += 1;
-                    counts
-                        .insert(record.label.as_str(), issued + 1)
-                        .map_err(le)?;
+                    if !admission.uncounted {
+                        counts
+                            .insert(record.label.as_str(), issued + 1)
+                            .map_err(le)?;
+                    }
                     Ok(Outcome::Commit(Committed::Recorded))
                 })(),
                 Op::Revoke { serial, reason, at } => (|| {
@@ -359,17 +361,12 @@ fn apply_group(db: &Database, group: &[Job]) -> Result<Vec<Result<Outcome>>> {
 }
 
 /// The same public key asking again for an unrevoked DAC of the same label (a retry after a lost
-/// response). Both certificates are ours, so the key is the 65 bytes after the P-256 SPKI prefix.
+/// response).
 fn same_request(holder: &DacRecord, record: &DacRecord) -> bool {
-    let key = |der: &[u8]| {
-        der.windows(crate::asn1::P256_SPKI_PREFIX.len())
-            .position(|w| w == crate::asn1::P256_SPKI_PREFIX)
-            .and_then(|at| der.get(at + 26..at + 26 + 65).map(<[u8]>::to_vec))
-    };
     holder.status == Status::Issued
         && holder.label == record.label
-        && key(&holder.der).is_some()
-        && key(&holder.der) == key(&record.der)
+        && holder.public_key().is_some()
+        && holder.public_key() == record.public_key()
 }
 
 /// The subject index key: unique subjects per issuer (MATTER.md "DAC").
@@ -608,7 +605,7 @@ mod tests {
         let ledger = RedbLedger::open(&path).expect("open");
         let quota = Admission {
             quota: Some(2),
-            token: None,
+            ..Admission::default()
         };
         ledger.commit(&record(1, "a", "x"), &quota).expect("first");
         assert!(matches!(

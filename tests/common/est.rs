@@ -231,5 +231,21 @@ pub fn pkcs7_certs(body: &[u8]) -> Vec<Vec<u8>> {
     // `der` sorts SET OF on decode; recover the wire order from positions in the body.
     let mut ordered = set;
     ordered.sort_by_key(|c| der.windows(c.len()).position(|w| w == c.as_slice()));
+    // DER (X.690 §11.6): the wire order of a SET OF is ascending by encoding.
+    assert!(
+        ordered.windows(2).all(|w| w[0] <= w[1]),
+        "the certificate SET OF is not sorted as DER requires"
+    );
     ordered
+}
+
+/// The certificate of `certs` that is not `pai` (the issued DAC): found by content, never by
+/// position, since a DER SET OF is sorted by encoding.
+pub fn issued(certs: &[Vec<u8>], pai: &[u8]) -> Vec<u8> {
+    assert!(certs.iter().any(|c| c == pai), "the PAI is in the response");
+    certs
+        .iter()
+        .find(|c| c.as_slice() != pai)
+        .expect("a DAC besides the PAI")
+        .clone()
 }
