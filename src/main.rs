@@ -393,12 +393,29 @@ const LOG_BUFFER_LINES: usize = 8192;
 /// line-buffered): a busy server queues several lines per wake-up.
 const LOG_WRITE_BYTES: usize = 64 * 1024;
 
+/// rustls warns on every ClientHello whose SNI is an IP address (RFC 6066 §3 forbids it, and
+/// libest's client sends one on every connection), which is the client's quirk, not the
+/// operator's problem: that module logs at error and above unless `RUST_LOG` names rustls.
+const QUIET_RUSTLS_SNI: &str = "rustls::msgs::handshake=error";
+
+/// The log filter: `RUST_LOG` (default `info`), with [`QUIET_RUSTLS_SNI`] unless it names
+/// rustls itself.
+fn log_directives(rust_log: Option<&str>) -> String {
+    let base = rust_log.filter(|v| !v.trim().is_empty()).unwrap_or("info");
+    if base.contains("rustls") {
+        base.to_string()
+    } else {
+        format!("{base},{QUIET_RUSTLS_SNI}")
+    }
+}
+
 /// Logs to stdout from a thread of their own, so that a slow stdout (a pipe to a busy journald)
 /// never stalls the async threads. Not lossy: a full buffer slows requests down rather than
 /// dropping their lines. The guard flushes what is buffered when it is dropped.
 fn init_logs(json: bool) -> tracing_appender::non_blocking::WorkerGuard {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::new(log_directives(
+        std::env::var("RUST_LOG").ok().as_deref(),
+    ));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .buffered_lines_limit(LOG_BUFFER_LINES)

@@ -1,7 +1,8 @@
 //! `matter-est serve`: the accept loop over TLS, with the limits of `[server]` and graceful
 //! shutdown (stop accepting, finish requests in flight).
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,6 +82,7 @@ async fn accept_loop(
 ) {
     let limits = app.limits.clone();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let peers = PeerSlots::new(limits.max_connections_per_peer);
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.title_case_headers(true)
@@ -109,6 +111,13 @@ async fn accept_loop(
             },
             _ = stopped.changed() => break,
         };
+        let Some(peer_slot) = peers.take(addr.ip()) else {
+            // Closed at once, so that one address holding its cap of idle connections leaves
+            // every other slot to other peers.
+            tracing::debug!(peer = %addr, cap = limits.max_connections_per_peer,
+                "connection closed: the peer address has server.max_connections_per_peer open");
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let app = app.clone();
@@ -116,11 +125,24 @@ async fn accept_loop(
         let watcher = graceful.watcher();
         let handshake = limits.handshake_timeout;
         tokio::spawn(async move {
-            let _permit = permit;
-            let tls = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
+            let _permits = (permit, peer_slot);
+            // A connection that never completes TLS (idle, or slow on purpose) is closed at the
+            // handshake deadline.
+            let (accepted, refused_chain) = tls::REFUSED_CHAIN
+                .scope(std::cell::RefCell::new(None), async {
+                    let accepted = tokio::time::timeout(handshake, acceptor.accept(tcp)).await;
+                    (accepted, tls::REFUSED_CHAIN.with(|c| c.borrow_mut().take()))
+                })
+                .await;
+            let tls = match accepted {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
-                    tracing::info!(peer = %addr, error = %e, "TLS handshake failed");
+                    tracing::info!(
+                        peer = %addr,
+                        error = %e,
+                        presented = refused_chain.as_deref().unwrap_or("-"),
+                        "TLS handshake failed"
+                    );
                     return;
                 }
                 Err(_) => {
@@ -149,6 +171,54 @@ async fn accept_loop(
         .is_err()
     {
         tracing::warn!("requests still in flight after the drain timeout were dropped");
+    }
+}
+
+/// Open connections per peer address (`server.max_connections_per_peer`).
+struct PeerSlots {
+    cap: usize,
+    open: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// One open connection of a peer address; dropping it frees the slot.
+struct PeerSlot {
+    ip: IpAddr,
+    open: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl PeerSlots {
+    fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            open: Arc::default(),
+        }
+    }
+
+    /// A slot for `ip`, or `None` when it has `cap` connections open.
+    fn take(&self, ip: IpAddr) -> Option<PeerSlot> {
+        let mut open = self.open.lock().ok()?;
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.cap {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            ip,
+            open: self.open.clone(),
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.open.lock()
+            && let Some(n) = open.get_mut(&self.ip)
+        {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
     }
 }
 

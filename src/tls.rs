@@ -9,12 +9,16 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::RootCertStore;
+use der::{Decode, Encode};
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
-use rustls::server::danger::ClientCertVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, RootCertStore};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use x509_cert::Certificate;
+use x509_cert::ext::pkix::{BasicConstraints, KeyUsage};
 
 use crate::error::{Error, Result};
 use crate::signer::file::check_private_mode;
@@ -28,6 +32,8 @@ pub fn provider() -> Arc<CryptoProvider> {
 #[derive(Clone)]
 pub struct Anchors {
     verifier: Arc<dyn ClientCertVerifier>,
+    /// Each anchor's subject and pathLenConstraint, which webpki does not apply to anchors.
+    anchors: Arc<Vec<(Vec<u8>, Option<u8>)>>,
 }
 
 impl std::fmt::Debug for Anchors {
@@ -52,19 +58,161 @@ impl Anchors {
             .allow_unauthenticated()
             .build()
             .map_err(|e| Error::Internal(format!("client verifier: {e}")))?;
-        Ok(Some(Self { verifier }))
+        let anchors = certs
+            .iter()
+            .map(|c| {
+                let cert = Certificate::from_der(c.as_ref())
+                    .map_err(|e| Error::Internal(format!("trust anchor: {e}")))?;
+                let subject = cert
+                    .tbs_certificate()
+                    .subject()
+                    .to_der()
+                    .map_err(|e| Error::Internal(format!("trust anchor: {e}")))?;
+                let path_len =
+                    extension::<BasicConstraints>(&cert).and_then(|b| b.path_len_constraint);
+                Ok((subject, path_len))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(Self {
+            verifier: Arc::new(PresentedLogger(verifier)),
+            anchors: Arc::new(anchors),
+        }))
     }
 
     /// True when `chain` (leaf first) verifies to one of these anchors now (RFC 5280 §6, by
-    /// webpki, for client authentication).
+    /// webpki, for client authentication) and meets the constraints webpki leaves out
+    /// ([`Anchors::constraints_hold`]).
     pub fn verifies(&self, chain: &[CertificateDer<'static>]) -> bool {
         match chain.split_first() {
-            Some((leaf, rest)) => self
-                .verifier
-                .verify_client_cert(leaf, rest, UnixTime::now())
-                .is_ok(),
+            Some((leaf, rest)) => {
+                self.verifier
+                    .verify_client_cert(leaf, rest, UnixTime::now())
+                    .is_ok()
+                    && self.constraints_hold(chain)
+            }
             None => false,
         }
+    }
+
+    /// What webpki does not check, on the path from the leaf up to an anchor (by names):
+    /// a leaf with keyUsage has digitalSignature (RFC 5280 §4.2.1.3: it signs the TLS
+    /// handshake); an intermediate with keyUsage has keyCertSign (§4.2.1.3, §6.1.4 (n)); and
+    /// the anchor's pathLenConstraint bounds the intermediates below it (§4.2.1.9; webpki
+    /// ignores an anchor's constraints).
+    fn constraints_hold(&self, chain: &[CertificateDer<'static>]) -> bool {
+        let Ok(certs) = chain
+            .iter()
+            .map(|c| Certificate::from_der(c.as_ref()))
+            .collect::<std::result::Result<Vec<_>, _>>()
+        else {
+            return false;
+        };
+        let Some(leaf) = certs.first() else {
+            return false;
+        };
+        if extension::<KeyUsage>(leaf).is_some_and(|ku| !ku.digital_signature()) {
+            return false;
+        }
+        let der = |n: &x509_cert::name::Name| n.to_der().unwrap_or_default();
+        let mut current = leaf;
+        let mut used = vec![false; certs.len()];
+        used[0] = true;
+        let mut intermediates = 0usize;
+        // Each presented certificate is used at most once, so this ends.
+        loop {
+            let issuer = der(current.tbs_certificate().issuer());
+            if let Some((_, path_len)) = self.anchors.iter().find(|(s, _)| *s == issuer) {
+                return path_len.is_none_or(|n| intermediates <= usize::from(n));
+            }
+            let Some(i) = (0..certs.len())
+                .find(|&i| !used[i] && der(certs[i].tbs_certificate().subject()) == issuer)
+            else {
+                return false;
+            };
+            used[i] = true;
+            if extension::<KeyUsage>(&certs[i]).is_some_and(|ku| !ku.key_cert_sign()) {
+                return false;
+            }
+            intermediates += 1;
+            current = &certs[i];
+        }
+    }
+}
+
+/// The decoded extension of type `T` in `cert`, if present and well-formed.
+fn extension<T: der::DecodeOwned + const_oid::AssociatedOid>(cert: &Certificate) -> Option<T> {
+    cert.tbs_certificate()
+        .extensions()?
+        .iter()
+        .find(|e| e.extn_id == T::OID)
+        .and_then(|e| T::from_der(e.extn_value.as_bytes()).ok())
+}
+
+tokio::task_local! {
+    /// What the client presented in the handshake this task is running, when the chain was
+    /// refused: the accept loop logs it with the handshake failure.
+    pub static REFUSED_CHAIN: std::cell::RefCell<Option<String>>;
+}
+
+/// The handshake's client-certificate verifier, which also notes the presented subject and
+/// issuer when it refuses a chain (in [`REFUSED_CHAIN`], when the task has one).
+#[derive(Debug)]
+struct PresentedLogger(Arc<dyn ClientCertVerifier>);
+
+impl ClientCertVerifier for PresentedLogger {
+    fn offer_client_auth(&self) -> bool {
+        self.0.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.0.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> std::result::Result<ClientCertVerified, rustls::Error> {
+        let outcome = self.0.verify_client_cert(end_entity, intermediates, now);
+        if outcome.is_err() {
+            let presented = match Certificate::from_der(end_entity.as_ref()) {
+                Ok(c) => format!(
+                    "subject \"{}\", issuer \"{}\"",
+                    c.tbs_certificate().subject(),
+                    c.tbs_certificate().issuer()
+                ),
+                Err(_) => "an undecodable certificate".into(),
+            };
+            let _ = REFUSED_CHAIN.try_with(|slot| *slot.borrow_mut() = Some(presented));
+        }
+        outcome
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
     }
 }
 

@@ -28,7 +28,14 @@ impl TestServer {
     /// Starts `matter-est serve` on 127.0.0.1:<free port> over a fresh development PKI, the
     /// config edited by `edit`.
     pub async fn start(edit: impl FnOnce(String) -> String) -> Self {
-        let env = DevEnv::new(|t| edit(t.replace("127.0.0.1:8443", "127.0.0.1:0")));
+        Self::start_env(DevEnv::new(|t| {
+            edit(t.replace("127.0.0.1:8443", "127.0.0.1:0"))
+        }))
+        .await
+    }
+
+    /// Starts the server on `env` (whose config must listen on port 0).
+    pub async fn start_env(env: DevEnv) -> Self {
         let config = env.config();
         let ledger = Arc::new(RedbLedger::open(&config.ledger).unwrap());
         let issuer = Arc::new(matter_est::issuance::Issuer::new(&config, ledger.clone()).unwrap());
@@ -147,7 +154,12 @@ impl Client {
         addr: SocketAddr,
         config: Arc<rustls::ClientConfig>,
     ) -> std::io::Result<Self> {
-        let tcp = TcpStream::connect(addr).await?;
+        Self::over(TcpStream::connect(addr).await?, config).await
+    }
+
+    /// TLS and HTTP/1.1 over an already connected socket (e.g. bound to another source
+    /// address).
+    pub async fn over(tcp: TcpStream, config: Arc<rustls::ClientConfig>) -> std::io::Result<Self> {
         let tls = TlsConnector::from(config)
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
             .await?;
