@@ -84,3 +84,144 @@ fn serve_logs_json_and_stops_on_sigterm() {
         1
     );
 }
+
+/// Issue 12: every refusal's log line names who asked (the authenticated identity, and what was
+/// presented), a TLS handshake refused for its client certificate names that certificate, and
+/// a client sending an IP address as SNI (libest's does) puts nothing in the default log.
+#[test]
+fn refusals_say_who_asked_and_ip_sni_is_not_logged() {
+    let env = DevEnv::new(|t| {
+        t.replace("127.0.0.1:8443", "127.0.0.1:0")
+            .replace("pids = \"any\"\n", "pids = [\"8001\"]\n")
+    });
+    let (token_id, secret) = {
+        let (_issuer, ledger) = env.issuer();
+        matter_est::policy::create_token(ledger.as_ref(), "dev", None).unwrap()
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_matter-est"))
+        .args(["serve", "--log-json", "--config"])
+        .arg(env.path(dev::files::CONFIG))
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let addr = first["fields"]["addr"].as_str().unwrap().to_string();
+    let port = addr.rsplit(':').next().unwrap().to_string();
+    let url = format!("https://localhost:{port}/.well-known/est/dev/simpleenroll");
+    let csr_file = |name: &str, pid: &str| {
+        let path = env.path(name);
+        let (der, _) = csr(&subject(Some(name), Some("FFF1"), Some(pid)));
+        std::fs::write(
+            &path,
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der),
+        )
+        .unwrap();
+        format!("@{}", path.display())
+    };
+    let curl = |extra: &[&str], body: &str| {
+        let out = Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(env.path(dev::files::TLS_CA_CERT))
+            .args(extra)
+            .args([
+                "-H",
+                "Content-Type: application/pkcs10",
+                "--data-binary",
+                body,
+            ])
+            .arg(&url)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let gw_cert = env.path(dev::files::GATEWAY_CERT).display().to_string();
+    let gw_key = env.path(dev::files::GATEWAY_KEY).display().to_string();
+    // 403: PID 8000 is not allowed (the label and the gateway rule both list 8001 only).
+    let gw = ["--cert", gw_cert.as_str(), "--key", gw_key.as_str()];
+    assert_eq!(curl(&gw, &csr_file("pid-8000", "8000")), "403");
+    // 401: an unknown token.
+    assert_eq!(
+        curl(&["-u", "tok-unknown:nope"], &csr_file("bad-token", "8000")),
+        "401"
+    );
+    // 200 with the token, then 401 for another CSR with the spent token.
+    let user = format!("{token_id}:{secret}");
+    assert_eq!(curl(&["-u", &user], &csr_file("tok-a", "8001")), "200");
+    assert_eq!(curl(&["-u", &user], &csr_file("tok-b", "8001")), "401");
+    // A client certificate from no trusted CA: the handshake fails.
+    let ok = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:P-256", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=intruder/O=Nowhere", "-keyout"])
+        .arg(env.path("intruder.key"))
+        .arg("-out")
+        .arg(env.path("intruder.pem"))
+        .output()
+        .unwrap();
+    common::assert_success(&ok);
+    let intruder = [
+        "--cert".to_string(),
+        env.path("intruder.pem").display().to_string(),
+        "--key".to_string(),
+        env.path("intruder.key").display().to_string(),
+    ];
+    let intruder: Vec<&str> = intruder.iter().map(String::as_str).collect();
+    assert_eq!(curl(&intruder, &csr_file("intruder-dev", "8001")), "000");
+    // An IP address as SNI, as libest's client sends it.
+    let sni = Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .args(["-servername", "127.0.0.1", "-brief"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&sni.stderr).contains("Protocol version"),
+        "{sni:?}"
+    );
+
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(child.wait().unwrap().success());
+    let requests: Vec<serde_json::Value> = rest
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == "request")
+        .map(|v| v["fields"].clone())
+        .collect();
+    let by_status = |status: u64| -> Vec<&serde_json::Value> {
+        requests.iter().filter(|f| f["status"] == status).collect()
+    };
+    let forbidden = by_status(403);
+    assert_eq!(forbidden.len(), 1, "{requests:?}");
+    assert_eq!(forbidden[0]["identity"], "client:cn:gw-line-1");
+    assert!(
+        forbidden[0]["presented"]
+            .as_str()
+            .unwrap()
+            .contains("CN=gw-line-1")
+    );
+    let unauthorised = by_status(401);
+    assert_eq!(unauthorised.len(), 2, "{requests:?}");
+    assert_eq!(unauthorised[0]["identity"], "-");
+    assert_eq!(unauthorised[0]["presented"], "basic:tok-unknown");
+    assert_eq!(unauthorised[1]["identity"], format!("token:{token_id}"));
+    let handshake = rest
+        .iter()
+        .find(|l| l.contains("TLS handshake failed") && l.contains("CN=intruder"))
+        .unwrap_or_else(|| panic!("no handshake line naming the certificate: {rest:?}"));
+    assert!(handshake.contains("O=Nowhere"), "{handshake}");
+    assert!(
+        !rest.iter().any(|l| l.contains("SNI") || l.contains("WARN")),
+        "{rest:?}"
+    );
+}
