@@ -684,3 +684,45 @@ async fn one_peer_cannot_take_every_connection_slot() {
         assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
     }
 }
+
+/// pyca/cryptography's PKCS#7 reader parses strict DER and warns (and says it will refuse) when
+/// a `SET OF` is not sorted; with warnings as errors it is the independent check that the enroll
+/// and cacerts responses are DER.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_are_der_for_a_strict_pkcs7_parser() {
+    let server = TestServer::start(|t| t).await;
+    let mut gw = server.gateway().await;
+    let mut bodies = Vec::new();
+    for i in 0..6 {
+        let (_, der) = device(Some(&format!("strict-der-{i}")), "8000");
+        let r = gw.enroll(ENROLL, &der).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        bodies.push(r.body);
+    }
+    bodies.push(gw.get("/.well-known/est/dev/cacerts").await.body);
+    let mut files = Vec::new();
+    for (i, body) in bodies.iter().enumerate() {
+        let text: String = String::from_utf8_lossy(body).split_whitespace().collect();
+        let der = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, text).unwrap();
+        let path = server.env.path(&format!("response-{i}.p7b"));
+        std::fs::write(&path, der).unwrap();
+        files.push(path);
+    }
+    let out = std::process::Command::new("python3")
+        .args([
+            "-W",
+            "error",
+            "-c",
+            "import sys\n\
+             from cryptography.hazmat.primitives.serialization import pkcs7\n\
+             for f in sys.argv[1:]:\n    \
+                 certs = pkcs7.load_der_pkcs7_certificates(open(f, 'rb').read())\n    \
+                 assert len(certs) == 2, (f, len(certs))\n\
+             print('ok', len(sys.argv) - 1)",
+        ])
+        .args(&files)
+        .output()
+        .unwrap();
+    common::assert_success(&out);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok 7");
+}
