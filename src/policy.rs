@@ -424,9 +424,7 @@ impl Policy {
                 .pid
                 .ok_or_else(|| Error::Internal("renewed DAC without PID".into()))?,
         };
-        // The label's current policy still allows this product (an operator who removed a PID
-        // stops its renewals).
-        label.profile.check_pid(&label.pai, subject.pid)?;
+        Self::authorize_renewal(label, &subject)?;
         if let Some(holder) = ledger.by_subject(&record.issuer_key, &record.subject_der)?
             && holder.serial != record.serial
         {
@@ -459,6 +457,12 @@ impl Policy {
             old: record,
             subject,
         })
+    }
+
+    /// May a renewal on `label` keep `subject`? The label's current policy must still allow
+    /// its product: an operator who removed a PID (or narrowed the PAI) stops its renewals.
+    pub fn authorize_renewal(label: &Label, subject: &DacSubject) -> Result<()> {
+        label.profile.check_pid(&label.pai, subject.pid)
     }
 }
 

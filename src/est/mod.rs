@@ -329,9 +329,9 @@ fn enroll(
                         token: None,
                         renews: Some((old, subject)),
                     };
-                    // The label's policy was applied to the kept subject when the renewal was
-                    // authenticated; the subject here is that one.
-                    app.issuer.prepare_with(name, &req, &opts, |_, _| Ok(()))
+                    app.issuer.prepare_with(name, &req, &opts, |subject, _| {
+                        Policy::authorize_renewal(label, subject)
+                    })
                 }
             }
         }
