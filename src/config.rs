@@ -188,11 +188,7 @@ impl std::fmt::Display for IdentityMatch {
 impl Config {
     /// Reads and checks `path`. Relative paths in it are relative to its directory.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
-            file: path.to_path_buf(),
-            key: "(file)".into(),
-            problem: e.to_string(),
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         Self::parse(path, &text)
     }
 
@@ -202,9 +198,8 @@ impl Config {
             file: path.to_path_buf(),
             key: e
                 .span()
-                .and_then(|s| text.get(..s.start))
-                .map(|before| format!("line {}", before.lines().count().max(1)))
-                .unwrap_or_else(|| "(document)".into()),
+                .map(|s| key_at(text, s.start))
+                .unwrap_or_else(|| "(the whole file)".into()),
             problem: e.message().to_string(),
         })?;
         let base = path
@@ -457,6 +452,41 @@ impl Config {
     }
 }
 
+/// The dotted key and line of the TOML text at byte `offset` (where a parse error points), for
+/// messages: `labels.dev.quota (line 12)`. Tables and arrays of tables are tracked by their
+/// headers; the key is the one assigned on that line, if any.
+fn key_at(text: &str, offset: usize) -> String {
+    let before = text.get(..offset).unwrap_or(text);
+    let line_no = before.matches('\n').count() + 1;
+    let mut table = String::new();
+    let mut arrays: BTreeMap<String, usize> = BTreeMap::new();
+    for line in text.lines().take(line_no) {
+        let t = line.trim();
+        if let Some(name) = t.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+            let name = name.trim().to_string();
+            let n = arrays
+                .entry(name.clone())
+                .and_modify(|n| *n += 1)
+                .or_insert(0);
+            table = format!("{name}[{n}]");
+        } else if let Some(name) = t.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            table = name.trim().to_string();
+        }
+    }
+    let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+    let assigned = (!line.starts_with('['))
+        .then(|| line.split_once('='))
+        .flatten()
+        .map(|(k, _)| k.trim().trim_matches('"'))
+        .filter(|k| !k.is_empty());
+    match (table.is_empty(), assigned) {
+        (_, None) if table.is_empty() => format!("line {line_no}"),
+        (_, None) => format!("{table} (line {line_no})"),
+        (true, Some(k)) => format!("{k} (line {line_no})"),
+        (false, Some(k)) => format!("{table}.{k} (line {line_no})"),
+    }
+}
+
 fn parse_pids(raw: &RawPids) -> std::result::Result<PidPolicy, String> {
     match raw {
         RawPids::Any(s) if s == "any" => Ok(PidPolicy::Any),
@@ -580,18 +610,70 @@ struct RawClient {
     pids: RawPids,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
 enum RawPids {
     Any(String),
     List(Vec<String>),
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
 enum RawValidity {
     Text(String),
     Days(u64),
+}
+
+/// `pids`: "any" or a list of PIDs, with a message that says so (serde's untagged enums say
+/// only "data did not match any variant").
+impl<'de> Deserialize<'de> for RawPids {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawPids;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"any\" or a list of PIDs like [\"8000\", \"8001\"]")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<RawPids, E> {
+                Ok(RawPids::Any(v.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<RawPids, A::Error> {
+                let mut list = Vec::new();
+                while let Some(p) = seq.next_element::<String>()? {
+                    list.push(p);
+                }
+                Ok(RawPids::List(list))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `validity`: "no-expiry" or a number of days, with a message that says so.
+impl<'de> Deserialize<'de> for RawValidity {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawValidity;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"no-expiry\" or a number of days")
+            }
+            fn visit_str<E: serde::de::Error>(
+                self,
+                v: &str,
+            ) -> std::result::Result<RawValidity, E> {
+                Ok(RawValidity::Text(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<RawValidity, E> {
+                u64::try_from(v)
+                    .map(RawValidity::Days)
+                    .map_err(|_| E::custom(format!("{v} days: expected 1 to 36500")))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<RawValidity, E> {
+                Ok(RawValidity::Days(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 fn any_pids() -> RawPids {
@@ -658,6 +740,49 @@ signer = { file = "pai.key" }
             let msg = parse(&text).expect_err(line).to_string();
             assert!(msg.contains(key), "{line}: {msg}");
         }
+    }
+
+    #[test]
+    fn parse_errors_name_the_key_and_line() {
+        let cases = [
+            (
+                MINIMAL.replace(
+                    "[labels.a]",
+                    "[server]\nmax_connections = \"4096\"\n[labels.a]",
+                ),
+                "server.max_connections (line 4)",
+                "expected usize",
+            ),
+            (
+                MINIMAL.replace("signer =", "pids = 8000\nsigner ="),
+                "labels.a.pids (line 5)",
+                "\"any\" or a list of PIDs",
+            ),
+            (
+                MINIMAL.replace("signer =", "validity = [1]\nsigner ="),
+                "labels.a.validity (line 5)",
+                "\"no-expiry\" or a number of days",
+            ),
+            (
+                format!(
+                    "{MINIMAL}[[labels.a.clients]]\nmatch = \"cn:x\"\n[[labels.a.clients]]\nmatch = 3\n"
+                ),
+                "labels.a.clients[1].match (line 9)",
+                "expected a string",
+            ),
+        ];
+        for (text, key, problem) in cases {
+            let msg = parse(&text).expect_err(key).to_string();
+            assert!(msg.contains(key) && msg.contains(problem), "{key}: {msg}");
+            assert!(!msg.contains("variant"), "{msg}");
+        }
+        let msg = Config::load(Path::new("/nonexistent/matter-est.toml"))
+            .expect_err("missing")
+            .to_string();
+        assert!(
+            msg.starts_with("/nonexistent/matter-est.toml: No such file"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -198,6 +198,24 @@ impl Error {
         }
     }
 
+    /// Names the config key that pointed at the file this error is about (an I/O or key-file
+    /// error while loading what the config names): `FILE: KEY: problem`.
+    pub fn in_key(self, key: impl Into<String>) -> Self {
+        match self {
+            Error::Io { path, problem } => Error::Config {
+                file: path,
+                key: key.into(),
+                problem,
+            },
+            Error::KeyFile { path, problem } => Error::Config {
+                file: path,
+                key: key.into(),
+                problem: format!("key file: {problem}"),
+            },
+            other => other,
+        }
+    }
+
     /// An I/O failure on `path`.
     pub fn io(path: impl Into<PathBuf>, e: impl std::fmt::Display) -> Self {
         Error::Io {

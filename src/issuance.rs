@@ -104,6 +104,42 @@ pub struct IssueOptions {
     pub renews: Option<(DacRecord, DacSubject)>,
 }
 
+/// The labels of a configuration, loaded and checked ([`Issuer::load`]).
+pub struct Labels(BTreeMap<String, Arc<Label>>);
+
+impl Labels {
+    /// The issuer over these labels and `ledger`.
+    pub fn with_ledger(self, ledger: Arc<dyn Ledger>) -> Issuer {
+        Issuer {
+            labels: self.0,
+            ledger,
+        }
+    }
+
+    /// MATTER.md "Test VIDs": a PAI with a test VID (FFF1–FFF4) is development material, refused
+    /// unless the config says `danger_development_pki = true` or the caller passed the danger
+    /// switch. Every command that signs applies it (`serve`, `issue`, `batch`).
+    pub fn refuse_development_pki(&self, config: &Config, danger_switch: bool) -> Result<()> {
+        let test_vid = self
+            .0
+            .values()
+            .find(|l| (0xfff1..=0xfff4).contains(&l.pai.vid.value()));
+        match test_vid {
+            Some(label) if !config.danger_development_pki && !danger_switch => Err(Error::Config {
+                file: config.path.clone(),
+                key: format!("labels.{}.pai", label.config.name),
+                problem: format!(
+                    "the PAI has test VID {}: development material; set \
+                         danger_development_pki = true or pass --danger-allow-development-pki \
+                         if that is intended",
+                    label.pai.vid
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// The issuance service.
 pub struct Issuer {
     labels: BTreeMap<String, Arc<Label>>,
@@ -114,11 +150,17 @@ impl Issuer {
     /// Loads every label of `config`: PAI and chain checked against MATTER.md, signer loaded and
     /// matched to the PAI's public key.
     pub fn new(config: &Config, ledger: Arc<dyn Ledger>) -> Result<Self> {
+        Ok(Self::load(config)?.with_ledger(ledger))
+    }
+
+    /// Loads and checks every label of `config` without touching the ledger, so that a refused
+    /// configuration changes nothing; [`Labels::with_ledger`] completes the issuer.
+    pub fn load(config: &Config) -> Result<Labels> {
         let mut labels = BTreeMap::new();
         for (name, lc) in &config.labels {
             labels.insert(name.clone(), Arc::new(load_label(lc)?));
         }
-        Ok(Self { labels, ledger })
+        Ok(Labels(labels))
     }
 
     /// The label named `name`.
@@ -312,7 +354,8 @@ impl Issuer {
 
 /// Loads one label and checks its material.
 pub fn load_label(lc: &LabelConfig) -> Result<Label> {
-    let pai_der = read_cert(&lc.pai)?;
+    let key = |k: &str| format!("labels.{}.{k}", lc.name);
+    let pai_der = read_cert(&lc.pai).map_err(|e| e.in_key(key("pai")))?;
     let pai = Pai::from_der(&pai_der).map_err(|e| Error::Config {
         file: lc.pai.clone(),
         key: format!("labels.{}.pai", lc.name),
@@ -320,7 +363,7 @@ pub fn load_label(lc: &LabelConfig) -> Result<Label> {
     })?;
     let mut chain = Vec::new();
     for path in &lc.chain {
-        chain.push(read_cert(path)?);
+        chain.push(read_cert(path).map_err(|e| e.in_key(key("chain")))?);
     }
     check_chain(&pai, &chain).map_err(|e| Error::Config {
         file: lc.chain.first().cloned().unwrap_or_else(|| lc.pai.clone()),
@@ -328,9 +371,10 @@ pub fn load_label(lc: &LabelConfig) -> Result<Label> {
         problem: e.to_string(),
     })?;
     let signer: Arc<dyn Signer> = match &lc.signer {
-        SignerConfig::File { key, passphrase } => {
-            Arc::new(FileSigner::load(key, passphrase.as_ref())?)
-        }
+        SignerConfig::File { key, passphrase } => Arc::new(
+            FileSigner::load(key, passphrase.as_ref())
+                .map_err(|e| e.in_key(format!("labels.{}.signer.file", lc.name)))?,
+        ),
     };
     if signer.public_key() != pai.public_key() {
         let path = match &lc.signer {

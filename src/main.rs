@@ -37,8 +37,10 @@ enum Command {
     },
     /// Issue one DAC offline from a CSR, through the same checks as the server.
     Issue {
+        /// The configuration file (its ledger must not be held by a running `serve`).
         #[arg(long)]
         config: PathBuf,
+        /// The label to issue on (default: the config's default_label).
         #[arg(long)]
         label: Option<String>,
         /// The CSR: DER, base64 or PEM.
@@ -50,12 +52,20 @@ enum Command {
         /// Write PEM instead of DER.
         #[arg(long)]
         pem: bool,
+        /// Sign with a PAI that has a test VID (FFF1–FFF4) although the config does not say
+        /// `danger_development_pki = true`.
+        #[arg(long)]
+        danger_allow_development_pki: bool,
     },
     /// Run the EST server. Without --config: the embedded default (development PKI and ledger
     /// under ./matter-est-dev/, created on first start, on 127.0.0.1:8443).
     Serve {
+        /// The configuration file (see config/example.toml).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Listen on this address instead of the config's server.listen (e.g. 0.0.0.0:8443).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
         /// One JSON object per log line.
         #[arg(long)]
         log_json: bool,
@@ -71,8 +81,10 @@ enum Command {
     },
     /// Make keys and DACs ahead of time for a production line without a network.
     Batch {
+        /// The configuration file (its ledger must not be held by a running `serve`).
         #[arg(long)]
         config: PathBuf,
+        /// The label (PAI and policy) to issue on.
         #[arg(long)]
         label: String,
         /// The PID of every DAC in the batch.
@@ -97,6 +109,10 @@ enum Command {
         /// Also write the finished batch as one archive, OUT.tar.
         #[arg(long)]
         archive: bool,
+        /// Sign with a PAI that has a test VID (FFF1–FFF4) although the config does not say
+        /// `danger_development_pki = true`.
+        #[arg(long)]
+        danger_allow_development_pki: bool,
     },
     /// Make a Matter CSR (P-256 key, CN/VID/PID subject) with our own code, to try `issue`.
     SampleCsr {
@@ -106,10 +122,13 @@ enum Command {
         /// Where to write its private key (PKCS#8 PEM, mode 0600); default OUT with `.key`.
         #[arg(long)]
         key_out: Option<PathBuf>,
+        /// The subject commonName (the device's identity).
         #[arg(long, default_value = "sample-device-0001")]
         cn: String,
+        /// The Matter Vendor ID (4 uppercase hex digits).
         #[arg(long, default_value = "FFF1")]
         vid: String,
+        /// The Matter Product ID (4 uppercase hex digits).
         #[arg(long, default_value = "8000")]
         pid: String,
     },
@@ -119,13 +138,16 @@ enum Command {
 enum TokenCommand {
     /// Create tokens; each secret is printed once and stored only as a SHA-256 hash.
     Create {
+        /// The configuration file (its ledger must not be held by a running `serve`).
         #[arg(long)]
         config: PathBuf,
+        /// The label the tokens enroll on.
         #[arg(long)]
         label: String,
         /// Bind the token to one PID.
         #[arg(long)]
         pid: Option<String>,
+        /// How many tokens to make.
         #[arg(long, default_value_t = 1)]
         count: u32,
     },
@@ -173,14 +195,17 @@ fn run(cli: Cli) -> Result<()> {
             csr: csr_path,
             out,
             pem,
+            danger_allow_development_pki,
         } => {
             let config = Config::load(&config)?;
             let label = label.unwrap_or_else(|| config.default_label.clone());
             config.label(&label)?;
             let body = std::fs::read(&csr_path).map_err(|e| Error::io(&csr_path, e))?;
             let req = csr::parse(&body)?;
+            let labels = Issuer::load(&config)?;
+            labels.refuse_development_pki(&config, danger_allow_development_pki)?;
             let ledger = Arc::new(RedbLedger::open(&config.ledger)?);
-            let issuer = Issuer::new(&config, ledger.clone())?;
+            let issuer = labels.with_ledger(ledger.clone());
             let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
             let issued = issuer.issue(
                 &label,
@@ -209,9 +234,10 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Serve {
             config,
+            listen,
             log_json,
             danger_allow_development_pki,
-        } => serve(config, log_json, danger_allow_development_pki),
+        } => serve(config, listen, log_json, danger_allow_development_pki),
         Command::Token {
             command:
                 TokenCommand::Create {
@@ -243,19 +269,26 @@ fn run(cli: Cli) -> Result<()> {
             encrypt_passphrase_env,
             encrypt_to,
             archive,
+            danger_allow_development_pki,
         } => {
             let config = Config::load(&config)?;
             config.label(&label)?;
             let pid = matter::Pid::parse(&pid)?;
-            let ledger = Arc::new(RedbLedger::open(&config.ledger)?);
-            let issuer = Issuer::new(&config, ledger.clone())?;
             let devices = match (count, devices) {
                 (_, Some(path)) => batch::Devices::List(path),
                 (Some(n), None) => batch::Devices::Count(n),
                 (None, None) => {
-                    return Err(Error::BadRequest("give --count N or --devices FILE".into()));
+                    return Err(Error::BadRequest(
+                        "give --count N (devices named by the label's cn_prefix) or --devices \
+                         FILE.csv (one hardware ID per line)"
+                            .into(),
+                    ));
                 }
             };
+            let labels = Issuer::load(&config)?;
+            labels.refuse_development_pki(&config, danger_allow_development_pki)?;
+            let ledger = Arc::new(RedbLedger::open(&config.ledger)?);
+            let issuer = labels.with_ledger(ledger.clone());
             let start = std::time::Instant::now();
             let report = batch::run(
                 &issuer,
@@ -336,38 +369,32 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn serve(config: Option<PathBuf>, log_json: bool, danger_dev: bool) -> Result<()> {
+fn serve(
+    config: Option<PathBuf>,
+    listen: Option<std::net::SocketAddr>,
+    log_json: bool,
+    danger_dev: bool,
+) -> Result<()> {
     let _logs = init_logs(log_json);
     let embedded = config.is_none();
     let config_path = match config {
         Some(path) => path,
         None => dev::init(std::path::Path::new(EMBEDDED_DIR), false)?.config,
     };
-    let config = Config::load(&config_path)?;
+    let mut config = Config::load(&config_path)?;
+    if let Some(addr) = listen {
+        config.server.listen = addr;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(issuing_threads())
         .build()
         .map_err(|e| Error::Internal(e.to_string()))?;
+    // Labels first: a refused configuration opens (and creates) nothing.
+    let labels = Issuer::load(&config)?;
+    labels.refuse_development_pki(&config, danger_dev)?;
     let ledger = Arc::new(RedbLedger::open(&config.ledger)?);
-    let issuer = Arc::new(Issuer::new(&config, ledger.clone())?);
-    let test_vid = issuer
-        .labels()
-        .find(|l| (0xfff1..=0xfff4).contains(&l.pai.vid.value()));
-    if let Some(label) = test_vid
-        && !config.danger_development_pki
-        && !danger_dev
-    {
-        return Err(Error::Config {
-            file: config.path.clone(),
-            key: format!("labels.{}.pai", label.config.name),
-            problem: format!(
-                "the PAI has test VID {}: development material; set danger_development_pki = true \
-                 or pass --danger-allow-development-pki if that is intended",
-                label.pai.vid
-            ),
-        });
-    }
+    let issuer = Arc::new(labels.with_ledger(ledger.clone()));
     runtime.block_on(async {
         let running = server::start(&config, issuer).await?;
         tracing::info!(addr = %running.addr, config = %config.path.display(), "matter-est serving");

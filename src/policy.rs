@@ -210,10 +210,7 @@ impl Policy {
     pub fn new(issuer: &Issuer) -> Result<Self> {
         let mut labels = BTreeMap::new();
         for label in issuer.labels() {
-            let mut cas = Vec::new();
-            for path in &label.config.client_cas {
-                cas.extend(read_pem_certs(path)?);
-            }
+            let cas = client_cas(&label.config)?;
             let pai = CertificateDer::from(label.pai.der.clone());
             let dacs =
                 Anchors::new(&[pai])?.ok_or_else(|| Error::Internal("no PAI anchor".into()))?;
@@ -232,9 +229,7 @@ impl Policy {
     pub fn all_anchors(issuer: &Issuer) -> Result<Vec<CertificateDer<'static>>> {
         let mut all = Vec::new();
         for label in issuer.labels() {
-            for path in &label.config.client_cas {
-                all.extend(read_pem_certs(path)?);
-            }
+            all.extend(client_cas(&label.config)?);
             all.push(CertificateDer::from(label.pai.der.clone()));
         }
         Ok(all)
@@ -502,6 +497,18 @@ fn emails_equal(a: &str, b: &str) -> bool {
         (Some((la, da)), Some((lb, db))) => la == lb && da.eq_ignore_ascii_case(db),
         _ => false,
     }
+}
+
+/// The certificates of a label's `client_cas` files.
+fn client_cas(label: &LabelConfig) -> Result<Vec<CertificateDer<'static>>> {
+    let mut cas = Vec::new();
+    for path in &label.client_cas {
+        cas.extend(
+            read_pem_certs(path)
+                .map_err(|e| e.in_key(format!("labels.{}.client_cas", label.name)))?,
+        );
+    }
+    Ok(cas)
 }
 
 fn authenticate_token(label: &LabelConfig, basic: &Basic, ledger: &dyn Ledger) -> Result<Enroller> {

@@ -47,15 +47,32 @@ impl Running {
 /// Starts serving `issuer` (loaded from `config`) on `config.server.listen`.
 pub async fn start(config: &Config, issuer: Arc<Issuer>) -> Result<Running> {
     let anchors = Policy::all_anchors(&issuer)?;
-    let tls_config = tls::server_config(&config.server.tls_cert, &config.server.tls_key, &anchors)?;
+    let tls_config = tls::server_config(&config.server.tls_cert, &config.server.tls_key, &anchors)
+        .map_err(|e| {
+            let key = match &e {
+                Error::Io { path, .. } if *path == config.server.tls_cert => "server.tls_cert",
+                _ => "server.tls_key",
+            };
+            e.in_key(key)
+        })?;
     let app = Arc::new(App::new(
         issuer,
         config.default_label.clone(),
         config.server.limits.clone(),
     )?);
-    let listener = TcpListener::bind(config.server.listen)
-        .await
-        .map_err(|e| Error::io(config.server.listen.to_string(), e))?;
+    let listener = TcpListener::bind(config.server.listen).await.map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+            "; another process listens there: stop it, or change server.listen (or pass \
+                 serve --listen ADDR)"
+        } else {
+            ""
+        };
+        Error::Config {
+            file: config.path.clone(),
+            key: "server.listen".into(),
+            problem: format!("cannot listen on {}: {e}{hint}", config.server.listen),
+        }
+    })?;
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Internal(e.to_string()))?;
