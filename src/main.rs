@@ -397,7 +397,31 @@ fn serve(
     let issuer = Arc::new(labels.with_ledger(ledger.clone()));
     runtime.block_on(async {
         let running = server::start(&config, issuer).await?;
-        tracing::info!(addr = %running.addr, config = %config.path.display(), "matter-est serving");
+        tracing::info!(
+            addr = %running.addr,
+            config = %config.path.display(),
+            ledger = %config.ledger.display(),
+            "matter-est serving"
+        );
+        for label in running.app.issuer.labels() {
+            let pids = match &label.config.pids {
+                matter_est::profile::PidPolicy::Any => "any".to_string(),
+                matter_est::profile::PidPolicy::Only(set) => set
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            };
+            tracing::info!(
+                label = %label.config.name,
+                default = label.config.name == config.default_label,
+                pai = %label.pai.subject,
+                vid = %label.pai.vid,
+                pids = %pids,
+                quota = label.config.quota.map_or("none".to_string(), |q| q.to_string()),
+                "label served"
+            );
+        }
         if embedded {
             print_try_it(&running.addr, &config.default_label);
         }
@@ -482,6 +506,13 @@ async fn shutdown_signal() {
 fn print_try_it(addr: &std::net::SocketAddr, label: &str) {
     let d = EMBEDDED_DIR;
     let port = addr.port();
+    // The client built beside this binary (`cargo build --release` makes both), wherever this
+    // is run from; else the name an installed client has.
+    let client = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("est-client")))
+        .filter(|p| p.exists())
+        .map_or("est-client".to_string(), |p| p.display().to_string());
     println!(
         r#"
 matter-est is serving the embedded default (development PKI, test VID FFF1) on https://localhost:{port}/
@@ -499,7 +530,7 @@ Try it from another terminal:
       https://localhost:{port}/.well-known/est/{label}/simpleenroll | openssl base64 -d | openssl pkcs7 -inform DER -print_certs > dac-chain.pem
 
   # or with the bundled client (a new key and Matter CSR made for you; writes device-0002.*.pem)
-  cargo run --release -p est-client -- enroll --server https://localhost:{port} --label {label} --cacert {d}/tls/ca.pem \
+  {client} enroll --server https://localhost:{port} --label {label} --cacert {d}/tls/ca.pem \
       --cert {d}/clients/gateway.pem --key {d}/clients/gateway.key --vid FFF1 --pid 8000 --device-id device-0002 --out device-0002
 
 "#

@@ -25,8 +25,22 @@ fn serve_logs_json_and_stops_on_sigterm() {
     // The first line says where it listens.
     let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
     assert_eq!(first["fields"]["message"], "matter-est serving");
+    assert!(
+        first["fields"]["ledger"]
+            .as_str()
+            .unwrap()
+            .ends_with("ledger.redb")
+    );
     let addr = first["fields"]["addr"].as_str().unwrap().to_string();
     let port = addr.rsplit(':').next().unwrap();
+    // Then one line per label: what it serves.
+    let label: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let f = &label["fields"];
+    assert_eq!(f["message"], "label served");
+    assert_eq!(f["label"], "dev");
+    assert_eq!(f["vid"], "FFF1");
+    assert_eq!(f["pids"], "any");
+    assert!(f["pai"].as_str().unwrap().contains("Matter Dev PAI"), "{f}");
 
     // One enrollment with curl.
     let csr_path = env.path("d.csr");
@@ -62,6 +76,8 @@ fn serve_logs_json_and_stops_on_sigterm() {
     assert_eq!(f["status"], 200);
     assert_eq!(f["identity"], "client:cn:gw-line-1");
     assert_eq!(f["serial"].as_str().unwrap().len(), 32);
+    // Durations are integer microseconds.
+    assert!(f["duration_us"].is_u64(), "{f}");
     assert!(!line.contains("PRIVATE KEY"));
 
     // SIGTERM: graceful shutdown, ledger closed, exit 0.

@@ -166,7 +166,7 @@ pub async fn handle(
         status,
         serial = outcome.serial.as_deref().unwrap_or("-"),
         error = outcome.error.as_deref().unwrap_or("-"),
-        ms = start.elapsed().as_secs_f64() * 1e3,
+        duration_us = start.elapsed().as_micros() as u64,
         "request"
     );
     Ok(into_response(reply))

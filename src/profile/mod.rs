@@ -74,6 +74,8 @@ pub struct DacProfile {
 #[derive(Clone, Debug)]
 pub struct Pai {
     pub der: Vec<u8>,
+    /// The subject as text, for logs and messages.
+    pub subject: String,
     pub subject_der: Vec<u8>,
     pub skid: Vec<u8>,
     pub vid: Vid,
@@ -94,6 +96,7 @@ impl Pai {
             .ok_or_else(|| Error::BadRequest("the PAI has no VID".into()))?;
         Ok(Self {
             der: der.to_vec(),
+            subject: parsed.cert.tbs_certificate().subject().to_string(),
             skid: parsed.skid().unwrap_or_default(),
             subject_der: parsed.subject_der,
             vid,
