@@ -114,6 +114,18 @@ enum Command {
         #[arg(long)]
         danger_allow_development_pki: bool,
     },
+    /// Print a shell completion script (e.g. `matter-est completions bash >
+    /// /etc/bash_completion.d/matter-est`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages (matter-est.1 and one per subcommand) into a directory.
+    Man {
+        /// The directory (created if missing).
+        #[arg(long, default_value = "man")]
+        out: PathBuf,
+    },
     /// Make a Matter CSR (P-256 key, CN/VID/PID subject) with our own code, to try `issue`.
     SampleCsr {
         /// Where to write the CSR (PEM).
@@ -335,6 +347,29 @@ fn run(cli: Cli) -> Result<()> {
                 )))
             }
         }
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "matter-est",
+                &mut script,
+            );
+            // A closed pipe (`| head`) is the reader's choice, not an error.
+            match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(Error::io("standard output", e))
+                }
+                _ => Ok(()),
+            }
+        }
+        Command::Man { out } => {
+            std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+            clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &out)
+                .map_err(|e| Error::io(&out, e))?;
+            println!("wrote the manual pages to {}", out.display());
+            Ok(())
+        }
         Command::SampleCsr {
             out,
             key_out,
@@ -535,4 +570,29 @@ Try it from another terminal:
 
 "#
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 18: `--help` of every command documents every option.
+    #[test]
+    fn every_option_has_help_text() {
+        fn check(cmd: &clap::Command, path: &str) {
+            let path = format!("{path} {}", cmd.get_name());
+            assert!(cmd.get_about().is_some(), "{path} has no description");
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                assert!(arg.get_help().is_some(), "{path} --{id} has no help text");
+            }
+            for sub in cmd.get_subcommands() {
+                check(sub, &path);
+            }
+        }
+        check(&<Cli as clap::CommandFactory>::command(), "");
+    }
 }
