@@ -96,6 +96,10 @@ pub struct Summary {
     pub pid: String,
     /// "count" or the device list's path.
     pub devices: String,
+    /// SHA-256 of the device list's IDs (one per line), for a list: a rerun must bring the
+    /// same list.
+    #[serde(default)]
+    pub devices_sha256: Option<String>,
     /// Devices requested.
     pub requested: u64,
     /// Devices done (in the manifest).
@@ -116,21 +120,37 @@ pub struct Report {
     pub made: u64,
     /// Devices recovered from an interrupted run.
     pub recovered: u64,
-    /// Per-device failures (device ID, reason).
-    pub failures: Vec<(String, String)>,
+    /// Per-device failures.
+    pub failures: Vec<Failure>,
 }
 
-/// Runs (or resumes) a batch.
+/// A device the batch could not make.
+#[derive(Debug)]
+pub struct Failure {
+    pub device_id: String,
+    pub reason: String,
+    /// A rerun cannot fix it (the device's subject is taken, its ID breaks a rule): the input
+    /// must change. Otherwise (a disk or ledger error) a rerun retries it.
+    pub permanent: bool,
+}
+
+impl Failure {
+    fn new(device_id: String, e: &Error) -> Self {
+        Self {
+            device_id,
+            reason: e.to_string(),
+            permanent: e.kind() != crate::error::ErrorKind::Internal,
+        }
+    }
+}
+
+/// Runs (or resumes) a batch. Everything it is given is checked before anything is created:
+/// the label and PID, the device list, the key protection, the quota, and, in an existing
+/// output directory, that `batch.json` describes this same batch.
 pub fn run(issuer: &Issuer, opts: &BatchOptions) -> Result<Report> {
     let label = issuer.label(&opts.label)?.clone();
     label.profile.check_pid(&label.pai, opts.pid)?;
     let out = &opts.out;
-    mkdir_private(out)?;
-    mkdir_private(&out.join("devices"))?;
-    let source = match &opts.devices {
-        Devices::Count(_) => "count".to_string(),
-        Devices::List(p) => p.display().to_string(),
-    };
     let key_encryption = match (&opts.passphrase_env, &opts.encrypt_to) {
         (Some(_), Some(_)) => {
             return Err(Error::BadRequest(
@@ -141,81 +161,18 @@ pub fn run(issuer: &Issuer, opts: &BatchOptions) -> Result<Report> {
         (None, Some(_)) => "cms-enveloped-ecdh-p256-aes256".to_string(),
         (None, None) => "none".to_string(),
     };
-    let summary_path = out.join("batch.json");
-    let mut summary = match fs::read(&summary_path) {
-        Ok(bytes) => {
-            let s: Summary = serde_json::from_slice(&bytes)
-                .map_err(|e| Error::io(&summary_path, format!("unreadable: {e}")))?;
-            if s.label != opts.label
-                || s.pid != opts.pid.to_string()
-                || s.devices != source
-                || s.key_encryption != key_encryption
-            {
-                return Err(Error::io(
-                    out,
-                    format!(
-                        "holds a batch for label {} PID {} ({}, keys {}); resume it with the same options or use another --out",
-                        s.label, s.pid, s.devices, s.key_encryption
-                    ),
-                ));
-            }
-            s
-        }
-        Err(_) => Summary {
-            label: opts.label.clone(),
-            vid: label.pai.vid.to_string(),
-            pid: opts.pid.to_string(),
-            devices: source,
-            requested: 0,
-            count: 0,
-            first_serial: None,
-            last_serial: None,
-            created_at: asn1::now(),
-            status: "partial".into(),
-            key_encryption,
-        },
+    let (source, ids) = match &opts.devices {
+        Devices::Count(_) => ("count".to_string(), None),
+        Devices::List(p) => (p.display().to_string(), Some(read_device_ids(p)?)),
     };
-    write_chain(out, &label)?;
-
-    // Recover what an interrupted run left.
-    let mut manifest = Manifest::load(out)?;
-    let recovered = recover(issuer, out, &mut manifest)?;
-    manifest.rewrite(out)?;
-
-    // What is left to do.
-    let done: BTreeSet<String> = manifest
-        .entries
-        .iter()
-        .map(|e| e.device_id.clone())
-        .collect();
-    let (requested, todo): (u64, Box<dyn Iterator<Item = Result<Option<String>>> + Send>) =
-        match &opts.devices {
-            Devices::Count(n) => {
-                let left = n.saturating_sub(done.len() as u64);
-                (*n, Box::new((0..left).map(|_| Ok(None))))
-            }
-            Devices::List(path) => {
-                let ids = read_device_ids(path)?;
-                let requested = ids.len() as u64;
-                let left: Vec<_> = ids.into_iter().filter(|id| !done.contains(id)).collect();
-                (requested, Box::new(left.into_iter().map(|id| Ok(Some(id)))))
-            }
-        };
-    summary.requested = requested;
-    let left = requested.saturating_sub(done.len() as u64);
-
-    // Quota: the whole batch is refused up front if it cannot fit.
-    if let Some(quota) = label.config.quota {
-        let used = issuer.ledger().count(&label.config.name)?;
-        if used + left > quota {
-            return Err(Error::Forbidden(format!(
-                "label {:?} has {} of its quota of {quota} DACs left; this batch needs {left}",
-                label.config.name,
-                quota.saturating_sub(used)
-            )));
-        }
-    }
-
+    let requested = match (&opts.devices, &ids) {
+        (_, Some(ids)) => ids.len() as u64,
+        (Devices::Count(n), None) => *n,
+        (Devices::List(_), None) => 0,
+    };
+    let devices_sha256 = ids
+        .as_ref()
+        .map(|ids| sha256_hex(ids.join("\n").as_bytes()));
     let encryptor = match (&opts.passphrase_env, &opts.encrypt_to) {
         (Some(var), _) => {
             let pass = std::env::var(var).map_err(|_| Error::KeyFile {
@@ -231,6 +188,92 @@ pub fn run(issuer: &Issuer, opts: &BatchOptions) -> Result<Report> {
         ))),
         (None, None) => None,
     };
+    let summary_path = out.join("batch.json");
+    let mut summary = match fs::read(&summary_path) {
+        Ok(bytes) => {
+            let s: Summary = serde_json::from_slice(&bytes)
+                .map_err(|e| Error::io(&summary_path, format!("unreadable: {e}")))?;
+            if s.label != opts.label
+                || s.pid != opts.pid.to_string()
+                || s.devices != source
+                || s.key_encryption != key_encryption
+                || s.requested != requested
+                || s.devices_sha256 != devices_sha256
+            {
+                let what = match &s.devices_sha256 {
+                    Some(_) => format!("the device list {}", s.devices),
+                    None => format!("--count {}", s.requested),
+                };
+                return Err(Error::io(
+                    out,
+                    format!(
+                        "holds a batch of {} devices for label {} PID {} ({what}, keys {}); \
+                         rerun it with exactly the same options to resume it, or use another --out",
+                        s.requested, s.label, s.pid, s.key_encryption
+                    ),
+                ));
+            }
+            s
+        }
+        Err(_) => Summary {
+            label: opts.label.clone(),
+            vid: label.pai.vid.to_string(),
+            pid: opts.pid.to_string(),
+            devices: source,
+            devices_sha256,
+            requested,
+            count: 0,
+            first_serial: None,
+            last_serial: None,
+            created_at: asn1::now(),
+            status: "partial".into(),
+            key_encryption,
+        },
+    };
+    // Quota: a batch that cannot fit is refused before anything is made (resumed devices are
+    // already counted, so a rerun needs only what is left).
+    let already_done = Manifest::load(out)?.entries.len() as u64;
+    if let Some(quota) = label.config.quota {
+        let used = issuer.ledger().count(&label.config.name)?;
+        let left = requested.saturating_sub(already_done);
+        if used + left > quota {
+            return Err(Error::Forbidden(format!(
+                "label {:?} has {} of its quota of {quota} DACs left; this batch needs {left}",
+                label.config.name,
+                quota.saturating_sub(used)
+            )));
+        }
+    }
+
+    mkdir_private(out)?;
+    mkdir_private(&out.join("devices"))?;
+    // batch.json first, "partial" until the last device is done, so that an interrupted batch
+    // says what it is.
+    write_summary(out, &summary)?;
+    write_chain(out, &label)?;
+
+    // Recover what an interrupted run left.
+    let mut manifest = Manifest::load(out)?;
+    let recovered = recover(issuer, out, &mut manifest)?;
+    manifest.rewrite(out)?;
+
+    // What is left to do.
+    let done: BTreeSet<String> = manifest
+        .entries
+        .iter()
+        .map(|e| e.device_id.clone())
+        .collect();
+    let todo: Box<dyn Iterator<Item = Result<Option<String>>> + Send> = match ids {
+        None => {
+            let left = requested.saturating_sub(done.len() as u64);
+            Box::new((0..left).map(|_| Ok(None)))
+        }
+        Some(ids) => {
+            let left: Vec<_> = ids.into_iter().filter(|id| !done.contains(id)).collect();
+            Box::new(left.into_iter().map(|id| Ok(Some(id))))
+        }
+    };
+    let left = requested.saturating_sub(done.len() as u64);
 
     let progress = if opts.progress {
         let bar = indicatif::ProgressBar::new(left);
@@ -267,12 +310,7 @@ pub fn run(issuer: &Issuer, opts: &BatchOptions) -> Result<Report> {
     } else {
         "partial".into()
     };
-    dev::write_file(
-        out,
-        "batch.json",
-        &serde_json::to_vec_pretty(&summary).map_err(|e| Error::Internal(e.to_string()))?,
-        0o600,
-    )?;
+    write_summary(out, &summary)?;
     if opts.archive && summary.status == "complete" {
         write_archive(out)?;
     }
@@ -282,6 +320,16 @@ pub fn run(issuer: &Issuer, opts: &BatchOptions) -> Result<Report> {
         recovered,
         failures: made.1,
     })
+}
+
+/// Writes `batch.json` (0600).
+fn write_summary(out: &Path, summary: &Summary) -> Result<()> {
+    dev::write_file(
+        out,
+        "batch.json",
+        &serde_json::to_vec_pretty(summary).map_err(|e| Error::Internal(e.to_string()))?,
+        0o600,
+    )
 }
 
 /// A finished device on its way to the ledger.
@@ -301,7 +349,7 @@ fn produce(
     manifest: &mut Manifest,
     summary: &mut Summary,
     progress: &indicatif::ProgressBar,
-) -> Result<(u64, Vec<(String, String)>)> {
+) -> Result<(u64, Vec<Failure>)> {
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     // Jobs and results travel in chunks: one channel hand-off (and at most one wake-up) per
     // chunk instead of per device.
@@ -375,7 +423,7 @@ fn produce(
                             Ok(m) => group.push(m),
                             Err((id, e)) => {
                                 progress.inc(1);
-                                failures.push((id, e.to_string()));
+                                failures.push(Failure::new(id, &e));
                             }
                         }
                     }
@@ -499,7 +547,7 @@ fn publish(
     in_flight: InFlight,
     devices: &Path,
     manifest: &mut Manifest,
-    failures: &mut Vec<(String, String)>,
+    failures: &mut Vec<Failure>,
 ) -> Result<u64> {
     let mut finished = 0;
     for (m, pending) in in_flight.group.into_iter().zip(in_flight.pendings) {
@@ -512,11 +560,15 @@ fn publish(
             // A fresh key cannot already hold a subject; refuse rather than keep a stray key.
             Ok(Committed::AlreadyOnRecord(_)) => {
                 DeviceFiles::new(devices, &m.device_id).remove()?;
-                failures.push((m.device_id, "already on record".into()));
+                failures.push(Failure {
+                    device_id: m.device_id,
+                    reason: "already on record".into(),
+                    permanent: true,
+                });
             }
             Err(e) => {
                 DeviceFiles::new(devices, &m.device_id).remove()?;
-                failures.push((m.device_id, e.to_string()));
+                failures.push(Failure::new(m.device_id, &e));
             }
         }
     }

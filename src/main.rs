@@ -318,8 +318,13 @@ fn run(cli: Cli) -> Result<()> {
             drop(issuer);
             ledger.close();
             let secs = start.elapsed().as_secs_f64();
-            for (id, reason) in &report.failures {
-                eprintln!("device {id}: {reason}");
+            for f in &report.failures {
+                let kind = if f.permanent {
+                    "permanent"
+                } else {
+                    "retryable"
+                };
+                eprintln!("device {}: {kind}: {}", f.device_id, f.reason);
             }
             let s = &report.summary;
             println!(
@@ -338,13 +343,18 @@ fn run(cli: Cli) -> Result<()> {
                 s.key_encryption,
             );
             println!("output: {}", out.display());
-            if report.failures.is_empty() {
-                Ok(())
-            } else {
-                Err(Error::BadRequest(format!(
-                    "{} devices failed; rerun the same command to retry them",
-                    report.failures.len()
-                )))
+            let permanent = report.failures.iter().filter(|f| f.permanent).count();
+            let retryable = report.failures.len() - permanent;
+            match (permanent, retryable) {
+                (0, 0) => Ok(()),
+                (p, 0) => Err(Error::BadRequest(format!(
+                    "{p} devices failed permanently (a rerun will not fix them): change or \
+                     remove them in the device list"
+                ))),
+                (p, r) => Err(Error::BadRequest(format!(
+                    "{r} devices failed and may succeed on a rerun of the same command; {p} \
+                     failed permanently"
+                ))),
             }
         }
         Command::Completions { shell } => {

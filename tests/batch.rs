@@ -236,9 +236,61 @@ fn quota_refuses_the_whole_batch_before_any_work() {
         err.contains("has 50 of its quota of 50 DACs left; this batch needs 51"),
         "{err}"
     );
-    assert_eq!(std::fs::read_dir(out.join("devices")).unwrap().count(), 0);
+    assert!(!out.exists(), "nothing created");
     let (_issuer, ledger) = env.issuer();
     assert_eq!(ledger.count("dev").unwrap(), 0);
+}
+
+/// Issue 18: input is checked before anything is created; a rerun must be the same batch;
+/// permanent failures are named as such.
+#[test]
+fn batch_input_is_checked_first_and_a_rerun_must_match() {
+    let env = DevEnv::new(|t| t);
+    let bad = env.path("bad.csv");
+    std::fs::write(&bad, "device_id\nhw-1\nhw 2\n").unwrap();
+    let out = env.path("bad-batch");
+    let run = batch(&env, &out, &["--devices", bad.to_str().unwrap()]);
+    assert!(!run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("line 3") && err.contains("hw 2"), "{err}");
+    assert!(!out.exists(), "nothing created for a bad list");
+
+    let out = env.path("ten");
+    assert_success(&batch(&env, &out, &["--count", "10"]));
+    for other in ["20", "5"] {
+        let run = batch(&env, &out, &["--count", other]);
+        assert!(!run.status.success(), "--count {other} accepted");
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            err.contains("holds a batch of 10 devices") && err.contains("--count 10"),
+            "{err}"
+        );
+    }
+    assert_eq!(manifest(&out).len(), 10);
+    // The same command again: nothing to do, still complete.
+    assert_success(&batch(&env, &out, &["--count", "10"]));
+    assert_eq!(manifest(&out).len(), 10);
+
+    // A device whose subject is already taken fails permanently.
+    let first = env.path("first.csv");
+    std::fs::write(&first, "hw-1\nhw-2\n").unwrap();
+    assert_success(&batch(
+        &env,
+        &env.path("first"),
+        &["--devices", first.to_str().unwrap()],
+    ));
+    let second = env.path("second.csv");
+    std::fs::write(&second, "hw-1\nhw-3\n").unwrap();
+    let run = batch(
+        &env,
+        &env.path("second"),
+        &["--devices", second.to_str().unwrap()],
+    );
+    assert!(!run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("device hw-1: permanent:"), "{err}");
+    assert!(err.contains("failed permanently"), "{err}");
+    assert!(!err.contains("rerun the same command"), "{err}");
 }
 
 #[test]
@@ -269,11 +321,9 @@ fn a_killed_batch_resumes_without_loss_or_duplicates() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    let partial: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(out.join("batch.json"))
-            .unwrap_or_else(|_| b"{\"status\":\"partial\"}".to_vec()),
-    )
-    .unwrap();
+    // batch.json is written at the start, so a killed batch says what it is.
+    let partial: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("batch.json")).unwrap()).unwrap();
     assert_eq!(partial["status"], "partial");
     let before = manifest(&out).len();
     assert!(before < 6_000, "killed before the end ({before})");
