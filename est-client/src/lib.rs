@@ -210,7 +210,7 @@ impl Client {
     }
 
     async fn enroll(&self, op: &str, csr_der: &[u8]) -> Result<Enrolled> {
-        let body = base64::engine::general_purpose::STANDARD.encode(csr_der);
+        let body = wire::base64_lines(csr_der);
         let a = self.send("POST", &self.path(op), Some(body)).await?;
         if a.status == 202 {
             return Ok(Enrolled::Pending {

@@ -1,9 +1,29 @@
 //! Decoding what EST servers send (RFC 7030 §4, RFC 8951): base64 with or without wrapping
 //! (libest: LF every 64 columns; globalsign/est: CRLF every 76; some: one line), with or without
-//! `Content-Transfer-Encoding`, and certs-only CMS SignedData.
+//! `Content-Transfer-Encoding`, and certs-only CMS SignedData; and encoding what we send.
+
+use base64::Engine;
 
 use crate::{Error, Result};
-use base64::Engine;
+
+/// Base64 line length of request bodies: what PEM and libest use. OpenSSL's base64 reader
+/// (libest's server: "Invalid or corrupted pkcs10 request") needs line breaks (EST-WIRE.md
+/// "Bodies").
+const LINE: usize = 64;
+
+/// A request body: base64 of `der` in lines of 64 columns, each ending in CRLF.
+pub fn base64_lines(der: &[u8]) -> String {
+    let text = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::with_capacity(text.len() + 2 * text.len().div_ceil(LINE));
+    let mut rest = text.as_str();
+    while !rest.is_empty() {
+        let (line, tail) = rest.split_at(rest.len().min(LINE));
+        out.push_str(line);
+        out.push_str("\r\n");
+        rest = tail;
+    }
+    out
+}
 
 /// The bytes of a base64 body, whatever its wrapping; a DER body (a server that forgot the
 /// base64) is taken as is.
@@ -114,6 +134,19 @@ mod tests {
         base64::engine::general_purpose::STANDARD
             .encode(der)
             .into_bytes()
+    }
+
+    #[test]
+    fn request_bodies_are_lines_of_64_ending_in_crlf() {
+        for n in [0, 1, 47, 48, 49, 233, 480] {
+            let der: Vec<u8> = (0..n).map(|i| i as u8).collect();
+            let text = base64_lines(&der);
+            assert!(text.is_empty() || text.ends_with("\r\n"), "{n}");
+            let lines: Vec<&str> = text.split_terminator("\r\n").collect();
+            assert!(lines.iter().all(|l| (1..=64).contains(&l.len())), "{n}");
+            assert!(lines.iter().rev().skip(1).all(|l| l.len() == 64), "{n}");
+            assert_eq!(base64_body(text.as_bytes()).unwrap(), der);
+        }
     }
 
     #[test]
