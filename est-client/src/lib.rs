@@ -3,8 +3,10 @@
 //! [`Client`] talks to any EST server over TLS 1.3/1.2 with explicit trust anchors (never the
 //! system store, never "accept any"), an optional client certificate and optional HTTP Basic
 //! credentials, on one keep-alive connection that is re-opened when the server closes it.
-//! [`wire`] decodes what real servers send; [`matter`] makes Matter DAC keys and CSRs.
+//! [`wire`] encodes what we send and decodes what real servers send; [`matter`] makes Matter DAC
+//! keys and CSRs; [`files`] keeps est-client's own files private.
 
+pub mod files;
 pub mod matter;
 pub mod wire;
 
@@ -110,7 +112,7 @@ impl ClientConfig {
                     .map_err(|e| file_err(cert, e.to_string()))?
                     .collect::<std::result::Result<Vec<_>, _>>()
                     .map_err(|e| file_err(cert, e.to_string()))?;
-                let key = PrivateKeyDer::from_pem_file(key)
+                let key = PrivateKeyDer::from_pem_slice(&files::read_private(key)?)
                     .map_err(|e| file_err(key, format!("not a PEM private key: {e}")))?;
                 builder
                     .with_client_auth_cert(chain, key)

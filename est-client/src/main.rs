@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use der::{Decode, Encode};
+use est_client::files::{self, io_err as file_err};
 use est_client::matter::{self, DeviceSubject};
 use est_client::{Client, ClientConfig, Enrolled, Error, Result, wire};
 use sha2::{Digest, Sha256};
@@ -37,7 +38,7 @@ struct Conn {
     /// Client certificate (PEM, leaf first) for mutual TLS.
     #[arg(long, global = true)]
     cert: Option<PathBuf>,
-    /// Its private key (PEM).
+    /// Its private key (PEM); refused when group or others may read it (chmod 600).
     #[arg(long, global = true)]
     key: Option<PathBuf>,
     /// HTTP Basic user (e.g. an enrollment token id); the password comes from the
@@ -68,7 +69,8 @@ enum Command {
         /// Send this CSR (PEM or DER) instead of making a key and CSR.
         #[arg(long)]
         csr: Option<PathBuf>,
-        /// Output prefix: PREFIX.dac.pem, PREFIX.key.pem, PREFIX.chain.pem
+        /// Output prefix: PREFIX.dac.pem, PREFIX.key.pem (0600), PREFIX.chain.pem; a missing
+        /// directory is created 0700.
         #[arg(long)]
         out: PathBuf,
         #[command(flatten)]
@@ -104,8 +106,10 @@ enum Command {
         vid: String,
         #[arg(long)]
         pid: String,
-        /// Output directory: DIR/<device>.key.pem, DIR/<device>.dac.pem, DIR/chain.pem and
-        /// DIR/manifest.jsonl (flat: a directory per device costs the file system more).
+        /// Output directory (created 0700): DIR/<device>.key.pem (0600), DIR/<device>.dac.pem,
+        /// DIR/chain.pem and DIR/manifest.jsonl (0600) (flat: a directory per device costs the
+        /// file system more). A key file left by an earlier run is used again only if it is
+        /// ours: owned by this user, a regular file, mode 0600.
         #[arg(long)]
         out: PathBuf,
         /// Keep-alive connections, each carrying one request at a time (HTTP/1.1 does not
@@ -210,7 +214,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let certs = client(conn, None)?.cacerts().await?;
             let pem = wire::pem(&certs)?;
             match out {
-                Some(path) => matter::write_file(path, pem.as_bytes(), 0o644)?,
+                Some(path) => files::write_file(path, pem.as_bytes(), files::PUBLIC)?,
                 None => print!("{pem}"),
             }
             eprintln!("{} CA certificates", certs.len());
@@ -377,7 +381,7 @@ async fn gateway(
     connections: usize,
 ) -> Result<ExitCode> {
     let ids = read_devices(devices)?;
-    std::fs::create_dir_all(out).map_err(|e| file_err(out, e))?;
+    files::create_private_dir(out)?;
     let manifest_path = out.join("manifest.jsonl");
     let done = read_done(&manifest_path);
     let todo: Vec<String> = ids
@@ -388,11 +392,7 @@ async fn gateway(
     let clients: Vec<Client> = (0..connections.max(1))
         .map(|_| client(conn, None))
         .collect::<Result<_>>()?;
-    let manifest = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&manifest_path)
-        .map_err(|e| file_err(&manifest_path, e))?;
+    let manifest = files::open_private_append(&manifest_path)?;
     let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         indicatif::ProgressBar::new(total as u64)
     } else {
@@ -557,16 +557,16 @@ fn write_chunk(
             let serial = x509_cert::Certificate::from_der(&certs[0])
                 .map(|c| hex(c.tbs_certificate().serial_number().as_bytes()))
                 .map_err(|e| Error::BadResponse(format!("the DAC does not parse: {e}")))?;
-            matter::write_new_file(
+            files::write_new_file(
                 &out.join(format!("{id}.dac.pem")),
                 dac_pem.as_bytes(),
-                0o644,
+                files::PUBLIC,
             )?;
             if !*chain_written {
-                matter::write_file(
+                files::write_file(
                     &out.join("chain.pem"),
                     wire::pem(&certs[1..])?.as_bytes(),
-                    0o644,
+                    files::PUBLIC,
                 )?;
                 *chain_written = true;
             }
@@ -594,28 +594,19 @@ fn write_chunk(
 
 /// The device's key: the one a previous, interrupted run wrote (so a lost response is retried
 /// with the same key and subject and gets the same DAC back), else a new one (not yet synced).
-/// A key file that exists but cannot be read is the device's error, never replaced: its CSR may
-/// have been sent. One that is read but is not PEM was torn by an interrupted run before it was
-/// synced, so its CSR was never sent: it is replaced.
+/// A key file that exists but cannot be read, or that we did not make (another owner, group or
+/// other permissions, not a regular file: [`files::read_own_key`]), is the device's error,
+/// never replaced: its CSR may have been sent. One that is read but is not PEM was torn by an
+/// interrupted run before it was synced, so its CSR was never sent: it is replaced.
 fn device_key(out: &Path, id: &str) -> Result<Vec<u8>> {
     let key_path = out.join(format!("{id}.key.pem"));
-    match std::fs::read(&key_path) {
-        Ok(pem) => {
-            if let Ok(k) = matter::parse_key(&pem) {
-                return Ok(k);
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(file_err(&key_path, e)),
+    if let Some(pem) = files::read_own_key(&key_path)?
+        && let Ok(k) = matter::parse_key(&pem)
+    {
+        return Ok(k);
     }
     let k = matter::generate_key()?;
-    matter::write_new_file(
-        &key_path,
-        &der::pem::encode_string("PRIVATE KEY", der::pem::LineEnding::LF, &k)
-            .map_err(|e| Error::Usage(e.to_string()))?
-            .into_bytes(),
-        0o600,
-    )?;
+    files::write_new_file(&key_path, matter::key_pem(&k)?.as_bytes(), files::PRIVATE)?;
     Ok(k)
 }
 
@@ -696,32 +687,42 @@ fn read_devices(path: &Path) -> Result<Vec<String>> {
 }
 
 fn write_key(prefix: &Path, key: &[u8], format: Format) -> Result<()> {
+    create_out_dir(prefix)?;
     if format.der {
-        matter::write_file(&with_suffix(prefix, "key.der"), key, 0o600)
+        files::write_file(&with_suffix(prefix, "key.der"), key, files::PRIVATE)
     } else {
         matter::write_key(&with_suffix(prefix, "key.pem"), key)
     }
 }
 
 fn write_outputs(prefix: &Path, certs: &[Vec<u8>], format: Format) -> Result<()> {
+    create_out_dir(prefix)?;
     if format.der {
-        matter::write_file(&with_suffix(prefix, "dac.der"), &certs[0], 0o644)?;
-        matter::write_file(
+        files::write_file(&with_suffix(prefix, "dac.der"), &certs[0], files::PUBLIC)?;
+        files::write_file(
             &with_suffix(prefix, "chain.der"),
             &certs[1..].concat(),
-            0o644,
+            files::PUBLIC,
         )
     } else {
-        matter::write_file(
+        files::write_file(
             &with_suffix(prefix, "dac.pem"),
             wire::pem(&certs[..1])?.as_bytes(),
-            0o644,
+            files::PUBLIC,
         )?;
-        matter::write_file(
+        files::write_file(
             &with_suffix(prefix, "chain.pem"),
             wire::pem(&certs[1..])?.as_bytes(),
-            0o644,
+            files::PUBLIC,
         )
+    }
+}
+
+/// The directory of an output prefix, created 0700 if missing.
+fn create_out_dir(prefix: &Path) -> Result<()> {
+    match prefix.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => files::create_private_dir(dir),
+        _ => Ok(()),
     }
 }
 
@@ -819,11 +820,4 @@ fn csrattrs_oids(der: &[u8]) -> Vec<String> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn file_err(path: &Path, e: std::io::Error) -> Error {
-    Error::File {
-        path: path.display().to_string(),
-        problem: e.to_string(),
-    }
 }

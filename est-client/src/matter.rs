@@ -2,14 +2,12 @@
 //! whose subject carries the device identity (CN and/or serialNumber) and the Matter VID and PID
 //! attributes (Matter Core §6.2.2.2: 4 uppercase hex digits, UTF8String).
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
 
-use crate::{Error, Result};
+use crate::{Error, Result, files};
 
 /// What goes into a device's subject.
 #[derive(Clone, Debug, Default)]
@@ -104,12 +102,10 @@ pub fn csr_for_name(pkcs8: &[u8], name: &[u8]) -> Result<Vec<u8>> {
     Ok(tlv(0x30, &[&info, ecdsa_sha256, &tlv(0x03, &[&bits])]))
 }
 
-/// Reads a PKCS#8 PEM private key.
+/// Reads a PKCS#8 PEM private key given on the command line (refused when group or others may
+/// read it: [`files::read_private`]).
 pub fn read_key(path: &Path) -> Result<Vec<u8>> {
-    let text = std::fs::read(path).map_err(|e| Error::File {
-        path: path.display().to_string(),
-        problem: e.to_string(),
-    })?;
+    let text = files::read_private(path)?;
     parse_key(&text).map_err(|problem| Error::File {
         path: path.display().to_string(),
         problem,
@@ -125,53 +121,15 @@ pub fn parse_key(pem: &[u8]) -> std::result::Result<Vec<u8>, String> {
     Ok(der)
 }
 
+/// A PKCS#8 key as PEM text.
+pub fn key_pem(pkcs8: &[u8]) -> Result<String> {
+    der::pem::encode_string("PRIVATE KEY", der::pem::LineEnding::LF, pkcs8)
+        .map_err(|e| Error::Usage(e.to_string()))
+}
+
 /// Writes a PKCS#8 key as PEM, mode 0600 from creation.
 pub fn write_key(path: &Path, pkcs8: &[u8]) -> Result<()> {
-    let pem = der::pem::encode_string("PRIVATE KEY", der::pem::LineEnding::LF, pkcs8)
-        .map_err(|e| Error::Usage(e.to_string()))?;
-    write_file(path, pem.as_bytes(), 0o600)
-}
-
-/// Writes a file with `mode` set at creation, replacing an existing one.
-pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    let err = |e: std::io::Error| Error::File {
-        path: path.display().to_string(),
-        problem: e.to_string(),
-    };
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(err)?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
-}
-
-/// Writes a new file with `mode` set at creation, without fsync (the caller syncs a group of
-/// files at once).
-pub fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    let err = |e: std::io::Error| Error::File {
-        path: path.display().to_string(),
-        problem: e.to_string(),
-    };
-    let create = || {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(path)
-    };
-    // A leftover of an interrupted run is replaced, never reused with its old mode.
-    let file = match create() {
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            std::fs::remove_file(path).and_then(|_| create())
-        }
-        other => other,
-    };
-    file.and_then(|mut f| f.write_all(bytes)).map_err(err)
+    files::write_file(path, key_pem(pkcs8)?.as_bytes(), files::PRIVATE)
 }
 
 fn tlv(tag: u8, parts: &[&[u8]]) -> Vec<u8> {

@@ -3,6 +3,7 @@
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
+mod fake;
 
 use std::path::Path;
 use std::process::Command;
@@ -239,25 +240,10 @@ fn gateway_cmd(server: &TestServer, devices: &Path, out: &Path) -> Command {
 
 /// The gateway's DAC for `id`, after checking that it certifies the gateway's key for `id`.
 fn device_certified(out: &Path, id: &str) -> x509_cert::Certificate {
-    let pem = std::fs::read(out.join(format!("{id}.dac.pem"))).unwrap();
-    let (_, dac) = der::pem::decode_vec(&pem).unwrap();
-    let cert: x509_cert::Certificate = der::Decode::from_der(&dac).unwrap();
-    let key = matter::read_key(&out.join(format!("{id}.key.pem"))).unwrap();
-    let pair = ring::signature::EcdsaKeyPair::from_pkcs8(
-        &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
-        &key,
-        &ring::rand::SystemRandom::new(),
+    fake::assert_certifies(
+        &out.join(format!("{id}.dac.pem")),
+        &out.join(format!("{id}.key.pem")),
     )
-    .unwrap();
-    assert_eq!(
-        ring::signature::KeyPair::public_key(&pair).as_ref(),
-        cert.tbs_certificate()
-            .subject_public_key_info()
-            .subject_public_key
-            .raw_bytes(),
-        "{id}: the DAC certifies the device's key"
-    );
-    cert
 }
 
 /// Runs `est-client gateway` to its end, off the test's async threads.
@@ -373,10 +359,12 @@ async fn gateway_replaces_a_torn_key_and_fails_alone_on_an_unreadable_one() {
     std::fs::write(&devices, "torn-1\nblocked-1\nplain-1\n").unwrap();
     let out = dir.path().join("out");
     std::fs::create_dir_all(&out).unwrap();
-    // A key torn by a kill before it was synced (so its CSR was never sent)...
-    std::fs::write(
-        out.join("torn-1.key.pem"),
-        "-----BEGIN PRIVATE KEY-----\nMIGH",
+    // A key (created 0600, as est-client creates keys) torn by a kill before it was synced, so
+    // its CSR was never sent...
+    est_client::files::write_file(
+        &out.join("torn-1.key.pem"),
+        b"-----BEGIN PRIVATE KEY-----\nMIGH",
+        est_client::files::PRIVATE,
     )
     .unwrap();
     // ...and one that cannot be read: never replaced, the device fails alone.
