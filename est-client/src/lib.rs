@@ -4,7 +4,7 @@
 //! system store, never "accept any"), an optional client certificate and optional HTTP Basic
 //! credentials, on one keep-alive connection that is re-opened when the server closes it.
 //! [`wire`] encodes what we send and decodes what real servers send; [`matter`] makes Matter DAC
-//! keys and CSRs; [`files`] keeps est-client's own files private.
+//! keys and CSRs and checks the DAC returned; [`files`] keeps est-client's own files private.
 
 pub mod files;
 pub mod matter;
@@ -46,6 +46,10 @@ pub enum Error {
     BadResponse(String),
     #[error("{path}: {problem}")]
     File { path: String, problem: String },
+    #[error(
+        "the server returned a certificate that is not the Matter DAC requested: {problem} (serial {serial}; --accept-non-matter keeps such a certificate)"
+    )]
+    NotMatter { serial: String, problem: String },
     #[error("{0}")]
     Usage(String),
 }
@@ -56,8 +60,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// What an enrollment returned.
 #[derive(Debug)]
 pub enum Enrolled {
-    /// The certificates of the certs-only response, in wire order (the issued one first).
-    Certificates(Vec<Vec<u8>>),
+    /// The certificate issued for the CSR's key, found by that key, and its chain.
+    Issued(wire::Issued),
     /// 202: the server holds the request (manual approval); ask again after this long
     /// (RFC 7030 §4.2.3).
     Pending { retry_after: Duration },
@@ -230,7 +234,25 @@ impl Client {
                 a.content_type
             )));
         }
-        wire::certs_only(&a.body).map(Enrolled::Certificates)
+        let certs = wire::certs_only(&a.body)?;
+        wire::issued_for(&certs, csr_der).map(Enrolled::Issued)
+    }
+
+    /// The chain above an issued certificate: the one the server sent with it, else its issuers
+    /// among the `/cacerts` certificates (a server may answer an enrollment with the certificate
+    /// alone, RFC 7030 §4.2.3); an error when neither holds its issuer.
+    pub async fn chain_for(&self, issued: &wire::Issued) -> Result<Vec<Vec<u8>>> {
+        if !issued.chain.is_empty() {
+            return Ok(issued.chain.clone());
+        }
+        let chain = wire::chain_above(&issued.certificate, &self.cacerts().await?)?;
+        if chain.is_empty() {
+            return Err(Error::BadResponse(
+                "the server sent the certificate alone and /cacerts holds none of its issuers"
+                    .into(),
+            ));
+        }
+        Ok(chain)
     }
 
     fn expect_ok(&self, a: &Answer) -> Result<()> {

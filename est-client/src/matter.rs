@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use der::Decode;
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
 
@@ -53,10 +54,6 @@ pub fn csr(pkcs8: &[u8], subject: &DeviceSubject) -> Result<Vec<u8>> {
             "the device ID (CN) is at most 64 characters".into(),
         ));
     }
-    const CN: &[u8] = &[0x55, 0x04, 0x03];
-    const SERIAL: &[u8] = &[0x55, 0x04, 0x05];
-    const VID: &[u8] = &[0x2b, 0x06, 0x01, 0x04, 0x01, 0x82, 0xa2, 0x7c, 0x02, 0x01];
-    const PID: &[u8] = &[0x2b, 0x06, 0x01, 0x04, 0x01, 0x82, 0xa2, 0x7c, 0x02, 0x02];
     let mut rdns = Vec::new();
     let mut rdn = |oid: &[u8], string_tag: u8, value: &str| {
         let atv = tlv(
@@ -131,6 +128,90 @@ pub fn key_pem(pkcs8: &[u8]) -> Result<String> {
 pub fn write_key(path: &Path, pkcs8: &[u8]) -> Result<()> {
     files::write_file(path, key_pem(pkcs8)?.as_bytes(), files::PRIVATE)
 }
+
+/// Holds a returned certificate to what a Matter DAC answering `csr_der` must show (Matter Core
+/// §6.2.2.2, MATTER.md "VID and PID in the subject" and "DAC"): a VID and a PID, and the CN, VID
+/// and PID the CSR asked for. Attributes a DAC subject does not carry (serialNumber) may be
+/// dropped by the server; the key is matched before this, when the certificate is found.
+pub fn check_dac(csr_der: &[u8], cert_der: &[u8]) -> Result<()> {
+    let csr = x509_cert::request::CertReq::from_der(csr_der)
+        .map_err(|e| Error::Usage(format!("the CSR does not parse: {e}")))?;
+    let cert = x509_cert::Certificate::from_der(cert_der)
+        .map_err(|e| Error::BadResponse(format!("the certificate does not parse: {e}")))?;
+    let tbs = cert.tbs_certificate();
+    let asked = Identity::of(&csr.info.subject);
+    let got = Identity::of(tbs.subject());
+    let mut problems = Vec::new();
+    for (name, asked, got) in [
+        ("VID", &asked.vid, &got.vid),
+        ("PID", &asked.pid, &got.pid),
+        ("CN", &asked.cn, &got.cn),
+    ] {
+        match (asked, got) {
+            (Some(a), Some(g)) if a != g => problems.push(format!("{name} {g}, not {a}")),
+            (Some(a), None) => problems.push(format!("no {name} (asked for {a})")),
+            (None, None) if name != "CN" => problems.push(format!("no {name}")),
+            _ => {}
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(Error::NotMatter {
+        serial: tbs
+            .serial_number()
+            .as_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+        problem: problems.join(", "),
+    })
+}
+
+/// The CN, VID and PID of a Name, read as a Matter verifier reads them.
+#[derive(Default)]
+struct Identity {
+    cn: Option<String>,
+    vid: Option<String>,
+    pid: Option<String>,
+}
+
+impl Identity {
+    fn of(name: &x509_cert::name::Name) -> Self {
+        let mut id = Self::default();
+        for atv in name.iter() {
+            let value = || Some(String::from_utf8_lossy(atv.value.value()).into_owned());
+            match atv.oid.as_bytes() {
+                CN => id.cn = value(),
+                VID => id.vid = value(),
+                PID => id.pid = value(),
+                _ => {}
+            }
+        }
+        // MATTER.md: the legacy `Mvid:XXXX` / `Mpid:XXXX` in the CN, only when neither
+        // attribute is present.
+        if id.vid.is_none()
+            && id.pid.is_none()
+            && let Some(cn) = &id.cn
+        {
+            let tag = |t: &str| {
+                let at = cn.find(t)? + t.len();
+                cn.get(at..at + 4).map(str::to_string)
+            };
+            (id.vid, id.pid) = (tag("Mvid:"), tag("Mpid:"));
+        }
+        id
+    }
+}
+
+/// commonName, 2.5.4.3, as DER contents.
+const CN: &[u8] = &[0x55, 0x04, 0x03];
+/// serialNumber, 2.5.4.5.
+const SERIAL: &[u8] = &[0x55, 0x04, 0x05];
+/// Matter VID, 1.3.6.1.4.1.37244.2.1 (Matter Core §6.2.2.2).
+const VID: &[u8] = &[0x2b, 0x06, 0x01, 0x04, 0x01, 0x82, 0xa2, 0x7c, 0x02, 0x01];
+/// Matter PID, 1.3.6.1.4.1.37244.2.2.
+const PID: &[u8] = &[0x2b, 0x06, 0x01, 0x04, 0x01, 0x82, 0xa2, 0x7c, 0x02, 0x02];
 
 fn tlv(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
     let len: usize = parts.iter().map(|p| p.len()).sum();

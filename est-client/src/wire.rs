@@ -3,6 +3,8 @@
 //! `Content-Transfer-Encoding`, and certs-only CMS SignedData; and encoding what we send.
 
 use base64::Engine;
+use der::{Decode, Encode};
+use x509_cert::Certificate;
 
 use crate::{Error, Result};
 
@@ -25,6 +27,75 @@ pub fn base64_lines(der: &[u8]) -> String {
     out
 }
 
+/// What an enrollment returned, sorted out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Issued {
+    /// The certificate for the CSR's public key.
+    pub certificate: Vec<u8>,
+    /// Its issuers among the other certificates sent, nearest first (the PAI, then the PAA if
+    /// sent); empty when the server sent the certificate alone (RFC 7030 §4.2.3's strict form).
+    pub chain: Vec<Vec<u8>>,
+}
+
+/// Finds, among the certificates of an enroll response, the one issued for `csr_der`'s public key,
+/// and the chain above it. A certs-only PKCS#7 holds a `SET OF` certificates, which DER sorts by
+/// encoding (RFC 5652 §5.1, X.690 §11.6): the position of a certificate means nothing.
+pub fn issued_for(certs: &[Vec<u8>], csr_der: &[u8]) -> Result<Issued> {
+    let spki = x509_cert::request::CertReq::from_der(csr_der)
+        .and_then(|csr| csr.info.public_key.to_der())
+        .map_err(|e| Error::Usage(format!("the CSR does not parse: {e}")))?;
+    let parsed = parse_all(certs)?;
+    let leaf = parsed
+        .iter()
+        .position(|(_, c)| {
+            c.tbs_certificate()
+                .subject_public_key_info()
+                .to_der()
+                .is_ok_and(|k| k == spki)
+        })
+        .ok_or_else(|| {
+            Error::BadResponse(format!(
+                "none of the {} certificates returned is for the CSR's public key",
+                certs.len()
+            ))
+        })?;
+    Ok(Issued {
+        certificate: certs[leaf].clone(),
+        chain: chain_above(&certs[leaf], certs)?,
+    })
+}
+
+/// The issuers of `leaf` found in `candidates`, nearest first, matched by name (the issuer of
+/// each is the subject of the next); stops at a self-issued certificate.
+pub fn chain_above(leaf: &[u8], candidates: &[Vec<u8>]) -> Result<Vec<Vec<u8>>> {
+    let parsed = parse_all(candidates)?;
+    let mut current = parse(leaf)?;
+    let mut chain: Vec<Vec<u8>> = Vec::new();
+    while current.tbs_certificate().issuer() != current.tbs_certificate().subject() {
+        let issuer = parsed.iter().find(|(der, c)| {
+            c.tbs_certificate().subject() == current.tbs_certificate().issuer()
+                && der.as_slice() != leaf
+                && !chain.contains(der)
+        });
+        let Some((der, cert)) = issuer else { break };
+        chain.push(der.clone());
+        current = cert.clone();
+    }
+    Ok(chain)
+}
+
+fn parse_all(certs: &[Vec<u8>]) -> Result<Vec<(Vec<u8>, Certificate)>> {
+    certs
+        .iter()
+        .map(|der| parse(der).map(|c| (der.clone(), c)))
+        .collect()
+}
+
+fn parse(der: &[u8]) -> Result<Certificate> {
+    Certificate::from_der(der)
+        .map_err(|e| Error::BadResponse(format!("a certificate does not parse: {e}")))
+}
+
 /// The bytes of a base64 body, whatever its wrapping; a DER body (a server that forgot the
 /// base64) is taken as is.
 pub fn base64_body(body: &[u8]) -> Result<Vec<u8>> {
@@ -42,8 +113,8 @@ pub fn base64_body(body: &[u8]) -> Result<Vec<u8>> {
 }
 
 /// The certificates of a certs-only PKCS#7 / CMS SignedData body (RFC 5652 §5.1), as the raw
-/// DER the server sent, in the order it sent them (the issued certificate first, for enroll
-/// responses). Walks the structure instead of decoding and re-encoding each certificate.
+/// DER the server sent, in the order it sent them (which means nothing: see [`issued_for`]).
+/// Walks the structure instead of decoding and re-encoding each certificate.
 pub fn certs_only(body: &[u8]) -> Result<Vec<Vec<u8>>> {
     let der = base64_body(body)?;
     let bad = |what: &str| Error::BadResponse(format!("not a certs-only PKCS#7: {what}"));
@@ -151,12 +222,14 @@ mod tests {
 
     #[test]
     fn certificates_come_back_raw_and_in_wire_order() {
-        // Not sorted as a DER SET OF would be: the issued certificate first.
+        // Whatever order the encoder chose (DER sorts a SET OF): the order of the bytes.
         let (a, b) = (&[0x30, 0x03, 0x02, 0x01, 0x09][..], &[0x30, 0x01, 0x05][..]);
-        assert_eq!(
-            certs_only(&b64(&body(&[a, b]))).unwrap(),
-            vec![a.to_vec(), b.to_vec()]
-        );
+        let der = body(&[a, b]);
+        let got = certs_only(&b64(&der)).unwrap();
+        let at = |c: &[u8]| der.windows(c.len()).position(|w| w == c);
+        assert_eq!(got.len(), 2);
+        assert!(at(&got[0]) < at(&got[1]), "{got:02x?}");
+        assert!(got.contains(&a.to_vec()) && got.contains(&b.to_vec()));
     }
 
     #[test]

@@ -51,8 +51,15 @@ fn device_csr(id: &str, pid: &str) -> (Vec<u8>, Vec<u8>) {
 async fn every_operation_against_the_server() {
     let server = TestServer::start(|t| t).await;
     let anon = Client::new(config(&server, None));
-    let cas = anon.cacerts().await.unwrap();
-    assert_eq!(cas[0], server.env.pai_der());
+    // A SET OF certificates: PAI and PAA, in whatever order the server's encoder gives.
+    let mut cas = anon.cacerts().await.unwrap();
+    cas.sort();
+    let mut expected = vec![
+        server.env.pai_der(),
+        matter_est::issuance::read_cert(&server.env.path(dev::files::PAA_CERT)).unwrap(),
+    ];
+    expected.sort();
+    assert_eq!(cas, expected);
     let attrs = anon.csrattrs().await.unwrap().unwrap();
     assert_eq!(attrs[0], 0x30);
 
@@ -61,13 +68,12 @@ async fn every_operation_against_the_server() {
     let mut last = None;
     for id in ["lib-0001", "lib-0002"] {
         let (key, csr) = device_csr(id, "8000");
-        let Enrolled::Certificates(certs) = gw.simpleenroll(&csr).await.unwrap() else {
+        let Enrolled::Issued(issued) = gw.simpleenroll(&csr).await.unwrap() else {
             panic!("pending")
         };
-        assert_eq!(certs.len(), 2);
-        assert_eq!(certs[1], server.env.pai_der());
-        common::assert_matter_dac(&certs[0], &server.env.pai_der());
-        last = Some((key, certs[0].clone()));
+        assert_eq!(issued.chain, [server.env.pai_der()]);
+        common::assert_matter_dac(&issued.certificate, &server.env.pai_der());
+        last = Some((key, issued.certificate));
     }
 
     // Re-enroll with the DAC as the TLS client certificate.
@@ -91,10 +97,10 @@ async fn every_operation_against_the_server() {
             .unwrap()
     };
     let csr = matter::csr_for_name(&matter::generate_key().unwrap(), &subject).unwrap();
-    let Enrolled::Certificates(renewed) = device.simplereenroll(&csr).await.unwrap() else {
+    let Enrolled::Issued(renewed) = device.simplereenroll(&csr).await.unwrap() else {
         panic!()
     };
-    assert_ne!(renewed[0], dac);
+    assert_ne!(renewed.certificate, dac);
     assert_eq!(server.ledger.count("dev").unwrap(), 3);
 
     // A device bootstrapping with a one-time token (HTTP Basic).
@@ -106,7 +112,7 @@ async fn every_operation_against_the_server() {
     let (_, csr) = device_csr("tok-0001", "8000");
     assert!(matches!(
         with_token.simpleenroll(&csr).await.unwrap(),
-        Enrolled::Certificates(_)
+        Enrolled::Issued(_)
     ));
     let (_, csr) = device_csr("tok-0002", "8000");
     let err = with_token.simpleenroll(&csr).await.unwrap_err();
@@ -169,6 +175,13 @@ fn decoders_accept_libest_and_globalsign_shapes() {
     };
     let refs: Vec<&[u8]> = certs.iter().map(Vec::as_slice).collect();
     let der = matter_est::est::wire::certs_only(&refs);
+    // Decoded in wire order, which is the encoder's (DER sorts a SET OF).
+    let in_wire_order = {
+        let at = |c: &Vec<u8>| der.windows(c.len()).position(|w| w == c.as_slice());
+        let mut v = certs.clone();
+        v.sort_by_key(at);
+        v
+    };
     let b64 = base64::engine::general_purpose::STANDARD.encode(&der);
     let wrap = |n: usize, eol: &str| -> String {
         b64.as_bytes()
@@ -184,12 +197,12 @@ fn decoders_accept_libest_and_globalsign_shapes() {
     ] {
         assert_eq!(
             est_client::wire::certs_only(body.as_bytes()).unwrap(),
-            certs
+            in_wire_order
         );
     }
     assert_eq!(
         est_client::wire::certs_only(&der).unwrap(),
-        certs,
+        in_wire_order,
         "raw DER too"
     );
     assert!(est_client::wire::certs_only(b"not base64!").is_err());
