@@ -45,9 +45,9 @@ pub fn issued_for(certs: &[Vec<u8>], csr_der: &[u8]) -> Result<Issued> {
         .and_then(|csr| csr.info.public_key.to_der())
         .map_err(|e| Error::Usage(format!("the CSR does not parse: {e}")))?;
     let parsed = parse_all(certs)?;
-    let leaf = parsed
+    let (der, leaf) = parsed
         .iter()
-        .position(|(_, c)| {
+        .find(|(_, c)| {
             c.tbs_certificate()
                 .subject_public_key_info()
                 .to_der()
@@ -60,28 +60,35 @@ pub fn issued_for(certs: &[Vec<u8>], csr_der: &[u8]) -> Result<Issued> {
             ))
         })?;
     Ok(Issued {
-        certificate: certs[leaf].clone(),
-        chain: chain_above(&certs[leaf], certs)?,
+        certificate: der.clone(),
+        chain: issuers(der, leaf, &parsed),
     })
 }
 
 /// The issuers of `leaf` found in `candidates`, nearest first, matched by name (the issuer of
 /// each is the subject of the next); stops at a self-issued certificate.
 pub fn chain_above(leaf: &[u8], candidates: &[Vec<u8>]) -> Result<Vec<Vec<u8>>> {
-    let parsed = parse_all(candidates)?;
-    let mut current = parse(leaf)?;
+    Ok(issuers(leaf, &parse(leaf)?, &parse_all(candidates)?))
+}
+
+fn issuers(
+    leaf_der: &[u8],
+    leaf: &Certificate,
+    candidates: &[(Vec<u8>, Certificate)],
+) -> Vec<Vec<u8>> {
+    let mut current = leaf;
     let mut chain: Vec<Vec<u8>> = Vec::new();
     while current.tbs_certificate().issuer() != current.tbs_certificate().subject() {
-        let issuer = parsed.iter().find(|(der, c)| {
+        let issuer = candidates.iter().find(|(der, c)| {
             c.tbs_certificate().subject() == current.tbs_certificate().issuer()
-                && der.as_slice() != leaf
+                && der.as_slice() != leaf_der
                 && !chain.contains(der)
         });
         let Some((der, cert)) = issuer else { break };
         chain.push(der.clone());
-        current = cert.clone();
+        current = cert;
     }
-    Ok(chain)
+    chain
 }
 
 fn parse_all(certs: &[Vec<u8>]) -> Result<Vec<(Vec<u8>, Certificate)>> {
