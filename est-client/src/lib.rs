@@ -3,8 +3,10 @@
 //! [`Client`] talks to any EST server over TLS 1.3/1.2 with explicit trust anchors (never the
 //! system store, never "accept any"), an optional client certificate and optional HTTP Basic
 //! credentials, on one keep-alive connection that is re-opened when the server closes it.
-//! [`wire`] decodes what real servers send; [`matter`] makes Matter DAC keys and CSRs.
+//! [`wire`] encodes what we send and decodes what real servers send; [`matter`] makes Matter DAC
+//! keys and CSRs and checks the DAC returned; [`files`] keeps est-client's own files private.
 
+pub mod files;
 pub mod matter;
 pub mod wire;
 
@@ -44,6 +46,10 @@ pub enum Error {
     BadResponse(String),
     #[error("{path}: {problem}")]
     File { path: String, problem: String },
+    #[error(
+        "the server returned a certificate that is not the Matter DAC requested: {problem} (serial {serial}; --accept-non-matter keeps such a certificate)"
+    )]
+    NotMatter { serial: String, problem: String },
     #[error("{0}")]
     Usage(String),
 }
@@ -54,8 +60,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// What an enrollment returned.
 #[derive(Debug)]
 pub enum Enrolled {
-    /// The certificates of the certs-only response, in wire order (the issued one first).
-    Certificates(Vec<Vec<u8>>),
+    /// The certificate issued for the CSR's key, found by that key, and its chain.
+    Issued(wire::Issued),
     /// 202: the server holds the request (manual approval); ask again after this long
     /// (RFC 7030 §4.2.3).
     Pending { retry_after: Duration },
@@ -110,7 +116,7 @@ impl ClientConfig {
                     .map_err(|e| file_err(cert, e.to_string()))?
                     .collect::<std::result::Result<Vec<_>, _>>()
                     .map_err(|e| file_err(cert, e.to_string()))?;
-                let key = PrivateKeyDer::from_pem_file(key)
+                let key = PrivateKeyDer::from_pem_slice(&files::read_private(key)?)
                     .map_err(|e| file_err(key, format!("not a PEM private key: {e}")))?;
                 builder
                     .with_client_auth_cert(chain, key)
@@ -210,7 +216,7 @@ impl Client {
     }
 
     async fn enroll(&self, op: &str, csr_der: &[u8]) -> Result<Enrolled> {
-        let body = base64::engine::general_purpose::STANDARD.encode(csr_der);
+        let body = wire::base64_lines(csr_der);
         let a = self.send("POST", &self.path(op), Some(body)).await?;
         if a.status == 202 {
             return Ok(Enrolled::Pending {
@@ -228,7 +234,25 @@ impl Client {
                 a.content_type
             )));
         }
-        wire::certs_only(&a.body).map(Enrolled::Certificates)
+        let certs = wire::certs_only(&a.body)?;
+        wire::issued_for(&certs, csr_der).map(Enrolled::Issued)
+    }
+
+    /// The chain above an issued certificate: the one the server sent with it, else its issuers
+    /// among the `/cacerts` certificates (a server may answer an enrollment with the certificate
+    /// alone, RFC 7030 §4.2.3); an error when neither holds its issuer.
+    pub async fn chain_for(&self, issued: &wire::Issued) -> Result<Vec<Vec<u8>>> {
+        if !issued.chain.is_empty() {
+            return Ok(issued.chain.clone());
+        }
+        let chain = wire::chain_above(&issued.certificate, &self.cacerts().await?)?;
+        if chain.is_empty() {
+            return Err(Error::BadResponse(
+                "the server sent the certificate alone and /cacerts holds none of its issuers"
+                    .into(),
+            ));
+        }
+        Ok(chain)
     }
 
     fn expect_ok(&self, a: &Answer) -> Result<()> {

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use der::{Decode, Encode};
+use est_client::files::{self, io_err as file_err};
 use est_client::matter::{self, DeviceSubject};
+use est_client::wire::Issued;
 use est_client::{Client, ClientConfig, Enrolled, Error, Result, wire};
 use sha2::{Digest, Sha256};
 
@@ -19,6 +21,12 @@ use sha2::{Digest, Sha256};
 struct Cli {
     #[command(flatten)]
     conn: Conn,
+    /// Keep a returned certificate that is not the Matter DAC asked for: one without a VID or
+    /// PID, or whose CN, VID or PID differ from the CSR's (a server that does not issue Matter
+    /// DACs). Without it such a certificate is an error and is not written. A certificate for
+    /// another key than the CSR's is never accepted.
+    #[arg(long, global = true)]
+    accept_non_matter: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -37,7 +45,7 @@ struct Conn {
     /// Client certificate (PEM, leaf first) for mutual TLS.
     #[arg(long, global = true)]
     cert: Option<PathBuf>,
-    /// Its private key (PEM).
+    /// Its private key (PEM); refused when group or others may read it (chmod 600).
     #[arg(long, global = true)]
     key: Option<PathBuf>,
     /// HTTP Basic user (e.g. an enrollment token id); the password comes from the
@@ -68,7 +76,8 @@ enum Command {
         /// Send this CSR (PEM or DER) instead of making a key and CSR.
         #[arg(long)]
         csr: Option<PathBuf>,
-        /// Output prefix: PREFIX.dac.pem, PREFIX.key.pem, PREFIX.chain.pem
+        /// Output prefix: PREFIX.dac.pem, PREFIX.key.pem (0600), PREFIX.chain.pem (the issuers
+        /// the server sent, else those from /cacerts); a missing directory is created 0700.
         #[arg(long)]
         out: PathBuf,
         #[command(flatten)]
@@ -104,8 +113,10 @@ enum Command {
         vid: String,
         #[arg(long)]
         pid: String,
-        /// Output directory: DIR/<device>.key.pem, DIR/<device>.dac.pem, DIR/chain.pem and
-        /// DIR/manifest.jsonl (flat: a directory per device costs the file system more).
+        /// Output directory (created 0700): DIR/<device>.key.pem (0600), DIR/<device>.dac.pem,
+        /// DIR/chain.pem and DIR/manifest.jsonl (0600) (flat: a directory per device costs the
+        /// file system more). A key file left by an earlier run is used again only if it is
+        /// ours: owned by this user, a regular file, mode 0600.
         #[arg(long)]
         out: PathBuf,
         /// Keep-alive connections, each carrying one request at a time (HTTP/1.1 does not
@@ -205,12 +216,13 @@ fn client(conn: &Conn, identity_override: Option<(&Path, &Path)>) -> Result<Clie
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     let conn = &cli.conn;
+    let matter_only = !cli.accept_non_matter;
     match &cli.command {
         Command::Cacerts { out } => {
             let certs = client(conn, None)?.cacerts().await?;
             let pem = wire::pem(&certs)?;
             match out {
-                Some(path) => matter::write_file(path, pem.as_bytes(), 0o644)?,
+                Some(path) => files::write_file(path, pem.as_bytes(), files::PUBLIC)?,
                 None => print!("{pem}"),
             }
             eprintln!("{} CA certificates", certs.len());
@@ -252,17 +264,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(key) = &key {
                 write_key(out, key, *format)?;
             }
-            let certs = with_retry(conn.max_wait, || c.simpleenroll(&csr_der)).await?;
-            write_outputs(out, &certs, *format)?;
-            println!("{}", describe(&certs[0]));
+            let issued = with_retry(conn.max_wait, || c.simpleenroll(&csr_der)).await?;
+            if matter_only {
+                matter::check_dac(&csr_der, &issued.certificate)?;
+            }
+            write_outputs(&c, out, &issued, *format).await?;
+            println!("{}", describe(&issued.certificate));
         }
         Command::Reenroll {
             keep_key,
             out,
             format,
         } => {
-            let certs = reenroll(conn, *keep_key, out, *format).await?;
-            println!("{}", describe(&certs[0]));
+            let issued = reenroll(conn, *keep_key, out, *format, matter_only).await?;
+            println!("{}", describe(&issued.certificate));
         }
         Command::Renew {
             threshold,
@@ -288,8 +303,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 );
                 return Ok(ExitCode::SUCCESS);
             }
-            let certs = reenroll(conn, *keep_key, out, *format).await?;
-            println!("renewed: {}", describe(&certs[0]));
+            let issued = reenroll(conn, *keep_key, out, *format, matter_only).await?;
+            println!("renewed: {}", describe(&issued.certificate));
         }
         Command::Gateway {
             devices,
@@ -298,13 +313,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             out,
             connections,
         } => {
-            return gateway(conn, devices, (vid, pid), out, *connections).await;
+            return gateway(conn, devices, (vid, pid), out, *connections, matter_only).await;
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-async fn reenroll(conn: &Conn, keep_key: bool, out: &Path, format: Format) -> Result<Vec<Vec<u8>>> {
+async fn reenroll(
+    conn: &Conn,
+    keep_key: bool,
+    out: &Path,
+    format: Format,
+    matter_only: bool,
+) -> Result<Issued> {
     let (cert, old_key) = match (&conn.cert, &conn.key) {
         (Some(c), Some(k)) => (c.clone(), k.clone()),
         _ => {
@@ -329,13 +350,16 @@ async fn reenroll(conn: &Conn, keep_key: bool, out: &Path, format: Format) -> Re
     let csr = matter::csr_for_name(&key, &subject)?;
     let c = client(conn, Some((&cert, &old_key)))?;
     write_key(out, &key, format)?;
-    let certs = with_retry(conn.max_wait, || c.simplereenroll(&csr)).await?;
-    write_outputs(out, &certs, format)?;
-    Ok(certs)
+    let issued = with_retry(conn.max_wait, || c.simplereenroll(&csr)).await?;
+    if matter_only {
+        matter::check_dac(&csr, &issued.certificate)?;
+    }
+    write_outputs(&c, out, &issued, format).await?;
+    Ok(issued)
 }
 
 /// Retries a held (202) request until `max_wait` seconds have passed.
-async fn with_retry<F, Fut>(max_wait: u64, mut op: F) -> Result<Vec<Vec<u8>>>
+async fn with_retry<F, Fut>(max_wait: u64, mut op: F) -> Result<Issued>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Enrolled>>,
@@ -343,7 +367,7 @@ where
     let deadline = Instant::now() + Duration::from_secs(max_wait);
     loop {
         match op().await? {
-            Enrolled::Certificates(c) => return Ok(c),
+            Enrolled::Issued(issued) => return Ok(issued),
             Enrolled::Pending { retry_after } => {
                 if Instant::now() + retry_after > deadline {
                     return Err(Error::Status {
@@ -375,9 +399,10 @@ async fn gateway(
     subject: (&str, &str),
     out: &Path,
     connections: usize,
+    matter_only: bool,
 ) -> Result<ExitCode> {
     let ids = read_devices(devices)?;
-    std::fs::create_dir_all(out).map_err(|e| file_err(out, e))?;
+    files::create_private_dir(out)?;
     let manifest_path = out.join("manifest.jsonl");
     let done = read_done(&manifest_path);
     let todo: Vec<String> = ids
@@ -388,11 +413,7 @@ async fn gateway(
     let clients: Vec<Client> = (0..connections.max(1))
         .map(|_| client(conn, None))
         .collect::<Result<_>>()?;
-    let manifest = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&manifest_path)
-        .map_err(|e| file_err(&manifest_path, e))?;
+    let manifest = files::open_private_append(&manifest_path)?;
     let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         indicatif::ProgressBar::new(total as u64)
     } else {
@@ -437,8 +458,7 @@ async fn gateway(
         })
     };
 
-    let (done_tx, done_rx) =
-        tokio::sync::mpsc::channel::<(String, Result<Vec<Vec<u8>>>)>(2 * CHUNK);
+    let (done_tx, done_rx) = tokio::sync::mpsc::channel::<(String, Result<Issued>)>(2 * CHUNK);
     let csr_rx = Arc::new(tokio::sync::Mutex::new(csr_rx));
     let senders: Vec<_> = clients
         .into_iter()
@@ -450,7 +470,7 @@ async fn gateway(
                     let Some((id, csr)) = next else { break };
                     // A device whose key could not be made or read fails alone.
                     let result = match csr {
-                        Ok(csr) => enroll_device(&client, &csr).await,
+                        Ok(csr) => enroll_device(&client, &csr, matter_only).await,
                         Err(e) => Err(e),
                     };
                     if done_tx.send((id, result)).await.is_err() {
@@ -462,12 +482,23 @@ async fn gateway(
         .collect();
     drop(done_tx);
 
-    let failed = finish_devices(out, done_rx, manifest, &manifest_path, &bar).await?;
+    let (failed, chain) = finish_devices(out, done_rx, manifest, &manifest_path, &bar).await?;
     for s in senders {
         s.await.map_err(|e| Error::Usage(e.to_string()))?;
     }
     keys.await.map_err(|e| Error::Usage(e.to_string()))??;
     bar.finish_and_clear();
+    if !chain.written
+        && let Some(leaf) = chain.leaf
+    {
+        let issued = Issued {
+            certificate: leaf,
+            chain: Vec::new(),
+        };
+        // An older run's chain.pem stays: its devices' DACs need it.
+        let path = out.join("chain.pem");
+        write_chain(&client(conn, None)?, &issued, &path, false, path.exists()).await?;
+    }
     let secs = start.elapsed().as_secs_f64();
     println!(
         "{} devices enrolled, {failed} failed, {} already done ({:.0} devices/s); manifest {}",
@@ -483,19 +514,27 @@ async fn gateway(
     })
 }
 
+/// The gateway's `chain.pem`: written from the first response that carries a chain; when none
+/// did (a server answering with the DAC alone), from `/cacerts` for `leaf` at the end.
+#[derive(Default)]
+struct ChainFile {
+    written: bool,
+    leaf: Option<Vec<u8>>,
+}
+
 /// The gateway's last stage, off the async threads: a chunk's DAC files written and made
 /// durable (a chunk at a time, or after a short pause in the results), then their manifest
-/// lines. Returns how many devices failed.
+/// lines. Returns how many devices failed, and the state of `chain.pem`.
 async fn finish_devices(
     out: &Path,
-    mut results: tokio::sync::mpsc::Receiver<(String, Result<Vec<Vec<u8>>>)>,
+    mut results: tokio::sync::mpsc::Receiver<(String, Result<Issued>)>,
     manifest: std::fs::File,
     manifest_path: &Path,
     bar: &indicatif::ProgressBar,
-) -> Result<usize> {
+) -> Result<(usize, ChainFile)> {
     let mut failed = 0;
     let mut chunk = Vec::with_capacity(CHUNK);
-    let mut state = (manifest, false); // the manifest file; whether chain.pem is written
+    let mut state = (manifest, ChainFile::default());
     loop {
         let next = tokio::time::timeout(FLUSH_AFTER, results.recv()).await;
         let closed = matches!(next, Ok(None));
@@ -513,13 +552,13 @@ async fn finish_devices(
             );
             let done;
             (state, done) = tokio::task::spawn_blocking(move || {
-                let (mut manifest, mut chain_written) = state;
-                let done = write_chunk(&dir, work, &mut chain_written)?;
+                let (mut manifest, mut chain) = state;
+                let done = write_chunk(&dir, work, &mut chain)?;
                 let lines: String = done.iter().map(|(_, line)| format!("{line}\n")).collect();
                 manifest
                     .write_all(lines.as_bytes())
                     .map_err(|e| file_err(&path, e))?;
-                Ok::<_, Error>(((manifest, chain_written), done))
+                Ok::<_, Error>(((manifest, chain), done))
             })
             .await
             .map_err(|e| Error::Usage(e.to_string()))??;
@@ -536,7 +575,7 @@ async fn finish_devices(
         }
     }
     state.0.sync_all().map_err(|e| file_err(manifest_path, e))?;
-    Ok(failed)
+    Ok((failed, state.1))
 }
 
 /// A device's manifest line, with its failure if it has one.
@@ -547,29 +586,30 @@ type ManifestLine = (Option<(String, Error)>, serde_json::Value);
 /// manifest line of each device.
 fn write_chunk(
     out: &Path,
-    chunk: Vec<(String, Result<Vec<Vec<u8>>>)>,
-    chain_written: &mut bool,
+    chunk: Vec<(String, Result<Issued>)>,
+    chain: &mut ChainFile,
 ) -> Result<Vec<ManifestLine>> {
     let mut done = Vec::with_capacity(chunk.len());
     for (id, result) in chunk {
-        let written = result.and_then(|certs| {
-            let dac_pem = wire::pem(&certs[..1])?;
-            let serial = x509_cert::Certificate::from_der(&certs[0])
+        let written = result.and_then(|issued| {
+            let dac_pem = wire::pem(std::slice::from_ref(&issued.certificate))?;
+            let serial = x509_cert::Certificate::from_der(&issued.certificate)
                 .map(|c| hex(c.tbs_certificate().serial_number().as_bytes()))
                 .map_err(|e| Error::BadResponse(format!("the DAC does not parse: {e}")))?;
-            matter::write_new_file(
+            files::write_new_file(
                 &out.join(format!("{id}.dac.pem")),
                 dac_pem.as_bytes(),
-                0o644,
+                files::PUBLIC,
             )?;
-            if !*chain_written {
-                matter::write_file(
+            if !chain.written && !issued.chain.is_empty() {
+                files::write_file(
                     &out.join("chain.pem"),
-                    wire::pem(&certs[1..])?.as_bytes(),
-                    0o644,
+                    wire::pem(&issued.chain)?.as_bytes(),
+                    files::PUBLIC,
                 )?;
-                *chain_written = true;
+                chain.written = true;
             }
+            chain.leaf.get_or_insert(issued.certificate);
             Ok((serial, hex(&Sha256::digest(dac_pem.as_bytes()))))
         });
         done.push(match written {
@@ -594,35 +634,32 @@ fn write_chunk(
 
 /// The device's key: the one a previous, interrupted run wrote (so a lost response is retried
 /// with the same key and subject and gets the same DAC back), else a new one (not yet synced).
-/// A key file that exists but cannot be read is the device's error, never replaced: its CSR may
-/// have been sent. One that is read but is not PEM was torn by an interrupted run before it was
-/// synced, so its CSR was never sent: it is replaced.
+/// A key file that exists but cannot be read, or that we did not make (another owner, group or
+/// other permissions, not a regular file: [`files::read_own_key`]), is the device's error,
+/// never replaced: its CSR may have been sent. One that is read but is not PEM was torn by an
+/// interrupted run before it was synced, so its CSR was never sent: it is replaced.
 fn device_key(out: &Path, id: &str) -> Result<Vec<u8>> {
     let key_path = out.join(format!("{id}.key.pem"));
-    match std::fs::read(&key_path) {
-        Ok(pem) => {
-            if let Ok(k) = matter::parse_key(&pem) {
-                return Ok(k);
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(file_err(&key_path, e)),
+    if let Some(pem) = files::read_own_key(&key_path)?
+        && let Ok(k) = matter::parse_key(&pem)
+    {
+        return Ok(k);
     }
     let k = matter::generate_key()?;
-    matter::write_new_file(
-        &key_path,
-        &der::pem::encode_string("PRIVATE KEY", der::pem::LineEnding::LF, &k)
-            .map_err(|e| Error::Usage(e.to_string()))?
-            .into_bytes(),
-        0o600,
-    )?;
+    files::write_new_file(&key_path, matter::key_pem(&k)?.as_bytes(), files::PRIVATE)?;
     Ok(k)
 }
 
-/// One device of the gateway: simpleenroll; the certificates as received (DAC first).
-async fn enroll_device(client: &Client, csr: &[u8]) -> Result<Vec<Vec<u8>>> {
+/// One device of the gateway: simpleenroll; the certificate for the device's key (held to the
+/// Matter DAC rules unless `matter_only` is off) and its chain.
+async fn enroll_device(client: &Client, csr: &[u8], matter_only: bool) -> Result<Issued> {
     match client.simpleenroll(csr).await? {
-        Enrolled::Certificates(certs) => Ok(certs),
+        Enrolled::Issued(issued) => {
+            if matter_only {
+                matter::check_dac(csr, &issued.certificate)?;
+            }
+            Ok(issued)
+        }
         Enrolled::Pending { retry_after } => Err(Error::Status {
             status: 202,
             message: format!(
@@ -696,32 +733,69 @@ fn read_devices(path: &Path) -> Result<Vec<String>> {
 }
 
 fn write_key(prefix: &Path, key: &[u8], format: Format) -> Result<()> {
+    create_out_dir(prefix)?;
     if format.der {
-        matter::write_file(&with_suffix(prefix, "key.der"), key, 0o600)
+        files::write_file(&with_suffix(prefix, "key.der"), key, files::PRIVATE)
     } else {
         matter::write_key(&with_suffix(prefix, "key.pem"), key)
     }
 }
 
-fn write_outputs(prefix: &Path, certs: &[Vec<u8>], format: Format) -> Result<()> {
-    if format.der {
-        matter::write_file(&with_suffix(prefix, "dac.der"), &certs[0], 0o644)?;
-        matter::write_file(
-            &with_suffix(prefix, "chain.der"),
-            &certs[1..].concat(),
-            0o644,
-        )
+/// PREFIX.dac.* and PREFIX.chain.* (see [`write_chain`]).
+async fn write_outputs(c: &Client, prefix: &Path, issued: &Issued, format: Format) -> Result<()> {
+    create_out_dir(prefix)?;
+    let (dac, ext) = if format.der {
+        (issued.certificate.clone(), "der")
     } else {
-        matter::write_file(
-            &with_suffix(prefix, "dac.pem"),
-            wire::pem(&certs[..1])?.as_bytes(),
-            0o644,
-        )?;
-        matter::write_file(
-            &with_suffix(prefix, "chain.pem"),
-            wire::pem(&certs[1..])?.as_bytes(),
-            0o644,
-        )
+        let pem = wire::pem(std::slice::from_ref(&issued.certificate))?;
+        (pem.into_bytes(), "pem")
+    };
+    files::write_file(
+        &with_suffix(prefix, &format!("dac.{ext}")),
+        &dac,
+        files::PUBLIC,
+    )?;
+    let chain = with_suffix(prefix, &format!("chain.{ext}"));
+    write_chain(c, issued, &chain, format.der, false).await
+}
+
+/// Writes the chain above `issued` to `path` (PEM, or DER certificates concatenated): the one
+/// the server sent, else the issuers from `/cacerts`. When neither holds it, says so and writes
+/// no chain file (never an empty one); an older file at `path` is removed unless `keep_older`.
+async fn write_chain(
+    c: &Client,
+    issued: &Issued,
+    path: &Path,
+    der: bool,
+    keep_older: bool,
+) -> Result<()> {
+    match c.chain_for(issued).await {
+        Ok(chain) => {
+            let bytes = if der {
+                chain.concat()
+            } else {
+                wire::pem(&chain)?.into_bytes()
+            };
+            files::write_file(path, &bytes, files::PUBLIC)
+        }
+        Err(e) => {
+            eprintln!(
+                "est-client: warning: {} not written, the chain is missing: {e}",
+                path.display()
+            );
+            if keep_older {
+                return Ok(());
+            }
+            files::remove_if_present(path)
+        }
+    }
+}
+
+/// The directory of an output prefix, created 0700 if missing.
+fn create_out_dir(prefix: &Path) -> Result<()> {
+    match prefix.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => files::create_private_dir(dir),
+        _ => Ok(()),
     }
 }
 
@@ -819,11 +893,4 @@ fn csrattrs_oids(der: &[u8]) -> Vec<String> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn file_err(path: &Path, e: std::io::Error) -> Error {
-    Error::File {
-        path: path.display().to_string(),
-        problem: e.to_string(),
-    }
 }

@@ -2,14 +2,13 @@
 //! whose subject carries the device identity (CN and/or serialNumber) and the Matter VID and PID
 //! attributes (Matter Core §6.2.2.2: 4 uppercase hex digits, UTF8String).
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+use der::Decode;
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
 
-use crate::{Error, Result};
+use crate::{Error, Result, files};
 
 /// What goes into a device's subject.
 #[derive(Clone, Debug, Default)]
@@ -55,10 +54,6 @@ pub fn csr(pkcs8: &[u8], subject: &DeviceSubject) -> Result<Vec<u8>> {
             "the device ID (CN) is at most 64 characters".into(),
         ));
     }
-    const CN: &[u8] = &[0x55, 0x04, 0x03];
-    const SERIAL: &[u8] = &[0x55, 0x04, 0x05];
-    const VID: &[u8] = &[0x2b, 0x06, 0x01, 0x04, 0x01, 0x82, 0xa2, 0x7c, 0x02, 0x01];
-    const PID: &[u8] = &[0x2b, 0x06, 0x01, 0x04, 0x01, 0x82, 0xa2, 0x7c, 0x02, 0x02];
     let mut rdns = Vec::new();
     let mut rdn = |oid: &[u8], string_tag: u8, value: &str| {
         let atv = tlv(
@@ -104,12 +99,10 @@ pub fn csr_for_name(pkcs8: &[u8], name: &[u8]) -> Result<Vec<u8>> {
     Ok(tlv(0x30, &[&info, ecdsa_sha256, &tlv(0x03, &[&bits])]))
 }
 
-/// Reads a PKCS#8 PEM private key.
+/// Reads a PKCS#8 PEM private key given on the command line (refused when group or others may
+/// read it: [`files::read_private`]).
 pub fn read_key(path: &Path) -> Result<Vec<u8>> {
-    let text = std::fs::read(path).map_err(|e| Error::File {
-        path: path.display().to_string(),
-        problem: e.to_string(),
-    })?;
+    let text = files::read_private(path)?;
     parse_key(&text).map_err(|problem| Error::File {
         path: path.display().to_string(),
         problem,
@@ -125,54 +118,100 @@ pub fn parse_key(pem: &[u8]) -> std::result::Result<Vec<u8>, String> {
     Ok(der)
 }
 
+/// A PKCS#8 key as PEM text.
+pub fn key_pem(pkcs8: &[u8]) -> Result<String> {
+    der::pem::encode_string("PRIVATE KEY", der::pem::LineEnding::LF, pkcs8)
+        .map_err(|e| Error::Usage(e.to_string()))
+}
+
 /// Writes a PKCS#8 key as PEM, mode 0600 from creation.
 pub fn write_key(path: &Path, pkcs8: &[u8]) -> Result<()> {
-    let pem = der::pem::encode_string("PRIVATE KEY", der::pem::LineEnding::LF, pkcs8)
-        .map_err(|e| Error::Usage(e.to_string()))?;
-    write_file(path, pem.as_bytes(), 0o600)
+    files::write_file(path, key_pem(pkcs8)?.as_bytes(), files::PRIVATE)
 }
 
-/// Writes a file with `mode` set at creation, replacing an existing one.
-pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    let err = |e: std::io::Error| Error::File {
-        path: path.display().to_string(),
-        problem: e.to_string(),
-    };
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(err)?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
-}
-
-/// Writes a new file with `mode` set at creation, without fsync (the caller syncs a group of
-/// files at once).
-pub fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    let err = |e: std::io::Error| Error::File {
-        path: path.display().to_string(),
-        problem: e.to_string(),
-    };
-    let create = || {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(path)
-    };
-    // A leftover of an interrupted run is replaced, never reused with its old mode.
-    let file = match create() {
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            std::fs::remove_file(path).and_then(|_| create())
+/// Holds a returned certificate to what a Matter DAC answering `csr_der` must show (Matter Core
+/// §6.2.2.2, MATTER.md "VID and PID in the subject" and "DAC"): a VID and a PID, and the CN, VID
+/// and PID the CSR asked for. Attributes a DAC subject does not carry (serialNumber) may be
+/// dropped by the server; the key is matched before this, when the certificate is found.
+pub fn check_dac(csr_der: &[u8], cert_der: &[u8]) -> Result<()> {
+    let csr = x509_cert::request::CertReq::from_der(csr_der)
+        .map_err(|e| Error::Usage(format!("the CSR does not parse: {e}")))?;
+    let cert = x509_cert::Certificate::from_der(cert_der)
+        .map_err(|e| Error::BadResponse(format!("the certificate does not parse: {e}")))?;
+    let tbs = cert.tbs_certificate();
+    let asked = Identity::of(&csr.info.subject);
+    let got = Identity::of(tbs.subject());
+    let mut problems = Vec::new();
+    for (name, asked, got) in [
+        ("VID", &asked.vid, &got.vid),
+        ("PID", &asked.pid, &got.pid),
+        ("CN", &asked.cn, &got.cn),
+    ] {
+        match (asked, got) {
+            (Some(a), Some(g)) if a != g => problems.push(format!("{name} {g}, not {a}")),
+            (Some(a), None) => problems.push(format!("no {name} (asked for {a})")),
+            (None, None) if name != "CN" => problems.push(format!("no {name}")),
+            _ => {}
         }
-        other => other,
-    };
-    file.and_then(|mut f| f.write_all(bytes)).map_err(err)
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(Error::NotMatter {
+        serial: tbs
+            .serial_number()
+            .as_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+        problem: problems.join(", "),
+    })
 }
+
+/// The CN, VID and PID of a Name, read as a Matter verifier reads them.
+#[derive(Default)]
+struct Identity {
+    cn: Option<String>,
+    vid: Option<String>,
+    pid: Option<String>,
+}
+
+impl Identity {
+    fn of(name: &x509_cert::name::Name) -> Self {
+        let mut id = Self::default();
+        for atv in name.iter() {
+            let value = || Some(String::from_utf8_lossy(atv.value.value()).into_owned());
+            match atv.oid.as_bytes() {
+                CN => id.cn = value(),
+                VID => id.vid = value(),
+                PID => id.pid = value(),
+                _ => {}
+            }
+        }
+        // MATTER.md: the legacy `Mvid:XXXX` / `Mpid:XXXX` in the CN, only when neither
+        // attribute is present.
+        if id.vid.is_none()
+            && id.pid.is_none()
+            && let Some(cn) = &id.cn
+        {
+            let tag = |t: &str| {
+                let at = cn.find(t)? + t.len();
+                cn.get(at..at + 4).map(str::to_string)
+            };
+            (id.vid, id.pid) = (tag("Mvid:"), tag("Mpid:"));
+        }
+        id
+    }
+}
+
+/// commonName, 2.5.4.3, as DER contents.
+const CN: &[u8] = &[0x55, 0x04, 0x03];
+/// serialNumber, 2.5.4.5.
+const SERIAL: &[u8] = &[0x55, 0x04, 0x05];
+/// Matter VID, 1.3.6.1.4.1.37244.2.1 (Matter Core §6.2.2.2).
+const VID: &[u8] = &[0x2b, 0x06, 0x01, 0x04, 0x01, 0x82, 0xa2, 0x7c, 0x02, 0x01];
+/// Matter PID, 1.3.6.1.4.1.37244.2.2.
+const PID: &[u8] = &[0x2b, 0x06, 0x01, 0x04, 0x01, 0x82, 0xa2, 0x7c, 0x02, 0x02];
 
 fn tlv(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
     let len: usize = parts.iter().map(|p| p.len()).sum();

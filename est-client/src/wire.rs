@@ -1,9 +1,107 @@
 //! Decoding what EST servers send (RFC 7030 §4, RFC 8951): base64 with or without wrapping
 //! (libest: LF every 64 columns; globalsign/est: CRLF every 76; some: one line), with or without
-//! `Content-Transfer-Encoding`, and certs-only CMS SignedData.
+//! `Content-Transfer-Encoding`, and certs-only CMS SignedData; and encoding what we send.
+
+use base64::Engine;
+use der::{Decode, Encode};
+use x509_cert::Certificate;
 
 use crate::{Error, Result};
-use base64::Engine;
+
+/// Base64 line length of request bodies: what PEM and libest use. OpenSSL's base64 reader
+/// (libest's server: "Invalid or corrupted pkcs10 request") needs line breaks (EST-WIRE.md
+/// "Bodies").
+const LINE: usize = 64;
+
+/// A request body: base64 of `der` in lines of 64 columns, each ending in CRLF.
+pub fn base64_lines(der: &[u8]) -> String {
+    let text = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::with_capacity(text.len() + 2 * text.len().div_ceil(LINE));
+    let mut rest = text.as_str();
+    while !rest.is_empty() {
+        let (line, tail) = rest.split_at(rest.len().min(LINE));
+        out.push_str(line);
+        out.push_str("\r\n");
+        rest = tail;
+    }
+    out
+}
+
+/// What an enrollment returned, sorted out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Issued {
+    /// The certificate for the CSR's public key.
+    pub certificate: Vec<u8>,
+    /// Its issuers among the other certificates sent, nearest first (the PAI, then the PAA if
+    /// sent); empty when the server sent the certificate alone (RFC 7030 §4.2.3's strict form).
+    pub chain: Vec<Vec<u8>>,
+}
+
+/// Finds, among the certificates of an enroll response, the one issued for `csr_der`'s public key,
+/// and the chain above it. A certs-only PKCS#7 holds a `SET OF` certificates, which DER sorts by
+/// encoding (RFC 5652 §5.1, X.690 §11.6): the position of a certificate means nothing.
+pub fn issued_for(certs: &[Vec<u8>], csr_der: &[u8]) -> Result<Issued> {
+    let spki = x509_cert::request::CertReq::from_der(csr_der)
+        .and_then(|csr| csr.info.public_key.to_der())
+        .map_err(|e| Error::Usage(format!("the CSR does not parse: {e}")))?;
+    let parsed = parse_all(certs)?;
+    let (der, leaf) = parsed
+        .iter()
+        .find(|(_, c)| {
+            c.tbs_certificate()
+                .subject_public_key_info()
+                .to_der()
+                .is_ok_and(|k| k == spki)
+        })
+        .ok_or_else(|| {
+            Error::BadResponse(format!(
+                "none of the {} certificates returned is for the CSR's public key",
+                certs.len()
+            ))
+        })?;
+    Ok(Issued {
+        certificate: der.clone(),
+        chain: issuers(der, leaf, &parsed),
+    })
+}
+
+/// The issuers of `leaf` found in `candidates`, nearest first, matched by name (the issuer of
+/// each is the subject of the next); stops at a self-issued certificate.
+pub fn chain_above(leaf: &[u8], candidates: &[Vec<u8>]) -> Result<Vec<Vec<u8>>> {
+    Ok(issuers(leaf, &parse(leaf)?, &parse_all(candidates)?))
+}
+
+fn issuers(
+    leaf_der: &[u8],
+    leaf: &Certificate,
+    candidates: &[(Vec<u8>, Certificate)],
+) -> Vec<Vec<u8>> {
+    let mut current = leaf;
+    let mut chain: Vec<Vec<u8>> = Vec::new();
+    while current.tbs_certificate().issuer() != current.tbs_certificate().subject() {
+        let issuer = candidates.iter().find(|(der, c)| {
+            c.tbs_certificate().subject() == current.tbs_certificate().issuer()
+                && der.as_slice() != leaf_der
+                && !chain.contains(der)
+        });
+        let Some((der, cert)) = issuer else { break };
+        chain.push(der.clone());
+        current = cert;
+    }
+    chain
+}
+
+fn parse_all(certs: &[Vec<u8>]) -> Result<Vec<(Vec<u8>, Certificate)>> {
+    certs
+        .iter()
+        .map(|der| parse(der).map(|c| (der.clone(), c)))
+        .collect()
+}
+
+fn parse(der: &[u8]) -> Result<Certificate> {
+    Certificate::from_der(der)
+        .map_err(|e| Error::BadResponse(format!("a certificate does not parse: {e}")))
+}
 
 /// The bytes of a base64 body, whatever its wrapping; a DER body (a server that forgot the
 /// base64) is taken as is.
@@ -22,8 +120,8 @@ pub fn base64_body(body: &[u8]) -> Result<Vec<u8>> {
 }
 
 /// The certificates of a certs-only PKCS#7 / CMS SignedData body (RFC 5652 §5.1), as the raw
-/// DER the server sent, in the order it sent them (the issued certificate first, for enroll
-/// responses). Walks the structure instead of decoding and re-encoding each certificate.
+/// DER the server sent, in the order it sent them (which means nothing: see [`issued_for`]).
+/// Walks the structure instead of decoding and re-encoding each certificate.
 pub fn certs_only(body: &[u8]) -> Result<Vec<Vec<u8>>> {
     let der = base64_body(body)?;
     let bad = |what: &str| Error::BadResponse(format!("not a certs-only PKCS#7: {what}"));
@@ -117,13 +215,28 @@ mod tests {
     }
 
     #[test]
+    fn request_bodies_are_lines_of_64_ending_in_crlf() {
+        for n in [0, 1, 47, 48, 49, 233, 480] {
+            let der: Vec<u8> = (0..n).map(|i| i as u8).collect();
+            let text = base64_lines(&der);
+            assert!(text.is_empty() || text.ends_with("\r\n"), "{n}");
+            let lines: Vec<&str> = text.split_terminator("\r\n").collect();
+            assert!(lines.iter().all(|l| (1..=64).contains(&l.len())), "{n}");
+            assert!(lines.iter().rev().skip(1).all(|l| l.len() == 64), "{n}");
+            assert_eq!(base64_body(text.as_bytes()).unwrap(), der);
+        }
+    }
+
+    #[test]
     fn certificates_come_back_raw_and_in_wire_order() {
-        // Not sorted as a DER SET OF would be: the issued certificate first.
+        // Whatever order the encoder chose (DER sorts a SET OF): the order of the bytes.
         let (a, b) = (&[0x30, 0x03, 0x02, 0x01, 0x09][..], &[0x30, 0x01, 0x05][..]);
-        assert_eq!(
-            certs_only(&b64(&body(&[a, b]))).unwrap(),
-            vec![a.to_vec(), b.to_vec()]
-        );
+        let der = body(&[a, b]);
+        let got = certs_only(&b64(&der)).unwrap();
+        let at = |c: &[u8]| der.windows(c.len()).position(|w| w == c);
+        assert_eq!(got.len(), 2);
+        assert!(at(&got[0]) < at(&got[1]), "{got:02x?}");
+        assert!(got.contains(&a.to_vec()) && got.contains(&b.to_vec()));
     }
 
     #[test]

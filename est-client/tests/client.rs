@@ -3,6 +3,7 @@
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
+mod fake;
 
 use std::path::Path;
 use std::process::Command;
@@ -50,8 +51,15 @@ fn device_csr(id: &str, pid: &str) -> (Vec<u8>, Vec<u8>) {
 async fn every_operation_against_the_server() {
     let server = TestServer::start(|t| t).await;
     let anon = Client::new(config(&server, None));
-    let cas = anon.cacerts().await.unwrap();
-    assert_eq!(cas[0], server.env.pai_der());
+    // A SET OF certificates: PAI and PAA, in whatever order the server's encoder gives.
+    let mut cas = anon.cacerts().await.unwrap();
+    cas.sort();
+    let mut expected = vec![
+        server.env.pai_der(),
+        matter_est::issuance::read_cert(&server.env.path(dev::files::PAA_CERT)).unwrap(),
+    ];
+    expected.sort();
+    assert_eq!(cas, expected);
     let attrs = anon.csrattrs().await.unwrap().unwrap();
     assert_eq!(attrs[0], 0x30);
 
@@ -60,13 +68,12 @@ async fn every_operation_against_the_server() {
     let mut last = None;
     for id in ["lib-0001", "lib-0002"] {
         let (key, csr) = device_csr(id, "8000");
-        let Enrolled::Certificates(certs) = gw.simpleenroll(&csr).await.unwrap() else {
+        let Enrolled::Issued(issued) = gw.simpleenroll(&csr).await.unwrap() else {
             panic!("pending")
         };
-        assert_eq!(certs.len(), 2);
-        assert_eq!(certs[1], server.env.pai_der());
-        common::assert_matter_dac(&certs[0], &server.env.pai_der());
-        last = Some((key, certs[0].clone()));
+        assert_eq!(issued.chain, [server.env.pai_der()]);
+        common::assert_matter_dac(&issued.certificate, &server.env.pai_der());
+        last = Some((key, issued.certificate));
     }
 
     // Re-enroll with the DAC as the TLS client certificate.
@@ -90,10 +97,10 @@ async fn every_operation_against_the_server() {
             .unwrap()
     };
     let csr = matter::csr_for_name(&matter::generate_key().unwrap(), &subject).unwrap();
-    let Enrolled::Certificates(renewed) = device.simplereenroll(&csr).await.unwrap() else {
+    let Enrolled::Issued(renewed) = device.simplereenroll(&csr).await.unwrap() else {
         panic!()
     };
-    assert_ne!(renewed[0], dac);
+    assert_ne!(renewed.certificate, dac);
     assert_eq!(server.ledger.count("dev").unwrap(), 3);
 
     // A device bootstrapping with a one-time token (HTTP Basic).
@@ -105,7 +112,7 @@ async fn every_operation_against_the_server() {
     let (_, csr) = device_csr("tok-0001", "8000");
     assert!(matches!(
         with_token.simpleenroll(&csr).await.unwrap(),
-        Enrolled::Certificates(_)
+        Enrolled::Issued(_)
     ));
     let (_, csr) = device_csr("tok-0002", "8000");
     let err = with_token.simpleenroll(&csr).await.unwrap_err();
@@ -168,6 +175,13 @@ fn decoders_accept_libest_and_globalsign_shapes() {
     };
     let refs: Vec<&[u8]> = certs.iter().map(Vec::as_slice).collect();
     let der = matter_est::est::wire::certs_only(&refs);
+    // Decoded in wire order, which is the encoder's (DER sorts a SET OF).
+    let in_wire_order = {
+        let at = |c: &Vec<u8>| der.windows(c.len()).position(|w| w == c.as_slice());
+        let mut v = certs.clone();
+        v.sort_by_key(at);
+        v
+    };
     let b64 = base64::engine::general_purpose::STANDARD.encode(&der);
     let wrap = |n: usize, eol: &str| -> String {
         b64.as_bytes()
@@ -183,12 +197,12 @@ fn decoders_accept_libest_and_globalsign_shapes() {
     ] {
         assert_eq!(
             est_client::wire::certs_only(body.as_bytes()).unwrap(),
-            certs
+            in_wire_order
         );
     }
     assert_eq!(
         est_client::wire::certs_only(&der).unwrap(),
-        certs,
+        in_wire_order,
         "raw DER too"
     );
     assert!(est_client::wire::certs_only(b"not base64!").is_err());
@@ -239,25 +253,10 @@ fn gateway_cmd(server: &TestServer, devices: &Path, out: &Path) -> Command {
 
 /// The gateway's DAC for `id`, after checking that it certifies the gateway's key for `id`.
 fn device_certified(out: &Path, id: &str) -> x509_cert::Certificate {
-    let pem = std::fs::read(out.join(format!("{id}.dac.pem"))).unwrap();
-    let (_, dac) = der::pem::decode_vec(&pem).unwrap();
-    let cert: x509_cert::Certificate = der::Decode::from_der(&dac).unwrap();
-    let key = matter::read_key(&out.join(format!("{id}.key.pem"))).unwrap();
-    let pair = ring::signature::EcdsaKeyPair::from_pkcs8(
-        &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
-        &key,
-        &ring::rand::SystemRandom::new(),
+    fake::assert_certifies(
+        &out.join(format!("{id}.dac.pem")),
+        &out.join(format!("{id}.key.pem")),
     )
-    .unwrap();
-    assert_eq!(
-        ring::signature::KeyPair::public_key(&pair).as_ref(),
-        cert.tbs_certificate()
-            .subject_public_key_info()
-            .subject_public_key
-            .raw_bytes(),
-        "{id}: the DAC certifies the device's key"
-    );
-    cert
 }
 
 /// Runs `est-client gateway` to its end, off the test's async threads.
@@ -373,10 +372,12 @@ async fn gateway_replaces_a_torn_key_and_fails_alone_on_an_unreadable_one() {
     std::fs::write(&devices, "torn-1\nblocked-1\nplain-1\n").unwrap();
     let out = dir.path().join("out");
     std::fs::create_dir_all(&out).unwrap();
-    // A key torn by a kill before it was synced (so its CSR was never sent)...
-    std::fs::write(
-        out.join("torn-1.key.pem"),
-        "-----BEGIN PRIVATE KEY-----\nMIGH",
+    // A key (created 0600, as est-client creates keys) torn by a kill before it was synced, so
+    // its CSR was never sent...
+    est_client::files::write_file(
+        &out.join("torn-1.key.pem"),
+        b"-----BEGIN PRIVATE KEY-----\nMIGH",
+        est_client::files::PRIVATE,
     )
     .unwrap();
     // ...and one that cannot be read: never replaced, the device fails alone.

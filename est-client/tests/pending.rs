@@ -5,63 +5,24 @@
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
+mod fake;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use matter_est::profile::dev;
 
-/// Serves `holds` 202s, then the certs-only body of `certs`; returns the port.
-async fn holding_server(env: &common::DevEnv, holds: usize, certs: Vec<Vec<u8>>) -> u16 {
-    let tls = matter_est::tls::server_config(
-        &env.path(dev::files::SERVER_CERT),
-        &env.path(dev::files::SERVER_KEY),
-        &[],
-    )
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let seen = Arc::new(AtomicUsize::new(0));
-    let refs: Vec<&[u8]> = certs.iter().map(Vec::as_slice).collect();
-    let body = Bytes::from(matter_est::est::wire::base64_wrapped(
-        &matter_est::est::wire::certs_only(&refs),
-    ));
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let (acceptor, seen, body) = (acceptor.clone(), seen.clone(), body.clone());
-            tokio::spawn(async move {
-                let tls = acceptor.accept(tcp).await.unwrap();
-                let svc = service_fn(move |_req| {
-                    let n = seen.fetch_add(1, Ordering::SeqCst);
-                    let resp = if n < holds {
-                        hyper::Response::builder()
-                            .status(202)
-                            .header("Retry-After", "1")
-                            .body(Full::new(Bytes::new()))
-                    } else {
-                        hyper::Response::builder()
-                            .status(200)
-                            .header(
-                                "Content-Type",
-                                "application/pkcs7-mime; smime-type=certs-only",
-                            )
-                            .body(Full::new(body.clone()))
-                    };
-                    async move { resp }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
-            });
+/// Serves `holds` 202s, then a DAC for the CSR with the PAI; returns the port.
+async fn holding_server(env: &common::DevEnv, holds: usize, pki: &Arc<fake::Pki>) -> u16 {
+    let pki = pki.clone();
+    let fake = fake::serve(env, move |n, _, body| {
+        if n < holds {
+            fake::held(1)
+        } else {
+            fake::certs_only(&[&pki.dac(body), &pki.pai])
         }
-    });
-    port
+    })
+    .await;
+    fake.port
 }
 
 fn enroll_cmd(
@@ -70,39 +31,19 @@ fn enroll_cmd(
     max_wait: &str,
     out: &std::path::Path,
 ) -> std::process::Command {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_est-client"));
-    cmd.args([
-        "enroll",
-        "--server",
-        &format!("https://localhost:{port}"),
-        "--cacert",
-    ])
-    .arg(env.path(dev::files::TLS_CA_CERT))
-    .args([
-        "--vid",
-        "FFF1",
-        "--pid",
-        "8000",
-        "--device-id",
-        "held-1",
-        "--max-wait",
-        max_wait,
-        "--out",
-    ])
-    .arg(out);
+    let url = format!("https://localhost:{port}");
+    let mut cmd = fake::enroll(env, &url, "held-1", out);
+    cmd.args(["--max-wait", max_wait]);
     cmd
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_requests_are_typed_and_retried() {
     let env = common::DevEnv::new(|t| t);
-    let certs = vec![
-        env.pai_der(),
-        matter_est::issuance::read_cert(&env.path(dev::files::PAA_CERT)).unwrap(),
-    ];
+    let pki = Arc::new(fake::Pki::new(&env));
 
     // The library: a typed Pending with the server's Retry-After.
-    let port = holding_server(&env, 1, certs.clone()).await;
+    let port = holding_server(&env, 1, &pki).await;
     let cfg = est_client::ClientConfig::new(
         &format!("https://localhost:{port}"),
         None,
@@ -113,7 +54,12 @@ async fn held_requests_are_typed_and_retried() {
     let client = est_client::Client::new(cfg);
     let csr = est_client::matter::csr(
         &est_client::matter::generate_key().unwrap(),
-        &Default::default(),
+        &est_client::matter::DeviceSubject {
+            cn: Some("held-lib".into()),
+            vid: Some("FFF1".into()),
+            pid: Some("8000".into()),
+            serial_number: None,
+        },
     )
     .unwrap();
     match client.simpleenroll(&csr).await.unwrap() {
@@ -121,18 +67,13 @@ async fn held_requests_are_typed_and_retried() {
         other => panic!("expected Pending, got {other:?}"),
     }
     assert!(
-        matches!(client.simpleenroll(&csr).await.unwrap(), est_client::Enrolled::Certificates(c) if c == certs)
+        matches!(client.simpleenroll(&csr).await.unwrap(), est_client::Enrolled::Issued(i) if i.chain == [pki.pai.clone()])
     );
 
     // The CLI waits and retries: held twice, then served.
-    let port = holding_server(&env, 2, certs.clone()).await;
+    let port = holding_server(&env, 2, &pki).await;
     let out = env.path("held");
-    let run = tokio::task::spawn_blocking({
-        let mut cmd = enroll_cmd(&env, port, "10", &out);
-        move || cmd.output().unwrap()
-    })
-    .await
-    .unwrap();
+    let run = fake::run(enroll_cmd(&env, port, "10", &out)).await;
     assert!(
         run.status.success(),
         "{}",
@@ -142,13 +83,8 @@ async fn held_requests_are_typed_and_retried() {
     assert!(env.path("held.dac.pem").exists());
 
     // ... up to its bound.
-    let port = holding_server(&env, usize::MAX, certs).await;
-    let run = tokio::task::spawn_blocking({
-        let mut cmd = enroll_cmd(&env, port, "0", &env.path("never"));
-        move || cmd.output().unwrap()
-    })
-    .await
-    .unwrap();
+    let port = holding_server(&env, usize::MAX, &pki).await;
+    let run = fake::run(enroll_cmd(&env, port, "0", &env.path("never"))).await;
     assert!(!run.status.success());
     assert!(
         String::from_utf8_lossy(&run.stderr).contains("still held by the server"),
