@@ -52,7 +52,9 @@ fn the_readme_walk_through_runs_as_written() {
     std::net::TcpListener::bind("127.0.0.1:8443")
         .expect("the README's port 8443 is in use: stop what listens there to run this test");
     let scratch = tempfile::tempdir().unwrap();
-    let bin_dir = Path::new(env!("CARGO_BIN_EXE_matter-est")).parent().unwrap();
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_matter-est"))
+        .parent()
+        .unwrap();
     let release = scratch.path().join("target/release");
     std::fs::create_dir_all(&release).unwrap();
     for bin in ["matter-est", "est-client"] {
@@ -103,11 +105,14 @@ fn the_readme_walk_through_runs_as_written() {
         .status();
     let _ = child.wait();
     let (out, err) = (out.join().unwrap(), err.join().unwrap());
-    let log = std::fs::read_to_string(scratch.path().join("walkthrough/serve.log"))
-        .unwrap_or_default();
+    let log =
+        std::fs::read_to_string(scratch.path().join("walkthrough/serve.log")).unwrap_or_default();
     let context = format!("stdout:\n{out}\nstderr:\n{err}\nserve.log:\n{log}");
     let status = status.unwrap_or_else(|| panic!("the walk-through hung\n{context}"));
-    assert!(status.success(), "the walk-through failed ({status})\n{context}");
+    assert!(
+        status.success(),
+        "the walk-through failed ({status})\n{context}"
+    );
 
     // What the README says each step shows.
     assert!(out.contains("dac.pem: OK"), "{context}");
@@ -115,7 +120,12 @@ fn the_readme_walk_through_runs_as_written() {
     assert!(out.contains("(HTTP 403)"), "{context}");
     assert!(out.contains("dac3.pem: OK"), "{context}");
     let w = scratch.path().join("walkthrough");
-    for file in ["dac2.pem", "line-7/batch.json", "line-8/batch.json", "ca-chain.pem"] {
+    for file in [
+        "dac2.pem",
+        "line-7/batch.json",
+        "line-8/batch.json",
+        "ca-chain.pem",
+    ] {
         assert!(w.join(file).exists(), "{file}\n{context}");
     }
     let manifest = std::fs::read_to_string(w.join("line1/manifest.jsonl")).unwrap();
