@@ -448,29 +448,42 @@ fn serve(
             ledger = %config.ledger.display(),
             "matter-est serving"
         );
-        for label in running.app.issuer.labels() {
-            let pids = match &label.config.pids {
-                matter_est::profile::PidPolicy::Any => "any".to_string(),
-                matter_est::profile::PidPolicy::Only(set) => set
-                    .iter()
-                    .map(|p| p.to_string())
-                    .collect::<Vec<_>>()
-                    .join(","),
-            };
-            tracing::info!(
-                label = %label.config.name,
-                default = label.config.name == config.default_label,
-                pai = %label.pai.subject,
-                vid = %label.pai.vid,
-                pids = %pids,
-                quota = label.config.quota.map_or("none".to_string(), |q| q.to_string()),
-                "label served"
-            );
-        }
+        log_labels(&running, &config.default_label);
         if embedded {
             print_try_it(&running.addr, &config.default_label);
         }
-        shutdown_signal().await;
+        // SIGHUP reloads the configuration (TLS certificates, labels, policy) without dropping
+        // a connection; SIGINT or SIGTERM stops.
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| Error::Internal(format!("SIGHUP handler: {e}")))?;
+        let stop = shutdown_signal();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = hangup.recv() => {
+                    let reloaded = Config::load(&config_path).and_then(|mut new| {
+                        new.server.listen = config.server.listen;
+                        if new.ledger != config.ledger {
+                            tracing::warn!("the ledger path changed: it takes effect at the next start");
+                        }
+                        let labels = Issuer::load(&new)?;
+                        labels.refuse_development_pki(&new, danger_dev)?;
+                        running.reload(&new, labels)
+                    });
+                    match reloaded {
+                        Ok(()) => {
+                            tracing::info!(config = %config_path.display(), "configuration reloaded");
+                            log_labels(&running, &config.default_label);
+                        }
+                        Err(e) => tracing::error!(
+                            error = %e,
+                            "reload refused; still serving the previous configuration"
+                        ),
+                    }
+                }
+            }
+        }
         tracing::info!("shutting down: no new connections, finishing requests in flight");
         running.shutdown().await;
         Ok::<(), Error>(())
@@ -478,6 +491,29 @@ fn serve(
     ledger.close();
     tracing::info!("ledger closed");
     Ok(())
+}
+
+/// One `label served` line per label: what the server serves.
+fn log_labels(running: &server::Running, default_label: &str) {
+    for label in running.app().issuer.labels() {
+        let pids = match &label.config.pids {
+            matter_est::profile::PidPolicy::Any => "any".to_string(),
+            matter_est::profile::PidPolicy::Only(set) => set
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        };
+        tracing::info!(
+            label = %label.config.name,
+            default = label.config.name == default_label,
+            pai = %label.pai.subject,
+            vid = %label.pai.vid,
+            pids = %pids,
+            quota = label.config.quota.map_or("none".to_string(), |q| q.to_string()),
+            "label served"
+        );
+    }
 }
 
 /// Log lines buffered for the log thread: over a second of requests at full rate. (The
