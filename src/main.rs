@@ -114,6 +114,11 @@ enum Command {
         #[arg(long)]
         danger_allow_development_pki: bool,
     },
+    /// The ledger: backups.
+    Ledger {
+        #[command(subcommand)]
+        command: LedgerCommand,
+    },
     /// Print a shell completion script (e.g. `matter-est completions bash >
     /// /etc/bash_completion.d/matter-est`).
     Completions {
@@ -143,6 +148,19 @@ enum Command {
         /// The Matter Product ID (4 uppercase hex digits).
         #[arg(long, default_value = "8000")]
         pid: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum LedgerCommand {
+    /// Write a consistent copy of the ledger (one snapshot, all tables) to a new file.
+    Backup {
+        /// The configuration file naming the ledger.
+        #[arg(long)]
+        config: PathBuf,
+        /// The backup file to create (never overwritten).
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -356,6 +374,20 @@ fn run(cli: Cli) -> Result<()> {
                      failed permanently"
                 ))),
             }
+        }
+        Command::Ledger {
+            command: LedgerCommand::Backup { config, out },
+        } => {
+            let config = Config::load(&config)?;
+            let ledger = RedbLedger::open(&config.ledger)?;
+            let records = ledger.backup_to(&out)?;
+            ledger.close();
+            println!(
+                "backed up {} ({records} DACs) to {}",
+                config.ledger.display(),
+                out.display()
+            );
+            Ok(())
         }
         Command::Completions { shell } => {
             let mut script = Vec::new();
