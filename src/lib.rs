@@ -13,6 +13,7 @@ pub mod error;
 pub mod est;
 pub mod issuance;
 pub mod matter;
+pub mod pki;
 pub mod policy;
 pub mod profile;
 pub mod server;

@@ -6,6 +6,10 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
+mod cli;
+
+use cli::pki::{ClientsCommand, TlsCommand};
+
 use matter_est::config::Config;
 use matter_est::issuance::{IssueOptions, Issuer};
 use matter_est::profile::dev;
@@ -113,6 +117,16 @@ enum Command {
         /// `danger_development_pki = true`.
         #[arg(long)]
         danger_allow_development_pki: bool,
+    },
+    /// The EST listener's TLS certificate and its CA (certs/README.md).
+    Tls {
+        #[command(subcommand)]
+        command: TlsCommand,
+    },
+    /// Client CAs and client certificates for gateways and operators (certs/README.md).
+    Clients {
+        #[command(subcommand)]
+        command: ClientsCommand,
     },
     /// The ledger: backups.
     Ledger {
@@ -389,6 +403,8 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Tls { command } => cli::pki::run_tls(command),
+        Command::Clients { command } => cli::pki::run_clients(command),
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(

@@ -22,7 +22,10 @@ fn the_systemd_unit_verifies_and_is_sandboxed() {
     let unit = dir.path().join("matter-est.service");
     std::fs::write(
         &unit,
-        UNIT.replace("/usr/local/bin/matter-est", env!("CARGO_BIN_EXE_matter-est")),
+        UNIT.replace(
+            "/usr/local/bin/matter-est",
+            env!("CARGO_BIN_EXE_matter-est"),
+        ),
     )
     .unwrap();
     let verify = Command::new("systemd-analyze")
@@ -40,7 +43,10 @@ fn the_systemd_unit_verifies_and_is_sandboxed() {
     let report = String::from_utf8_lossy(&security.stdout);
     let level: f64 = report
         .lines()
-        .find_map(|l| l.split("Overall exposure level for matter-est.service: ").nth(1))
+        .find_map(|l| {
+            l.split("Overall exposure level for matter-est.service: ")
+                .nth(1)
+        })
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no exposure level in:\n{report}"));

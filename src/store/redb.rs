@@ -603,7 +603,11 @@ impl RedbLedger {
         copy_table(&snapshot, &txn, TOKENS)?;
         copy_table(&snapshot, &txn, TOKEN_IDS)?;
         txn.commit().map_err(le)?;
-        let records = snapshot.open_table(RECORDS).map_err(le)?.len().map_err(le)?;
+        let records = snapshot
+            .open_table(RECORDS)
+            .map_err(le)?
+            .len()
+            .map_err(le)?;
         drop(copy);
         // The copy's contents are durable (redb fsyncs its commit); make its directory entry
         // durable too.
