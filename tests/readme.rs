@@ -56,7 +56,7 @@ fn run_blocks(script: &str, port: u16) -> (String, tempfile::TempDir) {
         );
         std::os::unix::fs::symlink(&built, release.join(bin)).unwrap();
     }
-    std::fs::write(scratch.path().join("walkthrough.sh"), &script).unwrap();
+    std::fs::write(scratch.path().join("walkthrough.sh"), script).unwrap();
 
     // Its own process group, so that a server it started is stopped whatever happens.
     let mut child = Command::new("bash")
