@@ -29,6 +29,8 @@ pub struct Label {
 #[derive(Clone, Debug)]
 pub struct Issued {
     pub dac: Dac,
+    /// The DAC was already on record (the request repeated one): nothing new was issued.
+    pub repeat: bool,
 }
 
 impl Issued {
@@ -56,6 +58,7 @@ impl Issued {
                 not_before: parsed.not_before,
                 not_after: parsed.not_after,
             },
+            repeat: true,
         })
     }
 
@@ -339,7 +342,7 @@ impl Issuer {
             renews,
         };
         Ok(Prepared {
-            issued: Issued { dac },
+            issued: Issued { dac, repeat: false },
             commit: Some((
                 record,
                 Admission {

@@ -84,6 +84,7 @@ enum Command {
         command: TokenCommand,
     },
     /// Make keys and DACs ahead of time for a production line without a network.
+    #[command(group(clap::ArgGroup::new("which_devices").required(true).multiple(false)))]
     Batch {
         /// The configuration file (its ledger must not be held by a running `serve`).
         #[arg(long)]
@@ -95,10 +96,10 @@ enum Command {
         #[arg(long)]
         pid: String,
         /// How many devices (CN = the label's cn_prefix + serial).
-        #[arg(long, conflicts_with = "devices", required_unless_present = "devices")]
+        #[arg(long, group = "which_devices")]
         count: Option<u64>,
         /// One hardware ID per line (CSV; the first column); each becomes the DAC's CN.
-        #[arg(long)]
+        #[arg(long, group = "which_devices")]
         devices: Option<PathBuf>,
         /// Output directory (created 0700; an interrupted batch here is resumed).
         #[arg(long)]
@@ -268,8 +269,13 @@ fn run(cli: Cli) -> Result<()> {
             };
             std::fs::write(&out, bytes).map_err(|e| Error::io(&out, e))?;
             ledger.close();
+            let what = if issued.repeat {
+                "the DAC on record for this key and subject (nothing new issued): serial"
+            } else {
+                "issued DAC serial"
+            };
             println!(
-                "issued DAC serial {} subject {} -> {}",
+                "{what} {} subject {} -> {}",
                 asn1::hex(&issued.dac.serial),
                 issued.dac.subject,
                 out.display()
