@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::profile::cert::Parsed;
 use crate::profile::check::{self, CaRole};
 use crate::profile::{self, Dac, DacProfile, DacSubject, Pai};
-use crate::signer::{self, FileSigner, Signer};
+use crate::signer::{self, FileSigner, Pkcs11Signer, Signer};
 use crate::store::{Admission, Committed, Completer, DacRecord, Ledger, Pending, Status};
 
 /// A label, loaded: its PAI, chain, signer and policy.
@@ -253,10 +253,13 @@ pub fn load_label(lc: &LabelConfig) -> Result<Label> {
         SignerConfig::File { key, passphrase } => {
             Arc::new(FileSigner::load(key, passphrase.as_ref())?)
         }
+        // Finds the key by the PAI's public key and refuses to open otherwise.
+        SignerConfig::Pkcs11(config) => Arc::new(Pkcs11Signer::open(config, pai.public_key())?),
     };
     if signer.public_key() != pai.public_key() {
         let path = match &lc.signer {
             SignerConfig::File { key, .. } => key.clone(),
+            SignerConfig::Pkcs11(config) => config.module.clone(),
         };
         return Err(Error::KeyFile {
             path,

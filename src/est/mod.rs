@@ -363,6 +363,7 @@ pub fn status_for(kind: ErrorKind) -> StatusCode {
         ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         ErrorKind::Timeout => StatusCode::REQUEST_TIMEOUT,
         ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
@@ -371,6 +372,9 @@ fn error_reply(e: &Error, outcome: &mut Outcome) -> Reply {
     outcome.error = Some(e.to_string());
     if kind == ErrorKind::Internal {
         tracing::error!(error = %e, "internal error");
+    }
+    if kind == ErrorKind::Unavailable {
+        tracing::warn!(error = %e, "unavailable");
     }
     let extra = match e {
         Error::Unauthenticated(_) => Some((
@@ -384,6 +388,10 @@ fn error_reply(e: &Error, outcome: &mut Outcome) -> Reply {
         Error::PayloadTooLarge { .. } => {
             Some((header::CONNECTION, HeaderValue::from_static("close")))
         }
+        // RFC 9110 §10.2.3: delay-seconds until the signer's next reconnection attempt.
+        Error::SignerUnavailable {
+            retry_after_secs, ..
+        } => Some((header::RETRY_AFTER, HeaderValue::from(*retry_after_secs))),
         _ => None,
     };
     let mut body = e.public_message();
