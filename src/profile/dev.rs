@@ -189,6 +189,36 @@ pub fn init(dir: &Path, force: bool) -> Result<DevPki> {
     })
 }
 
+/// Issues a new development PAI for `point` (a key kept elsewhere, e.g. in a PKCS#11 token),
+/// signed by the development PAA under `dir`, and writes it over `pki/pai.pem`. Same subject and
+/// extensions as `init` makes (MATTER.md "PAI"). The old PAI key file, if any, is removed: it no
+/// longer matches.
+pub fn reissue_pai(dir: &Path, point: &[u8; 65]) -> Result<Vec<u8>> {
+    let paa = Ca::load(dir, files::PAA_CERT, files::PAA_KEY)?;
+    let now = asn1::now();
+    let pai_subject = name(&[
+        (oid::COMMON_NAME, "Matter Dev PAI FFF1 no PID"),
+        (oid::MATTER_VID, DEV_VID),
+    ]);
+    let pai_cert = paa.issue(
+        &pai_subject,
+        point,
+        now - super::BACKDATE_SECS,
+        asn1::NO_EXPIRY,
+        vec![
+            cert::basic_constraints_ext(Some(Some(0))),
+            cert::key_usage_ext(key_usage::CERT_SIGN),
+        ],
+    )?;
+    write_pem(dir, files::PAI_CERT, "CERTIFICATE", &[&pai_cert])?;
+    let old_key = dir.join(files::PAI_KEY);
+    match fs::remove_file(&old_key) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&old_key, e)),
+        _ => {}
+    }
+    Ok(pai_cert)
+}
+
 /// The config `init-dev` writes (`config/dev.toml`); paths are relative to its directory.
 pub const DEV_CONFIG: &str = include_str!("../../config/dev.toml");
 
@@ -209,6 +239,23 @@ impl Ca {
             point,
             signer,
             subject,
+        })
+    }
+
+    /// A CA written by `init`: its PEM certificate and PKCS#8 key under `dir`.
+    fn load(dir: &Path, cert_rel: &str, key_rel: &str) -> Result<Self> {
+        let cert =
+            super::cert::Parsed::from_der(&crate::issuance::read_cert(&dir.join(cert_rel))?)?;
+        let key_path = dir.join(key_rel);
+        let pem = fs::read_to_string(&key_path).map_err(|e| Error::io(&key_path, e))?;
+        let (_, pkcs8) = der::pem::decode_vec(pem.as_bytes())
+            .map_err(|e| Error::io(&key_path, format!("bad PEM: {e}")))?;
+        let signer = KeySigner::from_pkcs8(&pkcs8)?;
+        Ok(Self {
+            point: *signer::Signer::public_key(&signer),
+            pkcs8,
+            signer,
+            subject: cert.subject_der,
         })
     }
 

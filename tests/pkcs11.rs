@@ -1,0 +1,269 @@
+//! The PKCS#11 signer on a real SoftHSM2 token (issue 13): DACs signed in the token, refusals at
+//! start, and a token that goes away and comes back while the server runs. Each test runs in a
+//! child process with its own SoftHSM2 directory (common::hsm explains why).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // reason: tests
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::est::{TestServer, pkcs7_certs};
+use common::hsm::{self, Hsm};
+use common::{DevEnv, assert_matter_dac, csr, openssl_verify, subject};
+use matter_est::issuance::{IssueOptions, Issuer};
+use matter_est::profile::dev;
+use matter_est::store::Ledger;
+use matter_est::store::redb::RedbLedger;
+
+const TOKEN: &str = "pai-token";
+
+fn hsm_env(hsm: &Hsm) -> DevEnv {
+    DevEnv::new_in(|dir, text| hsm.adopt_dev_pki(dir, TOKEN, &text))
+}
+
+fn opts() -> IssueOptions {
+    IssueOptions {
+        requester: "test".into(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn dacs_signed_in_softhsm_verify_under_the_pai_and_pass_every_rule() {
+    let Some(hsm) = hsm::in_softhsm(
+        "dacs_signed_in_softhsm_verify_under_the_pai_and_pass_every_rule",
+        &[TOKEN],
+    ) else {
+        return;
+    };
+    let env = hsm_env(&hsm);
+    assert!(!env.path(dev::files::PAI_KEY).exists(), "no PAI key file");
+    let (issuer, ledger) = env.issuer();
+    let issuer = Arc::new(issuer);
+    let pai = env.pai_der();
+    // Eight threads at once through a pool of four sessions.
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let issuer = issuer.clone();
+            std::thread::spawn(move || {
+                (0..25)
+                    .map(|i| {
+                        let name =
+                            subject(Some(&format!("hsm-{t}-{i}")), Some("FFF1"), Some("8000"));
+                        let req = matter_est::csr::parse(&csr(&name).0).unwrap();
+                        issuer.issue("dev", &req, &opts()).unwrap().dac.der
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let dacs: Vec<Vec<u8>> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    assert_eq!(dacs.len(), 200);
+    for dac in &dacs {
+        assert_matter_dac(dac, &pai);
+    }
+    openssl_verify(&env, &dacs);
+    assert_eq!(ledger.count("dev").unwrap(), 200);
+}
+
+#[test]
+fn start_is_refused_with_a_message_naming_module_token_and_key() {
+    let Some(hsm) = hsm::in_softhsm(
+        "start_is_refused_with_a_message_naming_module_token_and_key",
+        &[TOKEN, "empty-token", "never-logged-in"],
+    ) else {
+        return;
+    };
+    let refusal = |signer_keys: String, pai_from_token: bool| -> String {
+        let env = DevEnv::new_in(|dir, text| {
+            let text = if pai_from_token {
+                hsm.adopt_dev_pki(dir, TOKEN, &text)
+            } else {
+                text
+            };
+            // Replace whatever signer the label has with `signer_keys`.
+            let start = text.find("[labels.dev.signer]\n").unwrap() + "[labels.dev.signer]\n".len();
+            let end = start + text[start..].find("\n\n").unwrap();
+            format!("{}{}{}", &text[..start], signer_keys, &text[end..])
+        });
+        let config = env.config();
+        let ledger = Arc::new(RedbLedger::open(&config.ledger).unwrap());
+        let err = Issuer::new(&config, ledger)
+            .err()
+            .expect("refused")
+            .to_string();
+        println!("refused: {err}");
+        err
+    };
+    let module = hsm.module.display().to_string();
+
+    // A token without the key.
+    let err = refusal(hsm.signer_keys("empty-token", ""), true);
+    for says in [module.as_str(), "\"empty-token\"", "no EC public key"] {
+        assert!(err.contains(says), "{err} does not say {says:?}");
+    }
+
+    // A key that does not match the PAI (the PAI's key is a file; the token holds another key).
+    hsm.generate(TOKEN, "not-the-pai");
+    let err = refusal(hsm.signer_keys(TOKEN, ""), false);
+    for says in [module.as_str(), TOKEN, "does not match the PAI"] {
+        assert!(err.contains(says), "{err} does not say {says:?}");
+    }
+    // Narrowed to that key by label: the message names the key too.
+    let err = refusal(
+        hsm.signer_keys(TOKEN, "key_label = \"not-the-pai\"\n"),
+        false,
+    );
+    assert!(
+        err.contains("label \"not-the-pai\"") && err.contains("does not match the PAI"),
+        "{err}"
+    );
+
+    // A wrong PIN (on a token nobody in this process logged in to: PKCS#11 login is per token
+    // and application, and a second C_Login answers CKR_USER_ALREADY_LOGGED_IN).
+    let wrong = hsm.dir.join("wrong.pin");
+    std::fs::write(&wrong, "0000\n").unwrap();
+    std::fs::set_permissions(&wrong, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let keys = format!(
+        "module = \"{module}\"\ntoken_label = \"never-logged-in\"\npin_file = \"{}\"\n",
+        wrong.display()
+    );
+    let err = refusal(keys, true);
+    for says in [module.as_str(), "never-logged-in", "CKR_PinIncorrect"] {
+        assert!(err.contains(says), "{err} does not say {says:?}");
+    }
+
+    // A missing module.
+    let keys = hsm
+        .signer_keys(TOKEN, "")
+        .replace(&module, "/nonexistent/libvendor-pkcs11.so");
+    let err = refusal(keys, true);
+    for says in ["/nonexistent/libvendor-pkcs11.so", TOKEN, "does not exist"] {
+        assert!(err.contains(says), "{err} does not say {says:?}");
+    }
+
+    // A token that is not there.
+    let err = refusal(hsm.signer_keys("no-such-token", ""), true);
+    assert!(
+        err.contains("no token with label \"no-such-token\"") && err.contains("empty-token"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrollments_over_tls_sign_in_the_token() {
+    let Some(hsm) = hsm::in_softhsm("enrollments_over_tls_sign_in_the_token", &[TOKEN]) else {
+        return;
+    };
+    let mut server = TestServer::start_env(hsm_env(&hsm)).await;
+    let pai = server.env.pai_der();
+    // Four keep-alive gateway connections at once, ten enrollments each.
+    let mut tasks = Vec::new();
+    for c in 0..4 {
+        let mut client = server.gateway().await;
+        tasks.push(tokio::spawn(async move {
+            let mut dacs = Vec::new();
+            for i in 0..10 {
+                let name = subject(Some(&format!("tls-{c}-{i}")), Some("FFF1"), Some("8000"));
+                let reply = client
+                    .enroll("/.well-known/est/dev/simpleenroll", &csr(&name).0)
+                    .await;
+                assert_eq!(reply.status, 200, "{}", reply.text());
+                dacs.push(reply.body);
+            }
+            dacs
+        }));
+    }
+    let mut dacs = Vec::new();
+    for t in tasks {
+        for body in t.await.unwrap() {
+            let certs = pkcs7_certs(&body);
+            assert_eq!(certs.len(), 2, "DAC and PAI");
+            let dac = certs.into_iter().find(|c| *c != pai).unwrap();
+            assert_matter_dac(&dac, &pai);
+            dacs.push(dac);
+        }
+    }
+    openssl_verify(&server.env, &dacs);
+    assert_eq!(server.ledger.count("dev").unwrap(), 40);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_outage_gives_503_with_retry_after_and_recovers_in_the_same_process() {
+    let Some(hsm) = hsm::in_softhsm(
+        "token_outage_gives_503_with_retry_after_and_recovers_in_the_same_process",
+        &[TOKEN],
+    ) else {
+        return;
+    };
+    let mut server = TestServer::start_env(hsm_env(&hsm)).await;
+    let mut client = server.gateway().await;
+    let enroll = |cn: String| {
+        let (der, _) = csr(&subject(Some(&cn), Some("FFF1"), Some("8000")));
+        der
+    };
+    let path = "/.well-known/est/dev/simpleenroll";
+    let reply = client.enroll(path, &enroll("before".into())).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(server.ledger.count("dev").unwrap(), 1);
+
+    // The token goes away.
+    let token_dir = hsm.token_dir(TOKEN);
+    let away = hsm.dir.join("token-away");
+    std::fs::rename(&token_dir, &away).unwrap();
+    for i in 0..3 {
+        let reply = client.enroll(path, &enroll(format!("during-{i}"))).await;
+        assert_eq!(reply.status, 503, "{}", reply.text());
+        let retry: u64 = reply
+            .header("retry-after")
+            .expect("Retry-After")
+            .parse()
+            .unwrap();
+        assert!((1..=30).contains(&retry), "Retry-After {retry}");
+        // The client sees no detail of the token.
+        assert!(
+            reply.text().contains("temporarily unavailable"),
+            "{}",
+            reply.text()
+        );
+        assert!(!reply.text().contains("softhsm"), "{}", reply.text());
+    }
+    assert_eq!(server.ledger.count("dev").unwrap(), 1, "nothing recorded");
+    // Longer than the first backoffs: the signer keeps trying and failing meanwhile.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let reply = client.enroll(path, &enroll("still-down".into())).await;
+    assert_eq!(reply.status, 503);
+
+    // Back: the same server signs again once its signer reconnected.
+    std::fs::rename(&away, &token_dir).unwrap();
+    let back = Instant::now();
+    let mut i = 0;
+    loop {
+        i += 1;
+        let reply = client.enroll(path, &enroll(format!("after-{i}"))).await;
+        if reply.status == 200 {
+            break;
+        }
+        assert_eq!(reply.status, 503, "{}", reply.text());
+        assert!(
+            back.elapsed() < Duration::from_secs(40),
+            "the signer did not reconnect within 40 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    println!(
+        "reconnected {:.1} s after the token came back",
+        back.elapsed().as_secs_f64()
+    );
+    for i in 0..5 {
+        let reply = client.enroll(path, &enroll(format!("again-{i}"))).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    assert_eq!(server.ledger.count("dev").unwrap(), 7);
+    server.stop().await;
+}
