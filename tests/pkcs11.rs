@@ -267,3 +267,52 @@ async fn token_outage_gives_503_with_retry_after_and_recovers_in_the_same_proces
     assert_eq!(server.ledger.count("dev").unwrap(), 7);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_refused_while_reconnecting_is_not_retried() {
+    let Some(hsm) = hsm::in_softhsm("a_pin_refused_while_reconnecting_is_not_retried", &[TOKEN])
+    else {
+        return;
+    };
+    let mut server = TestServer::start_env(hsm_env(&hsm)).await;
+    let mut client = server.gateway().await;
+    let path = "/.well-known/est/dev/simpleenroll";
+    let der = |cn: &str| csr(&subject(Some(cn), Some("FFF1"), Some("8000"))).0;
+    assert_eq!(client.enroll(path, &der("before")).await.status, 200);
+
+    // The token goes away and another one with the same label but another user PIN appears.
+    let token_dir = hsm.token_dir(TOKEN);
+    let away = hsm.dir.join("token-away");
+    std::fs::rename(&token_dir, &away).unwrap();
+    assert_eq!(client.enroll(path, &der("down")).await.status, 503);
+    let out = std::process::Command::new("softhsm2-util")
+        .args(["--init-token", "--free", "--label", TOKEN])
+        .args(["--so-pin", hsm::SO_PIN, "--pin", "another-pin"])
+        .output()
+        .unwrap();
+    common::assert_success(&out);
+    let impostor = hsm.token_dir(TOKEN);
+
+    // The reconnection meets CKR_PIN_INCORRECT and stops: Retry-After becomes the longest wait.
+    let start = Instant::now();
+    loop {
+        let reply = client.enroll(path, &der("pin")).await;
+        assert_eq!(reply.status, 503);
+        if reply.header("retry-after") == Some("30") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no attempt met the PIN"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The right token back: no further attempt is made (a PIN retried in a loop locks a real
+    // token), so it stays down until the operator restarts it.
+    std::fs::remove_dir_all(&impostor).unwrap();
+    std::fs::rename(&away, &token_dir).unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(client.enroll(path, &der("still")).await.status, 503);
+    assert_eq!(server.ledger.count("dev").unwrap(), 1);
+    server.stop().await;
+}
