@@ -34,6 +34,18 @@ enum Command {
         /// Replace existing keys and certificates.
         #[arg(long)]
         force: bool,
+        /// Generate the PAI key inside a SoftHSM2 token made under DIR (softhsm/), and sign
+        /// through PKCS#11; run `serve` with SOFTHSM2_CONF=DIR/softhsm/softhsm2.conf.
+        #[arg(long)]
+        hsm: bool,
+        /// With --hsm: SoftHSM2's PKCS#11 module (default: where Debian/Ubuntu install it).
+        #[arg(long, requires = "hsm")]
+        module: Option<PathBuf>,
+    },
+    /// The PAI key in a PKCS#11 token.
+    Pai {
+        #[command(subcommand)]
+        command: PaiCommand,
     },
     /// Issue one DAC offline from a CSR, through the same checks as the server.
     Issue {
@@ -116,6 +128,37 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum PaiCommand {
+    /// Generate a P-256 PAI key inside a token (sensitive, non-extractable, sign-only) and write
+    /// its public key. The user PIN comes from --pin-file or --pin-env, never the command line.
+    Keygen {
+        /// The PKCS#11 module (shared library).
+        #[arg(long)]
+        module: PathBuf,
+        /// The token's label.
+        #[arg(long)]
+        token_label: String,
+        #[arg(long, conflicts_with = "pin_env", required_unless_present = "pin_env")]
+        pin_file: Option<PathBuf>,
+        #[arg(long)]
+        pin_env: Option<String>,
+        /// CKA_LABEL of the new key pair.
+        #[arg(long, default_value = "pai")]
+        key_label: String,
+        /// CKA_ID of the new key pair, hex (default: the label's bytes).
+        #[arg(long)]
+        key_id: Option<String>,
+        /// First initialise a free slot as the token (SoftHSM2 development tokens), with the
+        /// security officer PIN from this file; the user PIN is set from --pin-file/--pin-env.
+        #[arg(long)]
+        init_token_so_pin_file: Option<PathBuf>,
+        /// Where to write the public key (PEM SubjectPublicKeyInfo).
+        #[arg(long)]
+        public_out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum TokenCommand {
     /// Create tokens; each secret is printed once and stored only as a SHA-256 hash.
     Create {
@@ -138,6 +181,49 @@ fn issuing_threads() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get()) * 2
 }
 
+/// `init-dev --hsm`: runs `matter-est pai keygen` in a child process whose `SOFTHSM2_CONF`
+/// names the new token directory (SoftHSM2 reads its config from that variable only, and
+/// setting it in this process would be unsafe), then reads the public key it wrote.
+fn hsm_keygen(module: &std::path::Path, files: &dev::HsmFiles) -> Result<[u8; 65]> {
+    let exe = std::env::current_exe().map_err(|e| Error::Internal(e.to_string()))?;
+    let out = std::process::Command::new(exe)
+        .args(["pai", "keygen", "--module"])
+        .arg(module)
+        .args([
+            "--token-label",
+            dev::DEV_TOKEN,
+            "--key-label",
+            dev::DEV_KEY_LABEL,
+        ])
+        .arg("--pin-file")
+        .arg(&files.user_pin)
+        .arg("--init-token-so-pin-file")
+        .arg(&files.so_pin)
+        .arg("--public-out")
+        .arg(&files.public_out)
+        .env("SOFTHSM2_CONF", &files.conf)
+        .output()
+        .map_err(|e| Error::Internal(format!("cannot run `matter-est pai keygen`: {e}")))?;
+    if !out.status.success() {
+        return Err(Error::Internal(format!(
+            "`matter-est pai keygen` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let pem =
+        std::fs::read_to_string(&files.public_out).map_err(|e| Error::io(&files.public_out, e))?;
+    let (_, spki) = der::pem::decode_vec(pem.as_bytes())
+        .map_err(|e| Error::io(&files.public_out, format!("bad PEM: {e}")))?;
+    let prefix_len = spki.len().saturating_sub(65);
+    let point: [u8; 65] = spki[prefix_len..]
+        .try_into()
+        .map_err(|_| Error::io(&files.public_out, "not a P-256 public key"))?;
+    if asn1::p256_spki(&point) != spki {
+        return Err(Error::io(&files.public_out, "not a P-256 public key"));
+    }
+    Ok(point)
+}
+
 /// Where `serve` without --config keeps the embedded default.
 const EMBEDDED_DIR: &str = "matter-est-dev";
 
@@ -154,8 +240,39 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::InitDev { dir, force } => {
-            let made = dev::init(&dir, force)?;
+        Command::InitDev {
+            dir,
+            force,
+            hsm,
+            module,
+        } => {
+            let made = if hsm {
+                let module = match module {
+                    Some(m) => m,
+                    None => signer::pkcs11::SOFTHSM_MODULES
+                        .iter()
+                        .map(PathBuf::from)
+                        .find(|p| p.exists())
+                        .ok_or_else(|| {
+                            Error::BadRequest(
+                                "SoftHSM2 is not installed (apt-get install softhsm2), or give \
+                                 its module with --module"
+                                    .into(),
+                            )
+                        })?,
+                };
+                let mut keygen = |files: &dev::HsmFiles| hsm_keygen(&module, files);
+                dev::init_with(
+                    &dir,
+                    force,
+                    Some(dev::HsmKeygen {
+                        module: &module,
+                        keygen: &mut keygen,
+                    }),
+                )?
+            } else {
+                dev::init(&dir, force)?
+            };
             if made.created {
                 println!("created the development PKI in {}", made.dir.display());
             } else {
@@ -165,6 +282,68 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
             println!("config: {}", made.config.display());
+            if hsm {
+                let conf = dir.join(dev::files::SOFTHSM_CONF);
+                let conf = conf.canonicalize().unwrap_or(conf);
+                println!(
+                    "the PAI key is in SoftHSM2 token {:?}; serve with:\n  SOFTHSM2_CONF={} matter-est serve --config {}",
+                    dev::DEV_TOKEN,
+                    conf.display(),
+                    made.config.display()
+                );
+            }
+            Ok(())
+        }
+        Command::Pai {
+            command:
+                PaiCommand::Keygen {
+                    module,
+                    token_label,
+                    pin_file,
+                    pin_env,
+                    key_label,
+                    key_id,
+                    init_token_so_pin_file,
+                    public_out,
+                },
+        } => {
+            let pin = match (pin_file, pin_env) {
+                (Some(f), _) => signer::PassphraseSource::File(f),
+                (None, Some(v)) => signer::PassphraseSource::Env(v),
+                (None, None) => {
+                    return Err(Error::BadRequest("give --pin-file or --pin-env".into()));
+                }
+            };
+            if let Some(so) = init_token_so_pin_file {
+                signer::pkcs11::init_token(
+                    &module,
+                    &token_label,
+                    &signer::PassphraseSource::File(so),
+                    &pin,
+                )?;
+            }
+            let id = match key_id {
+                Some(h) => asn1::unhex(&h)
+                    .ok_or_else(|| Error::BadRequest(format!("--key-id {h:?} is not hex")))?,
+                None => key_label.as_bytes().to_vec(),
+            };
+            let token = signer::pkcs11::TokenSelector {
+                label: Some(token_label.clone()),
+                serial: None,
+            };
+            let point = signer::pkcs11::generate_key(&module, &token, &pin, &key_label, &id)?;
+            let pem = der::pem::encode_string(
+                "PUBLIC KEY",
+                der::pem::LineEnding::LF,
+                &asn1::p256_spki(&point),
+            )
+            .map_err(|e| Error::Internal(e.to_string()))?;
+            std::fs::write(&public_out, pem).map_err(|e| Error::io(&public_out, e))?;
+            println!(
+                "generated P-256 key {key_label:?} (id {}) in token {token_label:?}; public key: {}",
+                asn1::hex(&id),
+                public_out.display()
+            );
             Ok(())
         }
         Command::Issue {

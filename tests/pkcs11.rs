@@ -316,3 +316,160 @@ async fn a_pin_refused_while_reconnecting_is_not_retried() {
     assert_eq!(server.ledger.count("dev").unwrap(), 1);
     server.stop().await;
 }
+
+#[test]
+fn init_dev_hsm_makes_a_pki_whose_pai_key_is_only_in_the_token_and_serve_runs_on_it() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    hsm::module(); // SoftHSM2 is installed (panics with how to install it otherwise)
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dev");
+    let bin = env!("CARGO_BIN_EXE_matter-est");
+    let out = Command::new(bin)
+        .args(["init-dev", "--hsm", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    common::assert_success(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let conf = dir.join(dev::files::SOFTHSM_CONF).canonicalize().unwrap();
+    assert!(
+        stdout.contains(&format!("SOFTHSM2_CONF={}", conf.display())),
+        "{stdout}"
+    );
+
+    // No file under DIR holds the PAI private key: no pki/pai.key, and no PEM key anywhere
+    // whose public key is the PAI's.
+    assert!(!dir.join(dev::files::PAI_KEY).exists());
+    let pai_der = matter_est::issuance::read_cert(&dir.join(dev::files::PAI_CERT)).unwrap();
+    let pai_point = matter_est::profile::cert::Parsed::from_der(&pai_der)
+        .unwrap()
+        .public_key;
+    let mut keys = 0;
+    let mut stack = vec![dir.clone()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let bytes = std::fs::read(&path).unwrap();
+            let text = String::from_utf8_lossy(&bytes);
+            if text.contains("PRIVATE KEY-----") {
+                let (_, der) = der::pem::decode_vec(text.as_bytes()).unwrap();
+                let key = matter_est::signer::KeySigner::from_pkcs8(&der).unwrap();
+                use matter_est::signer::Signer;
+                assert_ne!(
+                    key.public_key(),
+                    &pai_point,
+                    "{} holds the PAI key",
+                    path.display()
+                );
+                keys += 1;
+            }
+        }
+    }
+    assert_eq!(keys, 5, "PAA, TLS CA, server, client CA, gateway keys");
+    for secret in [
+        dev::files::USER_PIN,
+        dev::files::SO_PIN,
+        dev::files::SOFTHSM_CONF,
+    ] {
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(dir.join(secret)).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "{secret}");
+    }
+
+    // `serve` runs on that config unchanged but for a free port, with SOFTHSM2_CONF as printed.
+    let config = dir.join(dev::files::CONFIG);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("127.0.0.1:8443", "127.0.0.1:0")).unwrap();
+    let mut child = Command::new(bin)
+        .args(["serve", "--log-json", "--config"])
+        .arg(&config)
+        .env("SOFTHSM2_CONF", &conf)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut signer_ready = false;
+    let serving = loop {
+        let Some(line) = lines.next() else {
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+            panic!("serve exited: {err}");
+        };
+        let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        if v["fields"]["message"] == "PKCS#11 signer ready" {
+            signer_ready = true;
+        }
+        if v["fields"]["message"] == "matter-est serving" {
+            break v;
+        }
+    };
+    assert!(signer_ready);
+    let port = serving["fields"]["addr"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    let csr_path = tmp.path().join("d.csr");
+    let (der, _) = csr(&subject(Some("hsm-dev-0001"), Some("FFF1"), Some("8000")));
+    std::fs::write(
+        &csr_path,
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der),
+    )
+    .unwrap();
+    let body = tmp.path().join("reply.b64");
+    let out = Command::new("curl")
+        .args(["-sS", "-o"])
+        .arg(&body)
+        .args(["-w", "%{http_code}", "--cacert"])
+        .arg(dir.join(dev::files::TLS_CA_CERT))
+        .arg("--cert")
+        .arg(dir.join(dev::files::GATEWAY_CERT))
+        .arg("--key")
+        .arg(dir.join(dev::files::GATEWAY_KEY))
+        .args(["-H", "Content-Type: application/pkcs10", "--data-binary"])
+        .arg(format!("@{}", csr_path.display()))
+        .arg(format!(
+            "https://localhost:{port}/.well-known/est/dev/simpleenroll"
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    let certs = pkcs7_certs(&std::fs::read(&body).unwrap());
+    let dac = certs.into_iter().find(|c| *c != pai_der).unwrap();
+    assert_matter_dac(&dac, &pai_der);
+    // openssl: DAC -> PAI -> PAA from DIR.
+    let dac_pem = tmp.path().join("dac.pem");
+    common::write_pem(&dac_pem, &dac);
+    let out = Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(dir.join(dev::files::PAA_CERT))
+        .arg("-untrusted")
+        .arg(dir.join(dev::files::PAI_CERT))
+        .arg(&dac_pem)
+        .output()
+        .unwrap();
+    common::assert_success(&out);
+
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let _rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(child.wait().unwrap().success());
+}

@@ -46,6 +46,13 @@ pub const DEFAULT_SESSIONS: usize = 8;
 /// server should not take them all.
 pub const MAX_SESSIONS: usize = 256;
 
+/// Where Debian and Ubuntu install SoftHSM2's PKCS#11 module (package `softhsm2`), for
+/// `init-dev --hsm`.
+pub const SOFTHSM_MODULES: [&str; 2] = [
+    "/usr/lib/softhsm/libsofthsm2.so",
+    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+];
+
 /// First wait before reconnecting to a failed token; it doubles after each failed attempt.
 /// One second: a token that comes back (a reseated USB HSM, a restarted HSM daemon, a restored
 /// SoftHSM2 directory) is noticed almost at once.
@@ -322,6 +329,49 @@ pub fn generate_key(
         .map_err(|e| fail(ck(&e)))?;
     let point = ec_point(&session, public).map_err(|p| fail(p.to_string()))?;
     point_from_attribute(&point).ok_or_else(|| fail("the token returned no P-256 point".into()))
+}
+
+/// Initialises a free token slot as a new token labelled `label` and sets its user PIN (what
+/// `softhsm2-util --init-token --free` does, without PINs on a command line). For development
+/// tokens (SoftHSM2 keeps one free slot); a real HSM's tokens are set up by its own tools.
+pub fn init_token(
+    module: &Path,
+    label: &str,
+    so_pin: &PassphraseSource,
+    user_pin: &PassphraseSource,
+) -> Result<()> {
+    let fail = |problem: String| Error::Pkcs11 {
+        module: module.to_path_buf(),
+        token: format!("label {label:?} (new)"),
+        key: "(none yet)".into(),
+        problem,
+    };
+    let so_pin = read_pin(so_pin).map_err(&fail)?;
+    let user_pin = read_pin(user_pin).map_err(&fail)?;
+    let m = Module::get(module).map_err(&fail)?;
+    let _generation = m.generation.read().unwrap_or_else(|e| e.into_inner());
+    let mut free = None;
+    for slot in m.ctx.get_all_slots().map_err(|e| fail(ck(&e)))? {
+        match m.ctx.get_token_info(slot) {
+            Ok(info) if !info.token_initialized() => {
+                free = Some(slot);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let slot =
+        free.ok_or_else(|| fail("the module has no free (uninitialised) token slot".into()))?;
+    m.ctx
+        .init_token(slot, &so_pin, label)
+        .map_err(|e| fail(ck(&e)))?;
+    let session = m.ctx.open_rw_session(slot).map_err(|e| fail(ck(&e)))?;
+    session
+        .login(UserType::So, Some(&so_pin))
+        .map_err(|e| fail(ck(&e)))?;
+    session.init_pin(&user_pin).map_err(|e| fail(ck(&e)))?;
+    session.logout().map_err(|e| fail(ck(&e)))?;
+    Ok(())
 }
 
 // ---- the module, shared by every signer that names it ----
