@@ -133,7 +133,7 @@ fn start_is_refused_with_a_message_naming_module_token_and_key() {
         wrong.display()
     );
     let err = refusal(keys, true);
-    for says in [module.as_str(), "never-logged-in", "CKR_PinIncorrect"] {
+    for says in [module.as_str(), "never-logged-in", "CKR_PIN_INCORRECT"] {
         assert!(err.contains(says), "{err} does not say {says:?}");
     }
 
@@ -201,6 +201,7 @@ async fn token_outage_gives_503_with_retry_after_and_recovers_in_the_same_proces
     ) else {
         return;
     };
+    let logs = LogBuf::install();
     let mut server = TestServer::start_env(hsm_env(&hsm)).await;
     let mut client = server.gateway().await;
     let enroll = |cn: String| {
@@ -266,6 +267,51 @@ async fn token_outage_gives_503_with_retry_after_and_recovers_in_the_same_proces
     }
     assert_eq!(server.ledger.count("dev").unwrap(), 7);
     server.stop().await;
+    // The log says the signer went down, kept trying, and came back; the PIN is in no line.
+    let logs = logs.text();
+    for says in [
+        "PAI signer is down",
+        "CKR_OBJECT_HANDLE_INVALID",
+        "PAI signer still down",
+        "PAI signer reconnected",
+    ] {
+        assert!(
+            logs.contains(says),
+            "the log does not say {says:?}:\n{logs}"
+        );
+    }
+    assert!(!logs.contains(hsm::USER_PIN));
+}
+
+/// Log lines of this (child) process, captured.
+#[derive(Clone, Default)]
+struct LogBuf(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl LogBuf {
+    fn install() -> Self {
+        let buf = LogBuf::default();
+        let writer = buf.clone();
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .init();
+        buf
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for LogBuf {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

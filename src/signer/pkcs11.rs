@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Function, Pkcs11};
@@ -732,10 +732,10 @@ impl Shared {
         *down = Some(d);
         drop(down);
         if !gave_up {
-            let me = self.clone();
+            let weak = Arc::downgrade(self);
             let spawned = std::thread::Builder::new()
                 .name("pkcs11-reconnect".into())
-                .spawn(move || me.reconnect());
+                .spawn(move || Shared::reconnect(weak));
             if let Err(e) = spawned {
                 tracing::error!(signer = %self.name, error = %e, "cannot start the reconnection thread");
             }
@@ -745,13 +745,28 @@ impl Shared {
 
     /// Re-initialises the module and probes the key, with exponential backoff, until the token
     /// answers again or refuses the PIN.
-    fn reconnect(self: Arc<Self>) {
+    /// Holds the signer weakly: a signer dropped while down stops its thread.
+    fn reconnect(weak: Weak<Self>) {
         loop {
-            let wait = match lock(&self.down).as_ref() {
-                Some(d) => d.next_attempt.saturating_duration_since(Instant::now()),
-                None => return,
+            let wait = {
+                let Some(me) = weak.upgrade() else { return };
+                match lock(&me.down).as_ref() {
+                    Some(d) => d.next_attempt.saturating_duration_since(Instant::now()),
+                    None => return,
+                }
             };
             std::thread::sleep(wait);
+            let Some(me) = weak.upgrade() else { return };
+            if !me.attempt_reconnect() {
+                return;
+            }
+        }
+    }
+
+    /// One reconnection attempt; false when there is nothing more to try (back up, or the PIN
+    /// was refused).
+    fn attempt_reconnect(&self) -> bool {
+        {
             let seen = *self
                 .module
                 .generation
@@ -763,7 +778,9 @@ impl Shared {
                 .map_err(Problem::Token)
                 .and_then(|()| self.probe());
             let mut down = lock(&self.down);
-            let Some(d) = down.as_mut() else { return };
+            let Some(d) = down.as_mut() else {
+                return false;
+            };
             match outcome {
                 Ok(()) => {
                     tracing::info!(
@@ -772,7 +789,7 @@ impl Shared {
                         "PAI signer reconnected"
                     );
                     *down = None;
-                    return;
+                    false
                 }
                 Err(Problem::Pin(p)) => {
                     tracing::error!(
@@ -783,7 +800,7 @@ impl Shared {
                     );
                     d.reason = p;
                     d.gave_up = true;
-                    return;
+                    false
                 }
                 Err(p) => {
                     d.backoff = (d.backoff * 2).min(MAX_BACKOFF);
@@ -795,6 +812,7 @@ impl Shared {
                         retry_in_secs = d.backoff.as_secs(),
                         "PAI signer still down"
                     );
+                    true
                 }
             }
         }
@@ -885,11 +903,12 @@ fn read_pin(source: &PassphraseSource) -> std::result::Result<AuthPin, String> {
     Ok(AuthPin::from(pin))
 }
 
-/// A cryptoki error in a line: `C_Login: PinIncorrect`.
+/// A cryptoki error in a line, in the specification's names: `C_Login failed:
+/// CKR_PIN_INCORRECT`.
 fn ck(e: &CkError) -> String {
     match e {
         CkError::Pkcs11(rv, function) => {
-            format!("C_{} failed: CKR_{rv:?}", function_name(*function))
+            format!("C_{} failed: CKR_{}", function_name(*function), rv_name(rv))
         }
         other => other.to_string(),
     }
@@ -897,6 +916,19 @@ fn ck(e: &CkError) -> String {
 
 fn function_name(f: Function) -> String {
     format!("{f:?}")
+}
+
+/// cryptoki's `PinIncorrect` → PKCS#11's `PIN_INCORRECT`.
+fn rv_name(rv: &RvError) -> String {
+    let camel = format!("{rv:?}");
+    let mut out = String::with_capacity(camel.len() + 8);
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
 }
 
 fn pct_decode(text: &str) -> std::result::Result<Vec<u8>, String> {
@@ -962,6 +994,14 @@ mod tests {
             let e = parse_uri(uri).expect_err(uri);
             assert!(e.contains(says), "{uri}: {e}");
         }
+    }
+
+    #[test]
+    fn errors_use_the_specification_names() {
+        let e = CkError::Pkcs11(RvError::PinIncorrect, Function::Login);
+        assert_eq!(ck(&e), "C_Login failed: CKR_PIN_INCORRECT");
+        let e = CkError::Pkcs11(RvError::ObjectHandleInvalid, Function::SignInit);
+        assert_eq!(ck(&e), "C_SignInit failed: CKR_OBJECT_HANDLE_INVALID");
     }
 
     #[test]

@@ -152,7 +152,7 @@ impl Hsm {
     }
 }
 
-fn make_softhsm_dir(dir: &Path, tokens: &[&str]) -> PathBuf {
+pub fn make_softhsm_dir(dir: &Path, tokens: &[&str]) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let conf = dir.join("softhsm2.conf");
     std::fs::create_dir(dir.join("tokens")).unwrap();
