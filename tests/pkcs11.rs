@@ -109,6 +109,19 @@ fn start_is_refused_with_a_message_naming_module_token_and_key() {
 
     // A key that does not match the PAI (the PAI's key is a file; the token holds another key).
     hsm.generate(TOKEN, "not-the-pai");
+    // A second key under the same label would make the search ambiguous: refused.
+    let again = matter_est::signer::pkcs11::generate_key(
+        &hsm.module,
+        &matter_est::signer::pkcs11::TokenSelector {
+            label: Some(TOKEN.into()),
+            serial: None,
+        },
+        &matter_est::signer::PassphraseSource::File(hsm.pin_file()),
+        "not-the-pai",
+        b"another-id",
+    )
+    .expect_err("same label refused");
+    assert!(again.to_string().contains("already holds"), "{again}");
     let err = refusal(hsm.signer_keys(TOKEN, ""), false);
     for says in [module.as_str(), TOKEN, "does not match the PAI"] {
         assert!(err.contains(says), "{err} does not say {says:?}");

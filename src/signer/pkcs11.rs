@@ -305,6 +305,21 @@ pub fn generate_key(
     let slot = find_token(&m.ctx, token).map_err(|p| fail(p.to_string()))?;
     let session = m.ctx.open_rw_session(slot).map_err(|e| fail(ck(&e)))?;
     login(&session, &pin).map_err(|p| fail(p.to_string()))?;
+    // Two keys under one label or id would make the key search ambiguous later.
+    for (what, attribute) in [
+        ("label", Attribute::Label(label.as_bytes().to_vec())),
+        ("id", Attribute::Id(id.to_vec())),
+    ] {
+        if !session
+            .find_objects(&[attribute])
+            .map_err(|e| fail(ck(&e)))?
+            .is_empty()
+        {
+            return Err(fail(format!(
+                "the token already holds an object with this {what}; choose another key label and id"
+            )));
+        }
+    }
     let common = [
         Attribute::Token(true),
         Attribute::Label(label.as_bytes().to_vec()),
