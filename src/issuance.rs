@@ -287,7 +287,7 @@ pub fn load_label(lc: &LabelConfig) -> Result<Label> {
 
 /// PAI → … → PAA: each certificate signed by the next, the last a PAA per MATTER.md, and the
 /// PAI's VID equal to the PAA's when it has one.
-fn check_chain(pai: &Pai, chain: &[Vec<u8>]) -> Result<()> {
+pub fn check_chain(pai: &Pai, chain: &[Vec<u8>]) -> Result<()> {
     let mut child_der = pai.der.clone();
     for (i, parent_der) in chain.iter().enumerate() {
         let child = Parsed::from_der(&child_der)?;

@@ -130,24 +130,10 @@ enum Command {
 #[derive(Subcommand)]
 enum PaiCommand {
     /// Generate a P-256 PAI key inside a token (sensitive, non-extractable, sign-only) and write
-    /// its public key. The user PIN comes from --pin-file or --pin-env, never the command line.
+    /// its public key.
     Keygen {
-        /// The PKCS#11 module (shared library).
-        #[arg(long)]
-        module: PathBuf,
-        /// The token's label.
-        #[arg(long)]
-        token_label: String,
-        #[arg(long, conflicts_with = "pin_env", required_unless_present = "pin_env")]
-        pin_file: Option<PathBuf>,
-        #[arg(long)]
-        pin_env: Option<String>,
-        /// CKA_LABEL of the new key pair.
-        #[arg(long, default_value = "pai")]
-        key_label: String,
-        /// CKA_ID of the new key pair, hex (default: the label's bytes).
-        #[arg(long)]
-        key_id: Option<String>,
+        #[command(flatten)]
+        token: TokenArgs,
         /// First initialise a free slot as the token (SoftHSM2 development tokens), with the
         /// security officer PIN from this file; the user PIN is set from --pin-file/--pin-env.
         #[arg(long)]
@@ -156,6 +142,103 @@ enum PaiCommand {
         #[arg(long)]
         public_out: PathBuf,
     },
+    /// Write the PAI's CSR, signed by the key in the token, for the PAA operator to sign.
+    Csr {
+        #[command(flatten)]
+        token: TokenArgs,
+        #[arg(long)]
+        vid: String,
+        /// For a PAI that signs one product only.
+        #[arg(long)]
+        pid: Option<String>,
+        /// The PAI's common name.
+        #[arg(long)]
+        cn: String,
+        /// Where to write the CSR (PEM).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check the PAI the PAA returned (MATTER.md, chain to the PAA, key in the token) and print
+    /// (or write) the label's config section.
+    Import {
+        /// The PAI certificate (PEM or DER).
+        cert: PathBuf,
+        /// The PAA (and any certificate between), in order up to the PAA.
+        #[arg(long, required = true)]
+        chain: Vec<PathBuf>,
+        #[command(flatten)]
+        token: TokenArgs,
+        /// The label to configure.
+        #[arg(long)]
+        label: String,
+        /// Write the config section here instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Development only: the development PAA under DIR (init-dev) signs a PAI CSR.
+    DevPaaSign {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        csr: PathBuf,
+        /// Where to write the PAI (PEM).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// A key in a PKCS#11 token. The user PIN comes from a file or an environment variable, never
+/// the command line (argv is visible to every local user).
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// The PKCS#11 module (shared library).
+    #[arg(long)]
+    module: PathBuf,
+    #[arg(long, required_unless_present = "token_serial")]
+    token_label: Option<String>,
+    #[arg(long)]
+    token_serial: Option<String>,
+    /// The user PIN: the first line of this file (mode 0600).
+    #[arg(long, conflicts_with = "pin_env", required_unless_present = "pin_env")]
+    pin_file: Option<PathBuf>,
+    /// The user PIN: this environment variable.
+    #[arg(long)]
+    pin_env: Option<String>,
+    /// CKA_LABEL of the key pair.
+    #[arg(long, default_value = "pai")]
+    key_label: String,
+    /// CKA_ID of the key pair, hex (keygen's default: the label's bytes).
+    #[arg(long)]
+    key_id: Option<String>,
+}
+
+impl TokenArgs {
+    fn config(&self) -> Result<signer::Pkcs11Config> {
+        let pin = match (&self.pin_file, &self.pin_env) {
+            (Some(f), _) => signer::PassphraseSource::File(f.clone()),
+            (None, Some(v)) => signer::PassphraseSource::Env(v.clone()),
+            (None, None) => return Err(Error::BadRequest("give --pin-file or --pin-env".into())),
+        };
+        let key_id = self
+            .key_id
+            .as_deref()
+            .map(|h| {
+                asn1::unhex(h)
+                    .ok_or_else(|| Error::BadRequest(format!("--key-id {h:?} is not hex")))
+            })
+            .transpose()?;
+        Ok(signer::Pkcs11Config {
+            module: self.module.clone(),
+            token: signer::pkcs11::TokenSelector {
+                label: self.token_label.clone(),
+                serial: self.token_serial.clone(),
+            },
+            key_label: Some(self.key_label.clone()),
+            key_id,
+            pin,
+            sessions: 1,
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -179,6 +262,117 @@ enum TokenCommand {
 /// busy; more would only add context switches and allocator arenas.
 fn issuing_threads() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get()) * 2
+}
+
+fn pai(command: PaiCommand) -> Result<()> {
+    match command {
+        PaiCommand::Keygen {
+            token,
+            init_token_so_pin_file,
+            public_out,
+        } => {
+            let mut config = token.config()?;
+            let label = token.key_label.clone();
+            let id = config
+                .key_id
+                .take()
+                .unwrap_or_else(|| label.as_bytes().to_vec());
+            if let Some(so) = init_token_so_pin_file {
+                let token_label = config.token.label.clone().ok_or_else(|| {
+                    Error::BadRequest("--init-token-so-pin-file needs --token-label".into())
+                })?;
+                signer::pkcs11::init_token(
+                    &config.module,
+                    &token_label,
+                    &signer::PassphraseSource::File(so),
+                    &config.pin,
+                )?;
+            }
+            let point = signer::pkcs11::generate_key(
+                &config.module,
+                &config.token,
+                &config.pin,
+                &label,
+                &id,
+            )?;
+            let pem = der::pem::encode_string(
+                "PUBLIC KEY",
+                der::pem::LineEnding::LF,
+                &asn1::p256_spki(&point),
+            )
+            .map_err(|e| Error::Internal(e.to_string()))?;
+            std::fs::write(&public_out, pem).map_err(|e| Error::io(&public_out, e))?;
+            println!(
+                "generated P-256 key {label:?} (id {}) in token {}; public key: {}",
+                asn1::hex(&id),
+                config.token,
+                public_out.display()
+            );
+            Ok(())
+        }
+        PaiCommand::Csr {
+            token,
+            vid,
+            pid,
+            cn,
+            out,
+        } => {
+            let vid = matter::Vid::parse(&vid)?;
+            let pid = pid.map(|p| matter::Pid::parse(&p)).transpose()?;
+            let csr = matter_est::ceremony::pai_csr(&token.config()?, vid, pid, &cn)?;
+            let pem =
+                der::pem::encode_string("CERTIFICATE REQUEST", der::pem::LineEnding::LF, &csr)
+                    .map_err(|e| Error::Internal(e.to_string()))?;
+            std::fs::write(&out, pem).map_err(|e| Error::io(&out, e))?;
+            println!("wrote the PAI CSR {} (signed in the token)", out.display());
+            Ok(())
+        }
+        PaiCommand::Import {
+            cert,
+            chain,
+            token,
+            label,
+            out,
+        } => {
+            let imported =
+                matter_est::ceremony::pai_import(&cert, &chain, &token.config()?, &label)?;
+            eprintln!(
+                "PAI {} checked: VID {}{}, chains to the PAA, its key is in the token",
+                cert.display(),
+                imported.pai.vid,
+                imported
+                    .pai
+                    .pid
+                    .map(|p| format!(" PID {p}"))
+                    .unwrap_or_default()
+            );
+            match out {
+                Some(path) => {
+                    std::fs::write(&path, &imported.config_section)
+                        .map_err(|e| Error::io(&path, e))?;
+                    println!(
+                        "wrote the config section for label {label} to {}",
+                        path.display()
+                    );
+                }
+                None => print!("{}", imported.config_section),
+            }
+            Ok(())
+        }
+        PaiCommand::DevPaaSign { dir, csr, out } => {
+            let body = std::fs::read(&csr).map_err(|e| Error::io(&csr, e))?;
+            let pai = dev::sign_pai_csr(&dir, &body)?;
+            let pem = der::pem::encode_string("CERTIFICATE", der::pem::LineEnding::LF, &pai)
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            std::fs::write(&out, pem).map_err(|e| Error::io(&out, e))?;
+            println!(
+                "the development PAA signed {} -> {}",
+                csr.display(),
+                out.display()
+            );
+            Ok(())
+        }
+    }
 }
 
 /// `init-dev --hsm`: runs `matter-est pai keygen` in a child process whose `SOFTHSM2_CONF`
@@ -294,58 +488,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Pai {
-            command:
-                PaiCommand::Keygen {
-                    module,
-                    token_label,
-                    pin_file,
-                    pin_env,
-                    key_label,
-                    key_id,
-                    init_token_so_pin_file,
-                    public_out,
-                },
-        } => {
-            let pin = match (pin_file, pin_env) {
-                (Some(f), _) => signer::PassphraseSource::File(f),
-                (None, Some(v)) => signer::PassphraseSource::Env(v),
-                (None, None) => {
-                    return Err(Error::BadRequest("give --pin-file or --pin-env".into()));
-                }
-            };
-            if let Some(so) = init_token_so_pin_file {
-                signer::pkcs11::init_token(
-                    &module,
-                    &token_label,
-                    &signer::PassphraseSource::File(so),
-                    &pin,
-                )?;
-            }
-            let id = match key_id {
-                Some(h) => asn1::unhex(&h)
-                    .ok_or_else(|| Error::BadRequest(format!("--key-id {h:?} is not hex")))?,
-                None => key_label.as_bytes().to_vec(),
-            };
-            let token = signer::pkcs11::TokenSelector {
-                label: Some(token_label.clone()),
-                serial: None,
-            };
-            let point = signer::pkcs11::generate_key(&module, &token, &pin, &key_label, &id)?;
-            let pem = der::pem::encode_string(
-                "PUBLIC KEY",
-                der::pem::LineEnding::LF,
-                &asn1::p256_spki(&point),
-            )
-            .map_err(|e| Error::Internal(e.to_string()))?;
-            std::fs::write(&public_out, pem).map_err(|e| Error::io(&public_out, e))?;
-            println!(
-                "generated P-256 key {key_label:?} (id {}) in token {token_label:?}; public key: {}",
-                asn1::hex(&id),
-                public_out.display()
-            );
-            Ok(())
-        }
+        Command::Pai { command } => pai(command),
         Command::Issue {
             config,
             label,

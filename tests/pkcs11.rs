@@ -532,3 +532,184 @@ fn init_dev_hsm_makes_a_pki_whose_pai_key_is_only_in_the_token_and_serve_runs_on
     let _rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(child.wait().unwrap().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pai_ceremony_keygen_csr_paa_import_then_serve_and_enroll() {
+    use cryptoki::object::{Attribute, AttributeType, ObjectClass};
+    use std::process::Command;
+
+    let Some(hsm) = hsm::in_softhsm(
+        "pai_ceremony_keygen_csr_paa_import_then_serve_and_enroll",
+        &[TOKEN],
+    ) else {
+        return;
+    };
+    let env = DevEnv::new(|t| t);
+    let work = env.path("ceremony");
+    std::fs::create_dir(&work).unwrap();
+    let bin = env!("CARGO_BIN_EXE_matter-est");
+    let token_args = |key: &str| -> Vec<String> {
+        vec![
+            "--module".into(),
+            hsm.module.display().to_string(),
+            "--token-label".into(),
+            TOKEN.into(),
+            "--pin-file".into(),
+            hsm.pin_file().display().to_string(),
+            "--key-label".into(),
+            key.into(),
+        ]
+    };
+    let run = |args: &[&str], extra: Vec<String>| {
+        let out = Command::new(bin).args(args).args(extra).output().unwrap();
+        common::assert_success(&out);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let path = |rel: &str| work.join(rel).display().to_string();
+
+    // keygen -> csr -> (the development PAA signs) -> import.
+    run(
+        &["pai", "keygen", "--public-out", &path("pai-public.pem")],
+        token_args("line2-pai"),
+    );
+    run(
+        &["pai", "csr", "--vid", "FFF1", "--pid", "8000"],
+        [
+            vec![
+                "--cn".into(),
+                "Line 2 PAI".into(),
+                "--out".into(),
+                path("pai.csr"),
+            ],
+            token_args("line2-pai"),
+        ]
+        .concat(),
+    );
+    run(
+        &[
+            "pai",
+            "dev-paa-sign",
+            "--dir",
+            &env.dir.path().display().to_string(),
+        ],
+        vec![
+            "--csr".into(),
+            path("pai.csr"),
+            "--out".into(),
+            path("pai.pem"),
+        ],
+    );
+    let paa = env.path(dev::files::PAA_CERT).display().to_string();
+    let section = run(
+        &[
+            "pai",
+            "import",
+            &path("pai.pem"),
+            "--chain",
+            &paa,
+            "--label",
+            "line2",
+        ],
+        token_args("line2-pai"),
+    );
+    assert!(section.contains("[labels.line2.signer]"), "{section}");
+    assert!(section.contains("pids = [\"8000\"]"), "{section}");
+
+    // Refused: a PAI whose key is not in the token, and a chain that is not its PAA.
+    let out = Command::new(bin)
+        .args(["pai", "import"])
+        .arg(env.path(dev::files::PAI_CERT))
+        .args(["--chain", &paa, "--label", "x"])
+        .args(token_args("line2-pai"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not match the PAI"), "{err}");
+    let out = Command::new(bin)
+        .args(["pai", "import", &path("pai.pem"), "--chain"])
+        .arg(env.path(dev::files::TLS_CA_CERT))
+        .args(["--label", "x"])
+        .args(token_args("line2-pai"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not chain to the PAA"), "{err}");
+
+    // Serve the imported label next to the development one and enroll on it.
+    let config = env.path(dev::files::CONFIG);
+    let text = std::fs::read_to_string(&config).unwrap();
+    let section = section.replace(
+        "[labels.line2]\n",
+        "[labels.line2]\nclient_cas = [\"clients/ca.pem\"]\n",
+    );
+    std::fs::write(
+        &config,
+        format!("{text}\n{section}\n[[labels.line2.clients]]\nmatch = \"cn:gw-line-1\"\npids = \"any\"\n"),
+    )
+    .unwrap();
+    let mut server = TestServer::start_env(env).await;
+    let mut client = server.gateway().await;
+    let (der, _) = csr(&subject(Some("line2-0001"), Some("FFF1"), Some("8000")));
+    let reply = client
+        .enroll("/.well-known/est/line2/simpleenroll", &der)
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let pai = matter_est::issuance::read_cert(&work.join("pai.pem")).unwrap();
+    let dac = pkcs7_certs(&reply.body)
+        .into_iter()
+        .find(|c| *c != pai)
+        .unwrap();
+    let dac_pem = work.join("dac.pem");
+    common::write_pem(&dac_pem, &dac);
+    let out = Command::new("openssl")
+        .args(["verify", "-CAfile", &paa, "-untrusted", &path("pai.pem")])
+        .arg(&dac_pem)
+        .output()
+        .unwrap();
+    common::assert_success(&out);
+    server.stop().await;
+
+    // The key never left the token: sensitive and not extractable.
+    let ctx = cryptoki::context::Pkcs11::new(&hsm.module).unwrap();
+    let _ = ctx.initialize(cryptoki::context::CInitializeArgs::new(
+        cryptoki::context::CInitializeFlags::OS_LOCKING_OK,
+    ));
+    let slot = ctx
+        .get_slots_with_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| ctx.get_token_info(*s).unwrap().label() == TOKEN)
+        .unwrap();
+    let session = ctx.open_ro_session(slot).unwrap();
+    let _ = session.login(
+        cryptoki::session::UserType::User,
+        Some(&cryptoki::types::AuthPin::from(hsm::USER_PIN.to_string())),
+    );
+    let key = session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Label(b"line2-pai".to_vec()),
+        ])
+        .unwrap();
+    assert_eq!(key.len(), 1);
+    let attrs = session
+        .get_attributes(
+            key[0],
+            &[
+                AttributeType::Extractable,
+                AttributeType::Sensitive,
+                AttributeType::Sign,
+            ],
+        )
+        .unwrap();
+    assert_eq!(
+        attrs,
+        [
+            Attribute::Extractable(false),
+            Attribute::Sensitive(true),
+            Attribute::Sign(true)
+        ]
+    );
+}

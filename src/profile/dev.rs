@@ -320,6 +320,33 @@ pub fn reissue_pai(dir: &Path, point: &[u8; 65]) -> Result<Vec<u8>> {
     Ok(pai_cert)
 }
 
+/// The development PAA under `dir` playing the PAA of a PAI ceremony: issues the PAI that the
+/// CSR asks for (its subject and public key; cA TRUE pathLen 0, keyCertSign + cRLSign, as
+/// MATTER.md "PAI"), after checking the CSR's signature and that it carries the PAA's VID.
+pub fn sign_pai_csr(dir: &Path, csr_body: &[u8]) -> Result<Vec<u8>> {
+    let req = crate::csr::parse(csr_body)?;
+    match req.ids.vid {
+        Some(v) if v.to_string() == DEV_VID => {}
+        other => {
+            return Err(Error::BadRequest(format!(
+                "the PAI CSR's VID is {other:?}; the development PAA signs only VID {DEV_VID}"
+            )));
+        }
+    }
+    let subject = der::Encode::to_der(&req.subject).map_err(|e| Error::Internal(e.to_string()))?;
+    let paa = Ca::load(dir, files::PAA_CERT, files::PAA_KEY)?;
+    paa.issue(
+        &subject,
+        &req.public_key,
+        asn1::now() - super::BACKDATE_SECS,
+        asn1::NO_EXPIRY,
+        vec![
+            cert::basic_constraints_ext(Some(Some(0))),
+            cert::key_usage_ext(key_usage::CERT_SIGN),
+        ],
+    )
+}
+
 /// The config `init-dev` writes (`config/dev.toml`); paths are relative to its directory.
 pub const DEV_CONFIG: &str = include_str!("../../config/dev.toml");
 

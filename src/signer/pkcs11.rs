@@ -346,6 +346,52 @@ pub fn generate_key(
     point_from_attribute(&point).ok_or_else(|| fail("the token returned no P-256 point".into()))
 }
 
+/// The public key of the one EC key pair the config names by `key_label` and/or `key_id` (the
+/// PAI ceremony: before a PAI certificate exists, the key is known by its name only).
+pub fn public_key_of(config: &Pkcs11Config) -> Result<[u8; 65]> {
+    let fail = |problem: String| Error::Pkcs11 {
+        module: config.module.clone(),
+        token: config.token.to_string(),
+        key: config.key_description(),
+        problem,
+    };
+    if config.key_label.is_none() && config.key_id.is_none() {
+        return Err(fail("name the key with a key label or id".into()));
+    }
+    let pin = read_pin(&config.pin).map_err(&fail)?;
+    let m = Module::get(&config.module).map_err(&fail)?;
+    let _generation = m.generation.read().unwrap_or_else(|e| e.into_inner());
+    let slot = find_token(&m.ctx, &config.token).map_err(|p| fail(p.to_string()))?;
+    let session = m.ctx.open_ro_session(slot).map_err(|e| fail(ck(&e)))?;
+    login(&session, &pin).map_err(|p| fail(p.to_string()))?;
+    let mut template = vec![
+        Attribute::Class(ObjectClass::PUBLIC_KEY),
+        Attribute::KeyType(KeyType::EC),
+    ];
+    if let Some(label) = &config.key_label {
+        template.push(Attribute::Label(label.as_bytes().to_vec()));
+    }
+    if let Some(id) = &config.key_id {
+        template.push(Attribute::Id(id.clone()));
+    }
+    match session
+        .find_objects(&template)
+        .map_err(|e| fail(ck(&e)))?
+        .as_slice()
+    {
+        [public] => {
+            let value = ec_point(&session, *public).map_err(|p| fail(p.to_string()))?;
+            point_from_attribute(&value)
+                .ok_or_else(|| fail("the key is not an uncompressed P-256 point".into()))
+        }
+        [] => Err(fail("the token holds no EC public key by that name".into())),
+        several => Err(fail(format!(
+            "{} EC public keys go by that name; give both key label and id",
+            several.len()
+        ))),
+    }
+}
+
 /// Initialises a free token slot as a new token labelled `label` and sets its user PIN (what
 /// `softhsm2-util --init-token --free` does, without PINs on a command line). For development
 /// tokens (SoftHSM2 keeps one free slot); a real HSM's tokens are set up by its own tools.
