@@ -713,3 +713,100 @@ async fn pai_ceremony_keygen_csr_paa_import_then_serve_and_enroll() {
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pai_ceremony_with_an_encrypted_key_file() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Command;
+
+    let env = DevEnv::new(|t| t);
+    let work = env.path("ceremony");
+    std::fs::create_dir(&work).unwrap();
+    let path = |rel: &str| work.join(rel).display().to_string();
+    let pass = work.join("pass");
+    std::fs::write(&pass, "ceremony passphrase 2026\n").unwrap();
+    std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let bin = env!("CARGO_BIN_EXE_matter-est");
+    let key_args = [
+        "--key-file".to_string(),
+        path("pai.key"),
+        "--passphrase-file".into(),
+        pass.display().to_string(),
+    ];
+    let run = |args: &[&str]| {
+        let out = Command::new(bin)
+            .args(args)
+            .args(&key_args)
+            .output()
+            .unwrap();
+        common::assert_success(&out);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(&["pai", "keygen", "--public-out", &path("pai-public.pem")]);
+    let key_pem = std::fs::read_to_string(work.join("pai.key")).unwrap();
+    assert!(key_pem.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----"));
+    let mode = std::fs::metadata(work.join("pai.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // keygen never overwrites a key file.
+    let out = Command::new(bin)
+        .args(["pai", "keygen", "--public-out", &path("p2.pem")])
+        .args(&key_args)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+
+    run(&[
+        "pai",
+        "csr",
+        "--vid",
+        "FFF1",
+        "--cn",
+        "File PAI",
+        "--out",
+        &path("pai.csr"),
+    ]);
+    let out = Command::new(bin)
+        .args(["pai", "dev-paa-sign", "--dir"])
+        .arg(env.dir.path())
+        .args(["--csr", &path("pai.csr"), "--out", &path("pai.pem")])
+        .output()
+        .unwrap();
+    common::assert_success(&out);
+    let paa = env.path(dev::files::PAA_CERT).display().to_string();
+    let section = run(&[
+        "pai",
+        "import",
+        &path("pai.pem"),
+        "--chain",
+        &paa,
+        "--label",
+        "line3",
+    ]);
+    assert!(
+        section.contains("file = ") && section.contains("passphrase_file = "),
+        "{section}"
+    );
+
+    let config = env.path(dev::files::CONFIG);
+    let text = std::fs::read_to_string(&config).unwrap();
+    let section = section.replace(
+        "[labels.line3]\n",
+        "[labels.line3]\nclient_cas = [\"clients/ca.pem\"]\n",
+    );
+    std::fs::write(
+        &config,
+        format!("{text}\n{section}\n[[labels.line3.clients]]\nmatch = \"cn:gw-line-1\"\npids = \"any\"\n"),
+    )
+    .unwrap();
+    let mut server = TestServer::start_env(env).await;
+    let mut client = server.gateway().await;
+    let (der, _) = csr(&subject(Some("line3-0001"), Some("FFF1"), Some("8001")));
+    let reply = client
+        .enroll("/.well-known/est/line3/simpleenroll", &der)
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    server.stop().await;
+}

@@ -1,17 +1,18 @@
-//! `matter-est pai …`: the PAI ceremony kit (issue 13) over a PKCS#11 token, and the key
-//! generation `init-dev --hsm` runs in a child process.
+//! `matter-est pai …`: the PAI ceremony kit (issue 13) with the key in a PKCS#11 token (or an
+//! encrypted PKCS#8 file), and the key generation `init-dev --hsm` runs in a child process.
 
 use std::path::PathBuf;
 
 use clap::Subcommand;
 
+use matter_est::ceremony::PaiKey;
 use matter_est::profile::dev;
 use matter_est::{Error, Result, asn1, matter, signer};
 
 #[derive(Subcommand)]
 pub enum PaiCommand {
-    /// Generate a P-256 PAI key inside a token (sensitive, non-extractable, sign-only) and write
-    /// its public key.
+    /// Generate a P-256 PAI key inside a token (sensitive, non-extractable, sign-only), or in an
+    /// encrypted PKCS#8 file with --key-file, and write its public key.
     Keygen {
         #[command(flatten)]
         token: TokenArgs,
@@ -23,7 +24,7 @@ pub enum PaiCommand {
         #[arg(long)]
         public_out: PathBuf,
     },
-    /// Write the PAI's CSR, signed by the key in the token, for the PAA operator to sign.
+    /// Write the PAI's CSR, signed by the PAI key, for the PAA operator to sign.
     Csr {
         #[command(flatten)]
         token: TokenArgs,
@@ -39,8 +40,8 @@ pub enum PaiCommand {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Check the PAI the PAA returned (MATTER.md, chain to the PAA, key in the token) and print
-    /// (or write) the label's config section.
+    /// Check the PAI the PAA returned (MATTER.md, chain to the PAA, the key holds its private
+    /// half) and print (or write) the label's config section.
     Import {
         /// The PAI certificate (PEM or DER).
         cert: PathBuf,
@@ -68,19 +69,24 @@ pub enum PaiCommand {
     },
 }
 
-/// A key in a PKCS#11 token. The user PIN comes from a file or an environment variable, never
-/// the command line (argv is visible to every local user).
+/// The PAI key: in a PKCS#11 token (--module, --token-label/--token-serial, PIN), or in a PKCS#8
+/// file (--key-file, passphrase). PINs and passphrases come from a file or an environment
+/// variable, never the command line (argv is visible to every local user).
 #[derive(clap::Args)]
 pub struct TokenArgs {
     /// The PKCS#11 module (shared library).
-    #[arg(long)]
-    module: PathBuf,
-    #[arg(long, required_unless_present = "token_serial")]
+    #[arg(
+        long,
+        required_unless_present = "key_file",
+        conflicts_with = "key_file"
+    )]
+    module: Option<PathBuf>,
+    #[arg(long, required_unless_present_any = ["token_serial", "key_file"])]
     token_label: Option<String>,
     #[arg(long)]
     token_serial: Option<String>,
     /// The user PIN: the first line of this file (mode 0600).
-    #[arg(long, conflicts_with = "pin_env", required_unless_present = "pin_env")]
+    #[arg(long, conflicts_with = "pin_env", required_unless_present_any = ["pin_env", "key_file"])]
     pin_file: Option<PathBuf>,
     /// The user PIN: this environment variable.
     #[arg(long)]
@@ -91,9 +97,36 @@ pub struct TokenArgs {
     /// CKA_ID of the key pair, hex (keygen's default: the label's bytes).
     #[arg(long)]
     key_id: Option<String>,
+    /// The key in this PKCS#8 PEM file instead of a token (keygen writes it encrypted, 0600).
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// The key file's passphrase: this environment variable.
+    #[arg(long, requires = "key_file", conflicts_with = "passphrase_file")]
+    passphrase_env: Option<String>,
+    /// The key file's passphrase: the first line of this file (mode 0600).
+    #[arg(long, requires = "key_file")]
+    passphrase_file: Option<PathBuf>,
 }
 
 impl TokenArgs {
+    fn key(&self) -> Result<PaiKey> {
+        match &self.key_file {
+            Some(key) => Ok(PaiKey::File {
+                key: key.clone(),
+                passphrase: self.passphrase(),
+            }),
+            None => self.config().map(PaiKey::Token),
+        }
+    }
+
+    fn passphrase(&self) -> Option<signer::PassphraseSource> {
+        match (&self.passphrase_env, &self.passphrase_file) {
+            (Some(v), _) => Some(signer::PassphraseSource::Env(v.clone())),
+            (None, Some(f)) => Some(signer::PassphraseSource::File(f.clone())),
+            (None, None) => None,
+        }
+    }
+
     fn config(&self) -> Result<signer::Pkcs11Config> {
         let pin = match (&self.pin_file, &self.pin_env) {
             (Some(f), _) => signer::PassphraseSource::File(f.clone()),
@@ -108,8 +141,12 @@ impl TokenArgs {
                     .ok_or_else(|| Error::BadRequest(format!("--key-id {h:?} is not hex")))
             })
             .transpose()?;
+        let module = self
+            .module
+            .clone()
+            .ok_or_else(|| Error::BadRequest("give --module (or --key-file)".into()))?;
         Ok(signer::Pkcs11Config {
-            module: self.module.clone(),
+            module,
             token: signer::pkcs11::TokenSelector {
                 label: self.token_label.clone(),
                 serial: self.token_serial.clone(),
@@ -130,6 +167,9 @@ pub fn run(command: PaiCommand) -> Result<()> {
             init_token_so_pin_file,
             public_out,
         } => {
+            if let Some(key_file) = &token.key_file {
+                return keygen_file(key_file, token.passphrase().as_ref(), &public_out);
+            }
             let mut config = token.config()?;
             let label = token.key_label.clone();
             let id = config
@@ -178,12 +218,15 @@ pub fn run(command: PaiCommand) -> Result<()> {
         } => {
             let vid = matter::Vid::parse(&vid)?;
             let pid = pid.map(|p| matter::Pid::parse(&p)).transpose()?;
-            let csr = matter_est::ceremony::pai_csr(&token.config()?, vid, pid, &cn)?;
+            let csr = matter_est::ceremony::pai_csr(&token.key()?, vid, pid, &cn)?;
             let pem =
                 der::pem::encode_string("CERTIFICATE REQUEST", der::pem::LineEnding::LF, &csr)
                     .map_err(|e| Error::Internal(e.to_string()))?;
             std::fs::write(&out, pem).map_err(|e| Error::io(&out, e))?;
-            println!("wrote the PAI CSR {} (signed in the token)", out.display());
+            println!(
+                "wrote the PAI CSR {} (signed with the PAI key)",
+                out.display()
+            );
             Ok(())
         }
         PaiCommand::Import {
@@ -193,10 +236,9 @@ pub fn run(command: PaiCommand) -> Result<()> {
             label,
             out,
         } => {
-            let imported =
-                matter_est::ceremony::pai_import(&cert, &chain, &token.config()?, &label)?;
+            let imported = matter_est::ceremony::pai_import(&cert, &chain, &token.key()?, &label)?;
             eprintln!(
-                "PAI {} checked: VID {}{}, chains to the PAA, its key is in the token",
+                "PAI {} checked: VID {}{}, chains to the PAA, its private key is the one given",
                 cert.display(),
                 imported.pai.vid,
                 imported
@@ -232,6 +274,48 @@ pub fn run(command: PaiCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `pai keygen --key-file`: a P-256 key in an encrypted PKCS#8 file (PBES2, as batch
+/// `--encrypt-passphrase-env` writes; mode 0600, never overwritten) and its public key.
+fn keygen_file(
+    path: &std::path::Path,
+    passphrase: Option<&signer::PassphraseSource>,
+    public_out: &std::path::Path,
+) -> Result<()> {
+    let source = passphrase.ok_or_else(|| {
+        Error::BadRequest(
+            "a PAI key file is written encrypted: give --passphrase-env or --passphrase-file"
+                .into(),
+        )
+    })?;
+    let pass = signer::file::read_passphrase(source)?;
+    let encryptor = matter_est::batch::KeyEncryptor::new(pass.as_bytes())?;
+    let (pkcs8, point) = signer::generate_p256()?;
+    let pem = der::pem::encode_string(
+        "ENCRYPTED PRIVATE KEY",
+        der::pem::LineEnding::LF,
+        &encryptor.encrypt(&pkcs8)?,
+    )
+    .map_err(|e| Error::Internal(e.to_string()))?;
+    let mut file = std::fs::OpenOptions::new();
+    std::os::unix::fs::OpenOptionsExt::mode(file.write(true).create_new(true), 0o600);
+    let mut f = file.open(path).map_err(|e| Error::io(path, e))?;
+    std::io::Write::write_all(&mut f, pem.as_bytes()).map_err(|e| Error::io(path, e))?;
+    f.sync_all().map_err(|e| Error::io(path, e))?;
+    let public = der::pem::encode_string(
+        "PUBLIC KEY",
+        der::pem::LineEnding::LF,
+        &asn1::p256_spki(&point),
+    )
+    .map_err(|e| Error::Internal(e.to_string()))?;
+    std::fs::write(public_out, public).map_err(|e| Error::io(public_out, e))?;
+    println!(
+        "generated a P-256 key in {} (encrypted PKCS#8, mode 0600); public key: {}",
+        path.display(),
+        public_out.display()
+    );
+    Ok(())
 }
 
 /// `init-dev --hsm`: runs `matter-est pai keygen` in a child process whose `SOFTHSM2_CONF`
