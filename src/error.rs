@@ -37,6 +37,9 @@ pub enum ErrorKind {
     TooManyRequests,
     /// Our own fault; the client sees a generic message (500).
     Internal,
+    /// A dependency (the PAI signer's token) is unreachable for now; the client should retry
+    /// later (503 with `Retry-After`, RFC 9110 §15.6.4).
+    Unavailable,
 }
 
 /// Everything that can go wrong, with the data that explains it.
@@ -138,6 +141,19 @@ pub enum Error {
     SelfCheck(String),
     #[error("signer failed: {0}")]
     Signer(String),
+    #[error("PKCS#11 module {module}, token {token}, key {key}: {problem}")]
+    Pkcs11 {
+        module: PathBuf,
+        token: String,
+        key: String,
+        problem: String,
+    },
+    #[error("PAI signer ({signer}) is unavailable: {reason}; retry in {retry_after_secs} s")]
+    SignerUnavailable {
+        signer: String,
+        reason: String,
+        retry_after_secs: u64,
+    },
     #[error("ledger: {0}")]
     Ledger(String),
     #[error("internal error: {0}")]
@@ -177,8 +193,10 @@ impl Error {
             | Io { .. }
             | SelfCheck(_)
             | Signer(_)
+            | Pkcs11 { .. }
             | Ledger(_)
             | Internal(_) => ErrorKind::Internal,
+            SignerUnavailable { .. } => ErrorKind::Unavailable,
         }
     }
 
@@ -186,6 +204,15 @@ impl Error {
     pub fn public_message(&self) -> String {
         match self.kind() {
             ErrorKind::Internal => "internal error; the operator's log has the details".into(),
+            // Which token failed and why is for the operator's log only.
+            ErrorKind::Unavailable => match self {
+                Error::SignerUnavailable {
+                    retry_after_secs, ..
+                } => {
+                    format!("the signer is temporarily unavailable; retry in {retry_after_secs} s")
+                }
+                _ => "temporarily unavailable; retry later".into(),
+            },
             _ => self.to_string(),
         }
     }
@@ -194,6 +221,10 @@ impl Error {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             Error::RenewalTooSoon { retry_after, .. } => Some(*retry_after),
+            // Until the signer's next reconnection attempt.
+            Error::SignerUnavailable {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
             _ => None,
         }
     }

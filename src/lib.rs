@@ -6,6 +6,7 @@
 
 pub mod asn1;
 pub mod batch;
+pub mod ceremony;
 pub mod config;
 pub mod csr;
 pub mod envelope;

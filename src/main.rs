@@ -16,6 +16,8 @@ use matter_est::profile::dev;
 use matter_est::store::redb::RedbLedger;
 use matter_est::{Error, Result, asn1, batch, csr, matter, policy, server, signer};
 
+use cli::pai::{self as pai_cli, PaiCommand};
+
 #[derive(Parser)]
 #[command(
     name = "matter-est",
@@ -38,6 +40,18 @@ enum Command {
         /// Replace existing keys and certificates.
         #[arg(long)]
         force: bool,
+        /// Generate the PAI key inside a SoftHSM2 token made under DIR (softhsm/), and sign
+        /// through PKCS#11; run `serve` with SOFTHSM2_CONF=DIR/softhsm/softhsm2.conf.
+        #[arg(long)]
+        hsm: bool,
+        /// With --hsm: SoftHSM2's PKCS#11 module (default: where Debian/Ubuntu install it).
+        #[arg(long, requires = "hsm")]
+        module: Option<PathBuf>,
+    },
+    /// The PAI key in a PKCS#11 token.
+    Pai {
+        #[command(subcommand)]
+        command: PaiCommand,
     },
     /// Issue one DAC offline from a CSR, through the same checks as the server.
     Issue {
@@ -221,8 +235,39 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::InitDev { dir, force } => {
-            let made = dev::init(&dir, force)?;
+        Command::InitDev {
+            dir,
+            force,
+            hsm,
+            module,
+        } => {
+            let made = if hsm {
+                let module = match module {
+                    Some(m) => m,
+                    None => signer::pkcs11::SOFTHSM_MODULES
+                        .iter()
+                        .map(PathBuf::from)
+                        .find(|p| p.exists())
+                        .ok_or_else(|| {
+                            Error::BadRequest(
+                                "SoftHSM2 is not installed (apt-get install softhsm2), or give \
+                                 its module with --module"
+                                    .into(),
+                            )
+                        })?,
+                };
+                let mut keygen = |files: &dev::HsmFiles| pai_cli::hsm_keygen(&module, files);
+                dev::init_with(
+                    &dir,
+                    force,
+                    Some(dev::HsmKeygen {
+                        module: &module,
+                        keygen: &mut keygen,
+                    }),
+                )?
+            } else {
+                dev::init(&dir, force)?
+            };
             if made.created {
                 println!("created the development PKI in {}", made.dir.display());
             } else {
@@ -232,8 +277,19 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
             println!("config: {}", made.config.display());
+            if hsm {
+                let conf = dir.join(dev::files::SOFTHSM_CONF);
+                let conf = conf.canonicalize().unwrap_or(conf);
+                println!(
+                    "the PAI key is in SoftHSM2 token {:?}; serve with:\n  SOFTHSM2_CONF={} matter-est serve --config {}",
+                    dev::DEV_TOKEN,
+                    conf.display(),
+                    made.config.display()
+                );
+            }
             Ok(())
         }
+        Command::Pai { command } => pai_cli::run(command),
         Command::Issue {
             config,
             label,

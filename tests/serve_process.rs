@@ -22,8 +22,12 @@ fn serve_logs_json_and_stops_on_sigterm() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    // The first line says where it listens.
-    let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    // A line says where it listens (after the signer's, when it has one to say).
+    let first: serde_json::Value = lines
+        .by_ref()
+        .map(|l| serde_json::from_str::<serde_json::Value>(&l.unwrap()).unwrap())
+        .find(|l| l["fields"]["message"] != "PKCS#11 signer ready")
+        .unwrap();
     assert_eq!(first["fields"]["message"], "matter-est serving");
     assert!(
         first["fields"]["ledger"]
@@ -123,7 +127,11 @@ fn refusals_say_who_asked_and_ip_sni_is_not_logged() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let first: serde_json::Value = lines
+        .by_ref()
+        .map(|l| serde_json::from_str::<serde_json::Value>(&l.unwrap()).unwrap())
+        .find(|l| l["fields"]["message"] == "matter-est serving")
+        .unwrap();
     let addr = first["fields"]["addr"].as_str().unwrap().to_string();
     let port = addr.rsplit(':').next().unwrap().to_string();
     let url = format!("https://localhost:{port}/.well-known/est/dev/simpleenroll");
@@ -370,4 +378,11 @@ fn sighup_reloads_tls_and_policy_without_dropping_connections() {
             .success()
     );
     assert!(child.wait().unwrap().success());
+}
+
+/// Every test above again, the PAI key in a SoftHSM2 token and signed through the PKCS#11 signer
+/// (STYLE.md "a small signer seam": the same tests over both signers).
+#[test]
+fn the_same_tests_over_the_pkcs11_signer() {
+    common::hsm::rerun_over_pkcs11("the_same_tests_over_the_pkcs11_signer", &[]);
 }

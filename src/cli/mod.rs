@@ -1,3 +1,4 @@
-//! Subcommands of `matter-est` kept out of main.rs (DESIGN.md "Layout": main.rs stays thin).
+//! Subcommands of the `matter-est` binary that have outgrown main.rs (DESIGN.md "Layout").
 
+pub mod pai;
 pub mod pki;

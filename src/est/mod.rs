@@ -395,6 +395,7 @@ pub fn status_for(kind: ErrorKind) -> StatusCode {
         ErrorKind::Timeout => StatusCode::REQUEST_TIMEOUT,
         ErrorKind::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
         ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
@@ -403,6 +404,9 @@ fn error_reply(e: &Error, outcome: &mut Outcome) -> Reply {
     outcome.error = Some(e.to_string());
     if kind == ErrorKind::Internal {
         tracing::error!(error = %e, "internal error");
+    }
+    if kind == ErrorKind::Unavailable {
+        tracing::warn!(error = %e, "unavailable");
     }
     let extra = match e {
         Error::Unauthenticated(_) => Some((
