@@ -28,6 +28,7 @@ pub enum PaiCommand {
     Csr {
         #[command(flatten)]
         token: TokenArgs,
+        /// The PAI's Vendor ID (4 uppercase hex digits).
         #[arg(long)]
         vid: String,
         /// For a PAI that signs one product only.
@@ -59,8 +60,10 @@ pub enum PaiCommand {
     },
     /// Development only: the development PAA under DIR (init-dev) signs a PAI CSR.
     DevPaaSign {
+        /// The development PKI's directory (made by init-dev).
         #[arg(long)]
         dir: PathBuf,
+        /// The PAI CSR (PEM) to sign.
         #[arg(long)]
         csr: PathBuf,
         /// Where to write the PAI (PEM).
@@ -81,8 +84,10 @@ pub struct TokenArgs {
         conflicts_with = "key_file"
     )]
     module: Option<PathBuf>,
+    /// The token, by its label.
     #[arg(long, required_unless_present_any = ["token_serial", "key_file"])]
     token_label: Option<String>,
+    /// The token, by its serial number.
     #[arg(long)]
     token_serial: Option<String>,
     /// The user PIN: the first line of this file (mode 0600).
