@@ -30,6 +30,9 @@ const CLIENTS: usize = 16;
 /// The whole harness gives up after this (it normally takes well under a minute).
 const DEADLINE: Duration = Duration::from_secs(600);
 
+/// One enrollment to send: the device's index, its CSR and its token, if it has one.
+type Job = (usize, Vec<u8>, Option<(String, String)>);
+
 struct Device {
     cn: String,
     csr: Vec<u8>,
@@ -68,7 +71,7 @@ async fn enroll_some(
     addr: std::net::SocketAddr,
     tls: Arc<rustls::ClientConfig>,
     anon: Arc<rustls::ClientConfig>,
-    jobs: Vec<(usize, Vec<u8>, Option<(String, String)>)>,
+    jobs: Vec<Job>,
 ) -> Vec<(usize, Vec<u8>)> {
     let mut got = Vec::new();
     let (Ok(mut gw), Ok(mut plain)) = (
@@ -180,7 +183,7 @@ fn killed_at_random_the_server_loses_and_duplicates_nothing() {
             pending.extend((0..DEVICES).filter(|&i| devices[i].dac.is_some()).take(40));
             pending
         };
-        let mut per_client: Vec<Vec<_>> = vec![Vec::new(); CLIENTS];
+        let mut per_client: Vec<Vec<Job>> = vec![Vec::new(); CLIENTS];
         for (n, &i) in order.iter().enumerate() {
             per_client[n % CLIENTS].push((i, devices[i].csr.clone(), devices[i].token.clone()));
         }
