@@ -112,6 +112,9 @@ pub struct LabelConfig {
     /// `[labels.NAME.renewal]`: how often one DAC lineage may renew, and whether renewals use
     /// up the quota.
     pub renewal: RenewalPolicy,
+    /// `/serverkeygen` (RFC 7030 §4.4) is offered: the server makes the device's key. Off by
+    /// default: a key made off the device has left the device's sole control.
+    pub serverkeygen: bool,
 }
 
 /// `[labels.NAME.renewal]`.
@@ -340,6 +343,7 @@ impl Config {
                     clients,
                     reenroll_placeholder_subject: l.reenroll_placeholder_subject,
                     renewal,
+                    serverkeygen: l.serverkeygen,
                     name,
                 },
             );
@@ -574,6 +578,8 @@ struct RawLabel {
     #[serde(default)]
     reenroll_placeholder_subject: bool,
     renewal: Option<RawRenewal>,
+    #[serde(default)]
+    serverkeygen: bool,
 }
 
 #[derive(Deserialize)]

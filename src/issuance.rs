@@ -105,6 +105,8 @@ pub struct IssueOptions {
     pub token: Option<String>,
     /// simplereenroll: the DAC being renewed and the subject it keeps.
     pub renews: Option<(DacRecord, DacSubject)>,
+    /// serverkeygen: the server made the key (recorded with the DAC).
+    pub server_keygen: bool,
 }
 
 /// The labels of a configuration, loaded and checked ([`Issuer::load`]).
@@ -340,6 +342,7 @@ impl Issuer {
             der: dac.der.clone(),
             status: Status::Issued,
             renews,
+            server_keygen: opts.server_keygen,
         };
         Ok(Prepared {
             issued: Issued { dac, repeat: false },

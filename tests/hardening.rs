@@ -152,6 +152,7 @@ async fn a_renewal_belongs_to_the_label_that_issued_the_dac_and_its_current_poli
                 der: old.der.clone(),
                 status: Status::Issued,
                 renews: None,
+                server_keygen: false,
             },
             &Admission::default(),
         )

@@ -433,6 +433,8 @@ mod codec {
                 bytes(&mut out, s);
             }
         }
+        // Appended fields: a record written before them ends here, and reads as the default.
+        out.push(u8::from(r.server_keygen));
         out
     }
 
@@ -463,6 +465,7 @@ mod codec {
                 0 => None,
                 _ => Some(field(r)?.to_vec()),
             },
+            server_keygen: r.first().is_some_and(|b| *b == 1),
         })
     }
 
@@ -643,6 +646,7 @@ mod tests {
             der: vec![0x30, 0],
             status: Status::Issued,
             renews: None,
+            server_keygen: false,
         }
     }
 
