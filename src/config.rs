@@ -115,6 +115,16 @@ pub struct LabelConfig {
     /// `/serverkeygen` (RFC 7030 §4.4) is offered: the server makes the device's key. Off by
     /// default: a key made off the device has left the device's sole control.
     pub serverkeygen: bool,
+    /// `[labels.NAME.rate_limit]`: enrollments a second, label-wide and per client identity.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// `[labels.NAME.rate_limit]`: token buckets refilled at this many enrollments a second, each
+/// holding at most one second's worth (the burst). None: no limit of that kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    pub per_label: Option<u32>,
+    pub per_identity: Option<u32>,
 }
 
 /// `[labels.NAME.renewal]`.
@@ -317,6 +327,26 @@ impl Config {
                     "clients are listed but no client_cas trust anchor is configured".into(),
                 ));
             }
+            let rate_limit = match &l.rate_limit {
+                None => None,
+                Some(r) => {
+                    for (k, v) in [
+                        ("per_label_per_sec", r.per_label_per_sec),
+                        ("per_identity_per_sec", r.per_identity_per_sec),
+                    ] {
+                        if v == Some(0) {
+                            return Err(err(
+                                &key(&format!("rate_limit.{k}")),
+                                "0 allows nothing; omit it for no limit".into(),
+                            ));
+                        }
+                    }
+                    Some(RateLimit {
+                        per_label: r.per_label_per_sec,
+                        per_identity: r.per_identity_per_sec,
+                    })
+                }
+            };
             let renewal = match &l.renewal {
                 None => RenewalPolicy::default(),
                 Some(r) => RenewalPolicy {
@@ -344,6 +374,7 @@ impl Config {
                     reenroll_placeholder_subject: l.reenroll_placeholder_subject,
                     renewal,
                     serverkeygen: l.serverkeygen,
+                    rate_limit,
                     name,
                 },
             );
@@ -580,6 +611,14 @@ struct RawLabel {
     renewal: Option<RawRenewal>,
     #[serde(default)]
     serverkeygen: bool,
+    rate_limit: Option<RawRateLimit>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    per_label_per_sec: Option<u32>,
+    per_identity_per_sec: Option<u32>,
 }
 
 #[derive(Deserialize)]

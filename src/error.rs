@@ -102,6 +102,10 @@ pub enum Error {
         "DAC serial {serial} was renewed less than the label's renewal.min_interval_secs ago; retry in {retry_after} s"
     )]
     RenewalTooSoon { serial: String, retry_after: u64 },
+    #[error(
+        "label {label:?} is over its enrollment rate limit (labels.{label}.rate_limit); retry in {retry_after} s"
+    )]
+    RateLimited { label: String, retry_after: u64 },
 
     // ---- authentication and policy (EST) ----
     #[error("{0}")]
@@ -187,7 +191,7 @@ impl Error {
             PayloadTooLarge { .. } => ErrorKind::PayloadTooLarge,
             UnsupportedMediaType { .. } => ErrorKind::UnsupportedMediaType,
             Timeout { .. } => ErrorKind::Timeout,
-            RenewalTooSoon { .. } => ErrorKind::TooManyRequests,
+            RenewalTooSoon { .. } | RateLimited { .. } => ErrorKind::TooManyRequests,
             Config { .. }
             | KeyFile { .. }
             | Io { .. }
@@ -220,7 +224,9 @@ impl Error {
     /// Seconds after which a refused request may succeed (`Retry-After`, RFC 9110 §10.2.3).
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            Error::RenewalTooSoon { retry_after, .. } => Some(*retry_after),
+            Error::RenewalTooSoon { retry_after, .. } | Error::RateLimited { retry_after, .. } => {
+                Some(*retry_after)
+            }
             // Until the signer's next reconnection attempt.
             Error::SignerUnavailable {
                 retry_after_secs, ..

@@ -17,6 +17,7 @@ pub mod matter;
 pub mod pki;
 pub mod policy;
 pub mod profile;
+pub mod ratelimit;
 pub mod server;
 pub mod signer;
 pub mod store;

@@ -88,6 +88,8 @@ pub struct App {
     pub policy: Policy,
     pub default_label: String,
     pub limits: Limits,
+    /// `[labels.NAME.rate_limit]`, in memory.
+    rate_limits: crate::ratelimit::RateLimits,
     cacerts: BTreeMap<String, Bytes>,
     csrattrs: Bytes,
 }
@@ -106,11 +108,13 @@ impl App {
                 (l.config.name.clone(), Bytes::from(body))
             })
             .collect();
+        let rate_limits = crate::ratelimit::RateLimits::new(issuer.labels().map(|l| &l.config));
         Ok(Self {
             issuer,
             policy,
             default_label,
             limits,
+            rate_limits,
             cacerts,
             csrattrs: Bytes::from(wire::base64_wrapped(&wire::matter_csr_attrs())),
         })
@@ -354,6 +358,7 @@ fn enroll(
                 app.policy
                     .authenticate_enroll(&label.config, Some(peer), None, ledger)?;
             *who = Some(enroller.requester());
+            app.rate_limits.take(name, &enroller.requester())?;
             if !label.config.serverkeygen {
                 return Err(Error::Forbidden(format!(
                     "label {name:?} does not offer serverkeygen (labels.{name}.serverkeygen)"
@@ -401,6 +406,7 @@ fn enroll(
                 Renewal::Renew { old, subject } => {
                     let requester = format!("dac:{}", asn1::hex(&old.serial));
                     *who = Some(requester.clone());
+                    app.rate_limits.take(name, &requester)?;
                     let opts = IssueOptions {
                         requester,
                         token: None,
@@ -419,6 +425,7 @@ fn enroll(
                 .policy
                 .authenticate_enroll(&label.config, peer, basic, ledger)?;
             *who = Some(enroller.requester());
+            app.rate_limits.take(name, &enroller.requester())?;
             let req = csr::parse(body)?;
             if req.form == csr::BodyForm::Pem {
                 tracing::debug!(label = %name, "CSR arrived PEM-armoured");
