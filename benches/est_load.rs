@@ -145,9 +145,15 @@ fn main() {
         .port();
     let config = dir.path().join(dev::files::CONFIG);
     let text = std::fs::read_to_string(&config).unwrap();
+    // All the load comes from one address (127.0.0.1): lift the per-peer connection cap above
+    // the 1,000 keep-alive connections of the RSS phase.
     std::fs::write(
         &config,
-        text.replace("127.0.0.1:8443", &format!("127.0.0.1:{port}")),
+        text.replace("127.0.0.1:8443", &format!("127.0.0.1:{port}"))
+            .replace(
+                "tls_key = \"tls/server.key\"",
+                "tls_key = \"tls/server.key\"\nmax_connections_per_peer = 2048",
+            ),
     )
     .unwrap();
     // EST_LOAD_SIGNER=pkcs11 keeps the PAI key in a SoftHSM2 token (the PKCS#11 signer).
