@@ -666,3 +666,58 @@ async fn cacerts_in_chain_order_and_csrattrs_named() {
          1.3.6.1.4.1.37244.2.2 Matter PID attribute\n"
     );
 }
+
+// Issue 15 item 4: on a terminal the gateway shows its progress, rate, ETA and failures, then the
+// summary; a device whose subject is already taken is a permanent failure, and the advice does
+// not say "rerun" for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_on_a_terminal_shows_progress_and_failures() {
+    let server = TestServer::start(|t| t).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Two devices enrolled by another gateway directory: their subjects are taken.
+    let taken = device_list(dir.path(), "taken", 2);
+    common::assert_success(&run_gateway(&server, &taken, &dir.path().join("other")).await);
+    let devices = dir.path().join("devices.csv");
+    let list = std::fs::read_to_string(&taken).unwrap()
+        + &(0..600)
+            .map(|i| format!("tty-{i:05}\n"))
+            .collect::<String>();
+    std::fs::write(&devices, list).unwrap();
+    let out = dir.path().join("out");
+    let gateway = gateway_cmd(&server, &devices, &out);
+    let command = std::iter::once(gateway.get_program())
+        .chain(gateway.get_args())
+        .map(|a| format!("'{}'", a.to_string_lossy()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    // script(1) gives the gateway a terminal and keeps what it shows.
+    let typescript = dir.path().join("typescript");
+    let mut cmd = Command::new("script");
+    cmd.args(["-qfec", &command]).arg(&typescript);
+    let run = fake::run(cmd).await;
+    assert_eq!(run.status.code(), Some(1), "two devices failed");
+    let shown = String::from_utf8_lossy(&std::fs::read(&typescript).unwrap()).into_owned();
+    let frame = shown
+        .split(['\r', '\n', '\u{1b}'])
+        .find(|f| f.contains("/602 devices") && f.contains("2 failed"))
+        .unwrap_or_else(|| panic!("no progress with failures in {shown:?}"));
+    assert!(frame.contains("/s  ETA "), "{frame}");
+    for id in ["taken-00000", "taken-00001"] {
+        assert!(
+            shown.contains(&format!(
+                "device {id}: permanent: 403 Forbidden: a DAC with subject"
+            )),
+            "{shown}"
+        );
+    }
+    assert!(
+        shown.contains("600 of 602 devices (600 enrolled now at ")
+            && shown.contains("2 failed (2 permanent, 0 retryable), 0 not attempted"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("est-client: 2 devices failed permanently"),
+        "{shown}"
+    );
+    assert!(!shown.contains("rerun the same command"), "{shown}");
+}

@@ -433,9 +433,13 @@ fn progress_bar(len: usize) -> indicatif::ProgressBar {
         indicatif::ProgressBar::hidden()
     };
     if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{bar:40} {pos}/{len} devices  {per_sec}  ETA {eta}  {msg}",
+        "{bar:40} {pos}/{len} devices  {rate}  ETA {eta}  {msg}",
     ) {
-        bar.set_style(style);
+        // Whole devices a second, as in the summary (indicatif's {per_sec} prints 4 decimals).
+        let rate = |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = write!(w, "{:.0}/s", s.per_sec());
+        };
+        bar.set_style(style.with_key("rate", rate));
     }
     bar.set_message("0 failed");
     bar
