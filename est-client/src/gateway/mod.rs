@@ -652,3 +652,24 @@ fn read_devices(path: &Path) -> Result<Vec<String>> {
     }
     Ok(ids)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // reason: tests
+
+    use super::*;
+
+    #[test]
+    fn a_device_list_names_each_device_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("devices.csv");
+        std::fs::write(&path, "device_id,batch\n# line 7\nd-1,a\n\nd-2,a\n").unwrap();
+        assert_eq!(read_devices(&path).unwrap(), ["d-1", "d-2"]);
+        std::fs::write(&path, "d-1\nd-2\nd-1\n").unwrap();
+        let e = read_devices(&path).unwrap_err().to_string();
+        assert!(e.ends_with("line 3: \"d-1\" is already on line 1"), "{e}");
+        std::fs::write(&path, "d-1\n../d-2\n").unwrap();
+        let e = read_devices(&path).unwrap_err().to_string();
+        assert!(e.contains("line 2: \"../d-2\": a device ID is"), "{e}");
+    }
+}
