@@ -99,6 +99,42 @@ fn writer_io(pid: u32) -> (u64, u64) {
     (0, 0)
 }
 
+/// Moves the development PAI onto a key generated in a fresh SoftHSM2 token under `dir`
+/// (`matter-est pai keygen` in a process whose `SOFTHSM2_CONF` names it), and points the
+/// config's signer at it. Returns the `softhsm2.conf` to give the server.
+fn pkcs11_signer(dir: &std::path::Path, config: &std::path::Path) -> std::path::PathBuf {
+    let hsm_dir = dir.join("softhsm");
+    std::fs::create_dir(&hsm_dir).unwrap();
+    let conf = common::hsm::make_softhsm_dir(&hsm_dir, &["load"]);
+    let public = dir.join("pai-public.pem");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_matter-est"))
+        .args(["pai", "keygen", "--module"])
+        .arg(common::hsm::module())
+        .args(["--token-label", "load", "--key-label", "pai", "--pin-file"])
+        .arg(hsm_dir.join("user.pin"))
+        .arg("--public-out")
+        .arg(&public)
+        .env("SOFTHSM2_CONF", &conf)
+        .output()
+        .unwrap();
+    common::assert_success(&out);
+    let (_, spki) = der::pem::decode_vec(std::fs::read(&public).unwrap().as_slice()).unwrap();
+    let point: [u8; 65] = spki[spki.len() - 65..].try_into().unwrap();
+    dev::reissue_pai(dir, &point).unwrap();
+    let sessions = 2 * std::thread::available_parallelism().map_or(1, |n| n.get());
+    let text = std::fs::read_to_string(config).unwrap().replace(
+        "file = \"pki/pai.key\"\n",
+        &format!(
+            "module = \"{}\"\ntoken_label = \"load\"\npin_file = \"{}\"\nsessions = {sessions}\n",
+            common::hsm::module().display(),
+            hsm_dir.join("user.pin").display()
+        ),
+    );
+    std::fs::write(config, text).unwrap();
+    println!("signer: PKCS#11, SoftHSM2 ({sessions} sessions)");
+    conf
+}
+
 fn main() {
     let dir = tempfile::tempdir().unwrap();
     dev::init(dir.path(), false).unwrap();
@@ -109,16 +145,29 @@ fn main() {
         .port();
     let config = dir.path().join(dev::files::CONFIG);
     let text = std::fs::read_to_string(&config).unwrap();
+    // All the load comes from one address (127.0.0.1): lift the per-peer connection cap above
+    // the 1,000 keep-alive connections of the RSS phase.
     std::fs::write(
         &config,
-        text.replace("127.0.0.1:8443", &format!("127.0.0.1:{port}")),
+        text.replace("127.0.0.1:8443", &format!("127.0.0.1:{port}"))
+            .replace(
+                "tls_key = \"tls/server.key\"",
+                "tls_key = \"tls/server.key\"\nmax_connections_per_peer = 2048",
+            ),
     )
     .unwrap();
+    // EST_LOAD_SIGNER=pkcs11 keeps the PAI key in a SoftHSM2 token (the PKCS#11 signer).
+    let softhsm_conf = (std::env::var("EST_LOAD_SIGNER").as_deref() == Ok("pkcs11"))
+        .then(|| pkcs11_signer(dir.path(), &config));
     // EST_LOAD_SERVER_BIN=path runs another build of the server (to compare two builds).
     let server_bin = std::env::var_os("EST_LOAD_SERVER_BIN")
         .unwrap_or_else(|| env!("CARGO_BIN_EXE_matter-est").into());
+    let mut command = std::process::Command::new(server_bin);
+    if let Some(conf) = &softhsm_conf {
+        command.env("SOFTHSM2_CONF", conf);
+    }
     let child = Server(
-        std::process::Command::new(server_bin)
+        command
             .args(["serve", "--config"])
             .arg(&config)
             .env("RUST_LOG", "info")

@@ -31,6 +31,7 @@ fn record(i: u64) -> DacRecord {
         der: vec![0x42; 480],
         status: Status::Issued,
         renews: None,
+        server_keygen: false,
     }
 }
 

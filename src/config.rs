@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::matter::{Pid, Vid};
 use crate::profile::{OtherAttributes, PidPolicy, Validity};
 use crate::signer::PassphraseSource;
+use crate::signer::pkcs11::{self, Pkcs11Config, TokenSelector};
 
 /// Operation names, which a label may not take (EST-WIRE.md "Routes").
 pub const OPERATIONS: [&str; 5] = [
@@ -111,6 +112,19 @@ pub struct LabelConfig {
     /// `[labels.NAME.renewal]`: how often one DAC lineage may renew, and whether renewals use
     /// up the quota.
     pub renewal: RenewalPolicy,
+    /// `/serverkeygen` (RFC 7030 §4.4) is offered: the server makes the device's key. Off by
+    /// default: a key made off the device has left the device's sole control.
+    pub serverkeygen: bool,
+    /// `[labels.NAME.rate_limit]`: enrollments a second, label-wide and per client identity.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// `[labels.NAME.rate_limit]`: token buckets refilled at this many enrollments a second, each
+/// holding at most one second's worth (the burst). None: no limit of that kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    pub per_label: Option<u32>,
+    pub per_identity: Option<u32>,
 }
 
 /// `[labels.NAME.renewal]`.
@@ -143,6 +157,8 @@ pub enum SignerConfig {
         key: PathBuf,
         passphrase: Option<PassphraseSource>,
     },
+    /// The key in a PKCS#11 token (an HSM).
+    Pkcs11(Pkcs11Config),
 }
 
 /// One client-certificate identity and what it may obtain.
@@ -281,17 +297,8 @@ impl Config {
                     ));
                 }
             };
-            let passphrase = match (&l.signer.passphrase_env, &l.signer.passphrase_file) {
-                (Some(_), Some(_)) => {
-                    return Err(err(
-                        &key("signer"),
-                        "set passphrase_env or passphrase_file, not both".into(),
-                    ));
-                }
-                (Some(v), None) => Some(PassphraseSource::Env(v.clone())),
-                (None, Some(f)) => Some(PassphraseSource::File(resolve(f))),
-                (None, None) => None,
-            };
+            let signer = parse_signer(&l.signer, &base)
+                .map_err(|(k, p)| err(&key(&format!("signer.{k}")), p))?;
             let mut clients = Vec::new();
             for (i, c) in l.clients.iter().enumerate() {
                 let ckey = format!("labels.{name}.clients[{i}]");
@@ -320,6 +327,26 @@ impl Config {
                     "clients are listed but no client_cas trust anchor is configured".into(),
                 ));
             }
+            let rate_limit = match &l.rate_limit {
+                None => None,
+                Some(r) => {
+                    for (k, v) in [
+                        ("per_label_per_sec", r.per_label_per_sec),
+                        ("per_identity_per_sec", r.per_identity_per_sec),
+                    ] {
+                        if v == Some(0) {
+                            return Err(err(
+                                &key(&format!("rate_limit.{k}")),
+                                "0 allows nothing; omit it for no limit".into(),
+                            ));
+                        }
+                    }
+                    Some(RateLimit {
+                        per_label: r.per_label_per_sec,
+                        per_identity: r.per_identity_per_sec,
+                    })
+                }
+            };
             let renewal = match &l.renewal {
                 None => RenewalPolicy::default(),
                 Some(r) => RenewalPolicy {
@@ -335,10 +362,7 @@ impl Config {
                 LabelConfig {
                     pai: resolve(&l.pai),
                     chain: l.chain.iter().map(|p| resolve(p)).collect(),
-                    signer: SignerConfig::File {
-                        key: resolve(&l.signer.file),
-                        passphrase,
-                    },
+                    signer,
                     pids,
                     validity,
                     quota: l.quota,
@@ -349,6 +373,8 @@ impl Config {
                     clients,
                     reenroll_placeholder_subject: l.reenroll_placeholder_subject,
                     renewal,
+                    serverkeygen: l.serverkeygen,
+                    rate_limit,
                     name,
                 },
             );
@@ -583,6 +609,16 @@ struct RawLabel {
     #[serde(default)]
     reenroll_placeholder_subject: bool,
     renewal: Option<RawRenewal>,
+    #[serde(default)]
+    serverkeygen: bool,
+    rate_limit: Option<RawRateLimit>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    per_label_per_sec: Option<u32>,
+    per_identity_per_sec: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -595,9 +631,172 @@ struct RawRenewal {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSigner {
-    file: PathBuf,
+    // The file signer.
+    file: Option<PathBuf>,
     passphrase_env: Option<String>,
     passphrase_file: Option<PathBuf>,
+    // The PKCS#11 signer.
+    module: Option<PathBuf>,
+    token_label: Option<String>,
+    token_serial: Option<String>,
+    key_label: Option<String>,
+    key_id: Option<String>,
+    uri: Option<String>,
+    pin_env: Option<String>,
+    pin_file: Option<PathBuf>,
+    sessions: Option<usize>,
+}
+
+/// `[labels.NAME.signer]`: `file` (+ passphrase) or `module` / `uri` (+ token, key, PIN). A
+/// refusal is (key under `signer`, problem).
+fn parse_signer(
+    raw: &RawSigner,
+    base: &Path,
+) -> std::result::Result<SignerConfig, (String, String)> {
+    let bad = |k: &str, p: &str| (k.to_string(), p.to_string());
+    let resolve = |p: &Path| base.join(p);
+    let is_pkcs11 = raw.module.is_some() || raw.uri.is_some();
+    match (&raw.file, is_pkcs11) {
+        (Some(_), true) => {
+            return Err(bad(
+                "file",
+                "set file (a key file) or module/uri (a PKCS#11 token), not both",
+            ));
+        }
+        (None, false) => {
+            return Err(bad(
+                "file",
+                "missing: set file (a key file) or module/uri (a PKCS#11 token)",
+            ));
+        }
+        (Some(file), false) => {
+            let pkcs11_keys = [
+                raw.token_label.is_some(),
+                raw.token_serial.is_some(),
+                raw.key_label.is_some(),
+                raw.key_id.is_some(),
+                raw.pin_env.is_some(),
+                raw.pin_file.is_some(),
+                raw.sessions.is_some(),
+            ];
+            if pkcs11_keys.contains(&true) {
+                return Err(bad(
+                    "module",
+                    "token, key, PIN and sessions keys belong to a PKCS#11 signer; set module",
+                ));
+            }
+            let passphrase = match (&raw.passphrase_env, &raw.passphrase_file) {
+                (Some(_), Some(_)) => {
+                    return Err(bad(
+                        "passphrase_env",
+                        "set passphrase_env or passphrase_file, not both",
+                    ));
+                }
+                (Some(v), None) => Some(PassphraseSource::Env(v.clone())),
+                (None, Some(f)) => Some(PassphraseSource::File(resolve(f))),
+                (None, None) => None,
+            };
+            return Ok(SignerConfig::File {
+                key: resolve(file),
+                passphrase,
+            });
+        }
+        (None, true) => {}
+    }
+    if raw.passphrase_env.is_some() || raw.passphrase_file.is_some() {
+        return Err(bad(
+            "passphrase_env",
+            "a PKCS#11 token takes a PIN: use pin_env or pin_file",
+        ));
+    }
+    let uri = raw
+        .uri
+        .as_deref()
+        .map(pkcs11::parse_uri)
+        .transpose()
+        .map_err(|p| ("uri".to_string(), p))?
+        .unwrap_or_default();
+    let one = |k: &str, a: Option<String>, b: Option<String>| match (a, b) {
+        (Some(_), Some(_)) => Err(bad(k, "given both here and in uri; give it once")),
+        (a, b) => Ok(a.or(b)),
+    };
+    let module = match (&raw.module, &uri.module_path) {
+        (Some(_), Some(_)) => {
+            return Err(bad(
+                "module",
+                "given both here and as the uri's module-path",
+            ));
+        }
+        // A bare file name is left to the dynamic loader's search path.
+        (Some(m), None) | (None, Some(m)) if m.components().count() == 1 => m.clone(),
+        (Some(m), None) | (None, Some(m)) => resolve(m),
+        (None, None) => {
+            return Err(bad(
+                "module",
+                "missing: the PKCS#11 library path (e.g. /usr/lib/softhsm/libsofthsm2.so)",
+            ));
+        }
+    };
+    let token = TokenSelector {
+        label: one("token_label", raw.token_label.clone(), uri.token.clone())?,
+        serial: one("token_serial", raw.token_serial.clone(), uri.serial.clone())?,
+    };
+    if token.label.is_none() && token.serial.is_none() {
+        return Err(bad(
+            "token_label",
+            "missing: set token_label or token_serial",
+        ));
+    }
+    let key_id = raw
+        .key_id
+        .as_deref()
+        .map(|h| {
+            let h = h.replace(':', "");
+            (0..h.len())
+                .step_by(2)
+                .map(|i| h.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+                .collect::<Option<Vec<u8>>>()
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| bad("key_id", "expected hex bytes, e.g. \"01a2\""))
+        })
+        .transpose()?;
+    let key_id = match (key_id, uri.id.clone()) {
+        (Some(_), Some(_)) => {
+            return Err(bad("key_id", "given both here and in uri; give it once"));
+        }
+        (a, b) => a.or(b),
+    };
+    let pin = match (&raw.pin_env, &raw.pin_file, &uri.pin_source) {
+        (Some(v), None, None) => PassphraseSource::Env(v.clone()),
+        (None, Some(f), None) | (None, None, Some(f)) => PassphraseSource::File(resolve(f)),
+        (None, None, None) => {
+            return Err(bad(
+                "pin_env",
+                "missing: the user PIN comes from pin_env or pin_file (never the config itself)",
+            ));
+        }
+        _ => {
+            return Err(bad(
+                "pin_env",
+                "set one of pin_env, pin_file, the uri's pin-source",
+            ));
+        }
+    };
+    let sessions = raw.sessions.unwrap_or(pkcs11::DEFAULT_SESSIONS);
+    if !(1..=pkcs11::MAX_SESSIONS).contains(&sessions) {
+        return Err(bad(
+            "sessions",
+            &format!("{sessions}: expected 1 to {}", pkcs11::MAX_SESSIONS),
+        ));
+    }
+    Ok(SignerConfig::Pkcs11(Pkcs11Config {
+        module,
+        token,
+        key_label: one("key_label", raw.key_label.clone(), uri.object.clone())?,
+        key_id,
+        pin,
+        sessions,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -792,6 +991,65 @@ signer = { file = "pai.key" }
             ("dev.toml", include_str!("../config/dev.toml")),
         ] {
             Config::parse(Path::new(name), text).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
+    #[test]
+    fn pkcs11_signer_from_keys_or_uri() {
+        let keys = MINIMAL.replace(
+            "signer = { file = \"pai.key\" }",
+            "signer = { module = \"/usr/lib/softhsm/libsofthsm2.so\", token_label = \"pai\", \
+             key_id = \"01:ab\", pin_file = \"pin\", sessions = 3 }",
+        );
+        let uri = MINIMAL.replace(
+            "signer = { file = \"pai.key\" }",
+            "signer = { uri = \"pkcs11:token=pai;id=%01%ab?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=pin\", sessions = 3 }",
+        );
+        for text in [keys, uri] {
+            let c = parse(&text).expect("valid");
+            let SignerConfig::Pkcs11(p) = &c.label("a").expect("label").signer else {
+                panic!("not pkcs11")
+            };
+            assert_eq!(p.module, PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"));
+            assert_eq!(p.token.label.as_deref(), Some("pai"));
+            assert_eq!(p.key_id, Some(vec![0x01, 0xab]));
+            assert_eq!(
+                p.pin,
+                PassphraseSource::File(PathBuf::from("/etc/matter-est/pin"))
+            );
+            assert_eq!(p.sessions, 3);
+        }
+    }
+
+    #[test]
+    fn pkcs11_signer_refusals_name_their_key() {
+        let cases = [
+            (
+                "{ file = \"k\", module = \"/m.so\" }",
+                "labels.a.signer.file",
+            ),
+            (
+                "{ module = \"/m.so\", pin_env = \"P\" }",
+                "signer.token_label",
+            ),
+            (
+                "{ module = \"/m.so\", token_label = \"t\" }",
+                "signer.pin_env",
+            ),
+            (
+                "{ module = \"/m.so\", token_label = \"t\", pin_env = \"P\", sessions = 0 }",
+                "signer.sessions",
+            ),
+            (
+                "{ uri = \"pkcs11:token=t?pin-value=1\", module = \"/m.so\" }",
+                "signer.uri",
+            ),
+            ("{ file = \"k\", pin_env = \"P\" }", "signer.module"),
+        ];
+        for (signer, key) in cases {
+            let text = MINIMAL.replace("{ file = \"pai.key\" }", signer);
+            let msg = parse(&text).expect_err(signer).to_string();
+            assert!(msg.contains(key), "{signer}: {msg}");
         }
     }
 

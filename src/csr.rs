@@ -42,7 +42,17 @@ pub struct EnrollmentRequest {
     pub subject: Name,
     /// How the body was encoded.
     pub form: BodyForm,
+    /// `serverkeygen` (RFC 7030 §4.4.1.2): the identifier of the key to encrypt the generated
+    /// private key to, from the AsymmetricDecryptKeyIdentifier attribute, if the CSR has one.
+    pub decrypt_key_id: Option<Vec<u8>>,
 }
+
+/// id-aa-asymmDecryptKeyID 1.2.840.113549.1.9.16.2.54 (RFC 7030 §4.4.1.2).
+const OID_ASYMM_DECRYPT_KEY_ID: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.16.2.54");
+/// id-aa-decryptKeyID 1.2.840.113549.1.9.16.2.37 (RFC 7030 §4.4.1.1: a pre-shared symmetric key).
+const OID_DECRYPT_KEY_ID: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.16.2.37");
 
 /// Decodes and verifies a CSR body in any accepted form.
 pub fn parse(body: &[u8]) -> Result<EnrollmentRequest> {
@@ -140,6 +150,28 @@ pub fn parse_der(der: &[u8]) -> Result<EnrollmentRequest> {
         return Err(Error::CsrBadSignature);
     }
 
+    let mut decrypt_key_id = None;
+    for attr in csr.info.attributes.iter() {
+        if attr.oid == OID_DECRYPT_KEY_ID {
+            return Err(Error::BadRequest(
+                "RFC 7030 §4.4.1.1: a symmetric DecryptKeyIdentifier is not supported (no \
+                 keys are pre-shared); ask for the key encrypted to your own key with \
+                 AsymmetricDecryptKeyIdentifier"
+                    .into(),
+            ));
+        }
+        if attr.oid == OID_ASYMM_DECRYPT_KEY_ID {
+            let id = attr
+                .values
+                .iter()
+                .next()
+                .and_then(|v| v.decode_as::<der::asn1::OctetString>().ok())
+                .ok_or_else(|| {
+                    Error::NotACsr("AsymmetricDecryptKeyIdentifier is not an OCTET STRING".into())
+                })?;
+            decrypt_key_id = Some(id.as_bytes().to_vec());
+        }
+    }
     let ids = matter::read_subject(&csr.info.subject)?;
     if let Some(cn) = &ids.cn {
         matter::check_cn(cn)?;
@@ -149,6 +181,7 @@ pub fn parse_der(der: &[u8]) -> Result<EnrollmentRequest> {
         ids,
         subject: csr.info.subject,
         form: BodyForm::Der,
+        decrypt_key_id,
     })
 }
 
@@ -175,6 +208,15 @@ pub fn oid_name(oid: &ObjectIdentifier) -> String {
 /// Builds a PKCS#10 CSR (RFC 2986 §4) for `subject` (Name DER) signed by `signer`, with no
 /// attributes. Used by tests, benchmarks and tools that need a CSR without openssl.
 pub fn build(subject: &[u8], signer: &dyn signer::Signer) -> Result<Vec<u8>> {
+    build_with_attributes(subject, &[], signer)
+}
+
+/// As [`build`], with `attributes` (each a DER `Attribute`).
+pub fn build_with_attributes(
+    subject: &[u8],
+    attributes: &[&[u8]],
+    signer: &dyn signer::Signer,
+) -> Result<Vec<u8>> {
     use crate::asn1::{self, tag};
     let info = asn1::tlv(
         tag::SEQUENCE,
@@ -182,7 +224,7 @@ pub fn build(subject: &[u8], signer: &dyn signer::Signer) -> Result<Vec<u8>> {
             &[tag::INTEGER, 1, 0],
             subject,
             &asn1::p256_spki(signer.public_key()),
-            &[0xa0, 0x00],
+            &asn1::tlv(0xa0, attributes),
         ],
     );
     let sig = signer.sign(&info)?;

@@ -73,12 +73,29 @@ impl Recipient {
             }
             "PUBLIC KEY" => {
                 let point = p256_point(&der).ok_or_else(|| bad("not a P-256 public key"))?;
-                let skid = crate::profile::cert::key_id(&point);
-                // rKeyId [0] IMPLICIT RecipientKeyIdentifier { subjectKeyIdentifier }
-                let rid = asn1::tlv(0xa0, &[&asn1::tlv(tag::OCTET_STRING, &[&skid])]);
-                Ok(Self { point, rid })
+                let point: [u8; 65] = point
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| bad("not a P-256 public key"))?;
+                Ok(Self::from_point(
+                    &point,
+                    &crate::profile::cert::key_id(&point),
+                ))
             }
             other => Err(bad(&format!("PEM label {other}"))),
+        }
+    }
+}
+
+impl Recipient {
+    /// A P-256 public key (SEC1 uncompressed point) named by the key identifier `key_id`
+    /// (RecipientKeyIdentifier: what the recipient asked to be addressed by).
+    pub fn from_point(point: &[u8; 65], key_id: &[u8]) -> Self {
+        // rKeyId [0] IMPLICIT RecipientKeyIdentifier { subjectKeyIdentifier }
+        let rid = asn1::tlv(0xa0, &[&asn1::tlv(tag::OCTET_STRING, &[key_id])]);
+        Self {
+            point: point.to_vec(),
+            rid,
         }
     }
 }

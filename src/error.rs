@@ -37,6 +37,9 @@ pub enum ErrorKind {
     TooManyRequests,
     /// Our own fault; the client sees a generic message (500).
     Internal,
+    /// A dependency (the PAI signer's token) is unreachable for now; the client should retry
+    /// later (503 with `Retry-After`, RFC 9110 §15.6.4).
+    Unavailable,
 }
 
 /// Everything that can go wrong, with the data that explains it.
@@ -99,6 +102,10 @@ pub enum Error {
         "DAC serial {serial} was renewed less than the label's renewal.min_interval_secs ago; retry in {retry_after} s"
     )]
     RenewalTooSoon { serial: String, retry_after: u64 },
+    #[error(
+        "label {label:?} is over its enrollment rate limit (labels.{label}.rate_limit); retry in {retry_after} s"
+    )]
+    RateLimited { label: String, retry_after: u64 },
 
     // ---- authentication and policy (EST) ----
     #[error("{0}")]
@@ -138,6 +145,19 @@ pub enum Error {
     SelfCheck(String),
     #[error("signer failed: {0}")]
     Signer(String),
+    #[error("PKCS#11 module {module}, token {token}, key {key}: {problem}")]
+    Pkcs11 {
+        module: PathBuf,
+        token: String,
+        key: String,
+        problem: String,
+    },
+    #[error("PAI signer ({signer}) is unavailable: {reason}; retry in {retry_after_secs} s")]
+    SignerUnavailable {
+        signer: String,
+        reason: String,
+        retry_after_secs: u64,
+    },
     #[error("ledger: {0}")]
     Ledger(String),
     #[error("internal error: {0}")]
@@ -171,14 +191,16 @@ impl Error {
             PayloadTooLarge { .. } => ErrorKind::PayloadTooLarge,
             UnsupportedMediaType { .. } => ErrorKind::UnsupportedMediaType,
             Timeout { .. } => ErrorKind::Timeout,
-            RenewalTooSoon { .. } => ErrorKind::TooManyRequests,
+            RenewalTooSoon { .. } | RateLimited { .. } => ErrorKind::TooManyRequests,
             Config { .. }
             | KeyFile { .. }
             | Io { .. }
             | SelfCheck(_)
             | Signer(_)
+            | Pkcs11 { .. }
             | Ledger(_)
             | Internal(_) => ErrorKind::Internal,
+            SignerUnavailable { .. } => ErrorKind::Unavailable,
         }
     }
 
@@ -186,6 +208,15 @@ impl Error {
     pub fn public_message(&self) -> String {
         match self.kind() {
             ErrorKind::Internal => "internal error; the operator's log has the details".into(),
+            // Which token failed and why is for the operator's log only.
+            ErrorKind::Unavailable => match self {
+                Error::SignerUnavailable {
+                    retry_after_secs, ..
+                } => {
+                    format!("the signer is temporarily unavailable; retry in {retry_after_secs} s")
+                }
+                _ => "temporarily unavailable; retry later".into(),
+            },
             _ => self.to_string(),
         }
     }
@@ -193,7 +224,13 @@ impl Error {
     /// Seconds after which a refused request may succeed (`Retry-After`, RFC 9110 §10.2.3).
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            Error::RenewalTooSoon { retry_after, .. } => Some(*retry_after),
+            Error::RenewalTooSoon { retry_after, .. } | Error::RateLimited { retry_after, .. } => {
+                Some(*retry_after)
+            }
+            // Until the signer's next reconnection attempt.
+            Error::SignerUnavailable {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
             _ => None,
         }
     }

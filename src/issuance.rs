@@ -12,7 +12,7 @@ use crate::matter;
 use crate::profile::cert::Parsed;
 use crate::profile::check::{self, CaRole};
 use crate::profile::{self, Dac, DacProfile, DacSubject, Pai};
-use crate::signer::{self, FileSigner, Signer};
+use crate::signer::{self, FileSigner, Pkcs11Signer, Signer};
 use crate::store::{Admission, Committed, Completer, DacRecord, Ledger, Pending, Status};
 
 /// A label, loaded: its PAI, chain, signer and policy.
@@ -29,6 +29,8 @@ pub struct Label {
 #[derive(Clone, Debug)]
 pub struct Issued {
     pub dac: Dac,
+    /// The DAC was already on record (the request repeated one): nothing new was issued.
+    pub repeat: bool,
 }
 
 impl Issued {
@@ -56,6 +58,7 @@ impl Issued {
                 not_before: parsed.not_before,
                 not_after: parsed.not_after,
             },
+            repeat: true,
         })
     }
 
@@ -102,6 +105,8 @@ pub struct IssueOptions {
     pub token: Option<String>,
     /// simplereenroll: the DAC being renewed and the subject it keeps.
     pub renews: Option<(DacRecord, DacSubject)>,
+    /// serverkeygen: the server made the key (recorded with the DAC).
+    pub server_keygen: bool,
 }
 
 /// The labels of a configuration, loaded and checked ([`Issuer::load`]).
@@ -337,9 +342,10 @@ impl Issuer {
             der: dac.der.clone(),
             status: Status::Issued,
             renews,
+            server_keygen: opts.server_keygen,
         };
         Ok(Prepared {
-            issued: Issued { dac },
+            issued: Issued { dac, repeat: false },
             commit: Some((
                 record,
                 Admission {
@@ -375,10 +381,13 @@ pub fn load_label(lc: &LabelConfig) -> Result<Label> {
             FileSigner::load(key, passphrase.as_ref())
                 .map_err(|e| e.in_key(format!("labels.{}.signer.file", lc.name)))?,
         ),
+        // Finds the key by the PAI's public key and refuses to open otherwise.
+        SignerConfig::Pkcs11(config) => Arc::new(Pkcs11Signer::open(config, pai.public_key())?),
     };
     if signer.public_key() != pai.public_key() {
         let path = match &lc.signer {
             SignerConfig::File { key, .. } => key.clone(),
+            SignerConfig::Pkcs11(config) => config.module.clone(),
         };
         return Err(Error::KeyFile {
             path,
@@ -406,7 +415,7 @@ pub fn load_label(lc: &LabelConfig) -> Result<Label> {
 
 /// PAI → … → PAA: each certificate signed by the next, the last a PAA per MATTER.md, and the
 /// PAI's VID equal to the PAA's when it has one.
-fn check_chain(pai: &Pai, chain: &[Vec<u8>]) -> Result<()> {
+pub fn check_chain(pai: &Pai, chain: &[Vec<u8>]) -> Result<()> {
     let mut child_der = pai.der.clone();
     for (i, parent_der) in chain.iter().enumerate() {
         let child = Parsed::from_der(&child_der)?;

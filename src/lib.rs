@@ -6,6 +6,7 @@
 
 pub mod asn1;
 pub mod batch;
+pub mod ceremony;
 pub mod config;
 pub mod csr;
 pub mod envelope;
@@ -13,8 +14,10 @@ pub mod error;
 pub mod est;
 pub mod issuance;
 pub mod matter;
+pub mod pki;
 pub mod policy;
 pub mod profile;
+pub mod ratelimit;
 pub mod server;
 pub mod signer;
 pub mod store;

@@ -6,11 +6,17 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
+mod cli;
+
+use cli::pki::{ClientsCommand, TlsCommand};
+
 use matter_est::config::Config;
 use matter_est::issuance::{IssueOptions, Issuer};
 use matter_est::profile::dev;
 use matter_est::store::redb::RedbLedger;
 use matter_est::{Error, Result, asn1, batch, csr, matter, policy, server, signer};
+
+use cli::pai::{self as pai_cli, PaiCommand};
 
 #[derive(Parser)]
 #[command(
@@ -34,6 +40,18 @@ enum Command {
         /// Replace existing keys and certificates.
         #[arg(long)]
         force: bool,
+        /// Generate the PAI key inside a SoftHSM2 token made under DIR (softhsm/), and sign
+        /// through PKCS#11; run `serve` with SOFTHSM2_CONF=DIR/softhsm/softhsm2.conf.
+        #[arg(long)]
+        hsm: bool,
+        /// With --hsm: SoftHSM2's PKCS#11 module (default: where Debian/Ubuntu install it).
+        #[arg(long, requires = "hsm")]
+        module: Option<PathBuf>,
+    },
+    /// The PAI key in a PKCS#11 token.
+    Pai {
+        #[command(subcommand)]
+        command: PaiCommand,
     },
     /// Issue one DAC offline from a CSR, through the same checks as the server.
     Issue {
@@ -80,6 +98,7 @@ enum Command {
         command: TokenCommand,
     },
     /// Make keys and DACs ahead of time for a production line without a network.
+    #[command(group(clap::ArgGroup::new("which_devices").required(true).multiple(false)))]
     Batch {
         /// The configuration file (its ledger must not be held by a running `serve`).
         #[arg(long)]
@@ -91,10 +110,10 @@ enum Command {
         #[arg(long)]
         pid: String,
         /// How many devices (CN = the label's cn_prefix + serial).
-        #[arg(long, conflicts_with = "devices", required_unless_present = "devices")]
+        #[arg(long, group = "which_devices")]
         count: Option<u64>,
         /// One hardware ID per line (CSV; the first column); each becomes the DAC's CN.
-        #[arg(long)]
+        #[arg(long, group = "which_devices")]
         devices: Option<PathBuf>,
         /// Output directory (created 0700; an interrupted batch here is resumed).
         #[arg(long)]
@@ -113,6 +132,21 @@ enum Command {
         /// `danger_development_pki = true`.
         #[arg(long)]
         danger_allow_development_pki: bool,
+    },
+    /// The EST listener's TLS certificate and its CA (certs/README.md).
+    Tls {
+        #[command(subcommand)]
+        command: TlsCommand,
+    },
+    /// Client CAs and client certificates for gateways and operators (certs/README.md).
+    Clients {
+        #[command(subcommand)]
+        command: ClientsCommand,
+    },
+    /// The ledger: backups.
+    Ledger {
+        #[command(subcommand)]
+        command: LedgerCommand,
     },
     /// Print a shell completion script (e.g. `matter-est completions bash >
     /// /etc/bash_completion.d/matter-est`).
@@ -143,6 +177,19 @@ enum Command {
         /// The Matter Product ID (4 uppercase hex digits).
         #[arg(long, default_value = "8000")]
         pid: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum LedgerCommand {
+    /// Write a consistent copy of the ledger (one snapshot, all tables) to a new file.
+    Backup {
+        /// The configuration file naming the ledger.
+        #[arg(long)]
+        config: PathBuf,
+        /// The backup file to create (never overwritten).
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -188,8 +235,39 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::InitDev { dir, force } => {
-            let made = dev::init(&dir, force)?;
+        Command::InitDev {
+            dir,
+            force,
+            hsm,
+            module,
+        } => {
+            let made = if hsm {
+                let module = match module {
+                    Some(m) => m,
+                    None => signer::pkcs11::SOFTHSM_MODULES
+                        .iter()
+                        .map(PathBuf::from)
+                        .find(|p| p.exists())
+                        .ok_or_else(|| {
+                            Error::BadRequest(
+                                "SoftHSM2 is not installed (apt-get install softhsm2), or give \
+                                 its module with --module"
+                                    .into(),
+                            )
+                        })?,
+                };
+                let mut keygen = |files: &dev::HsmFiles| pai_cli::hsm_keygen(&module, files);
+                dev::init_with(
+                    &dir,
+                    force,
+                    Some(dev::HsmKeygen {
+                        module: &module,
+                        keygen: &mut keygen,
+                    }),
+                )?
+            } else {
+                dev::init(&dir, force)?
+            };
             if made.created {
                 println!("created the development PKI in {}", made.dir.display());
             } else {
@@ -199,8 +277,19 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
             println!("config: {}", made.config.display());
+            if hsm {
+                let conf = dir.join(dev::files::SOFTHSM_CONF);
+                let conf = conf.canonicalize().unwrap_or(conf);
+                println!(
+                    "the PAI key is in SoftHSM2 token {:?}; serve with:\n  SOFTHSM2_CONF={} matter-est serve --config {}",
+                    dev::DEV_TOKEN,
+                    conf.display(),
+                    made.config.display()
+                );
+            }
             Ok(())
         }
+        Command::Pai { command } => pai_cli::run(command),
         Command::Issue {
             config,
             label,
@@ -236,8 +325,13 @@ fn run(cli: Cli) -> Result<()> {
             };
             std::fs::write(&out, bytes).map_err(|e| Error::io(&out, e))?;
             ledger.close();
+            let what = if issued.repeat {
+                "the DAC on record for this key and subject (nothing new issued): serial"
+            } else {
+                "issued DAC serial"
+            };
             println!(
-                "issued DAC serial {} subject {} -> {}",
+                "{what} {} subject {} -> {}",
                 asn1::hex(&issued.dac.serial),
                 issued.dac.subject,
                 out.display()
@@ -357,6 +451,22 @@ fn run(cli: Cli) -> Result<()> {
                 ))),
             }
         }
+        Command::Ledger {
+            command: LedgerCommand::Backup { config, out },
+        } => {
+            let config = Config::load(&config)?;
+            let ledger = RedbLedger::open(&config.ledger)?;
+            let records = ledger.backup_to(&out)?;
+            ledger.close();
+            println!(
+                "backed up {} ({records} DACs) to {}",
+                config.ledger.display(),
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Tls { command } => cli::pki::run_tls(command),
+        Command::Clients { command } => cli::pki::run_clients(command),
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(
@@ -448,29 +558,42 @@ fn serve(
             ledger = %config.ledger.display(),
             "matter-est serving"
         );
-        for label in running.app.issuer.labels() {
-            let pids = match &label.config.pids {
-                matter_est::profile::PidPolicy::Any => "any".to_string(),
-                matter_est::profile::PidPolicy::Only(set) => set
-                    .iter()
-                    .map(|p| p.to_string())
-                    .collect::<Vec<_>>()
-                    .join(","),
-            };
-            tracing::info!(
-                label = %label.config.name,
-                default = label.config.name == config.default_label,
-                pai = %label.pai.subject,
-                vid = %label.pai.vid,
-                pids = %pids,
-                quota = label.config.quota.map_or("none".to_string(), |q| q.to_string()),
-                "label served"
-            );
-        }
+        log_labels(&running, &config.default_label);
         if embedded {
             print_try_it(&running.addr, &config.default_label);
         }
-        shutdown_signal().await;
+        // SIGHUP reloads the configuration (TLS certificates, labels, policy) without dropping
+        // a connection; SIGINT or SIGTERM stops.
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| Error::Internal(format!("SIGHUP handler: {e}")))?;
+        let stop = shutdown_signal();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = hangup.recv() => {
+                    let reloaded = Config::load(&config_path).and_then(|mut new| {
+                        new.server.listen = config.server.listen;
+                        if new.ledger != config.ledger {
+                            tracing::warn!("the ledger path changed: it takes effect at the next start");
+                        }
+                        let labels = Issuer::load(&new)?;
+                        labels.refuse_development_pki(&new, danger_dev)?;
+                        running.reload(&new, labels)
+                    });
+                    match reloaded {
+                        Ok(()) => {
+                            tracing::info!(config = %config_path.display(), "configuration reloaded");
+                            log_labels(&running, &config.default_label);
+                        }
+                        Err(e) => tracing::error!(
+                            error = %e,
+                            "reload refused; still serving the previous configuration"
+                        ),
+                    }
+                }
+            }
+        }
         tracing::info!("shutting down: no new connections, finishing requests in flight");
         running.shutdown().await;
         Ok::<(), Error>(())
@@ -478,6 +601,29 @@ fn serve(
     ledger.close();
     tracing::info!("ledger closed");
     Ok(())
+}
+
+/// One `label served` line per label: what the server serves.
+fn log_labels(running: &server::Running, default_label: &str) {
+    for label in running.app().issuer.labels() {
+        let pids = match &label.config.pids {
+            matter_est::profile::PidPolicy::Any => "any".to_string(),
+            matter_est::profile::PidPolicy::Only(set) => set
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        };
+        tracing::info!(
+            label = %label.config.name,
+            default = label.config.name == default_label,
+            pai = %label.pai.subject,
+            vid = %label.pai.vid,
+            pids = %pids,
+            quota = label.config.quota.map_or("none".to_string(), |q| q.to_string()),
+            "label served"
+        );
+    }
 }
 
 /// Log lines buffered for the log thread: over a second of requests at full rate. (The

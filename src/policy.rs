@@ -275,13 +275,15 @@ impl Policy {
         trust: &LabelTrust,
         peer: &PeerChain,
     ) -> Result<Enroller> {
+        // The time first: an expired chain (say, on a resumed TLS session) is refused as
+        // expired, not as untrusted.
+        peer.check_time(asn1::now())?;
         if !peer.verifies(&label.name, Anchor::Clients, trust.clients.as_ref()) {
             return Err(Error::Forbidden(format!(
                 "client certificate {} is not issued by a CA trusted for label {:?}",
                 peer.display, label.name
             )));
         }
-        peer.check_time(asn1::now())?;
         let rule = label
             .clients
             .iter()
@@ -364,14 +366,14 @@ impl Policy {
                     .into(),
             )
         })?;
+        let now = asn1::now();
+        peer.check_time(now)?;
         if !peer.verifies(name, Anchor::Pai, Some(&trust.dacs)) {
             return Err(Error::Forbidden(format!(
                 "client certificate {} is not a DAC of label {name:?}'s PAI",
                 peer.display
             )));
         }
-        let now = asn1::now();
-        peer.check_time(now)?;
         let leaf_der = peer.certs[0].as_ref();
         let leaf = Certificate::from_der(leaf_der)
             .map_err(|e| Error::BadRequest(format!("client certificate: {e}")))?;

@@ -16,7 +16,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::est::{self, App, Conn};
-use crate::issuance::Issuer;
+use crate::issuance::{Issuer, Labels};
 use crate::policy::{PeerChain, Policy};
 use crate::tls;
 
@@ -31,12 +31,67 @@ const MAX_HTTP_BUF: usize = 16 * 1024;
 /// A server accepting connections.
 pub struct Running {
     pub addr: SocketAddr,
-    pub app: Arc<App>,
+    current: Arc<Current>,
     stop: watch::Sender<bool>,
     done: tokio::task::JoinHandle<()>,
 }
 
+/// What a reload replaces: the application (labels, policy) and the TLS configuration. A
+/// connection takes the TLS configuration current when it is accepted and each request the
+/// application current when it arrives, so a reload drops no connection.
+struct Current {
+    app: std::sync::RwLock<Arc<App>>,
+    tls: std::sync::RwLock<Arc<rustls::ServerConfig>>,
+}
+
+impl Current {
+    fn app(&self) -> Arc<App> {
+        match self.app.read() {
+            Ok(app) => app.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn tls(&self) -> Arc<rustls::ServerConfig> {
+        match self.tls.read() {
+            Ok(tls) => tls.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
 impl Running {
+    /// The application serving requests now.
+    pub fn app(&self) -> Arc<App> {
+        self.current.app()
+    }
+
+    /// Reloads the labels (loaded from `config` by [`Issuer::load`]), policy and TLS
+    /// certificates from `config` (SIGHUP) on the same
+    /// ledger, without dropping a connection. All or nothing: a configuration that does not
+    /// load leaves the running one in place. `server.listen`, the ledger path and the
+    /// `[server]` limits take effect at the next start; a change to them is logged.
+    pub fn reload(&self, config: &Config, labels: Labels) -> Result<()> {
+        let old = self.current.app();
+        let issuer = Arc::new(labels.with_ledger(old.issuer.ledger().clone()));
+        let tls = tls_config(config, &issuer)?;
+        if config.server.limits != old.limits {
+            tracing::warn!("the [server] limits changed: they take effect at the next start");
+        }
+        let app = Arc::new(App::new(
+            issuer,
+            config.default_label.clone(),
+            old.limits.clone(),
+        )?);
+        if let Ok(mut current) = self.current.tls.write() {
+            *current = tls;
+        }
+        if let Ok(mut current) = self.current.app.write() {
+            *current = app;
+        }
+        Ok(())
+    }
+
     /// Stops accepting, lets requests in flight finish (up to 30 s), and returns.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
@@ -44,17 +99,21 @@ impl Running {
     }
 }
 
+/// The TLS server configuration of `config`, trusting every client anchor of `issuer`'s labels.
+fn tls_config(config: &Config, issuer: &Issuer) -> Result<Arc<rustls::ServerConfig>> {
+    let anchors = Policy::all_anchors(issuer)?;
+    tls::server_config(&config.server.tls_cert, &config.server.tls_key, &anchors).map_err(|e| {
+        let key = match &e {
+            Error::Io { path, .. } if *path == config.server.tls_cert => "server.tls_cert",
+            _ => "server.tls_key",
+        };
+        e.in_key(key)
+    })
+}
+
 /// Starts serving `issuer` (loaded from `config`) on `config.server.listen`.
 pub async fn start(config: &Config, issuer: Arc<Issuer>) -> Result<Running> {
-    let anchors = Policy::all_anchors(&issuer)?;
-    let tls_config = tls::server_config(&config.server.tls_cert, &config.server.tls_key, &anchors)
-        .map_err(|e| {
-            let key = match &e {
-                Error::Io { path, .. } if *path == config.server.tls_cert => "server.tls_cert",
-                _ => "server.tls_key",
-            };
-            e.in_key(key)
-        })?;
+    let tls_config = tls_config(config, &issuer)?;
     let app = Arc::new(App::new(
         issuer,
         config.default_label.clone(),
@@ -77,15 +136,15 @@ pub async fn start(config: &Config, issuer: Arc<Issuer>) -> Result<Running> {
         .local_addr()
         .map_err(|e| Error::Internal(e.to_string()))?;
     let (stop, stopped) = watch::channel(false);
-    let done = tokio::spawn(accept_loop(
-        listener,
-        TlsAcceptor::from(tls_config),
-        app.clone(),
-        stopped,
-    ));
+    let limits = app.limits.clone();
+    let current = Arc::new(Current {
+        app: std::sync::RwLock::new(app),
+        tls: std::sync::RwLock::new(tls_config),
+    });
+    let done = tokio::spawn(accept_loop(listener, current.clone(), limits, stopped));
     Ok(Running {
         addr,
-        app,
+        current,
         stop,
         done,
     })
@@ -93,11 +152,10 @@ pub async fn start(config: &Config, issuer: Arc<Issuer>) -> Result<Running> {
 
 async fn accept_loop(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
-    app: Arc<App>,
+    current: Arc<Current>,
+    limits: crate::config::Limits,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let limits = app.limits.clone();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let peers = PeerSlots::new(limits.max_connections_per_peer);
     let graceful = GracefulShutdown::new();
@@ -136,8 +194,8 @@ async fn accept_loop(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let app = app.clone();
+        let acceptor = TlsAcceptor::from(current.tls());
+        let current = current.clone();
         let http = http.clone();
         let watcher = graceful.watcher();
         let handshake = limits.handshake_timeout;
@@ -173,7 +231,7 @@ async fn accept_loop(
                 .peer_certificates()
                 .and_then(|c| PeerChain::new(c.to_vec()));
             let conn = Arc::new(Conn { addr, peer });
-            let service = service_fn(move |req| est::handle(app.clone(), conn.clone(), req));
+            let service = service_fn(move |req| est::handle(current.app(), conn.clone(), req));
             if let Err(e) = watcher
                 .watch(http.serve_connection(TokioIo::new(HeaderCaseFix::new(tls)), service))
                 .await

@@ -491,3 +491,10 @@ fn resume_adds_recorded_devices_and_deletes_unrecorded_ones() {
     let (_issuer, ledger) = env.issuer();
     assert_eq!(ledger.count("dev").unwrap(), 5);
 }
+
+/// Every test above again, the PAI key in a SoftHSM2 token and signed through the PKCS#11 signer
+/// (STYLE.md "a small signer seam": the same tests over both signers).
+#[test]
+fn the_same_tests_over_the_pkcs11_signer() {
+    common::hsm::rerun_over_pkcs11("the_same_tests_over_the_pkcs11_signer", &[]);
+}

@@ -787,3 +787,10 @@ async fn a_stalled_body_gets_408_after_the_request_deadline() {
     let (der, _) = csr(&subject(Some("after-408"), Some("FFF1"), Some("8000")));
     check_enrolled(&server, &server.gateway().await.enroll(ENROLL, &der).await);
 }
+
+/// Every test above again, the PAI key in a SoftHSM2 token and signed through the PKCS#11 signer
+/// (STYLE.md "a small signer seam": the same tests over both signers).
+#[test]
+fn the_same_tests_over_the_pkcs11_signer() {
+    common::hsm::rerun_over_pkcs11("the_same_tests_over_the_pkcs11_signer", &[]);
+}

@@ -152,6 +152,7 @@ async fn a_renewal_belongs_to_the_label_that_issued_the_dac_and_its_current_poli
                 der: old.der.clone(),
                 status: Status::Issued,
                 renews: None,
+                server_keygen: false,
             },
             &Admission::default(),
         )
@@ -498,7 +499,16 @@ async fn client_certificate_validity_is_checked_per_request() {
         key_usage::DIGITAL_SIGNATURE,
         expires,
     );
-    let mut c = as_identity(&server, vec![gw], &key).await;
+    // One client configuration, so that a second connection resumes the first one's TLS
+    // session (rustls keeps tickets per configuration).
+    let config = server.client_config(
+        Some((
+            vec![CertificateDer::from(gw)],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)),
+        )),
+        ALL,
+    );
+    let mut c = Client::connect(server.addr, config.clone()).await.unwrap();
     let (_, der) = device(Some("before-expiry"), "8000");
     dac_of(&server, &c.enroll(ENROLL, &der).await);
     // The certificate expires while the keep-alive connection stays open.
@@ -507,6 +517,11 @@ async fn client_certificate_validity_is_checked_per_request() {
     }
     let (_, der) = device(Some("after-expiry"), "8000");
     let r = c.enroll(ENROLL, &der).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("expired at"), "{}", r.text());
+    // A resumed session does not bring the expired certificate back to life.
+    let mut resumed = Client::connect(server.addr, config).await.unwrap();
+    let r = resumed.enroll(ENROLL, &der).await;
     assert_eq!(r.status, 403, "{}", r.text());
     assert!(r.text().contains("expired at"), "{}", r.text());
     assert_eq!(server.ledger.count("dev").unwrap(), 1);

@@ -611,3 +611,17 @@ fn cli_init_dev_keeps_keys_and_issue_writes_a_dac() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("already issued"));
 }
+
+/// Every test above again, the PAI key in a SoftHSM2 token and signed through the PKCS#11 signer
+/// (STYLE.md "a small signer seam": the same tests over both signers).
+#[test]
+fn the_same_tests_over_the_pkcs11_signer() {
+    common::hsm::rerun_over_pkcs11(
+        "the_same_tests_over_the_pkcs11_signer",
+        &[
+            "key_file_readable_by_others_is_refused",
+            "key_that_does_not_match_the_pai_is_refused",
+            "encrypted_key_loads_with_its_passphrase_from_a_file_or_env",
+        ],
+    );
+}

@@ -114,6 +114,23 @@ fn issue_and_batch_apply_the_development_pki_rule() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("test VID FFF1"), "{}", stderr(&out));
     assert!(!env.path("batch").exists(), "nothing created");
-    common::assert_success(&issue(&["--danger-allow-development-pki"]));
+    let first = issue(&["--danger-allow-development-pki"]);
+    common::assert_success(&first);
+    assert!(String::from_utf8_lossy(&first.stdout).starts_with("issued DAC serial"));
     assert!(dac.exists());
+    // The same CSR again: the DAC on record, and it says so.
+    let again = issue(&["--danger-allow-development-pki"]);
+    common::assert_success(&again);
+    let said = String::from_utf8_lossy(&again.stdout);
+    assert!(said.contains("the DAC on record"), "{said}");
+    assert!(!said.starts_with("issued"), "{said}");
+    // batch without --count or --devices names both.
+    let out = matter_est(&[
+        "batch", "--config", config, "--label", "dev", "--pid", "8000", "--out", "x",
+    ]);
+    assert!(
+        stderr(&out).contains("--count <COUNT>|--devices <DEVICES>"),
+        "{}",
+        stderr(&out)
+    );
 }

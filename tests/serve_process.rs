@@ -22,8 +22,12 @@ fn serve_logs_json_and_stops_on_sigterm() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    // The first line says where it listens.
-    let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    // A line says where it listens (after the signer's, when it has one to say).
+    let first: serde_json::Value = lines
+        .by_ref()
+        .map(|l| serde_json::from_str::<serde_json::Value>(&l.unwrap()).unwrap())
+        .find(|l| l["fields"]["message"] != "PKCS#11 signer ready")
+        .unwrap();
     assert_eq!(first["fields"]["message"], "matter-est serving");
     assert!(
         first["fields"]["ledger"]
@@ -123,7 +127,11 @@ fn refusals_say_who_asked_and_ip_sni_is_not_logged() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let first: serde_json::Value = lines
+        .by_ref()
+        .map(|l| serde_json::from_str::<serde_json::Value>(&l.unwrap()).unwrap())
+        .find(|l| l["fields"]["message"] == "matter-est serving")
+        .unwrap();
     let addr = first["fields"]["addr"].as_str().unwrap().to_string();
     let port = addr.rsplit(':').next().unwrap().to_string();
     let url = format!("https://localhost:{port}/.well-known/est/dev/simpleenroll");
@@ -240,4 +248,141 @@ fn refusals_say_who_asked_and_ip_sni_is_not_logged() {
         !rest.iter().any(|l| l.contains("SNI") || l.contains("WARN")),
         "{rest:?}"
     );
+}
+
+/// Issue 18: SIGHUP reloads the TLS certificate and the policy without dropping a connection;
+/// a configuration that does not load is refused and the running one stays.
+#[test]
+fn sighup_reloads_tls_and_policy_without_dropping_connections() {
+    let env = DevEnv::new(|t| t.replace("127.0.0.1:8443", "127.0.0.1:0"));
+    let config = env.path(dev::files::CONFIG);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_matter-est"))
+        .args(["serve", "--log-json", "--config"])
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && tx.send(v["fields"].clone()).is_err()
+            {
+                break;
+            }
+        }
+    });
+    let wait_for = |message: &str| -> serde_json::Value {
+        loop {
+            let f = rx
+                .recv_timeout(std::time::Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("no {message:?} log line"));
+            if f["message"] == message {
+                return f;
+            }
+        }
+    };
+    let addr: std::net::SocketAddr = wait_for("matter-est serving")["addr"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let serial = || {
+        let shown = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "openssl s_client -connect {addr} -servername localhost </dev/null 2>/dev/null \
+                 | openssl x509 -noout -serial"
+            ))
+            .output()
+            .unwrap();
+        common::assert_success(&shown);
+        String::from_utf8_lossy(&shown.stdout).trim().to_string()
+    };
+    let before = serial();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let identity = common::est::identity_from_files(
+        &env.path(dev::files::GATEWAY_CERT),
+        &env.path(dev::files::GATEWAY_KEY),
+    );
+    let tls = common::est::client_config(
+        &env.path(dev::files::TLS_CA_CERT),
+        Some(identity),
+        common::est::ALL,
+    );
+    let mut gw = runtime
+        .block_on(common::est::Client::connect(addr, tls))
+        .unwrap();
+    let mut enroll = |cn: &str, pid: &str| {
+        let (der, _) = csr(&subject(Some(cn), Some("FFF1"), Some(pid)));
+        runtime
+            .block_on(gw.enroll("/.well-known/est/dev/simpleenroll", &der))
+            .status
+    };
+    assert_eq!(enroll("before-reload", "8000"), 200);
+
+    // The operator narrows the label to PID 8001 and renews the TLS certificate (openssl,
+    // signed by the same TLS CA), then sends SIGHUP.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("pids = \"any\"", "pids = [\"8001\"]")).unwrap();
+    let tls_dir = env.path("tls");
+    let made = Command::new("sh")
+        .current_dir(&tls_dir)
+        .arg("-c")
+        .arg(
+            "openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+               -keyout new.key -subj /CN=localhost -out new.csr 2>/dev/null && \
+             printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nextendedKeyUsage=serverAuth\\n' > ext && \
+             openssl x509 -req -in new.csr -CA ca.pem -CAkey ca.key -days 1 -extfile ext \
+               -out new.pem 2>/dev/null && \
+             chmod 600 new.key && mv new.key server.key && mv new.pem server.pem",
+        )
+        .output()
+        .unwrap();
+    common::assert_success(&made);
+    let hup = |pid: u32| {
+        assert!(
+            Command::new("kill")
+                .args(["-HUP", &pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    hup(child.id());
+    wait_for("configuration reloaded");
+    // The same keep-alive connection: the new policy applies to it.
+    assert_eq!(enroll("after-reload", "8000"), 403);
+    assert_eq!(enroll("after-reload", "8001"), 200);
+    // A new connection gets the new certificate.
+    assert_ne!(serial(), before);
+
+    // A broken configuration: refused, the running one stays.
+    std::fs::write(&config, "this is not toml = [").unwrap();
+    hup(child.id());
+    let refused = wait_for("reload refused; still serving the previous configuration");
+    assert!(
+        refused["error"].as_str().unwrap().contains("line 1"),
+        "{refused}"
+    );
+    assert_eq!(enroll("still-serving", "8001"), 200);
+
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(child.wait().unwrap().success());
+}
+
+/// Every test above again, the PAI key in a SoftHSM2 token and signed through the PKCS#11 signer
+/// (STYLE.md "a small signer seam": the same tests over both signers).
+#[test]
+fn the_same_tests_over_the_pkcs11_signer() {
+    common::hsm::rerun_over_pkcs11("the_same_tests_over_the_pkcs11_signer", &[]);
 }

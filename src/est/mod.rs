@@ -25,15 +25,16 @@ use crate::store::{Committed, Pending};
 /// The realm of the HTTP Basic challenge (RFC 7617 §2).
 pub const REALM: &str = "matter-est";
 
-/// The EST operations we serve (RFC 7030 §3.2.2). serverkeygen is not offered: a DAC key
-/// generated off the device would leave the device's control, which Matter attestation assumes
-/// it never does.
+/// The EST operations we serve (RFC 7030 §3.2.2). serverkeygen only on labels that enable it
+/// (`labels.NAME.serverkeygen`): a DAC key generated off the device has left the device's sole
+/// control, which Matter attestation otherwise assumes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
     CaCerts,
     SimpleEnroll,
     SimpleReenroll,
     CsrAttrs,
+    ServerKeyGen,
 }
 
 impl Op {
@@ -43,6 +44,7 @@ impl Op {
             "simpleenroll" => Some(Op::SimpleEnroll),
             "simplereenroll" => Some(Op::SimpleReenroll),
             "csrattrs" => Some(Op::CsrAttrs),
+            "serverkeygen" => Some(Op::ServerKeyGen),
             _ => None,
         }
     }
@@ -50,14 +52,14 @@ impl Op {
     fn method(self) -> Method {
         match self {
             Op::CaCerts | Op::CsrAttrs => Method::GET,
-            Op::SimpleEnroll | Op::SimpleReenroll => Method::POST,
+            Op::SimpleEnroll | Op::SimpleReenroll | Op::ServerKeyGen => Method::POST,
         }
     }
 
     fn allow(self) -> &'static str {
         match self {
             Op::CaCerts | Op::CsrAttrs => "GET",
-            Op::SimpleEnroll | Op::SimpleReenroll => "POST",
+            Op::SimpleEnroll | Op::SimpleReenroll | Op::ServerKeyGen => "POST",
         }
     }
 
@@ -68,6 +70,7 @@ impl Op {
             Op::SimpleEnroll => "simpleenroll",
             Op::SimpleReenroll => "simplereenroll",
             Op::CsrAttrs => "csrattrs",
+            Op::ServerKeyGen => "serverkeygen",
         }
     }
 }
@@ -85,6 +88,8 @@ pub struct App {
     pub policy: Policy,
     pub default_label: String,
     pub limits: Limits,
+    /// `[labels.NAME.rate_limit]`, in memory.
+    rate_limits: crate::ratelimit::RateLimits,
     cacerts: BTreeMap<String, Bytes>,
     csrattrs: Bytes,
 }
@@ -103,11 +108,13 @@ impl App {
                 (l.config.name.clone(), Bytes::from(body))
             })
             .collect();
+        let rate_limits = crate::ratelimit::RateLimits::new(issuer.labels().map(|l| &l.config));
         Ok(Self {
             issuer,
             policy,
             default_label,
             limits,
+            rate_limits,
             cacerts,
             csrattrs: Bytes::from(wire::base64_wrapped(&wire::matter_csr_attrs())),
         })
@@ -208,7 +215,7 @@ async fn route(
                 .unwrap_or_default(),
         )),
         Op::CsrAttrs => Ok(Reply::base64(wire::CT_CSRATTRS, app.csrattrs.clone())),
-        Op::SimpleEnroll | Op::SimpleReenroll => {
+        Op::SimpleEnroll | Op::SimpleReenroll | Op::ServerKeyGen => {
             let basic = req
                 .headers()
                 .get(header::AUTHORIZATION)
@@ -229,8 +236,8 @@ async fn route(
                 let peer = conn.peer.as_ref();
                 let mut who = None;
                 match enroll(&app, &for_task, op, peer, basic.as_ref(), &body, &mut who) {
-                    Ok(prepared) => app.issuer.submit_then(prepared, move |issued, r| {
-                        done.complete(Ok((who, r.map(|committed| (issued, committed)))));
+                    Ok((prepared, key)) => app.issuer.submit_then(prepared, move |issued, r| {
+                        done.complete(Ok((who, r.map(|committed| (issued, committed, key)))));
                     }),
                     Err(e) => done.complete(Ok((who, Err(e)))),
                 }
@@ -238,13 +245,24 @@ async fn route(
             let (who, result) = answer.await?;
             outcome.identity = who;
             // Recorded durably before anything is returned (DESIGN.md step 7).
-            let (issued, committed) = result?;
+            let (issued, committed, key) = result?;
             let issued = issued.settle(committed)?;
             outcome.serial = Some(asn1::hex(&issued.dac.serial));
-            Ok(Reply::base64(
-                wire::CT_CERTS_ONLY,
-                issued_body(&label, &issued),
-            ))
+            let certs = issued_certs(&label, &issued);
+            match key {
+                None => Ok(Reply::base64(
+                    wire::CT_CERTS_ONLY,
+                    Bytes::from(wire::base64_wrapped(&certs)),
+                )),
+                // RFC 7030 §4.4.2: the key and the certificate, each a base64 part.
+                Some(key) => Ok(Reply {
+                    status: StatusCode::OK,
+                    content_type: wire::CT_SERVERKEYGEN,
+                    base64: false,
+                    body: Bytes::from(wire::serverkeygen_body(&key.part()?, &certs)),
+                    extra: None,
+                }),
+            }
         }
     }
 }
@@ -286,8 +304,32 @@ async fn read_body(app: &App, req: Request<Incoming>) -> Result<Bytes> {
 }
 
 /// What an enrollment attempt comes to: who it authenticated as (if it got that far), and the
-/// DAC with its commit's outcome, or why it was refused.
-type Attempt = (Option<String>, Result<(Issued, Committed)>);
+/// DAC with its commit's outcome (and, for serverkeygen, the key made for it), or why it was
+/// refused.
+type Attempt = (
+    Option<String>,
+    Result<(Issued, Committed, Option<ServerKey>)>,
+);
+
+/// A key made by `serverkeygen`: returned once, in the response, never stored or logged.
+struct ServerKey {
+    pkcs8: Vec<u8>,
+    /// RFC 7030 §4.4.1.2: encrypt it to this key (CMS EnvelopedData).
+    seal_to: Option<crate::envelope::Recipient>,
+}
+
+impl ServerKey {
+    /// The response part: its content type and its DER.
+    fn part(&self) -> Result<(&'static str, Vec<u8>)> {
+        match &self.seal_to {
+            None => Ok((wire::CT_PKCS8, self.pkcs8.clone())),
+            Some(to) => Ok((
+                wire::CT_SERVER_GENERATED_KEY,
+                crate::envelope::seal(&self.pkcs8, to)?,
+            )),
+        }
+    }
+}
 
 /// The enrollment service call, off the async runtime: authenticate, decode, authorise, then
 /// either find the DAC on record that the request repeats or sign and self-check a new one.
@@ -300,10 +342,50 @@ fn enroll(
     basic: Option<&Basic>,
     body: &[u8],
     who: &mut Option<String>,
-) -> Result<Prepared> {
+) -> Result<(Prepared, Option<ServerKey>)> {
     let ledger = app.issuer.ledger().as_ref();
     let name = &label.config.name;
     match op {
+        Op::ServerKeyGen => {
+            // Only over mutual TLS: the key goes to the holder of an authenticated client
+            // certificate, never to a bearer of a password.
+            let Some(peer) = peer else {
+                return Err(Error::Unauthenticated(
+                    "serverkeygen requires a client certificate (mutual TLS)".into(),
+                ));
+            };
+            let enroller =
+                app.policy
+                    .authenticate_enroll(&label.config, Some(peer), None, ledger)?;
+            *who = Some(enroller.requester());
+            app.rate_limits.take(name, &enroller.requester())?;
+            if !label.config.serverkeygen {
+                return Err(Error::Forbidden(format!(
+                    "label {name:?} does not offer serverkeygen (labels.{name}.serverkeygen)"
+                )));
+            }
+            let mut req = csr::parse(body)?;
+            let seal_to = match &req.decrypt_key_id {
+                None => None,
+                Some(id) => Some(seal_recipient(id, &req.public_key, peer)?),
+            };
+            // The CSR authenticated the request and names the subject; the DAC certifies a
+            // key made here.
+            let (pkcs8, point) = crate::signer::generate_p256()?;
+            req.public_key = point;
+            let opts = IssueOptions {
+                requester: enroller.requester(),
+                token: None,
+                renews: None,
+                server_keygen: true,
+            };
+            let prepared = app
+                .issuer
+                .prepare_with(name, &req, &opts, |subject, repeat| {
+                    Policy::authorize(&enroller, name, subject, repeat)
+                })?;
+            Ok((prepared, Some(ServerKey { pkcs8, seal_to })))
+        }
         Op::SimpleReenroll => {
             if peer.is_none() {
                 // Cheap refusal before decoding (RFC 7030 §4.2.2 needs the old certificate).
@@ -319,19 +401,22 @@ fn enroll(
                         .renews
                         .as_deref()
                         .map(|s| format!("dac:{}", asn1::hex(s)));
-                    Prepared::on_record(record)
+                    Ok((Prepared::on_record(record)?, None))
                 }
                 Renewal::Renew { old, subject } => {
                     let requester = format!("dac:{}", asn1::hex(&old.serial));
                     *who = Some(requester.clone());
+                    app.rate_limits.take(name, &requester)?;
                     let opts = IssueOptions {
                         requester,
                         token: None,
                         renews: Some((old, subject)),
+                        server_keygen: false,
                     };
-                    app.issuer.prepare_with(name, &req, &opts, |subject, _| {
+                    let prepared = app.issuer.prepare_with(name, &req, &opts, |subject, _| {
                         Policy::authorize_renewal(label, subject)
-                    })
+                    })?;
+                    Ok((prepared, None))
                 }
             }
         }
@@ -340,6 +425,7 @@ fn enroll(
                 .policy
                 .authenticate_enroll(&label.config, peer, basic, ledger)?;
             *who = Some(enroller.requester());
+            app.rate_limits.take(name, &enroller.requester())?;
             let req = csr::parse(body)?;
             if req.form == csr::BodyForm::Pem {
                 tracing::debug!(label = %name, "CSR arrived PEM-armoured");
@@ -348,24 +434,51 @@ fn enroll(
                 requester: enroller.requester(),
                 token: enroller.token(),
                 renews: None,
+                server_keygen: false,
             };
-            app.issuer
+            let prepared = app
+                .issuer
                 .prepare_with(name, &req, &opts, |subject, repeat| {
                     Policy::authorize(&enroller, name, subject, repeat)
-                })
+                })?;
+            Ok((prepared, None))
         }
     }
 }
 
-/// The enroll response: DAC then PAI (DESIGN.md step 8), or the DAC alone with `dac_only`
-/// (RFC 7030 §4.2.3).
-fn issued_body(label: &Label, issued: &Issued) -> Bytes {
-    let der = if label.config.dac_only {
+/// The enroll response's certs-only PKCS#7: the DAC and the PAI (DESIGN.md step 8), or the DAC
+/// alone with `dac_only` (RFC 7030 §4.2.3).
+fn issued_certs(label: &Label, issued: &Issued) -> Vec<u8> {
+    if label.config.dac_only {
         wire::certs_only(&[&issued.dac.der])
     } else {
         wire::certs_only(&[&issued.dac.der, &label.pai.der])
-    };
-    Bytes::from(wire::base64_wrapped(&der))
+    }
+}
+
+/// RFC 7030 §4.4.1.2: the key the client named by its AsymmetricDecryptKeyIdentifier, to
+/// encrypt the generated key to: the CSR's own key, or the client certificate's (by its
+/// subjectKeyIdentifier or the SHA-1 of its key).
+fn seal_recipient(
+    id: &[u8],
+    csr_key: &[u8; 65],
+    peer: &PeerChain,
+) -> Result<crate::envelope::Recipient> {
+    use crate::profile::cert::{Parsed, key_id};
+    if id == key_id(csr_key) {
+        return Ok(crate::envelope::Recipient::from_point(csr_key, id));
+    }
+    if let Some(leaf) = peer.certs.first()
+        && let Ok(cert) = Parsed::from_der(leaf.as_ref())
+        && (id == key_id(&cert.public_key) || cert.skid().as_deref() == Some(id))
+    {
+        return Ok(crate::envelope::Recipient::from_point(&cert.public_key, id));
+    }
+    Err(Error::BadRequest(format!(
+        "the AsymmetricDecryptKeyIdentifier {} names neither the CSR's key nor the client \
+         certificate's P-256 key (RFC 7030 §4.4.1.2)",
+        asn1::hex(id)
+    )))
 }
 
 impl Reply {
@@ -395,6 +508,7 @@ pub fn status_for(kind: ErrorKind) -> StatusCode {
         ErrorKind::Timeout => StatusCode::REQUEST_TIMEOUT,
         ErrorKind::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
         ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
@@ -403,6 +517,9 @@ fn error_reply(e: &Error, outcome: &mut Outcome) -> Reply {
     outcome.error = Some(e.to_string());
     if kind == ErrorKind::Internal {
         tracing::error!(error = %e, "internal error");
+    }
+    if kind == ErrorKind::Unavailable {
+        tracing::warn!(error = %e, "unavailable");
     }
     let extra = match e {
         Error::Unauthenticated(_) => Some((

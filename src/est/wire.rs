@@ -11,6 +11,14 @@ pub const CT_CACERTS: &str = "application/pkcs7-mime";
 pub const CT_CERTS_ONLY: &str = "application/pkcs7-mime; smime-type=certs-only";
 /// `/csrattrs` (RFC 7030 §4.5.2).
 pub const CT_CSRATTRS: &str = "application/csrattrs";
+/// `/serverkeygen` (RFC 7030 §4.4.2): the key and the certificate as two parts. The boundary
+/// has '-', which base64 never does, so it cannot occur in a part.
+pub const CT_SERVERKEYGEN: &str = "multipart/mixed; boundary=est-serverkeygen-part";
+const BOUNDARY: &str = "est-serverkeygen-part";
+/// The key part: PKCS#8 (RFC 7030 §4.4.2).
+pub const CT_PKCS8: &str = "application/pkcs8";
+/// The key part when encrypted (RFC 7030 §4.4.2): CMS EnvelopedData.
+pub const CT_SERVER_GENERATED_KEY: &str = "application/pkcs7-mime; smime-type=server-generated-key";
 /// Error bodies.
 pub const CT_TEXT: &str = "text/plain; charset=utf-8";
 
@@ -35,6 +43,21 @@ pub fn base64_wrapped(der: &[u8]) -> String {
         out.push_str("\r\n");
     }
     out
+}
+
+/// The `/serverkeygen` body: the key part (`key`: content type and DER) and the certs-only
+/// part, each base64 with its own `Content-Transfer-Encoding: base64` (EST-WIRE.md: libest's
+/// client requires it on parts), CRLF line ends (RFC 2046 §5.1.1).
+pub fn serverkeygen_body(key: &(&str, Vec<u8>), certs_only: &[u8]) -> Vec<u8> {
+    let mut out = String::new();
+    for (content_type, der) in [(key.0, key.1.as_slice()), (CT_CERTS_ONLY, certs_only)] {
+        out.push_str(&format!(
+            "--{BOUNDARY}\r\nContent-Type: {content_type}\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        ));
+        out.push_str(&base64_wrapped(der));
+    }
+    out.push_str(&format!("--{BOUNDARY}--\r\n"));
+    out.into_bytes()
 }
 
 /// A certs-only CMS SignedData (RFC 5652 §5, RFC 7030 §4.1.3 "degenerate"): no signers, no

@@ -3,7 +3,8 @@
 //! gateway certificate. Made with our own code, no openssl.
 //!
 //! Development material only: the Matter test VIDs FFF1–FFF4 are not trusted by production
-//! commissioners, and the keys are plain files.
+//! commissioners, and the keys are plain files — except, with `init-dev --hsm`, the PAI key,
+//! which is generated inside a SoftHSM2 token made under the same directory.
 
 use std::fs;
 use std::io::Write;
@@ -38,6 +39,36 @@ pub mod files {
     pub const CLIENT_CA_KEY: &str = "clients/ca.key";
     pub const GATEWAY_CERT: &str = "clients/gateway.pem";
     pub const GATEWAY_KEY: &str = "clients/gateway.key";
+    /// `--hsm`: SoftHSM2's config (name it in `SOFTHSM2_CONF`), its token directory, the PINs.
+    pub const SOFTHSM_CONF: &str = "softhsm/softhsm2.conf";
+    pub const SOFTHSM_TOKENS: &str = "softhsm/tokens";
+    pub const USER_PIN: &str = "softhsm/user.pin";
+    pub const SO_PIN: &str = "softhsm/so.pin";
+    /// `--hsm`: the PAI's public key (the private key never leaves the token).
+    pub const PAI_PUBLIC: &str = "pki/pai-public.pem";
+}
+
+/// `--hsm`: the label of the SoftHSM2 token and of the PAI key in it.
+pub const DEV_TOKEN: &str = "matter-est-dev";
+pub const DEV_KEY_LABEL: &str = "dev-pai";
+
+/// Length of the random development PINs, in hex digits (SoftHSM2 accepts 4 to 255 bytes).
+const DEV_PIN_HEX: usize = 16;
+
+/// The PAI key of `init-dev --hsm`: where the module is, and how to generate the key in a token
+/// given the `softhsm2.conf` made for it (SoftHSM2 reads its config from `SOFTHSM2_CONF` only,
+/// at `C_Initialize`, so the caller runs the generation in a process with that variable set).
+pub struct HsmKeygen<'a> {
+    pub module: &'a Path,
+    pub keygen: &'a mut dyn FnMut(&HsmFiles) -> Result<[u8; 65]>,
+}
+
+/// What the key generation of `init-dev --hsm` is given: absolute paths under DIR.
+pub struct HsmFiles {
+    pub conf: PathBuf,
+    pub user_pin: PathBuf,
+    pub so_pin: PathBuf,
+    pub public_out: PathBuf,
 }
 
 /// The CN of the development gateway's client certificate.
@@ -56,8 +87,14 @@ pub struct DevPki {
 /// `force`; a partial directory (some files missing) is refused without `force`, so a key is
 /// never paired with a certificate it did not sign.
 pub fn init(dir: &Path, force: bool) -> Result<DevPki> {
+    init_with(dir, force, None)
+}
+
+/// As [`init`], the PAI key generated inside a new SoftHSM2 token under `dir` when `hsm` is
+/// given: no file under `dir` holds the PAI private key, and the config signs through PKCS#11.
+pub fn init_with(dir: &Path, force: bool, hsm: Option<HsmKeygen<'_>>) -> Result<DevPki> {
     let config = dir.join(files::CONFIG);
-    let all = [
+    let mut all = vec![
         files::CONFIG,
         files::PAA_CERT,
         files::PAA_KEY,
@@ -72,6 +109,15 @@ pub fn init(dir: &Path, force: bool) -> Result<DevPki> {
         files::GATEWAY_CERT,
         files::GATEWAY_KEY,
     ];
+    if hsm.is_some() {
+        all.retain(|f| *f != files::PAI_KEY);
+        all.extend([
+            files::SOFTHSM_CONF,
+            files::USER_PIN,
+            files::SO_PIN,
+            files::PAI_PUBLIC,
+        ]);
+    }
     let present = all.iter().filter(|f| dir.join(f).exists()).count();
     if !force && present == all.len() {
         return Ok(DevPki {
@@ -89,11 +135,65 @@ pub fn init(dir: &Path, force: bool) -> Result<DevPki> {
             ),
         ));
     }
-    for sub in ["", "pki", "tls", "clients"] {
+    let mut subdirs = vec!["", "pki", "tls", "clients"];
+    if hsm.is_some() {
+        // A forced re-creation starts from an empty token directory.
+        let tokens = dir.join(files::SOFTHSM_TOKENS);
+        if tokens.exists() {
+            fs::remove_dir_all(&tokens).map_err(|e| Error::io(&tokens, e))?;
+        }
+        subdirs.extend(["softhsm", files::SOFTHSM_TOKENS]);
+    }
+    for sub in subdirs {
         let d = dir.join(sub);
         fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
         fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).map_err(|e| Error::io(&d, e))?;
     }
+    let dir_abs = dir.canonicalize().map_err(|e| Error::io(dir, e))?;
+    // The PAI key: a file, or generated in the token (then only its public key is known here).
+    let (pai_point, pai_pkcs8, config_text) = match hsm {
+        None => {
+            let (pkcs8, point) = signer::generate_p256()?;
+            (point, Some(pkcs8), DEV_CONFIG.to_string())
+        }
+        Some(hsm) => {
+            let hsm_files = HsmFiles {
+                conf: dir_abs.join(files::SOFTHSM_CONF),
+                user_pin: dir_abs.join(files::USER_PIN),
+                so_pin: dir_abs.join(files::SO_PIN),
+                public_out: dir_abs.join(files::PAI_PUBLIC),
+            };
+            write_file(
+                dir,
+                files::SOFTHSM_CONF,
+                format!(
+                    "# SoftHSM2 token of the development PKI (matter-est init-dev --hsm).\n\
+                     directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+                    dir_abs.join(files::SOFTHSM_TOKENS).display()
+                )
+                .as_bytes(),
+                0o600,
+            )?;
+            write_file(dir, files::USER_PIN, random_pin()?.as_bytes(), 0o600)?;
+            write_file(dir, files::SO_PIN, random_pin()?.as_bytes(), 0o600)?;
+            let point = (hsm.keygen)(&hsm_files)?;
+            let keys = format!(
+                "# The PAI key is in the SoftHSM2 token under softhsm/ (no file holds it); run with\n\
+                 # SOFTHSM2_CONF={} set.\nmodule = \"{}\"\ntoken_label = \"{DEV_TOKEN}\"\n\
+                 key_label = \"{DEV_KEY_LABEL}\"\npin_file = \"{}\"\n",
+                hsm_files.conf.display(),
+                hsm.module.display(),
+                files::USER_PIN,
+            );
+            let text = DEV_CONFIG
+                .replace("file = \"pki/pai.key\"\n", &keys)
+                .replace(
+                    "keys in plain files.",
+                    "the PAI key in a SoftHSM2 token, the others in plain files.",
+                );
+            (point, None, text)
+        }
+    };
     let now = asn1::now();
     let not_before = now - super::BACKDATE_SECS;
 
@@ -119,10 +219,9 @@ pub fn init(dir: &Path, force: bool) -> Result<DevPki> {
         (oid::COMMON_NAME, "Matter Dev PAI FFF1 no PID"),
         (oid::MATTER_VID, DEV_VID),
     ]);
-    let pai = Ca::new(pai_subject)?;
     let pai_cert = paa.issue(
-        &pai.subject,
-        &pai.point,
+        &pai_subject,
+        &pai_point,
         not_before,
         asn1::NO_EXPIRY,
         vec![
@@ -167,7 +266,9 @@ pub fn init(dir: &Path, force: bool) -> Result<DevPki> {
     write_pem(dir, files::PAA_CERT, "CERTIFICATE", &[&paa_cert])?;
     write_key(dir, files::PAA_KEY, &paa.pkcs8)?;
     write_pem(dir, files::PAI_CERT, "CERTIFICATE", &[&pai_cert])?;
-    write_key(dir, files::PAI_KEY, &pai.pkcs8)?;
+    if let Some(pkcs8) = &pai_pkcs8 {
+        write_key(dir, files::PAI_KEY, pkcs8)?;
+    }
     write_pem(dir, files::TLS_CA_CERT, "CERTIFICATE", &[&tls_ca_cert])?;
     write_key(dir, files::TLS_CA_KEY, &tls_ca.pkcs8)?;
     write_pem(dir, files::SERVER_CERT, "CERTIFICATE", &[&server_cert])?;
@@ -181,12 +282,69 @@ pub fn init(dir: &Path, force: bool) -> Result<DevPki> {
     write_key(dir, files::CLIENT_CA_KEY, &client_ca.pkcs8)?;
     write_pem(dir, files::GATEWAY_CERT, "CERTIFICATE", &[&gw_cert])?;
     write_key(dir, files::GATEWAY_KEY, &gw_pkcs8)?;
-    write_file(dir, files::CONFIG, DEV_CONFIG.as_bytes(), 0o600)?;
+    write_file(dir, files::CONFIG, config_text.as_bytes(), 0o600)?;
     Ok(DevPki {
         dir: dir.to_path_buf(),
         config,
         created: true,
     })
+}
+
+/// Issues a new development PAI for `point` (a key kept elsewhere, e.g. in a PKCS#11 token),
+/// signed by the development PAA under `dir`, and writes it over `pki/pai.pem`. Same subject and
+/// extensions as `init` makes (MATTER.md "PAI"). The old PAI key file, if any, is removed: it no
+/// longer matches.
+pub fn reissue_pai(dir: &Path, point: &[u8; 65]) -> Result<Vec<u8>> {
+    let paa = Ca::load(dir, files::PAA_CERT, files::PAA_KEY)?;
+    let now = asn1::now();
+    let pai_subject = name(&[
+        (oid::COMMON_NAME, "Matter Dev PAI FFF1 no PID"),
+        (oid::MATTER_VID, DEV_VID),
+    ]);
+    let pai_cert = paa.issue(
+        &pai_subject,
+        point,
+        now - super::BACKDATE_SECS,
+        asn1::NO_EXPIRY,
+        vec![
+            cert::basic_constraints_ext(Some(Some(0))),
+            cert::key_usage_ext(key_usage::CERT_SIGN),
+        ],
+    )?;
+    write_pem(dir, files::PAI_CERT, "CERTIFICATE", &[&pai_cert])?;
+    let old_key = dir.join(files::PAI_KEY);
+    match fs::remove_file(&old_key) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&old_key, e)),
+        _ => {}
+    }
+    Ok(pai_cert)
+}
+
+/// The development PAA under `dir` playing the PAA of a PAI ceremony: issues the PAI that the
+/// CSR asks for (its subject and public key; cA TRUE pathLen 0, keyCertSign + cRLSign, as
+/// MATTER.md "PAI"), after checking the CSR's signature and that it carries the PAA's VID.
+pub fn sign_pai_csr(dir: &Path, csr_body: &[u8]) -> Result<Vec<u8>> {
+    let req = crate::csr::parse(csr_body)?;
+    match req.ids.vid {
+        Some(v) if v.to_string() == DEV_VID => {}
+        other => {
+            return Err(Error::BadRequest(format!(
+                "the PAI CSR's VID is {other:?}; the development PAA signs only VID {DEV_VID}"
+            )));
+        }
+    }
+    let subject = der::Encode::to_der(&req.subject).map_err(|e| Error::Internal(e.to_string()))?;
+    let paa = Ca::load(dir, files::PAA_CERT, files::PAA_KEY)?;
+    paa.issue(
+        &subject,
+        &req.public_key,
+        asn1::now() - super::BACKDATE_SECS,
+        asn1::NO_EXPIRY,
+        vec![
+            cert::basic_constraints_ext(Some(Some(0))),
+            cert::key_usage_ext(key_usage::CERT_SIGN),
+        ],
+    )
 }
 
 /// The config `init-dev` writes (`config/dev.toml`); paths are relative to its directory.
@@ -209,6 +367,23 @@ impl Ca {
             point,
             signer,
             subject,
+        })
+    }
+
+    /// A CA written by `init`: its PEM certificate and PKCS#8 key under `dir`.
+    fn load(dir: &Path, cert_rel: &str, key_rel: &str) -> Result<Self> {
+        let cert =
+            super::cert::Parsed::from_der(&crate::issuance::read_cert(&dir.join(cert_rel))?)?;
+        let key_path = dir.join(key_rel);
+        let pem = fs::read_to_string(&key_path).map_err(|e| Error::io(&key_path, e))?;
+        let (_, pkcs8) = der::pem::decode_vec(pem.as_bytes())
+            .map_err(|e| Error::io(&key_path, format!("bad PEM: {e}")))?;
+        let signer = KeySigner::from_pkcs8(&pkcs8)?;
+        Ok(Self {
+            point: *signer::Signer::public_key(&signer),
+            pkcs8,
+            signer,
+            subject: cert.subject_der,
         })
     }
 
@@ -250,6 +425,16 @@ impl Ca {
             ],
         )
     }
+}
+
+/// A random PIN of [`DEV_PIN_HEX`] hex digits and a newline.
+fn random_pin() -> Result<String> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; DEV_PIN_HEX / 2];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| Error::Internal("the system random generator failed".into()))?;
+    Ok(format!("{}\n", asn1::hex(&bytes)))
 }
 
 /// A Name of single-attribute RDNs with UTF8String values.

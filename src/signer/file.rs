@@ -90,7 +90,8 @@ pub fn check_private_mode(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn read_passphrase(source: &PassphraseSource) -> Result<String> {
+/// The passphrase from its source (an environment variable, or the first line of a 0600 file).
+pub fn read_passphrase(source: &PassphraseSource) -> Result<String> {
     match source {
         PassphraseSource::Env(var) => std::env::var(var).map_err(|_| Error::KeyFile {
             path: PathBuf::from(format!("${var}")),

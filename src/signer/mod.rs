@@ -2,10 +2,11 @@
 //!
 //! A signer knows nothing of certificates (DESIGN.md "Layout"): it signs bytes with ECDSA P-256
 //! over SHA-256 and hands back a DER `Ecdsa-Sig-Value`. The PAI key never leaves it. The file
-//! signer lives in [`file`]; a PKCS#11 signer slots in behind the same trait.
+//! signer lives in [`file`], the PKCS#11 signer (HSM) in [`pkcs11`].
 
 pub mod file;
 pub mod fixed_key;
+pub mod pkcs11;
 
 use ring::rand::SystemRandom;
 use ring::signature::{self, EcdsaKeyPair, KeyPair};
@@ -13,6 +14,7 @@ use ring::signature::{self, EcdsaKeyPair, KeyPair};
 use crate::error::{Error, Result};
 
 pub use file::{FileSigner, PassphraseSource};
+pub use pkcs11::{Pkcs11Config, Pkcs11Signer};
 
 /// Signs with a P-256 private key it never reveals.
 pub trait Signer: Send + Sync {

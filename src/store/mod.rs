@@ -49,6 +49,9 @@ pub struct DacRecord {
     /// The serial of the DAC this one renews (simplereenroll), if any.
     #[serde(default, with = "opt_hex_bytes")]
     pub renews: Option<Vec<u8>>,
+    /// The server generated the DAC's key (`/serverkeygen`); the key itself is never stored.
+    #[serde(default)]
+    pub server_keygen: bool,
 }
 
 impl DacRecord {

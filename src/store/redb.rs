@@ -369,6 +369,21 @@ fn same_request(holder: &DacRecord, record: &DacRecord) -> bool {
         && holder.public_key() == record.public_key()
 }
 
+/// Copies every entry of `table` from a snapshot into a write transaction (for backups).
+fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    from: &redb::ReadTransaction,
+    to: &redb::WriteTransaction,
+    table: TableDefinition<K, V>,
+) -> Result<()> {
+    let source = from.open_table(table).map_err(le)?;
+    let mut target = to.open_table(table).map_err(le)?;
+    for entry in source.iter().map_err(le)? {
+        let (k, v) = entry.map_err(le)?;
+        target.insert(k.value(), v.value()).map_err(le)?;
+    }
+    Ok(())
+}
+
 /// The subject index key: unique subjects per issuer (MATTER.md "DAC").
 fn subject_key(issuer_key: &[u8], subject_der: &[u8]) -> [u8; 16] {
     use sha2::{Digest, Sha256};
@@ -418,6 +433,8 @@ mod codec {
                 bytes(&mut out, s);
             }
         }
+        // Appended fields: a record written before them ends here, and reads as the default.
+        out.push(u8::from(r.server_keygen));
         out
     }
 
@@ -448,6 +465,7 @@ mod codec {
                 0 => None,
                 _ => Some(field(r)?.to_vec()),
             },
+            server_keygen: r.first().is_some_and(|b| *b == 1),
         })
     }
 
@@ -571,6 +589,39 @@ impl Ledger for RedbLedger {
 }
 
 impl RedbLedger {
+    /// Writes a consistent copy of the whole ledger to a new file at `to` (refused if it
+    /// exists), from one read transaction: a snapshot as of one commit, taken while the writer
+    /// goes on committing (redb's readers never block its writer). Returns the DACs copied.
+    pub fn backup_to(&self, to: &Path) -> Result<u64> {
+        if to.exists() {
+            return Err(Error::io(to, "exists; a backup never overwrites a file"));
+        }
+        let copy = Database::create(to).map_err(|e| Error::io(to, e))?;
+        let snapshot = self.db.begin_read().map_err(le)?;
+        let txn = copy.begin_write().map_err(le)?;
+        copy_table(&snapshot, &txn, RECORDS)?;
+        copy_table(&snapshot, &txn, SERIALS)?;
+        copy_table(&snapshot, &txn, SUBJECTS)?;
+        copy_table(&snapshot, &txn, COUNTS)?;
+        copy_table(&snapshot, &txn, TOKENS)?;
+        copy_table(&snapshot, &txn, TOKEN_IDS)?;
+        txn.commit().map_err(le)?;
+        let records = snapshot
+            .open_table(RECORDS)
+            .map_err(le)?
+            .len()
+            .map_err(le)?;
+        drop(copy);
+        // The copy's contents are durable (redb fsyncs its commit); make its directory entry
+        // durable too.
+        if let Some(dir) = to.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| Error::io(dir, e))?;
+        }
+        Ok(records)
+    }
+
     /// Number of DACs on record.
     pub fn records(&self) -> Result<u64> {
         self.read(|txn| txn.open_table(RECORDS).map_err(le)?.len().map_err(le))
@@ -595,6 +646,7 @@ mod tests {
             der: vec![0x30, 0],
             status: Status::Issued,
             renews: None,
+            server_keygen: false,
         }
     }
 
@@ -632,6 +684,17 @@ mod tests {
         assert_eq!(list.iter().map(|r| r.serial[0]).collect::<Vec<_>>(), [1, 3]);
         assert!(matches!(list[0].status, Status::Revoked { .. }));
         let holder = ledger.by_subject(&[9; 20], b"a").expect("lookup");
+        assert_eq!(holder.map(|r| r.serial), Some(vec![3]));
+
+        // A backup taken while the ledger is open holds the same records and indexes.
+        let copy = dir.path().join("backup.redb");
+        assert_eq!(ledger.backup_to(&copy).expect("backup"), 2);
+        assert!(ledger.backup_to(&copy).is_err(), "never overwrites");
+        drop(ledger);
+        let restored = RedbLedger::open(&copy).expect("open the backup");
+        assert_eq!(restored.count("x").expect("count"), 2);
+        assert_eq!(restored.list(0, 10).expect("list"), list);
+        let holder = restored.by_subject(&[9; 20], b"a").expect("lookup");
         assert_eq!(holder.map(|r| r.serial), Some(vec![3]));
     }
 }

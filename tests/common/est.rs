@@ -28,14 +28,14 @@ impl TestServer {
     /// Starts `matter-est serve` on 127.0.0.1:<free port> over a fresh development PKI, the
     /// config edited by `edit`.
     pub async fn start(edit: impl FnOnce(String) -> String) -> Self {
-        Self::start_env(DevEnv::new(|t| {
-            edit(t.replace("127.0.0.1:8443", "127.0.0.1:0"))
-        }))
-        .await
+        Self::start_env(DevEnv::new(edit)).await
     }
 
-    /// Starts the server on `env` (whose config must listen on port 0).
+    /// Starts the server over `env` (its config's listen address is moved to a free port).
     pub async fn start_env(env: DevEnv) -> Self {
+        let path = env.path(dev::files::CONFIG);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace("127.0.0.1:8443", "127.0.0.1:0")).unwrap();
         let config = env.config();
         let ledger = Arc::new(RedbLedger::open(&config.ledger).unwrap());
         let issuer = Arc::new(matter_est::issuance::Issuer::new(&config, ledger.clone()).unwrap());

@@ -21,13 +21,25 @@ pub struct DevEnv {
 }
 
 impl DevEnv {
-    /// A fresh development PKI; `edit` may change the generated config text.
+    /// A fresh development PKI; `edit` may change the generated config text. Run by
+    /// [`hsm::rerun_over_pkcs11`], its PAI key is in a SoftHSM2 token instead of a file.
     pub fn new(edit: impl FnOnce(String) -> String) -> Self {
+        Self::new_in(|dir, text| {
+            let text = match hsm::suite() {
+                Some(hsm) => hsm.adopt_dev_pki(dir, hsm::SUITE_TOKEN, &text),
+                None => text,
+            };
+            edit(text)
+        })
+    }
+
+    /// As [`DevEnv::new`], `edit` also given the directory (to move the PAI key elsewhere).
+    pub fn new_in(edit: impl FnOnce(&Path, String) -> String) -> Self {
         let dir = tempfile::tempdir().unwrap();
         dev::init(dir.path(), false).unwrap();
         let path = dir.path().join(dev::files::CONFIG);
         let text = std::fs::read_to_string(&path).unwrap();
-        std::fs::write(&path, edit(text)).unwrap();
+        std::fs::write(&path, edit(dir.path(), text)).unwrap();
         Self { dir }
     }
 
@@ -205,6 +217,7 @@ pub fn write_pem(path: &Path, der: &[u8]) {
     std::fs::write(path, pem).unwrap();
 }
 pub mod est;
+pub mod hsm;
 
 /// Asserts that a command (openssl, curl, the CLI) exited 0, showing what it printed if not.
 pub fn assert_success(out: &Output) {
