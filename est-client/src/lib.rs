@@ -239,6 +239,20 @@ impl Client {
         self.enroll("simplereenroll", csr_der).await
     }
 
+    /// `/serverkeygen` (RFC 7030 §4.4): the server makes the key; the CSR (signed by a key of
+    /// ours) authenticates the request and names the subject. Returns the key (PKCS#8 DER) and
+    /// the certificate issued for it, found by that key.
+    pub async fn serverkeygen(&self, csr_der: &[u8]) -> Result<(Vec<u8>, wire::Issued)> {
+        let body = wire::base64_lines(csr_der);
+        let a = self
+            .send("POST", &self.path("serverkeygen"), Some(body))
+            .await?;
+        self.expect_ok(&a)?;
+        let (key, certs) = wire::serverkeygen_parts(&a.content_type, &a.body)?;
+        let issued = wire::issued_for_spki(&certs, &matter::public_key_info(&key)?)?;
+        Ok((key, issued))
+    }
+
     async fn enroll(&self, op: &str, csr_der: &[u8]) -> Result<Enrolled> {
         let body = wire::base64_lines(csr_der);
         let a = self.send("POST", &self.path(op), Some(body)).await?;

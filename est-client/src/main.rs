@@ -92,6 +92,14 @@ enum Command {
         #[command(flatten)]
         output: Output,
     },
+    /// Ask the server to make the device's key (serverkeygen, RFC 7030 §4.4; the label must
+    /// offer it, over mutual TLS): writes the key it returns and the DAC for it.
+    Serverkeygen {
+        #[command(flatten)]
+        device: DeviceArgs,
+        #[command(flatten)]
+        output: Output,
+    },
     /// Re-enroll with the DAC given as --cert/--key: same subject, new key unless --keep-key.
     Reenroll {
         #[command(flatten)]
@@ -303,6 +311,33 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             if matter_only {
                 matter::check_dac(&csr_der, &issued.certificate)?;
             }
+            write_outputs(&c, out, &issued, *format).await?;
+            println!("{}", describe(&issued.certificate));
+        }
+        Command::Serverkeygen {
+            device,
+            output: Output { out, format },
+        } => {
+            let c = client(conn, None)?;
+            // A key of ours signs the CSR (proof of possession for the request); the DAC is for
+            // the key the server makes.
+            let subject = DeviceSubject {
+                cn: device.device_id.clone(),
+                serial_number: device.serial_number.clone(),
+                vid: device.vid.clone(),
+                pid: device.pid.clone(),
+            };
+            if subject.cn.is_none() && subject.serial_number.is_none() {
+                return Err(Error::Usage(
+                    "give --device-id and/or --serial-number".into(),
+                ));
+            }
+            let csr_der = matter::csr(&matter::generate_key()?, &subject)?;
+            let (key, issued) = c.serverkeygen(&csr_der).await?;
+            if matter_only {
+                matter::check_dac(&csr_der, &issued.certificate)?;
+            }
+            write_key(out, &key, *format)?;
             write_outputs(&c, out, &issued, *format).await?;
             println!("{}", describe(&issued.certificate));
         }

@@ -84,16 +84,24 @@ pub fn csr(pkcs8: &[u8], subject: &DeviceSubject) -> Result<Vec<u8>> {
     csr_for_name(pkcs8, &tlv(0x30, &refs))
 }
 
+/// The SubjectPublicKeyInfo (DER) of a P-256 PKCS#8 key.
+pub fn public_key_info(pkcs8: &[u8]) -> Result<Vec<u8>> {
+    let key =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8, &SystemRandom::new())
+            .map_err(|e| Error::BadResponse(format!("not a P-256 PKCS#8 key: {e}")))?;
+    let spki_prefix: &[u8] = &[
+        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08,
+        0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+    ];
+    Ok([spki_prefix, key.public_key().as_ref()].concat())
+}
+
 /// A PKCS#10 CSR for a subject Name given as DER (re-enrollment copies the old subject).
 pub fn csr_for_name(pkcs8: &[u8], name: &[u8]) -> Result<Vec<u8>> {
     let rng = SystemRandom::new();
     let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8, &rng)
         .map_err(|e| Error::Usage(format!("not a P-256 PKCS#8 key: {e}")))?;
-    let spki_prefix: &[u8] = &[
-        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08,
-        0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
-    ];
-    let spki = [spki_prefix, key.public_key().as_ref()].concat();
+    let spki = public_key_info(pkcs8)?;
     let info = tlv(0x30, &[&[0x02, 0x01, 0x00], name, &spki, &[0xa0, 0x00]]);
     let sig = key
         .sign(&rng, &info)

@@ -37,6 +37,65 @@ pub struct Issued {
     pub chain: Vec<Vec<u8>>,
 }
 
+/// The parts of a `/serverkeygen` response (RFC 7030 §4.4.2): a multipart/mixed body whose
+/// `application/pkcs8` part is the key (PKCS#8 DER) and whose `application/pkcs7-mime` certs-only
+/// part holds the certificate. Each part's body is base64 whatever its
+/// Content-Transfer-Encoding says (RFC 8951 §3). Returns (key, certificates).
+pub fn serverkeygen_parts(content_type: &str, body: &[u8]) -> Result<(Vec<u8>, Vec<Vec<u8>>)> {
+    let bad = |what: String| Error::BadResponse(format!("serverkeygen response: {what}"));
+    let boundary = content_type
+        .split(';')
+        .map(str::trim)
+        .find_map(|p| p.strip_prefix("boundary="))
+        .map(|b| b.trim_matches('"'))
+        .filter(|_| {
+            content_type
+                .to_ascii_lowercase()
+                .starts_with("multipart/mixed")
+        })
+        .ok_or_else(|| {
+            bad(format!(
+                "Content-Type {content_type:?}, expected multipart/mixed"
+            ))
+        })?;
+    let text = std::str::from_utf8(body).map_err(|_| bad("not text".into()))?;
+    let (mut key, mut certs) = (None, None);
+    for part in text.split(&format!("--{boundary}")).skip(1) {
+        if part.starts_with("--") {
+            break;
+        }
+        let part = part.trim_start_matches(['\r', '\n']);
+        let (head, data) = part
+            .split_once("\r\n\r\n")
+            .or_else(|| part.split_once("\n\n"))
+            .ok_or_else(|| bad("a part without headers".into()))?;
+        let part_type = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.trim()
+                    .eq_ignore_ascii_case("content-type")
+                    .then(|| value.trim().to_ascii_lowercase())
+            })
+            .ok_or_else(|| bad("a part without Content-Type".into()))?;
+        if part_type.starts_with("application/pkcs8") {
+            key = Some(base64_body(data.as_bytes())?);
+        } else if part_type.contains("server-generated-key") {
+            return Err(bad(
+                "the key came encrypted (server-generated-key), which was not asked for".into(),
+            ));
+        } else if part_type.starts_with("application/pkcs7-mime") {
+            certs = Some(certs_only(data.as_bytes())?);
+        }
+    }
+    match (key, certs) {
+        (Some(k), Some(c)) => Ok((k, c)),
+        _ => Err(bad(
+            "expected an application/pkcs8 part and a certs-only part".into(),
+        )),
+    }
+}
+
 /// Finds, among the certificates of an enroll response, the one issued for `csr_der`'s public key,
 /// and the chain above it. A certs-only PKCS#7 holds a `SET OF` certificates, which DER sorts by
 /// encoding (RFC 5652 §5.1, X.690 §11.6): the position of a certificate means nothing.
@@ -44,6 +103,11 @@ pub fn issued_for(certs: &[Vec<u8>], csr_der: &[u8]) -> Result<Issued> {
     let spki = x509_cert::request::CertReq::from_der(csr_der)
         .and_then(|csr| csr.info.public_key.to_der())
         .map_err(|e| Error::Usage(format!("the CSR does not parse: {e}")))?;
+    issued_for_spki(certs, &spki)
+}
+
+/// As [`issued_for`], for the key whose SubjectPublicKeyInfo (DER) is `spki`.
+pub fn issued_for_spki(certs: &[Vec<u8>], spki: &[u8]) -> Result<Issued> {
     let parsed = parse_all(certs)?;
     let (der, leaf) = parsed
         .iter()

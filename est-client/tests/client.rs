@@ -721,3 +721,71 @@ async fn gateway_on_a_terminal_shows_progress_and_failures() {
     );
     assert!(!shown.contains("rerun the same command"), "{shown}");
 }
+
+/// Issue 13: `est-client serverkeygen` against a real server whose label offers it: the key it
+/// writes (0600) is the one the DAC certifies; a label without serverkeygen is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serverkeygen_writes_the_key_the_server_made_and_its_dac() {
+    let server = TestServer::start(|t| common::label_keys(t, "serverkeygen = true")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let keygen = |out: &Path| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_est-client"));
+        cmd.args([
+            "serverkeygen",
+            "--server",
+            &server.url(""),
+            "--label",
+            "dev",
+            "--cacert",
+        ])
+        .arg(server.env.path(dev::files::TLS_CA_CERT))
+        .arg("--cert")
+        .arg(server.env.path(dev::files::GATEWAY_CERT))
+        .arg("--key")
+        .arg(server.env.path(dev::files::GATEWAY_KEY))
+        .args([
+            "--vid",
+            "FFF1",
+            "--pid",
+            "8000",
+            "--device-id",
+            "kg-0001",
+            "--out",
+        ])
+        .arg(out);
+        cmd
+    };
+    let out = dir.path().join("kg-0001");
+    let run = tokio::task::spawn_blocking({
+        let mut cmd = keygen(&out);
+        move || cmd.output().unwrap()
+    })
+    .await
+    .unwrap();
+    common::assert_success(&run);
+    let cert = fake::assert_certifies(
+        &dir.path().join("kg-0001.dac.pem"),
+        &dir.path().join("kg-0001.key.pem"),
+    );
+    assert!(
+        cert.tbs_certificate()
+            .subject()
+            .to_string()
+            .contains("kg-0001")
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.path().join("kg-0001.key.pem"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let serial = cert.tbs_certificate().serial_number().as_bytes().to_vec();
+    assert!(
+        server
+            .ledger
+            .by_serial(&serial)
+            .unwrap()
+            .unwrap()
+            .server_keygen
+    );
+}
