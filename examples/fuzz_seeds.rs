@@ -20,6 +20,9 @@ use matter_est::store::redb::RedbLedger;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
+/// A subject attribute: its OID's contents and its value.
+type Attr = (&'static [u8], String);
+
 /// Every byte of the scalar of the key whose DAC the client seeds carry: the same key
 /// fuzz/fuzz_targets/pkcs7_response.rs builds its CSR from (fuzzing input, not a secret).
 const FIXED_SCALAR: u8 = 0x17;
@@ -141,7 +144,7 @@ fn csrs() -> Result<Vec<(&'static str, Vec<u8>)>> {
     let cn = |v: &str| (oid::COMMON_NAME, v.to_string());
     let vid = |v: &str| (oid::MATTER_VID, v.to_string());
     let pid = |v: &str| (oid::MATTER_PID, v.to_string());
-    let subjects: Vec<(&str, Vec<(&[u8], String)>)> = vec![
+    let subjects: Vec<(&str, Vec<Attr>)> = vec![
         (
             "cn-vid-pid",
             vec![cn("dev-device-1"), vid("FFF1"), pid("8000")],
