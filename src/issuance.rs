@@ -242,7 +242,20 @@ impl Issuer {
             return Prepared::on_record(record);
         }
         let serial = profile::random_serial()?;
-        self.prepare_subject(label, &subject, &serial, &req.public_key, opts)
+        match self.prepare_subject(label, &subject, &serial, &req.public_key, opts) {
+            // The quota filled between the look-up above and this check; if it was this very
+            // request (its first attempt committing meanwhile), answer with its DAC.
+            Err(Error::QuotaExhausted { .. }) if opts.renews.is_none() => {
+                match self.repeat_of(label, &subject, &req.public_key)? {
+                    Some(record) => Prepared::on_record(record),
+                    None => Err(Error::QuotaExhausted {
+                        label: label.config.name.clone(),
+                        quota: label.config.quota.unwrap_or(0),
+                    }),
+                }
+            }
+            other => other,
+        }
     }
 
     /// The DAC on record that a request for `subject` with `public_key` on `label` repeats: the

@@ -234,6 +234,12 @@ pub fn check_cn(cn: &str) -> Result<()> {
             u32::from(c)
         )));
     }
+    if let Some(c) = cn.chars().find(|c| matches!(c, '\u{2028}' | '\u{2029}')) {
+        return Err(bad(format!(
+            "it contains the line or paragraph separator U+{:04X}; a CN is one line",
+            u32::from(c)
+        )));
+    }
     if let Some(c) = cn.chars().find(|c| is_format_char(*c)) {
         return Err(bad(format!(
             "it contains U+{:04X}, an invisible Unicode format character (bidi override, \
@@ -318,6 +324,7 @@ mod tests {
             ("dev\u{200B}1", "U+200B"),
             ("\u{FEFF}dev", "U+FEFF"),
             ("dev\u{2066}x", "U+2066"),
+            ("dev\u{2028}x", "U+2028"),
         ] {
             let msg = check_cn(cn).expect_err(cn).to_string();
             assert!(msg.contains(needle), "{cn:?}: {msg}");

@@ -42,7 +42,9 @@ pub struct PeerChain {
     /// Per-label outcome of verifying this chain against the label's anchors. A connection
     /// keeps its chain, so a gateway enrolling thousands of devices on one keep-alive
     /// connection pays for the chain verification once per label, not once per request.
-    verified: std::sync::Mutex<Vec<(String, Anchor, bool)>>,
+    /// Keyed by the policy's generation too: a reload (SIGHUP) that changes a label's anchors
+    /// makes a connection's earlier outcome count for nothing.
+    verified: std::sync::Mutex<Vec<(u64, String, Anchor, bool)>>,
 }
 
 /// A subjectAltName a client rule can match (RFC 5280 §4.2.1.6).
@@ -117,18 +119,26 @@ impl PeerChain {
     }
 
     /// Whether the chain verifies to `anchors` (cached per label and kind of anchor).
-    fn verifies(&self, label: &str, kind: Anchor, anchors: Option<&Anchors>) -> bool {
+    fn verifies(
+        &self,
+        generation: u64,
+        label: &str,
+        kind: Anchor,
+        anchors: Option<&Anchors>,
+    ) -> bool {
         let Some(anchors) = anchors else {
             return false;
         };
         if let Ok(cache) = self.verified.lock()
-            && let Some((_, _, ok)) = cache.iter().find(|(l, k, _)| l == label && *k == kind)
+            && let Some((_, _, _, ok)) = cache
+                .iter()
+                .find(|(g, l, k, _)| *g == generation && l == label && *k == kind)
         {
             return *ok;
         }
         let ok = anchors.verifies(&self.certs);
         if let Ok(mut cache) = self.verified.lock() {
-            cache.push((label.to_string(), kind, ok));
+            cache.push((generation, label.to_string(), kind, ok));
         }
         ok
     }
@@ -203,6 +213,8 @@ struct LabelTrust {
 /// The policy service.
 pub struct Policy {
     labels: BTreeMap<String, LabelTrust>,
+    /// Which policy this is: each one built (at start, at each reload) gets the next number.
+    generation: u64,
 }
 
 impl Policy {
@@ -222,7 +234,11 @@ impl Policy {
                 },
             );
         }
-        Ok(Self { labels })
+        static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        Ok(Self {
+            labels,
+            generation: GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        })
     }
 
     /// Every anchor any label trusts, for the TLS layer.
@@ -278,7 +294,12 @@ impl Policy {
         // The time first: an expired chain (say, on a resumed TLS session) is refused as
         // expired, not as untrusted.
         peer.check_time(asn1::now())?;
-        if !peer.verifies(&label.name, Anchor::Clients, trust.clients.as_ref()) {
+        if !peer.verifies(
+            self.generation,
+            &label.name,
+            Anchor::Clients,
+            trust.clients.as_ref(),
+        ) {
             return Err(Error::Forbidden(format!(
                 "client certificate {} is not issued by a CA trusted for label {:?}",
                 peer.display, label.name
@@ -357,6 +378,7 @@ impl Policy {
         peer: Option<&PeerChain>,
         req: &EnrollmentRequest,
         ledger: &dyn Ledger,
+        who: &mut Option<String>,
     ) -> Result<Renewal> {
         let name = &label.config.name;
         let trust = self.trust(name)?;
@@ -368,7 +390,7 @@ impl Policy {
         })?;
         let now = asn1::now();
         peer.check_time(now)?;
-        if !peer.verifies(name, Anchor::Pai, Some(&trust.dacs)) {
+        if !peer.verifies(self.generation, name, Anchor::Pai, Some(&trust.dacs)) {
             return Err(Error::Forbidden(format!(
                 "client certificate {} is not a DAC of label {name:?}'s PAI",
                 peer.display
@@ -387,6 +409,8 @@ impl Policy {
                     asn1::hex(serial)
                 ))
             })?;
+        // Authenticated as this DAC from here on: refusals below are logged with it.
+        *who = Some(format!("dac:{}", asn1::hex(serial)));
         // A renewal belongs to the label that issued the DAC: another label sharing the PAI
         // has its own PID allow-list, quota and clients.
         if record.label != *name {

@@ -269,8 +269,19 @@ impl PeerSlots {
         }
     }
 
-    /// A slot for `ip`, or `None` when it has `cap` connections open.
+    /// A slot for `ip`, or `None` when it has `cap` connections open. An IPv4-mapped IPv6
+    /// address counts as its IPv4 address, and an IPv6 address as its /64 (one client holds a
+    /// whole /64, RFC 6177).
     fn take(&self, ip: IpAddr) -> Option<PeerSlot> {
+        let ip = match ip {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(std::net::Ipv6Addr::from(
+                    u128::from(v6) & !((1u128 << 64) - 1),
+                )),
+            },
+            v4 => v4,
+        };
         let mut open = self.open.lock().ok()?;
         let n = open.entry(ip).or_insert(0);
         if *n >= self.cap {

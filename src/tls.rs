@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use der::{Decode, Encode};
+use der::Decode;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
@@ -31,9 +31,11 @@ pub fn provider() -> Arc<CryptoProvider> {
 /// A set of trust anchors and a verifier for client chains against them.
 #[derive(Clone)]
 pub struct Anchors {
+    /// The handshake's verifier (rustls).
     verifier: Arc<dyn ClientCertVerifier>,
-    /// Each anchor's subject and pathLenConstraint, which webpki does not apply to anchors.
-    anchors: Arc<Vec<(Vec<u8>, Option<u8>)>>,
+    /// The anchors as webpki takes them, and each one's pathLenConstraint, which webpki does
+    /// not apply to anchors.
+    trust: Arc<Vec<(rustls_pki_types::TrustAnchor<'static>, Option<u8>)>>,
 }
 
 impl std::fmt::Debug for Anchors {
@@ -58,84 +60,87 @@ impl Anchors {
             .allow_unauthenticated()
             .build()
             .map_err(|e| Error::Internal(format!("client verifier: {e}")))?;
-        let anchors = certs
+        let trust = certs
             .iter()
             .map(|c| {
+                let anchor = webpki::anchor_from_trusted_cert(c)
+                    .map_err(|e| Error::Internal(format!("trust anchor: {e}")))?
+                    .to_owned();
                 let cert = Certificate::from_der(c.as_ref())
-                    .map_err(|e| Error::Internal(format!("trust anchor: {e}")))?;
-                let subject = cert
-                    .tbs_certificate()
-                    .subject()
-                    .to_der()
                     .map_err(|e| Error::Internal(format!("trust anchor: {e}")))?;
                 let path_len =
                     extension::<BasicConstraints>(&cert).and_then(|b| b.path_len_constraint);
-                Ok((subject, path_len))
+                Ok((anchor, path_len))
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Some(Self {
             verifier: Arc::new(PresentedLogger(verifier)),
-            anchors: Arc::new(anchors),
+            trust: Arc::new(trust),
         }))
     }
 
     /// True when `chain` (leaf first) verifies to one of these anchors now (RFC 5280 §6, by
-    /// webpki, for client authentication) and meets the constraints webpki leaves out
-    /// ([`Anchors::constraints_hold`]).
+    /// webpki, for client authentication) along a path that also meets what webpki leaves out
+    /// ([`Anchors::path_holds`]). The check runs on the path webpki verified (a path that
+    /// fails it makes webpki try another), so certificates that merely share a name with one
+    /// on the path cannot stand in for it.
     pub fn verifies(&self, chain: &[CertificateDer<'static>]) -> bool {
-        match chain.split_first() {
-            Some((leaf, rest)) => {
-                self.verifier
-                    .verify_client_cert(leaf, rest, UnixTime::now())
-                    .is_ok()
-                    && self.constraints_hold(chain)
+        let Some((leaf, rest)) = chain.split_first() else {
+            return false;
+        };
+        let Ok(end_entity) = webpki::EndEntityCert::try_from(leaf) else {
+            return false;
+        };
+        let anchors: Vec<_> = self.trust.iter().map(|(a, _)| a.clone()).collect();
+        let check = |path: &webpki::VerifiedPath<'_>| {
+            if self.path_holds(leaf, path) {
+                Ok(())
+            } else {
+                Err(webpki::Error::PathLenConstraintViolated)
             }
-            None => false,
-        }
+        };
+        end_entity
+            .verify_for_usage(
+                provider().signature_verification_algorithms.all,
+                &anchors,
+                rest,
+                UnixTime::now(),
+                webpki::KeyUsage::client_auth(),
+                None,
+                Some(&check),
+            )
+            .is_ok()
     }
 
-    /// What webpki does not check, on the path from the leaf up to an anchor (by names):
-    /// a leaf with keyUsage has digitalSignature (RFC 5280 §4.2.1.3: it signs the TLS
-    /// handshake); an intermediate with keyUsage has keyCertSign (§4.2.1.3, §6.1.4 (n)); and
-    /// the anchor's pathLenConstraint bounds the intermediates below it (§4.2.1.9; webpki
-    /// ignores an anchor's constraints).
-    fn constraints_hold(&self, chain: &[CertificateDer<'static>]) -> bool {
-        let Ok(certs) = chain
-            .iter()
-            .map(|c| Certificate::from_der(c.as_ref()))
-            .collect::<std::result::Result<Vec<_>, _>>()
-        else {
+    /// What webpki does not check, on a path it verified: a leaf with keyUsage has
+    /// digitalSignature (RFC 5280 §4.2.1.3: it signs the TLS handshake); an intermediate with
+    /// keyUsage has keyCertSign (§4.2.1.3, §6.1.4 (n)); and the anchor's pathLenConstraint
+    /// bounds the intermediates below it (§4.2.1.9; webpki ignores an anchor's constraints).
+    fn path_holds(&self, leaf: &CertificateDer<'_>, path: &webpki::VerifiedPath<'_>) -> bool {
+        let Ok(leaf) = Certificate::from_der(leaf.as_ref()) else {
             return false;
         };
-        let Some(leaf) = certs.first() else {
-            return false;
-        };
-        if extension::<KeyUsage>(leaf).is_some_and(|ku| !ku.digital_signature()) {
+        if extension::<KeyUsage>(&leaf).is_some_and(|ku| !ku.digital_signature()) {
             return false;
         }
-        let der = |n: &x509_cert::name::Name| n.to_der().unwrap_or_default();
-        let mut current = leaf;
-        let mut used = vec![false; certs.len()];
-        used[0] = true;
         let mut intermediates = 0usize;
-        // Each presented certificate is used at most once, so this ends.
-        loop {
-            let issuer = der(current.tbs_certificate().issuer());
-            if let Some((_, path_len)) = self.anchors.iter().find(|(s, _)| *s == issuer) {
-                return path_len.is_none_or(|n| intermediates <= usize::from(n));
-            }
-            let Some(i) = (0..certs.len())
-                .find(|&i| !used[i] && der(certs[i].tbs_certificate().subject()) == issuer)
-            else {
+        for cert in path.intermediate_certificates() {
+            intermediates += 1;
+            let Ok(cert) = Certificate::from_der(cert.der().as_ref()) else {
                 return false;
             };
-            used[i] = true;
-            if extension::<KeyUsage>(&certs[i]).is_some_and(|ku| !ku.key_cert_sign()) {
+            if extension::<KeyUsage>(&cert).is_some_and(|ku| !ku.key_cert_sign()) {
                 return false;
             }
-            intermediates += 1;
-            current = &certs[i];
         }
+        let anchor = path.anchor();
+        self.trust
+            .iter()
+            .find(|(a, _)| {
+                a.subject.as_ref() == anchor.subject.as_ref()
+                    && a.subject_public_key_info.as_ref() == anchor.subject_public_key_info.as_ref()
+            })
+            .is_some_and(|(_, path_len)| path_len.is_none_or(|n| intermediates <= usize::from(n)))
     }
 }
 

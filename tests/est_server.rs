@@ -271,7 +271,6 @@ async fn status_codes_403_404_405_413_415() {
         "/.well-known/est/nope/simpleenroll",
         "/.well-known/est/dev/enroll",
         "/index.html",
-        "/.well-known/est/serverkeygen",
     ] {
         assert_eq!(c.get(path).await.status, 404, "{path}");
     }

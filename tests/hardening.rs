@@ -454,14 +454,20 @@ impl ClientCa {
         (der, pkcs8)
     }
 
-    /// An intermediate CA under this one, with keyUsage `ku`.
-    fn intermediate(&self, cn: &str, ku: &[u8]) -> (Self, Vec<u8>) {
+    /// A CA named `subject` (DER) with a fresh key: an impostor when the name is taken.
+    fn with_subject(subject: Vec<u8>) -> Self {
         let (pkcs8, point) = signer::generate_p256().unwrap();
-        let sub = Self {
-            subject: dev::name(&[(oid::COMMON_NAME, cn)]),
+        Self {
+            subject,
             point,
             signer: KeySigner::from_pkcs8(&pkcs8).unwrap(),
-        };
+        }
+    }
+
+    /// An intermediate CA under this one, with keyUsage `ku`.
+    fn intermediate(&self, cn: &str, ku: &[u8]) -> (Self, Vec<u8>) {
+        let sub = Self::with_subject(dev::name(&[(oid::COMMON_NAME, cn)]));
+        let point = sub.point;
         let der = self.issue(
             &sub.subject.clone(),
             &point,
@@ -636,6 +642,54 @@ async fn client_chains_honour_key_usage_and_the_anchors_path_length() {
     // A leaf whose keyUsage lacks digitalSignature: refused.
     let (leaf, key) = ClientCa::dev(&server).gateway(gw, &[], key_usage::CERT_SIGN, later);
     assert!(refused(&server, vec![leaf], &key, "no-digital-signature").await);
+
+    // Impostors that share a name with a certificate on the real path cannot shorten it: the
+    // checks run on the path webpki verified, not on one chained by names.
+    // Two intermediates under the anchor that allows one, with an impostor of the lower one
+    // (named as if the anchor issued it, signed by another key) presented first.
+    let (mid1, mid1_der) = open.intermediate("open mid 1", key_usage::CERT_SIGN);
+    let (mid2, mid2_der) = mid1.intermediate("open mid 2", key_usage::CERT_SIGN);
+    let (leaf, key) = mid2.gateway(gw, &[], ds, later);
+    assert!(
+        refused(
+            &server,
+            vec![leaf.clone(), mid2_der.clone(), mid1_der.clone()],
+            &key,
+            "two-deep"
+        )
+        .await
+    );
+    let impostor = ClientCa::with_subject(open.subject.clone()).issue(
+        &mid2.subject,
+        &mid2.point,
+        later,
+        vec![
+            cert::basic_constraints_ext(Some(None)),
+            cert::key_usage_ext(key_usage::CERT_SIGN),
+        ],
+    );
+    assert!(
+        refused(
+            &server,
+            vec![leaf, impostor, mid2_der, mid1_der],
+            &key,
+            "impostor-shortcut"
+        )
+        .await
+    );
+    // An intermediate without keyCertSign, with an impostor (with keyCertSign) of it first.
+    let (mid, mid_der) = open.intermediate("signing-only again", ds);
+    let (leaf, key) = mid.gateway(gw, &[], ds, later);
+    let impostor = ClientCa::with_subject(open.subject.clone()).issue(
+        &mid.subject,
+        &mid.point,
+        later,
+        vec![
+            cert::basic_constraints_ext(Some(None)),
+            cert::key_usage_ext(key_usage::CERT_SIGN),
+        ],
+    );
+    assert!(refused(&server, vec![leaf, impostor, mid_der], &key, "impostor-ku").await);
     assert_eq!(server.ledger.count("dev").unwrap(), 1);
 }
 
@@ -731,7 +785,8 @@ async fn responses_are_der_for_a_strict_pkcs7_parser() {
             "import sys\n\
              from cryptography.hazmat.primitives.serialization import pkcs7\n\
              for f in sys.argv[1:]:\n    \
-                 certs = pkcs7.load_der_pkcs7_certificates(open(f, 'rb').read())\n    \
+                 with open(f, 'rb') as fh:\n        \
+                     certs = pkcs7.load_der_pkcs7_certificates(fh.read())\n    \
                  assert len(certs) == 2, (f, len(certs))\n\
              print('ok', len(sys.argv) - 1)",
         ])
@@ -740,4 +795,41 @@ async fn responses_are_der_for_a_strict_pkcs7_parser() {
         .unwrap();
     common::assert_success(&out);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok 7");
+}
+
+/// A reload (SIGHUP) that removes a client CA stops its gateways at once, on connections they
+/// already hold too: a connection's cached chain verification belongs to the policy it was made
+/// under.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_drops_a_client_ca_stops_its_open_connections() {
+    let server = TestServer::start(|t| t).await;
+    let mut gw = server.gateway().await;
+    let (_, der) = device(Some("before-ca-swap"), "8000");
+    dac_of(&server, &gw.enroll(ENROLL, &der).await);
+    let (_, other) = ClientCa::new_with("another gateway CA", Some(None));
+    std::fs::write(
+        server.env.path("clients/other.pem"),
+        der::pem::encode_string("CERTIFICATE", der::pem::LineEnding::LF, &other).unwrap(),
+    )
+    .unwrap();
+    let path = server.env.path(dev::files::CONFIG);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("clients/ca.pem", "clients/other.pem")).unwrap();
+    let config = server.env.config();
+    let labels = matter_est::issuance::Issuer::load(&config).unwrap();
+    server
+        .running
+        .as_ref()
+        .unwrap()
+        .reload(&config, labels)
+        .unwrap();
+    let (_, der) = device(Some("after-ca-swap"), "8000");
+    let r = gw.enroll(ENROLL, &der).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(
+        r.text().contains("not issued by a CA trusted"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(server.ledger.count("dev").unwrap(), 1);
 }

@@ -68,8 +68,9 @@ pub fn open_private_append(path: &Path) -> Result<File> {
     Ok(file)
 }
 
-/// Writes a file with `mode` set at creation, replacing an existing one (through a temporary
-/// file and a rename, synced).
+/// Writes a file with `mode` set at creation, replacing an existing one atomically: a temporary
+/// file, fsync, rename, then fsync of the directory so the rename itself is durable. A reader
+/// (or a crash) sees the old file or the new one, never a part of either.
 pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let _ = std::fs::remove_file(&tmp);
@@ -77,7 +78,14 @@ pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     f.write_all(bytes)
         .and_then(|_| f.sync_all())
         .map_err(|e| io_err(path, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))
+    std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err(dir, e))
 }
 
 /// Writes a new file with `mode` set at creation, without fsync (the caller syncs a group of

@@ -54,6 +54,30 @@ pub enum Error {
     Usage(String),
 }
 
+impl Error {
+    /// Whether the same request, sent again unchanged, may succeed: the server was not reached or
+    /// the connection was lost ([`Error::is_network`]), or the server answered that it cannot
+    /// serve it now: a 5xx, 408 Request Timeout, 429 Too Many Requests (RFC 9110 §15.5.9, RFC 6585
+    /// §4), or 202, the request held for approval (RFC 7030 §4.2.3). Anything else is permanent:
+    /// the server refused the request itself (400, 401, 403 and the other 4xx) and will refuse it
+    /// again, or something on this side must change first (a file, a certificate that is not the
+    /// DAC asked for).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Status { status, .. } => matches!(status, 202 | 408 | 429 | 500..=599),
+            e => e.is_network(),
+        }
+    }
+
+    /// No HTTP answer: the server could not be reached, TLS failed, or the connection was lost.
+    pub fn is_network(&self) -> bool {
+        matches!(
+            self,
+            Error::Connect { .. } | Error::Tls { .. } | Error::Http(_)
+        )
+    }
+}
+
 /// Result alias.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -1,11 +1,8 @@
 //! The `est-client` command line: cacerts, csrattrs, enroll, reenroll, renew, and gateway mode
 //! for a production line.
 
-use std::collections::HashMap;
-use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
@@ -14,142 +11,180 @@ use est_client::files::{self, io_err as file_err};
 use est_client::matter::{self, DeviceSubject};
 use est_client::wire::Issued;
 use est_client::{Client, ClientConfig, Enrolled, Error, Result, wire};
-use sha2::{Digest, Sha256};
+
+mod gateway;
+
+/// Help headings, in the order they are shown.
+const SERVER: &str = "Server";
+const AUTH: &str = "Client authentication";
+const DEVICE: &str = "Device";
+const OUTPUT: &str = "Output";
 
 #[derive(Parser)]
 #[command(name = "est-client", version, about = "EST client for Matter DACs")]
 struct Cli {
+    #[command(subcommand)]
+    command: Command,
     #[command(flatten)]
     conn: Conn,
     /// Keep a returned certificate that is not the Matter DAC asked for: one without a VID or
     /// PID, or whose CN, VID or PID differ from the CSR's (a server that does not issue Matter
     /// DACs). Without it such a certificate is an error and is not written. A certificate for
     /// another key than the CSR's is never accepted.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = SERVER, display_order = 90)]
     accept_non_matter: bool,
-    #[command(subcommand)]
-    command: Command,
 }
 
 #[derive(Args)]
 struct Conn {
     /// The EST server, e.g. https://est.example.com:8443
-    #[arg(long, global = true, default_value = "https://localhost:8443")]
+    #[arg(long, global = true, default_value = "https://localhost:8443", value_name = "URL",
+          help_heading = SERVER, display_order = 80)]
     server: String,
-    /// The server's label (RFC 7030 §3.2.2), e.g. one PAI.
-    #[arg(long, global = true)]
+    /// The server's label (RFC 7030 §3.2.2, /.well-known/est/LABEL/...), e.g. one PAI; none:
+    /// the server's default label.
+    #[arg(long, global = true, help_heading = SERVER, display_order = 81)]
     label: Option<String>,
-    /// CA certificates (PEM) to trust for the server; the only trust anchors used.
-    #[arg(long, global = true)]
+    /// CA certificates (PEM) to trust for the server's TLS certificate; the only trust anchors
+    /// used (never the system store). Required.
+    #[arg(long, global = true, value_name = "FILE", help_heading = SERVER, display_order = 82)]
     cacert: Option<PathBuf>,
-    /// Client certificate (PEM, leaf first) for mutual TLS.
-    #[arg(long, global = true)]
+    /// How long to keep retrying a request the server holds (202 Retry-After), seconds.
+    #[arg(long, global = true, default_value_t = 600, value_name = "SECONDS",
+          help_heading = SERVER, display_order = 83)]
+    max_wait: u64,
+    /// Client certificate (PEM, leaf first) for mutual TLS: a gateway certificate, or the DAC
+    /// being renewed (reenroll, renew).
+    #[arg(long, global = true, value_name = "FILE", help_heading = AUTH, display_order = 84)]
     cert: Option<PathBuf>,
-    /// Its private key (PEM); refused when group or others may read it (chmod 600).
-    #[arg(long, global = true)]
+    /// The private key (PEM) of --cert; refused when group or others may read it (chmod 600).
+    #[arg(long, global = true, value_name = "FILE", help_heading = AUTH, display_order = 85)]
     key: Option<PathBuf>,
     /// HTTP Basic user (e.g. an enrollment token id); the password comes from the
     /// EST_PASSWORD environment variable, --password-file, or a prompt on the terminal, never
     /// the command line.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = AUTH, display_order = 86)]
     user: Option<String>,
-    #[arg(long, global = true)]
+    /// A file whose first line is the password of --user (keep it chmod 600).
+    #[arg(long, global = true, value_name = "FILE", requires = "user", help_heading = AUTH,
+          display_order = 87)]
     password_file: Option<PathBuf>,
-    /// How long to keep retrying a request the server holds (202 Retry-After), seconds.
-    #[arg(long, global = true, default_value_t = 600)]
-    max_wait: u64,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Fetch the CA certificates (PAI, PAA).
+    /// Fetch the CA certificates (PAI, PAA), in chain order.
     Cacerts {
-        #[arg(long)]
+        /// Write them to FILE (PEM, each certificate followed by its issuer: PAI, then PAA)
+        /// instead of standard output.
+        #[arg(long, value_name = "FILE", help_heading = OUTPUT)]
         out: Option<PathBuf>,
     },
-    /// Show the CSR attributes the server asks for.
+    /// Show the CSR attributes the server asks for, OIDs with their names.
     Csrattrs,
     /// Enroll a device: a new P-256 key and Matter CSR (or --csr), then simpleenroll.
     Enroll {
         #[command(flatten)]
         device: DeviceArgs,
         /// Send this CSR (PEM or DER) instead of making a key and CSR.
-        #[arg(long)]
+        #[arg(long, value_name = "FILE", help_heading = DEVICE)]
         csr: Option<PathBuf>,
-        /// Output prefix: PREFIX.dac.pem, PREFIX.key.pem (0600), PREFIX.chain.pem (the issuers
-        /// the server sent, else those from /cacerts); a missing directory is created 0700.
-        #[arg(long)]
-        out: PathBuf,
         #[command(flatten)]
-        format: Format,
+        output: Output,
     },
     /// Re-enroll with the DAC given as --cert/--key: same subject, new key unless --keep-key.
     Reenroll {
-        #[arg(long)]
-        keep_key: bool,
-        #[arg(long)]
-        out: PathBuf,
         #[command(flatten)]
-        format: Format,
+        renewal: Renewal,
     },
     /// Re-enroll only when the --cert DAC has used more than --threshold of its lifetime.
     Renew {
         /// Share of the lifetime after which to renew (0-1).
-        #[arg(long, default_value_t = 0.7)]
+        #[arg(long, default_value_t = 0.7, help_heading = DEVICE)]
         threshold: f64,
-        #[arg(long)]
-        keep_key: bool,
-        #[arg(long)]
-        out: PathBuf,
         #[command(flatten)]
-        format: Format,
+        renewal: Renewal,
     },
     /// Production-line gateway: enroll every device of a CSV over keep-alive connections.
+    ///
+    /// Each device's key, then its DAC, then its line in DIR/manifest.jsonl are made durable in
+    /// that order; a rerun skips the devices done. Ctrl-C stops sending, lets the requests in
+    /// flight finish and prints a summary.
     Gateway {
-        /// One hardware ID per line (first CSV column; header `device_id` and `#` lines skipped).
-        #[arg(long)]
+        /// One hardware ID per line (first CSV column; header `device_id` and `#` lines
+        /// skipped); it becomes each device's CN and file names.
+        #[arg(long, value_name = "CSV", help_heading = DEVICE)]
         devices: PathBuf,
-        #[arg(long)]
+        /// Vendor ID of every device, 4 uppercase hex digits.
+        #[arg(long, value_parser = matter_id, help_heading = DEVICE)]
         vid: String,
-        #[arg(long)]
+        /// Product ID of every device, 4 uppercase hex digits.
+        #[arg(long, value_parser = matter_id, help_heading = DEVICE)]
         pid: String,
         /// Output directory (created 0700): DIR/<device>.key.pem (0600), DIR/<device>.dac.pem,
         /// DIR/chain.pem and DIR/manifest.jsonl (0600) (flat: a directory per device costs the
         /// file system more). A key file left by an earlier run is used again only if it is
         /// ours: owned by this user, a regular file, mode 0600.
-        #[arg(long)]
+        #[arg(long, value_name = "DIR", help_heading = OUTPUT)]
         out: PathBuf,
         /// Keep-alive connections, each carrying one request at a time (HTTP/1.1 does not
         /// multiplex): the number of enrollments in flight.
-        #[arg(long, default_value_t = 16)]
-        connections: usize,
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..),
+              help_heading = SERVER)]
+        connections: u16,
     },
 }
 
 #[derive(Args)]
 struct DeviceArgs {
     /// Vendor ID, 4 uppercase hex digits.
-    #[arg(long)]
+    #[arg(long, value_parser = matter_id, help_heading = DEVICE)]
     vid: Option<String>,
     /// Product ID, 4 uppercase hex digits.
-    #[arg(long)]
+    #[arg(long, value_parser = matter_id, help_heading = DEVICE)]
     pid: Option<String>,
     /// The device identity, written as the CN.
-    #[arg(long)]
+    #[arg(long, help_heading = DEVICE)]
     device_id: Option<String>,
     /// A hardware serial number, written as the serialNumber attribute.
-    #[arg(long)]
+    #[arg(long, help_heading = DEVICE)]
     serial_number: Option<String>,
+}
+
+/// Where enroll, reenroll and renew write.
+#[derive(Args)]
+struct Output {
+    /// Output prefix: PREFIX.dac.pem, PREFIX.key.pem (0600), PREFIX.chain.pem (the issuers
+    /// the server sent, else those from /cacerts); a missing directory is created 0700.
+    #[arg(long, value_name = "PREFIX", help_heading = OUTPUT)]
+    out: PathBuf,
+    #[command(flatten)]
+    format: Format,
+}
+
+/// What reenroll and renew share.
+#[derive(Args)]
+struct Renewal {
+    /// Keep the key of --key for the new DAC instead of making a new one.
+    #[arg(long, help_heading = DEVICE)]
+    keep_key: bool,
+    #[command(flatten)]
+    output: Output,
 }
 
 #[derive(Args, Clone, Copy)]
 struct Format {
     /// Write PEM (default).
-    #[arg(long, conflicts_with = "der")]
+    #[arg(long, conflicts_with = "der", help_heading = OUTPUT)]
     pem: bool,
     /// Write DER: PREFIX.dac.der, PREFIX.key.der, PREFIX.chain.der (PAI, PAA concatenated).
-    #[arg(long)]
+    #[arg(long, help_heading = OUTPUT)]
     der: bool,
+}
+
+/// A Matter VID or PID on the command line: checked before anything is made.
+fn matter_id(v: &str) -> std::result::Result<String, String> {
+    matter::check_id(v).map(|()| v.to_string())
 }
 
 fn main() -> ExitCode {
@@ -219,7 +254,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     let matter_only = !cli.accept_non_matter;
     match &cli.command {
         Command::Cacerts { out } => {
-            let certs = client(conn, None)?.cacerts().await?;
+            // A DER SET OF is sorted by encoding, not by chain: put it in chain order.
+            let certs = wire::chain_order(&client(conn, None)?.cacerts().await?)?;
             let pem = wire::pem(&certs)?;
             match out {
                 Some(path) => files::write_file(path, pem.as_bytes(), files::PUBLIC)?,
@@ -229,8 +265,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Csrattrs => match client(conn, None)?.csrattrs().await? {
             Some(der) => {
-                for oid in csrattrs_oids(&der) {
-                    println!("{oid}");
+                for line in csrattrs_lines(&der) {
+                    println!("{line}");
                 }
             }
             None => println!("(the server asks for no particular attributes)"),
@@ -238,8 +274,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Enroll {
             device,
             csr,
-            out,
-            format,
+            output: Output { out, format },
         } => {
             let c = client(conn, None)?;
             let (csr_der, key) = match csr {
@@ -271,20 +306,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             write_outputs(&c, out, &issued, *format).await?;
             println!("{}", describe(&issued.certificate));
         }
-        Command::Reenroll {
-            keep_key,
-            out,
-            format,
-        } => {
-            let issued = reenroll(conn, *keep_key, out, *format, matter_only).await?;
+        Command::Reenroll { renewal } => {
+            let issued = reenroll(conn, renewal, matter_only).await?;
             println!("{}", describe(&issued.certificate));
         }
-        Command::Renew {
-            threshold,
-            keep_key,
-            out,
-            format,
-        } => {
+        Command::Renew { threshold, renewal } => {
             let cert_path = conn
                 .cert
                 .as_deref()
@@ -303,7 +329,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 );
                 return Ok(ExitCode::SUCCESS);
             }
-            let issued = reenroll(conn, *keep_key, out, *format, matter_only).await?;
+            let issued = reenroll(conn, renewal, matter_only).await?;
             println!("renewed: {}", describe(&issued.certificate));
         }
         Command::Gateway {
@@ -313,19 +339,29 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             out,
             connections,
         } => {
-            return gateway(conn, devices, (vid, pid), out, *connections, matter_only).await;
+            let job = gateway::Job {
+                devices,
+                label: conn.label.as_deref(),
+                vid,
+                pid,
+                out,
+                matter_only,
+            };
+            let clients = (0..*connections)
+                .map(|_| client(conn, None))
+                .collect::<Result<_>>()?;
+            return gateway::run(&job, clients, &client(conn, None)?).await;
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-async fn reenroll(
-    conn: &Conn,
-    keep_key: bool,
-    out: &Path,
-    format: Format,
-    matter_only: bool,
-) -> Result<Issued> {
+async fn reenroll(conn: &Conn, renewal: &Renewal, matter_only: bool) -> Result<Issued> {
+    let Renewal {
+        keep_key,
+        output: Output { out, format },
+    } = renewal;
+    let format = *format;
     let (cert, old_key) = match (&conn.cert, &conn.key) {
         (Some(c), Some(k)) => (c.clone(), k.clone()),
         _ => {
@@ -341,7 +377,7 @@ async fn reenroll(
         .subject()
         .to_der()
         .map_err(|e| Error::BadResponse(e.to_string()))?;
-    let key = if keep_key {
+    let key = if *keep_key {
         matter::read_key(&old_key)?
     } else {
         matter::generate_key()?
@@ -383,353 +419,6 @@ where
             }
         }
     }
-}
-
-/// Gateway mode: a pipeline of three stages, so that no stage waits for another's chunk.
-/// 1. keys: one thread makes (or, on a rerun, reads) each device's key and CSR; a chunk of keys
-///    is made durable with one `syncfs` before any of its CSRs is sent (a DAC must never exist
-///    for a key we lost);
-/// 2. enrollment: one task per keep-alive connection sends CSRs (network only);
-/// 3. manifest: one blocking step per chunk writes the DAC files and makes them durable before
-///    their manifest lines are appended, so a device in the manifest is complete on disk and a
-///    rerun skips exactly those.
-async fn gateway(
-    conn: &Conn,
-    devices: &Path,
-    subject: (&str, &str),
-    out: &Path,
-    connections: usize,
-    matter_only: bool,
-) -> Result<ExitCode> {
-    let ids = read_devices(devices)?;
-    files::create_private_dir(out)?;
-    let manifest_path = out.join("manifest.jsonl");
-    let done = read_done(&manifest_path);
-    let todo: Vec<String> = ids
-        .into_iter()
-        .filter(|id| !done.contains_key(id))
-        .collect();
-    let total = todo.len();
-    let clients: Vec<Client> = (0..connections.max(1))
-        .map(|_| client(conn, None))
-        .collect::<Result<_>>()?;
-    let manifest = files::open_private_append(&manifest_path)?;
-    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        indicatif::ProgressBar::new(total as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{bar:40} {pos}/{len} devices  {per_sec}  ETA {eta}",
-    ) {
-        bar.set_style(style);
-    }
-    let start = Instant::now();
-
-    let (csr_tx, csr_rx) = tokio::sync::mpsc::channel::<(String, Result<Vec<u8>>)>(2 * CHUNK);
-    let (vid, pid) = (subject.0.to_string(), subject.1.to_string());
-    let keys = {
-        let out = out.to_path_buf();
-        tokio::task::spawn_blocking(move || -> Result<()> {
-            for chunk in todo.chunks(CHUNK) {
-                let mut csrs = Vec::with_capacity(chunk.len());
-                for id in chunk {
-                    let csr = device_key(&out, id).and_then(|key| {
-                        matter::csr(
-                            &key,
-                            &DeviceSubject {
-                                cn: Some(id.clone()),
-                                vid: Some(vid.clone()),
-                                pid: Some(pid.clone()),
-                                serial_number: None,
-                            },
-                        )
-                    });
-                    csrs.push((id.clone(), csr));
-                }
-                sync_dir(&out)?;
-                for item in csrs {
-                    if csr_tx.blocking_send(item).is_err() {
-                        return Ok(()); // the enrollment stage stopped; its error is reported
-                    }
-                }
-            }
-            Ok(())
-        })
-    };
-
-    let (done_tx, done_rx) = tokio::sync::mpsc::channel::<(String, Result<Issued>)>(2 * CHUNK);
-    let csr_rx = Arc::new(tokio::sync::Mutex::new(csr_rx));
-    let senders: Vec<_> = clients
-        .into_iter()
-        .map(|client| {
-            let (csr_rx, done_tx) = (csr_rx.clone(), done_tx.clone());
-            tokio::spawn(async move {
-                loop {
-                    let next = csr_rx.lock().await.recv().await;
-                    let Some((id, csr)) = next else { break };
-                    // A device whose key could not be made or read fails alone.
-                    let result = match csr {
-                        Ok(csr) => enroll_device(&client, &csr, matter_only).await,
-                        Err(e) => Err(e),
-                    };
-                    if done_tx.send((id, result)).await.is_err() {
-                        break;
-                    }
-                }
-            })
-        })
-        .collect();
-    drop(done_tx);
-
-    let (failed, chain) = finish_devices(out, done_rx, manifest, &manifest_path, &bar).await?;
-    for s in senders {
-        s.await.map_err(|e| Error::Usage(e.to_string()))?;
-    }
-    keys.await.map_err(|e| Error::Usage(e.to_string()))??;
-    bar.finish_and_clear();
-    if !chain.written
-        && let Some(leaf) = chain.leaf
-    {
-        let issued = Issued {
-            certificate: leaf,
-            chain: Vec::new(),
-        };
-        // An older run's chain.pem stays: its devices' DACs need it.
-        let path = out.join("chain.pem");
-        write_chain(&client(conn, None)?, &issued, &path, false, path.exists()).await?;
-    }
-    let secs = start.elapsed().as_secs_f64();
-    println!(
-        "{} devices enrolled, {failed} failed, {} already done ({:.0} devices/s); manifest {}",
-        total - failed,
-        done.len(),
-        (total - failed) as f64 / secs.max(1e-9),
-        manifest_path.display()
-    );
-    Ok(if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
-}
-
-/// The gateway's `chain.pem`: written from the first response that carries a chain; when none
-/// did (a server answering with the DAC alone), from `/cacerts` for `leaf` at the end.
-#[derive(Default)]
-struct ChainFile {
-    written: bool,
-    leaf: Option<Vec<u8>>,
-}
-
-/// The gateway's last stage, off the async threads: a chunk's DAC files written and made
-/// durable (a chunk at a time, or after a short pause in the results), then their manifest
-/// lines. Returns how many devices failed, and the state of `chain.pem`.
-async fn finish_devices(
-    out: &Path,
-    mut results: tokio::sync::mpsc::Receiver<(String, Result<Issued>)>,
-    manifest: std::fs::File,
-    manifest_path: &Path,
-    bar: &indicatif::ProgressBar,
-) -> Result<(usize, ChainFile)> {
-    let mut failed = 0;
-    let mut chunk = Vec::with_capacity(CHUNK);
-    let mut state = (manifest, ChainFile::default());
-    loop {
-        let next = tokio::time::timeout(FLUSH_AFTER, results.recv()).await;
-        let closed = matches!(next, Ok(None));
-        if let Ok(Some(result)) = next {
-            chunk.push(result);
-            if chunk.len() < CHUNK {
-                continue;
-            }
-        }
-        if !chunk.is_empty() {
-            let (dir, path, work) = (
-                out.to_path_buf(),
-                manifest_path.to_path_buf(),
-                std::mem::take(&mut chunk),
-            );
-            let done;
-            (state, done) = tokio::task::spawn_blocking(move || {
-                let (mut manifest, mut chain) = state;
-                let done = write_chunk(&dir, work, &mut chain)?;
-                let lines: String = done.iter().map(|(_, line)| format!("{line}\n")).collect();
-                manifest
-                    .write_all(lines.as_bytes())
-                    .map_err(|e| file_err(&path, e))?;
-                Ok::<_, Error>(((manifest, chain), done))
-            })
-            .await
-            .map_err(|e| Error::Usage(e.to_string()))??;
-            for (failure, _) in done {
-                if let Some((id, e)) = failure {
-                    failed += 1;
-                    bar.suspend(|| eprintln!("device {id}: {e}"));
-                }
-                bar.inc(1);
-            }
-        }
-        if closed {
-            break;
-        }
-    }
-    state.0.sync_all().map_err(|e| file_err(manifest_path, e))?;
-    Ok((failed, state.1))
-}
-
-/// A device's manifest line, with its failure if it has one.
-type ManifestLine = (Option<(String, Error)>, serde_json::Value);
-
-/// One chunk of enrollment results: each DAC written to `<id>.dac.pem` (the chain, the same for
-/// every device of a label, to `chain.pem` once), all made durable with one `syncfs`; then the
-/// manifest line of each device.
-fn write_chunk(
-    out: &Path,
-    chunk: Vec<(String, Result<Issued>)>,
-    chain: &mut ChainFile,
-) -> Result<Vec<ManifestLine>> {
-    let mut done = Vec::with_capacity(chunk.len());
-    for (id, result) in chunk {
-        let written = result.and_then(|issued| {
-            let dac_pem = wire::pem(std::slice::from_ref(&issued.certificate))?;
-            let serial = x509_cert::Certificate::from_der(&issued.certificate)
-                .map(|c| hex(c.tbs_certificate().serial_number().as_bytes()))
-                .map_err(|e| Error::BadResponse(format!("the DAC does not parse: {e}")))?;
-            files::write_new_file(
-                &out.join(format!("{id}.dac.pem")),
-                dac_pem.as_bytes(),
-                files::PUBLIC,
-            )?;
-            if !chain.written && !issued.chain.is_empty() {
-                files::write_file(
-                    &out.join("chain.pem"),
-                    wire::pem(&issued.chain)?.as_bytes(),
-                    files::PUBLIC,
-                )?;
-                chain.written = true;
-            }
-            chain.leaf.get_or_insert(issued.certificate);
-            Ok((serial, hex(&Sha256::digest(dac_pem.as_bytes()))))
-        });
-        done.push(match written {
-            Ok((serial, sha)) => (
-                None,
-                serde_json::json!({
-                    "device_id": id, "serial": serial, "dac_file": format!("{id}.dac.pem"),
-                    "sha256": sha, "status": "ok"
-                }),
-            ),
-            Err(e) => {
-                let line = serde_json::json!({
-                    "device_id": id, "status": "failed", "error": e.to_string()
-                });
-                (Some((id, e)), line)
-            }
-        });
-    }
-    sync_dir(out)?;
-    Ok(done)
-}
-
-/// The device's key: the one a previous, interrupted run wrote (so a lost response is retried
-/// with the same key and subject and gets the same DAC back), else a new one (not yet synced).
-/// A key file that exists but cannot be read, or that we did not make (another owner, group or
-/// other permissions, not a regular file: [`files::read_own_key`]), is the device's error,
-/// never replaced: its CSR may have been sent. One that is read but is not PEM was torn by an
-/// interrupted run before it was synced, so its CSR was never sent: it is replaced.
-fn device_key(out: &Path, id: &str) -> Result<Vec<u8>> {
-    let key_path = out.join(format!("{id}.key.pem"));
-    if let Some(pem) = files::read_own_key(&key_path)?
-        && let Ok(k) = matter::parse_key(&pem)
-    {
-        return Ok(k);
-    }
-    let k = matter::generate_key()?;
-    files::write_new_file(&key_path, matter::key_pem(&k)?.as_bytes(), files::PRIVATE)?;
-    Ok(k)
-}
-
-/// One device of the gateway: simpleenroll; the certificate for the device's key (held to the
-/// Matter DAC rules unless `matter_only` is off) and its chain.
-async fn enroll_device(client: &Client, csr: &[u8], matter_only: bool) -> Result<Issued> {
-    match client.simpleenroll(csr).await? {
-        Enrolled::Issued(issued) => {
-            if matter_only {
-                matter::check_dac(csr, &issued.certificate)?;
-            }
-            Ok(issued)
-        }
-        Enrolled::Pending { retry_after } => Err(Error::Status {
-            status: 202,
-            message: format!(
-                "held by the server; rerun after {} s",
-                retry_after.as_secs()
-            ),
-        }),
-    }
-}
-
-/// Makes every file written under `dir` durable: one syncfs instead of an fsync per file.
-fn sync_dir(dir: &Path) -> Result<()> {
-    let f = std::fs::File::open(dir).map_err(|e| file_err(dir, e))?;
-    rustix::fs::syncfs(&f).map_err(|e| file_err(dir, e.into()))
-}
-
-/// Devices per chunk of the gateway: one syncfs for the keys and one for the DACs per chunk.
-const CHUNK: usize = 256;
-
-/// The manifest stage syncs a partial chunk when no result came for this long, so the manifest
-/// keeps up with a slow line.
-const FLUSH_AFTER: Duration = Duration::from_millis(250);
-
-fn read_done(manifest: &Path) -> HashMap<String, String> {
-    let mut done = HashMap::new();
-    if let Ok(f) = std::fs::File::open(manifest) {
-        for line in std::io::BufReader::new(f)
-            .lines()
-            .map_while(std::result::Result::ok)
-        {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                && v["status"] == "ok"
-                && let Some(id) = v["device_id"].as_str()
-            {
-                done.insert(
-                    id.to_string(),
-                    v["serial"].as_str().unwrap_or("").to_string(),
-                );
-            }
-        }
-    }
-    done
-}
-
-fn read_devices(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).map_err(|e| file_err(path, e))?;
-    let mut ids = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let id = line.split(',').next().unwrap_or("").trim();
-        if id.is_empty() || id.starts_with('#') || (n == 0 && id.eq_ignore_ascii_case("device_id"))
-        {
-            continue;
-        }
-        if id.len() > 64
-            || id.starts_with('.')
-            || !id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
-        {
-            return Err(Error::File {
-                path: path.display().to_string(),
-                problem: format!(
-                    "line {}: {id:?}: a device ID is 1-64 of letters, digits, '.', '_', '-'",
-                    n + 1
-                ),
-            });
-        }
-        ids.push(id.to_string());
-    }
-    Ok(ids)
 }
 
 fn write_key(prefix: &Path, key: &[u8], format: Format) -> Result<()> {
@@ -872,25 +561,105 @@ fn describe(der: &[u8]) -> String {
     )
 }
 
-fn csrattrs_oids(der: &[u8]) -> Vec<String> {
-    // CsrAttrs ::= SEQUENCE OF AttrOrOID; print each OID (and an attribute's type).
+/// One line per element of a `CsrAttrs` (RFC 7030 §4.5.2: SEQUENCE OF AttrOrOID): an OID with
+/// its name, or an attribute's type with its name and its values.
+fn csrattrs_lines(der: &[u8]) -> Vec<String> {
     #[derive(der::Choice)]
     enum AttrOrOid {
         Oid(const_oid::ObjectIdentifier),
         Attribute(x509_cert::attr::Attribute),
     }
+    let named = |oid: &const_oid::ObjectIdentifier| match oid_name(oid) {
+        Some(name) => format!("{oid} {name}"),
+        None => oid.to_string(),
+    };
     Vec::<AttrOrOid>::from_der(der)
         .map(|v| {
             v.into_iter()
                 .map(|a| match a {
-                    AttrOrOid::Oid(o) => o.to_string(),
-                    AttrOrOid::Attribute(a) => format!("{} (attribute)", a.oid),
+                    AttrOrOid::Oid(o) => named(&o),
+                    AttrOrOid::Attribute(a) => {
+                        let values: Vec<String> = a
+                            .values
+                            .iter()
+                            .map(|v| match v.decode_as::<const_oid::ObjectIdentifier>() {
+                                Ok(o) => named(&o),
+                                Err(_) => format!("({} bytes)", v.value().len()),
+                            })
+                            .collect();
+                        format!("{} (attribute): {}", named(&a.oid), values.join(", "))
+                    }
                 })
                 .collect()
         })
         .unwrap_or_else(|e| vec![format!("unreadable CsrAttrs: {e}")])
 }
 
+/// The names of the OIDs a Matter EST server asks for in its CSR attributes.
+fn oid_name(oid: &const_oid::ObjectIdentifier) -> Option<&'static str> {
+    Some(match oid.to_string().as_str() {
+        "1.2.840.10045.4.3.2" => "ecdsa-with-SHA256",
+        "1.2.840.10045.2.1" => "id-ecPublicKey",
+        "1.2.840.10045.3.1.7" => "prime256v1",
+        "1.3.6.1.4.1.37244.2.1" => "Matter VID attribute",
+        "1.3.6.1.4.1.37244.2.2" => "Matter PID attribute",
+        "2.5.4.3" => "commonName",
+        "2.5.4.5" => "serialNumber",
+        _ => return None,
+    })
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // reason: tests
+
+    use super::*;
+
+    #[test]
+    fn every_option_has_help_text() {
+        fn check(cmd: &clap::Command, path: &str) {
+            let path = format!("{path} {}", cmd.get_name());
+            assert!(cmd.get_about().is_some(), "{path} has no description");
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                assert!(arg.get_help().is_some(), "{path} --{id} has no help text");
+                if !arg.is_positional() {
+                    assert!(
+                        arg.get_help_heading().is_some(),
+                        "{path} --{id} is in no group"
+                    );
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                check(sub, &path);
+            }
+        }
+        let cli = <Cli as clap::CommandFactory>::command();
+        cli.clone().debug_assert();
+        check(&cli, "");
+    }
+
+    #[test]
+    fn csr_attributes_are_named() {
+        let lines = csrattrs_lines(&matter_est::est::wire::matter_csr_attrs());
+        assert_eq!(
+            lines,
+            [
+                "1.2.840.10045.4.3.2 ecdsa-with-SHA256",
+                "1.2.840.10045.2.1 id-ecPublicKey (attribute): 1.2.840.10045.3.1.7 prime256v1",
+                "1.3.6.1.4.1.37244.2.1 Matter VID attribute",
+                "1.3.6.1.4.1.37244.2.2 Matter PID attribute",
+            ]
+        );
+        // Others by their dotted OID; a value that is not an OID by its size.
+        let other = [0x30, 0x05, 0x06, 0x03, 0x2a, 0x03, 0x04];
+        assert_eq!(csrattrs_lines(&other), ["1.2.3.4"]);
+    }
 }

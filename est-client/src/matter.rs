@@ -30,19 +30,25 @@ pub fn generate_key() -> Result<Vec<u8>> {
         .map_err(|_| Error::Usage("P-256 key generation failed".into()))
 }
 
+/// A VID or PID as a DAC subject carries it (Matter Core §6.2.2.2): 4 uppercase hex digits, not
+/// 0000; else what is wrong with it.
+pub fn check_id(v: &str) -> std::result::Result<(), String> {
+    let ok = v.len() == 4
+        && v.bytes()
+            .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+        && v != "0000";
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{v:?} must be 4 uppercase hex digits, not 0000"))
+    }
+}
+
 /// A PKCS#10 CSR (RFC 2986) for `subject`, signed with `pkcs8`.
 pub fn csr(pkcs8: &[u8], subject: &DeviceSubject) -> Result<Vec<u8>> {
     for (name, v) in [("VID", &subject.vid), ("PID", &subject.pid)] {
         if let Some(v) = v {
-            let ok = v.len() == 4
-                && v.bytes()
-                    .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
-                && v != "0000";
-            if !ok {
-                return Err(Error::Usage(format!(
-                    "{name} {v:?} must be 4 uppercase hex digits, not 0000"
-                )));
-            }
+            check_id(v).map_err(|problem| Error::Usage(format!("{name} {problem}")))?;
         }
     }
     if subject

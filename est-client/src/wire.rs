@@ -71,6 +71,34 @@ pub fn chain_above(leaf: &[u8], candidates: &[Vec<u8>]) -> Result<Vec<Vec<u8>>> 
     Ok(issuers(leaf, &parse(leaf)?, &parse_all(candidates)?))
 }
 
+/// Certificates in chain order, each followed by its issuer (a `/cacerts` answer: the PAI, then
+/// the PAA). A certs-only PKCS#7 holds a DER-sorted `SET OF` (see [`issued_for`]), so the order
+/// the server sent means nothing. Each certificate that issued none of the others starts a chain;
+/// any left over (certificates that issue each other) follow in the order received.
+pub fn chain_order(certs: &[Vec<u8>]) -> Result<Vec<Vec<u8>>> {
+    let parsed = parse_all(certs)?;
+    let issues_another = |der: &[u8], cert: &Certificate| {
+        parsed.iter().any(|(other, c)| {
+            other.as_slice() != der
+                && c.tbs_certificate().issuer() == cert.tbs_certificate().subject()
+        })
+    };
+    let mut ordered: Vec<Vec<u8>> = Vec::with_capacity(certs.len());
+    for (der, cert) in parsed.iter().filter(|(d, c)| !issues_another(d, c)) {
+        for c in std::iter::once(der.clone()).chain(issuers(der, cert, &parsed)) {
+            if !ordered.contains(&c) {
+                ordered.push(c);
+            }
+        }
+    }
+    for (der, _) in parsed {
+        if !ordered.contains(&der) {
+            ordered.push(der);
+        }
+    }
+    Ok(ordered)
+}
+
 fn issuers(
     leaf_der: &[u8],
     leaf: &Certificate,

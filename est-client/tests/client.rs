@@ -267,11 +267,18 @@ async fn run_gateway(server: &TestServer, devices: &Path, out: &Path) -> std::pr
         .unwrap()
 }
 
-fn ok_lines(out: &Path) -> Vec<serde_json::Value> {
+/// The manifest's lines that parse (while a run appends, the last one may be cut).
+fn manifest_lines(out: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(out.join("manifest.jsonl"))
         .unwrap_or_default()
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .collect()
+}
+
+fn ok_lines(out: &Path) -> Vec<serde_json::Value> {
+    manifest_lines(out)
+        .into_iter()
         .filter(|v| v["status"] == "ok")
         .collect()
 }
@@ -317,9 +324,13 @@ async fn gateway_mode_over_a_thousand_devices() {
     // A rerun does nothing.
     let rerun = run_gateway(&server, &devices, &out).await;
     assert!(rerun.status.success());
-    assert!(
+    assert_eq!(
         String::from_utf8_lossy(&rerun.stdout)
-            .contains("0 devices enrolled, 0 failed, 1000 already done")
+            .split(" in ")
+            .next()
+            .unwrap(),
+        "gateway complete: label dev VID FFF1 PID 8000: 1000 of 1000 devices (0 enrolled now \
+         at 0/s, 1000 already done), 0 failed (0 permanent, 0 retryable), 0 not attempted,"
     );
     assert_eq!(server.ledger.count("dev").unwrap(), 1000);
 }
@@ -359,6 +370,7 @@ async fn gateway_killed_midway_finishes_on_rerun_without_duplicates() {
         .map(|v| v["device_id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(ids.len(), 1500);
+    assert_eq!(manifest_lines(&out).len(), 1500, "one line per device");
     // Requests in flight at the kill were retried with the same key: the server returned the
     // DAC on record instead of issuing a second one.
     assert_eq!(server.ledger.count("dev").unwrap(), 1500);
@@ -389,8 +401,23 @@ async fn gateway_replaces_a_torn_key_and_fails_alone_on_an_unreadable_one() {
     );
     let stderr = String::from_utf8_lossy(&first.stderr);
     assert!(
-        stderr.contains("device blocked-1:") && stderr.contains("blocked-1.key.pem"),
+        stderr.contains("device blocked-1: permanent: ") && stderr.contains("blocked-1.key.pem"),
         "{stderr}"
+    );
+    let summary = String::from_utf8_lossy(&first.stdout);
+    assert!(
+        summary.contains("2 of 3 devices")
+            && summary.contains("1 failed (1 permanent, 0 retryable)"),
+        "{summary}"
+    );
+    let failed: Vec<serde_json::Value> = manifest_lines(&out)
+        .into_iter()
+        .filter(|v| v["status"] == "failed")
+        .collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(
+        (&failed[0]["device_id"], &failed[0]["failure"]),
+        (&"blocked-1".into(), &"permanent".into())
     );
     let ok: Vec<String> = ok_lines(&out)
         .iter()
@@ -409,9 +436,288 @@ async fn gateway_replaces_a_torn_key_and_fails_alone_on_an_unreadable_one() {
         "{}",
         String::from_utf8_lossy(&second.stderr)
     );
+    let summary = String::from_utf8_lossy(&second.stdout);
     assert!(
-        String::from_utf8_lossy(&second.stdout)
-            .contains("1 devices enrolled, 0 failed, 2 already done")
+        summary.starts_with(
+            "gateway complete: label dev VID FFF1 PID 8000: 3 of 3 devices (1 enrolled now at "
+        ) && summary.contains("2 already done), 0 failed (0 permanent, 0 retryable)"),
+        "{summary}"
     );
     assert_eq!(server.ledger.count("dev").unwrap(), 3);
+    // One line per device, in its final state: blocked-1's failure gave way to its success.
+    let lines = manifest_lines(&out);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines.iter().all(|v| v["status"] == "ok"), "{lines:?}");
+}
+
+/// The devices `prefix-00000` .. in a CSV of `n` lines.
+fn device_list(dir: &Path, prefix: &str, n: usize) -> std::path::PathBuf {
+    let devices = dir.join(format!("{prefix}.csv"));
+    let csv: String = (0..n).map(|i| format!("{prefix}-{i:05}\n")).collect();
+    std::fs::write(&devices, csv).unwrap();
+    devices
+}
+
+/// Starts the gateway with its output captured, and waits until `ok` devices are in the manifest.
+async fn gateway_until(
+    server: &TestServer,
+    devices: &Path,
+    out: &Path,
+    ok: usize,
+) -> std::process::Child {
+    let child = gateway_cmd(server, devices, out)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..2000 {
+        if ok_lines(out).len() >= ok {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    child
+}
+
+/// Waits for a child off the test's async threads; (exit code, stdout lines, stderr lines).
+async fn finish(child: std::process::Child) -> (Option<i32>, Vec<String>, Vec<String>) {
+    let run = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let lines = |b: &[u8]| {
+        String::from_utf8_lossy(b)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    (run.status.code(), lines(&run.stdout), lines(&run.stderr))
+}
+
+/// "N label" in a summary, e.g. `count(s, "not attempted")`.
+fn count(summary: &str, what: &str) -> usize {
+    let at = summary.find(&format!(" {what}")).unwrap();
+    summary[..at]
+        .rsplit(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+// Issue 18 item 6, issue 15 item 4: Ctrl-C stops sending, the requests in flight finish and are
+// recorded, one summary; the manifest holds one line per device, each durable; a rerun finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_stops_on_ctrl_c_with_one_summary() {
+    let server = TestServer::start(|t| t).await;
+    let dir = tempfile::tempdir().unwrap();
+    let devices = device_list(dir.path(), "int", 4000);
+    let out = dir.path().join("out");
+    let child = gateway_until(&server, &devices, &out, 300).await;
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (code, stdout, stderr) = finish(child).await;
+    assert_eq!(code, Some(130), "{stdout:?} {stderr:?}");
+    assert_eq!(stdout.len(), 1, "one summary: {stdout:?}");
+    let summary = &stdout[0];
+    assert!(
+        summary.starts_with("gateway stopped: label dev VID FFF1 PID 8000: "),
+        "{summary}"
+    );
+    assert!(summary.ends_with(&format!(
+        "; manifest {} is durable",
+        out.join("manifest.jsonl").display()
+    )));
+    assert!(
+        summary.contains("0 failed (0 permanent, 0 retryable)"),
+        "{summary}"
+    );
+    // The stop notice, the reason, and what a rerun does: no line per device.
+    assert!(stderr.len() <= 3, "{stderr:#?}");
+    assert!(
+        stderr[0].starts_with("est-client: stopping: no new requests"),
+        "{stderr:?}"
+    );
+    assert!(
+        stderr.contains(&"est-client: stopped by SIGINT".to_string()),
+        "{stderr:?}"
+    );
+    let done = count(summary, "of 4000 devices");
+    assert!((300..4000).contains(&done), "stopped midway: {summary}");
+    assert_eq!(count(summary, "not attempted"), 4000 - done, "{summary}");
+    let lines = manifest_lines(&out);
+    assert_eq!(lines.len(), done, "one line per device, all ok");
+    assert_eq!(ok_lines(&out).len(), done);
+    for v in &lines {
+        device_certified(&out, v["device_id"].as_str().unwrap());
+    }
+    // The requests in flight at the signal finished: every DAC the server issued is listed.
+    assert_eq!(server.ledger.count("dev").unwrap() as usize, done);
+
+    let rerun = run_gateway(&server, &devices, &out).await;
+    common::assert_success(&rerun);
+    let summary = String::from_utf8_lossy(&rerun.stdout);
+    assert!(summary.starts_with("gateway complete: "), "{summary}");
+    assert_eq!(count(&summary, "already done"), done);
+    assert_eq!(manifest_lines(&out).len(), 4000);
+    assert_eq!(ok_lines(&out).len(), 4000);
+    assert_eq!(server.ledger.count("dev").unwrap(), 4000);
+}
+
+// Issue 18 item 6: a server that goes away mid-run stops the gateway after a few failures per
+// connection (one line each, retryable), not one line per remaining device; a rerun against the
+// server back on the same ledger finishes, with one manifest line per device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_stops_when_the_server_goes_away() {
+    let mut server = TestServer::start(|t| t).await;
+    let dir = tempfile::tempdir().unwrap();
+    let devices = device_list(dir.path(), "gone", 4000);
+    let out = dir.path().join("out");
+    let child = gateway_until(&server, &devices, &out, 300).await;
+    server.stop().await;
+    let (code, stdout, stderr) = finish(child).await;
+    assert_eq!(code, Some(1), "{stdout:?} {stderr:?}");
+    assert_eq!(stdout.len(), 1, "one summary: {stdout:?}");
+    let summary = &stdout[0];
+    assert!(summary.starts_with("gateway partial: "), "{summary}");
+    let failed = count(summary, "failed");
+    assert_eq!(count(summary, "retryable"), failed, "{summary}");
+    // 16 connections: two failures in a row each stop the run; then each may fail the one in
+    // flight and one it took as the stop came.
+    assert!(failed <= 4 * 16, "{summary}");
+    let device_lines: Vec<_> = stderr.iter().filter(|l| l.starts_with("device ")).collect();
+    assert_eq!(device_lines.len(), failed, "{stderr:#?}");
+    assert!(
+        device_lines.iter().all(|l| l.contains(": retryable: ")),
+        "{device_lines:#?}"
+    );
+    assert!(
+        stderr
+            .iter()
+            .any(|l| l.starts_with("est-client: stopped sending: the server is not answering")),
+        "{stderr:#?}"
+    );
+    assert!(
+        stderr
+            .last()
+            .unwrap()
+            .ends_with("rerun the same command to retry and continue"),
+        "{stderr:#?}"
+    );
+    let lines = manifest_lines(&out);
+    let done = count(summary, "of 4000 devices");
+    assert_eq!(lines.len(), done + failed, "one line per device attempted");
+    assert!(
+        lines
+            .iter()
+            .filter(|v| v["status"] == "failed")
+            .all(|v| v["failure"] == "retryable"),
+        "{lines:?}"
+    );
+    assert_eq!(count(summary, "not attempted"), 4000 - done - failed);
+
+    // The server back, on its ledger: the rerun retries the failed and does the rest.
+    let TestServer { env, ledger, .. } = server;
+    drop(ledger);
+    let server = TestServer::start_env(env).await;
+    let rerun = run_gateway(&server, &devices, &out).await;
+    common::assert_success(&rerun);
+    let lines = manifest_lines(&out);
+    assert_eq!(lines.len(), 4000);
+    assert!(lines.iter().all(|v| v["status"] == "ok"));
+    // Requests that reached the server before it stopped were answered again with their DAC.
+    assert_eq!(server.ledger.count("dev").unwrap(), 4000);
+}
+
+// Issue 18: `cacerts` prints and writes the CA certificates in chain order (PAI, then PAA),
+// whatever the order of the server's DER-sorted SET OF; `csrattrs` names what it asks for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cacerts_in_chain_order_and_csrattrs_named() {
+    let server = TestServer::start(|t| t).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cas.pem");
+    let est = |args: &[&str]| {
+        let mut cmd = fake::est_client(&server.env, &server.url(""));
+        cmd.args(args);
+        cmd
+    };
+    let mut cmd = est(&["cacerts", "--out"]);
+    cmd.arg(&file);
+    common::assert_success(&fake::run(cmd).await);
+    let paa = matter_est::issuance::read_cert(&server.env.path(dev::files::PAA_CERT)).unwrap();
+    let chain = [server.env.pai_der(), paa];
+    assert_eq!(fake::pem_certs(&file), chain);
+    let printed = fake::run(est(&["cacerts"])).await;
+    common::assert_success(&printed);
+    assert_eq!(
+        printed.stdout,
+        est_client::wire::pem(&chain).unwrap().into_bytes()
+    );
+
+    let attrs = fake::run(est(&["--label", "dev", "csrattrs"])).await;
+    common::assert_success(&attrs);
+    assert_eq!(
+        String::from_utf8_lossy(&attrs.stdout),
+        "1.2.840.10045.4.3.2 ecdsa-with-SHA256\n\
+         1.2.840.10045.2.1 id-ecPublicKey (attribute): 1.2.840.10045.3.1.7 prime256v1\n\
+         1.3.6.1.4.1.37244.2.1 Matter VID attribute\n\
+         1.3.6.1.4.1.37244.2.2 Matter PID attribute\n"
+    );
+}
+
+// Issue 15 item 4: on a terminal the gateway shows its progress, rate, ETA and failures, then the
+// summary; a device whose subject is already taken is a permanent failure, and the advice does
+// not say "rerun" for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_on_a_terminal_shows_progress_and_failures() {
+    let server = TestServer::start(|t| t).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Two devices enrolled by another gateway directory: their subjects are taken.
+    let taken = device_list(dir.path(), "taken", 2);
+    common::assert_success(&run_gateway(&server, &taken, &dir.path().join("other")).await);
+    let devices = dir.path().join("devices.csv");
+    let list = std::fs::read_to_string(&taken).unwrap()
+        + &(0..600)
+            .map(|i| format!("tty-{i:05}\n"))
+            .collect::<String>();
+    std::fs::write(&devices, list).unwrap();
+    let out = dir.path().join("out");
+    let gateway = gateway_cmd(&server, &devices, &out);
+    let command = std::iter::once(gateway.get_program())
+        .chain(gateway.get_args())
+        .map(|a| format!("'{}'", a.to_string_lossy()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    // script(1) gives the gateway a terminal and keeps what it shows.
+    let typescript = dir.path().join("typescript");
+    let mut cmd = Command::new("script");
+    cmd.args(["-qfec", &command]).arg(&typescript);
+    let run = fake::run(cmd).await;
+    assert_eq!(run.status.code(), Some(1), "two devices failed");
+    let shown = String::from_utf8_lossy(&std::fs::read(&typescript).unwrap()).into_owned();
+    let frame = shown
+        .split(['\r', '\n', '\u{1b}'])
+        .find(|f| f.contains("/602 devices") && f.contains("2 failed"))
+        .unwrap_or_else(|| panic!("no progress with failures in {shown:?}"));
+    assert!(frame.contains("/s  ETA "), "{frame}");
+    for id in ["taken-00000", "taken-00001"] {
+        assert!(
+            shown.contains(&format!(
+                "device {id}: permanent: 403 Forbidden: a DAC with subject"
+            )),
+            "{shown}"
+        );
+    }
+    assert!(
+        shown.contains("600 of 602 devices (600 enrolled now at ")
+            && shown.contains("2 failed (2 permanent, 0 retryable), 0 not attempted"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("est-client: 2 devices failed permanently"),
+        "{shown}"
+    );
+    assert!(!shown.contains("rerun the same command"), "{shown}");
 }

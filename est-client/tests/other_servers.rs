@@ -260,7 +260,7 @@ async fn a_certificate_that_is_not_the_dac_asked_for_is_not_written() {
     ))
     .await;
     assert!(!run.status.success());
-    assert!(stderr(&run).contains("device other-pid: the server returned a certificate that is not the Matter DAC requested: PID 8001, not 8000"), "{}", stderr(&run));
+    assert!(stderr(&run).contains("device other-pid: permanent: the server returned a certificate that is not the Matter DAC requested: PID 8001, not 8000"), "{}", stderr(&run));
     assert!(!out.join("other-pid.dac.pem").exists());
     let manifest = std::fs::read_to_string(out.join("manifest.jsonl")).unwrap();
     let failed: Vec<serde_json::Value> = manifest
@@ -270,6 +270,7 @@ async fn a_certificate_that_is_not_the_dac_asked_for_is_not_written() {
         .collect();
     assert_eq!(failed.len(), 1, "{manifest}");
     assert_eq!(failed[0]["device_id"], "other-pid");
+    assert_eq!(failed[0]["failure"], "permanent");
     for id in ["good-1", "good-2"] {
         assert_certifies(
             &out.join(format!("{id}.dac.pem")),

@@ -192,3 +192,30 @@ async fn a_client_key_others_can_read_is_refused() {
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     common::assert_success(&fake::run(enroll()).await);
 }
+
+// Issue 18 item 6: one gateway at a time in an output directory (two would interleave one
+// manifest, and a compaction would drop the other's lines).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_gateway_at_a_time_in_a_directory() {
+    let env = DevEnv::new(|t| t);
+    let fake = issuing_server(&env).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("line");
+    std::fs::create_dir(&out).unwrap();
+    // Another gateway holds the directory, as a running one does.
+    let held = std::fs::File::open(&out).unwrap();
+    rustix::fs::flock(&held, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let run = fake::run(fake::gateway(&env, &fake.url(), &["lk-1"], &out)).await;
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{}: another est-client gateway is using this directory",
+            out.display()
+        )),
+        "{stderr}"
+    );
+    assert!(fake.requests.lock().unwrap().is_empty());
+    drop(held);
+    common::assert_success(&fake::run(fake::gateway(&env, &fake.url(), &["lk-1"], &out)).await);
+}

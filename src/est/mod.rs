@@ -395,7 +395,10 @@ fn enroll(
                 ));
             }
             let req = csr::parse(body)?;
-            match app.policy.authenticate_renewal(label, peer, &req, ledger)? {
+            match app
+                .policy
+                .authenticate_renewal(label, peer, &req, ledger, who)?
+            {
                 Renewal::Repeat(record) => {
                     *who = record
                         .renews
@@ -425,7 +428,6 @@ fn enroll(
                 .policy
                 .authenticate_enroll(&label.config, peer, basic, ledger)?;
             *who = Some(enroller.requester());
-            app.rate_limits.take(name, &enroller.requester())?;
             let req = csr::parse(body)?;
             if req.form == csr::BodyForm::Pem {
                 tracing::debug!(label = %name, "CSR arrived PEM-armoured");
@@ -439,7 +441,12 @@ fn enroll(
             let prepared = app
                 .issuer
                 .prepare_with(name, &req, &opts, |subject, repeat| {
-                    Policy::authorize(&enroller, name, subject, repeat)
+                    Policy::authorize(&enroller, name, subject, repeat)?;
+                    // A repeat is answered whatever the rate: it issues nothing.
+                    match repeat {
+                        Some(_) => Ok(()),
+                        None => app.rate_limits.take(name, &enroller.requester()),
+                    }
                 })?;
             Ok((prepared, None))
         }

@@ -247,7 +247,11 @@ fn apply_group(db: &Database, group: &[Job]) -> Result<Vec<Result<Outcome>>> {
                                 .ok_or_else(|| Error::Ledger("dangling subject index".into()))?
                                 .value(),
                         )?;
-                        if record.renews.is_none() && same_request(&holder, record) {
+                        // A repeat: the same key asking again for the same subject, or, for
+                        // a renewal, the same renewal retried while the first was committing.
+                        if same_request(&holder, record)
+                            && (record.renews.is_none() || holder.renews == record.renews)
+                        {
                             return Ok(Outcome::Commit(Committed::AlreadyOnRecord(Box::new(
                                 holder,
                             ))));
