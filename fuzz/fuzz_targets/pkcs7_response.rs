@@ -1,7 +1,7 @@
 //! A response body as est-client receives it from any server, followed the way the client
 //! follows it: base64 (any wrapping) or DER (`/csrattrs`), certs-only PKCS#7 (`/cacerts`,
 //! `/simpleenroll`), then each certificate parsed to find the one for our CSR and the chain
-//! above it, and PEM out. Must refuse anything malformed with an error, never panic or hang.
+//! above it, `/cacerts` put in chain order, and PEM out. Must refuse anything malformed with an error, never panic or hang.
 #![no_main]
 
 use std::sync::LazyLock;
@@ -34,5 +34,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     if let Some(first) = certs.first() {
         let _ = est_client::wire::chain_above(first, &certs);
     }
+    // `/cacerts`: put in chain order.
+    let _ = est_client::wire::chain_order(&certs);
     let _ = est_client::wire::pem(&certs);
 });
