@@ -1,6 +1,7 @@
 //! What strangers send, on stable Rust: thousands of mutations of a valid CSR body in each
-//! accepted form must each be refused with an error or parsed, never panic (the cargo-fuzz
-//! targets in fuzz/ explore further on nightly).
+//! accepted form must each be refused with an error or parsed, never panic (the coverage-guided
+//! targets in fuzz/ explore further, also on stable: `scripts/fuzz`, docs/fuzzing.md; an input
+//! they find that crashes becomes a test here).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // reason: tests
 
 mod common;
