@@ -159,6 +159,26 @@ struct DeviceArgs {
     serial_number: Option<String>,
 }
 
+impl DeviceArgs {
+    /// The CSR subject these options name; one of --device-id and --serial-number is needed
+    /// (`alternative` names another way, if the command has one).
+    fn subject(&self, alternative: &str) -> Result<DeviceSubject> {
+        if self.device_id.is_none() && self.serial_number.is_none() {
+            return Err(Error::Usage(
+                format!("give --device-id and/or --serial-number {alternative}")
+                    .trim_end()
+                    .to_string(),
+            ));
+        }
+        Ok(DeviceSubject {
+            cn: self.device_id.clone(),
+            serial_number: self.serial_number.clone(),
+            vid: self.vid.clone(),
+            pid: self.pid.clone(),
+        })
+    }
+}
+
 /// Where enroll, reenroll and renew write.
 #[derive(Args)]
 struct Output {
@@ -289,17 +309,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 Some(path) => (read_csr(path)?, None),
                 None => {
                     let key = matter::generate_key()?;
-                    let subject = DeviceSubject {
-                        cn: device.device_id.clone(),
-                        serial_number: device.serial_number.clone(),
-                        vid: device.vid.clone(),
-                        pid: device.pid.clone(),
-                    };
-                    if subject.cn.is_none() && subject.serial_number.is_none() {
-                        return Err(Error::Usage(
-                            "give --device-id and/or --serial-number (or --csr)".into(),
-                        ));
-                    }
+                    let subject = device.subject("(or --csr)")?;
                     (matter::csr(&key, &subject)?, Some(key))
                 }
             };
@@ -321,17 +331,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let c = client(conn, None)?;
             // A key of ours signs the CSR (proof of possession for the request); the DAC is for
             // the key the server makes.
-            let subject = DeviceSubject {
-                cn: device.device_id.clone(),
-                serial_number: device.serial_number.clone(),
-                vid: device.vid.clone(),
-                pid: device.pid.clone(),
-            };
-            if subject.cn.is_none() && subject.serial_number.is_none() {
-                return Err(Error::Usage(
-                    "give --device-id and/or --serial-number".into(),
-                ));
-            }
+            let subject = device.subject("")?;
             let csr_der = matter::csr(&matter::generate_key()?, &subject)?;
             let (key, issued) = c.serverkeygen(&csr_der).await?;
             if matter_only {
