@@ -584,9 +584,10 @@ async fn gateway_stops_when_the_server_goes_away() {
     assert!(summary.starts_with("gateway partial: "), "{summary}");
     let failed = count(summary, "failed");
     assert_eq!(count(summary, "retryable"), failed, "{summary}");
-    // 16 connections: two failures in a row each stop the run; then each may fail the one in
-    // flight and one it took as the stop came.
-    assert!(failed <= 4 * 16, "{summary}");
+    // 16 connections: each gives up after two failures in a row, and the last to give up stops
+    // the run, so no connection fails more than twice (a success on another connection, while
+    // the stopping server finishes what it has in flight, does not reset this one's count).
+    assert!(failed <= 2 * 16, "{summary}");
     let device_lines: Vec<_> = stderr.iter().filter(|l| l.starts_with("device ")).collect();
     assert_eq!(device_lines.len(), failed, "{stderr:#?}");
     assert!(

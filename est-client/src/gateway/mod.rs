@@ -104,7 +104,7 @@ pub async fn run(job: &Job<'_>, clients: Vec<Client>, spare: &Client) -> Result<
 
     let (done_tx, done_rx) = tokio::sync::mpsc::channel::<(String, Result<Issued>)>(2 * CHUNK);
     let csr_rx = Arc::new(tokio::sync::Mutex::new(csr_rx));
-    let network_failures = Arc::new(AtomicUsize::new(0));
+    let given_up = Arc::new(AtomicUsize::new(0));
     let senders: Vec<_> = clients
         .into_iter()
         .map(|client| {
@@ -113,8 +113,9 @@ pub async fn run(job: &Job<'_>, clients: Vec<Client>, spare: &Client) -> Result<
                 csrs: csr_rx.clone(),
                 results: done_tx.clone(),
                 stop: (stop_tx.clone(), stop_rx.clone()),
-                network_failures: network_failures.clone(),
-                gone_after: SERVER_GONE_AFTER_PER_CONNECTION * connections,
+                failures_in_a_row: 0,
+                given_up: given_up.clone(),
+                connections,
                 matter_only: job.matter_only,
             };
             tokio::spawn(sender.run())
@@ -164,8 +165,8 @@ pub async fn run(job: &Job<'_>, clients: Vec<Client>, spare: &Client) -> Result<
 enum Stop {
     /// Ctrl-C (SIGINT) or SIGTERM.
     Signal { name: &'static str, exit: u8 },
-    /// No answer from the server for [`SERVER_GONE_AFTER_PER_CONNECTION`] requests per
-    /// connection in a row; the last error.
+    /// No answer from the server for [`SERVER_GONE_AFTER`] requests in a row on every
+    /// connection; the last error.
     ServerGone(String),
 }
 
@@ -175,11 +176,13 @@ enum Stop {
 /// request is sent again by a rerun, with the same key, and gets the same DAC back.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
-/// Network failures in a row (no answer, no success between), per connection, after which the
-/// server is taken to be gone and no new request is sent. `Client` already reconnects once when
-/// a kept connection was closed, so one failure per connection is what a server restart costs;
-/// two in a row on every connection is a server that is not there.
-const SERVER_GONE_AFTER_PER_CONNECTION: usize = 2;
+/// Network failures in a row (no answer, no success between) on one connection, after which that
+/// connection sends no more; when every connection has given up, the server is taken to be gone
+/// and the run stops. `Client` already reconnects once when a kept connection was closed, so one
+/// failure per connection is what a server restart costs; two in a row on every connection is a
+/// server that is not there. Counted per connection: while a stopping server finishes the
+/// requests in flight on other connections, their successes say nothing about this one.
+const SERVER_GONE_AFTER: usize = 2;
 
 /// Devices per chunk of the gateway: one syncfs for the keys and one for the DACs per chunk.
 const CHUNK: usize = 256;
@@ -247,9 +250,11 @@ struct Sender {
         Arc<watch::Sender<Option<Stop>>>,
         watch::Receiver<Option<Stop>>,
     ),
-    /// Network failures in a row, over all connections.
-    network_failures: Arc<AtomicUsize>,
-    gone_after: usize,
+    /// Network failures in a row on this connection.
+    failures_in_a_row: usize,
+    /// Connections that gave up after [`SERVER_GONE_AFTER`] failures in a row.
+    given_up: Arc<AtomicUsize>,
+    connections: usize,
     matter_only: bool,
 }
 
@@ -276,34 +281,41 @@ impl Sender {
                         tokio::time::sleep(STOP_GRACE).await;
                     };
                     tokio::select! {
-                        r = enroll => {
-                            self.count(&r);
-                            r
-                        }
+                        r = enroll => r,
                         () = grace => return 1,
                     }
                 }
                 Err(e) => Err(e),
             };
-            if self.results.send((id, result)).await.is_err() {
+            let give_up = self.count(&result);
+            if self.results.send((id, result)).await.is_err() || give_up {
                 break;
             }
         }
         0
     }
 
-    /// Counts network failures in a row; stops the run when the server seems gone.
-    fn count(&self, result: &Result<Issued>) {
+    /// Counts this connection's network failures in a row; true when it gives up. The last
+    /// connection to give up stops the run: the server seems gone.
+    fn count(&mut self, result: &Result<Issued>) -> bool {
         match result {
             Err(e) if e.is_network() => {
-                if self.network_failures.fetch_add(1, Ordering::Relaxed) + 1 >= self.gone_after {
+                self.failures_in_a_row += 1;
+                if self.failures_in_a_row < SERVER_GONE_AFTER {
+                    return false;
+                }
+                if self.given_up.fetch_add(1, Ordering::Relaxed) + 1 == self.connections {
                     let gone = Stop::ServerGone(e.to_string());
                     self.stop
                         .0
                         .send_if_modified(|s| s.is_none() && s.replace(gone).is_none());
                 }
+                true
             }
-            _ => self.network_failures.store(0, Ordering::Relaxed),
+            _ => {
+                self.failures_in_a_row = 0;
+                false
+            }
         }
     }
 }
