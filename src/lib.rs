@@ -15,6 +15,7 @@ pub mod issuance;
 pub mod matter;
 pub mod policy;
 pub mod profile;
+pub mod revocation;
 pub mod server;
 pub mod signer;
 pub mod store;

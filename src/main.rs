@@ -1,5 +1,7 @@
 //! The `matter-est` command line: parse arguments, load the config, run one subcommand.
 
+mod cli;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -10,7 +12,7 @@ use matter_est::config::Config;
 use matter_est::issuance::{IssueOptions, Issuer};
 use matter_est::profile::dev;
 use matter_est::store::redb::RedbLedger;
-use matter_est::{Error, Result, asn1, batch, csr, matter, policy, server, signer};
+use matter_est::{Error, Result, asn1, batch, csr, matter, policy, revocation, server, signer};
 
 #[derive(Parser)]
 #[command(
@@ -98,6 +100,10 @@ enum Command {
         #[arg(long)]
         archive: bool,
     },
+    /// Revoke a DAC (RFC 5280 reason name) and reissue its label's CRL.
+    Revoke(cli::ops::RevokeArgs),
+    /// Write a label's CRL (DER), or print its DCL revocation point (`crl dcl-info`).
+    Crl(cli::ops::CrlArgs),
     /// Make a Matter CSR (P-256 key, CN/VID/PID subject) with our own code, to try `issue`.
     SampleCsr {
         /// Where to write the CSR (PEM).
@@ -302,6 +308,8 @@ fn run(cli: Cli) -> Result<()> {
                 )))
             }
         }
+        Command::Revoke(args) => cli::ops::revoke(args),
+        Command::Crl(args) => cli::ops::crl(args),
         Command::SampleCsr {
             out,
             key_out,
@@ -369,14 +377,21 @@ fn serve(config: Option<PathBuf>, log_json: bool, danger_dev: bool) -> Result<()
         });
     }
     runtime.block_on(async {
+        let crls = Arc::new(revocation::CrlService::new(issuer.clone())?);
         let running = server::start(&config, issuer).await?;
-        tracing::info!(addr = %running.addr, config = %config.path.display(), "matter-est serving");
+        let publisher = revocation::publish::start(crls, config.crl_listen).await?;
+        let crl_addr = publisher
+            .addr
+            .map_or_else(|| "-".to_string(), |a| a.to_string());
+        tracing::info!(addr = %running.addr, crl = %crl_addr, config = %config.path.display(),
+            "matter-est serving");
         if embedded {
             print_try_it(&running.addr, &config.default_label);
         }
         shutdown_signal().await;
         tracing::info!("shutting down: no new connections, finishing requests in flight");
         running.shutdown().await;
+        publisher.shutdown().await;
         Ok::<(), Error>(())
     })?;
     ledger.close();

@@ -23,8 +23,8 @@ fn serve_logs_json_and_stops_on_sigterm() {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     // The first line says where it listens.
-    let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-    assert_eq!(first["fields"]["message"], "matter-est serving");
+    // The line that says where it listens (after the CRL publisher's start-up lines).
+    let first = next_message(&mut lines, "matter-est serving");
     let addr = first["fields"]["addr"].as_str().unwrap().to_string();
     let port = addr.rsplit(':').next().unwrap();
 
@@ -55,6 +55,7 @@ fn serve_logs_json_and_stops_on_sigterm() {
     // Its log line: one JSON object with the request's facts, no secrets.
     let line = lines.next().unwrap().unwrap();
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["fields"]["message"], "request", "{line}");
     let f = &v["fields"];
     assert_eq!(f["message"], "request");
     assert_eq!(f["op"], "simpleenroll");
@@ -107,7 +108,7 @@ fn refusals_say_who_asked_and_ip_sni_is_not_logged() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let first = next_message(&mut lines, "matter-est serving");
     let addr = first["fields"]["addr"].as_str().unwrap().to_string();
     let port = addr.rsplit(':').next().unwrap().to_string();
     let url = format!("https://localhost:{port}/.well-known/est/dev/simpleenroll");
@@ -224,4 +225,18 @@ fn refusals_say_who_asked_and_ip_sni_is_not_logged() {
         !rest.iter().any(|l| l.contains("SNI") || l.contains("WARN")),
         "{rest:?}"
     );
+}
+
+/// The next JSON log line whose message is `message`, skipping the others.
+fn next_message(
+    lines: &mut impl Iterator<Item = std::io::Result<String>>,
+    message: &str,
+) -> serde_json::Value {
+    for line in lines.by_ref() {
+        let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        if v["fields"]["message"] == message {
+            return v;
+        }
+    }
+    panic!("no log line {message:?}");
 }

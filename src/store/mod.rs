@@ -12,6 +12,7 @@ pub mod redb;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
+use crate::revocation::RevocationReason;
 
 /// Status of a DAC on record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +73,31 @@ pub struct TokenRecord {
     /// Serial of the DAC that spent it.
     #[serde(default, with = "opt_hex_bytes")]
     pub spent_by: Option<Vec<u8>>,
+}
+
+/// One revoked DAC of a label, as its CRL lists it (RFC 5280 §5.1.2.6).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevokedEntry {
+    /// Serial number magnitude bytes, exactly as issued (MATTER.md "Revocation": compared as
+    /// bytes, never re-encoded).
+    pub serial: Vec<u8>,
+    /// Unix seconds.
+    pub at: i64,
+    pub reason: RevocationReason,
+}
+
+/// The last CRL issued for a label.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CrlRecord {
+    /// cRLNumber (RFC 5280 §5.2.3), increasing per label.
+    pub number: u64,
+    /// thisUpdate and nextUpdate, Unix seconds.
+    pub this_update: i64,
+    pub next_update: i64,
+    /// How many revoked DACs it lists.
+    pub entries: u64,
+    /// The signed CRL, DER.
+    pub der: Vec<u8>,
 }
 
 /// What the ledger must check atomically with the insert.
@@ -200,8 +226,20 @@ pub trait Ledger: Send + Sync {
     fn list(&self, skip: usize, limit: usize) -> Result<Vec<DacRecord>>;
     /// How many DACs `label` has issued.
     fn count(&self, label: &str) -> Result<u64>;
-    /// Marks a DAC revoked; false if there is no such serial.
-    fn revoke(&self, serial: &[u8], reason: &str, at: i64) -> Result<bool>;
+    /// Marks a DAC revoked and lists it among its label's revoked DACs; returns the record as
+    /// revoked. [`crate::Error::NotFound`] when no DAC has this serial,
+    /// [`crate::Error::AlreadyRevoked`] when it is revoked already (nothing changes).
+    fn revoke(&self, serial: &[u8], reason: RevocationReason, at: i64) -> Result<DacRecord>;
+    /// The revoked DACs of `label`, in serial order.
+    fn revoked(&self, label: &str) -> Result<Vec<RevokedEntry>>;
+    /// The next cRLNumber of `label` (1 for its first CRL), taken for good: numbers only grow,
+    /// also when a CRL that took one is never stored.
+    fn next_crl_number(&self, label: &str) -> Result<u64>;
+    /// Keeps `crl` as the label's current CRL; refused if it is not newer (by cRLNumber) than
+    /// the one kept.
+    fn put_crl(&self, label: &str, crl: &CrlRecord) -> Result<()>;
+    /// The label's current CRL.
+    fn crl(&self, label: &str) -> Result<Option<CrlRecord>>;
     /// Stores a new token under the SHA-256 of its secret.
     fn put_token(&self, secret_hash: &[u8; 32], token: &TokenRecord) -> Result<()>;
     /// The token whose secret hashes to `secret_hash`.

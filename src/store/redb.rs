@@ -11,8 +11,12 @@ use std::thread::JoinHandle;
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::{Admission, Committed, Completer, DacRecord, Ledger, Pending, Status, TokenRecord};
+use super::{
+    Admission, Committed, Completer, CrlRecord, DacRecord, Ledger, Pending, RevokedEntry, Status,
+    TokenRecord,
+};
 use crate::error::{Error, Result};
+use crate::revocation::RevocationReason;
 
 /// issue sequence number → record ([`codec`]). Keyed by sequence so that a commit appends to
 /// the end of the tree instead of rewriting pages all over it (serials are only roughly ordered).
@@ -30,6 +34,15 @@ const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("counts");
 const TOKENS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tokens");
 /// token id → SHA-256 of its secret.
 const TOKEN_IDS: TableDefinition<&str, &[u8]> = TableDefinition::new("token_ids");
+/// label ‖ 0x00 ‖ serial → revocation time (8 bytes, big-endian) ‖ RFC 5280 reason code: a
+/// label's revoked DACs are one range scan, which is what building its CRL needs. (A label is
+/// ASCII without NUL, `config`, so the separator cannot occur in it.)
+const REVOKED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("revoked");
+/// label → the last cRLNumber taken.
+const CRL_NUMBERS: TableDefinition<&str, u64> = TableDefinition::new("crl_numbers");
+/// label → its current CRL: number, thisUpdate, nextUpdate, entries (8 bytes each, big-endian),
+/// DER.
+const CRLS: TableDefinition<&str, &[u8]> = TableDefinition::new("crls");
 
 /// Most writes folded into one transaction; bounds the latency one commit adds to the first
 /// waiter. 256 × ~1 KiB records stays well inside one redb page batch.
@@ -50,10 +63,12 @@ enum Op {
     Commit(Box<DacRecord>, Admission),
     Revoke {
         serial: Vec<u8>,
-        reason: String,
+        reason: RevocationReason,
         at: i64,
     },
     PutToken([u8; 32], TokenRecord),
+    NextCrlNumber(String),
+    PutCrl(String, Box<CrlRecord>),
 }
 
 struct Job {
@@ -65,27 +80,44 @@ struct Job {
 enum Reply {
     Commit(Completer<Committed>),
     Flag(Completer<bool>),
+    Record(Completer<DacRecord>),
+    Number(Completer<u64>),
 }
 
 /// A job's answer.
 enum Outcome {
     Commit(Committed),
     Flag(bool),
+    Record(Box<DacRecord>),
+    Number(u64),
 }
 
 impl Reply {
     fn complete(self, result: Result<Outcome>) {
-        match (self, result) {
-            (Reply::Commit(c), Ok(Outcome::Commit(v))) => c.complete(Ok(v)),
-            (Reply::Flag(c), Ok(Outcome::Flag(v))) => c.complete(Ok(v)),
-            (Reply::Commit(c), Err(e)) => c.complete(Err(e)),
-            (Reply::Flag(c), Err(e)) => c.complete(Err(e)),
-            (Reply::Commit(c), Ok(_)) => {
-                c.complete(Err(Error::Internal("ledger reply mismatch".into())))
-            }
-            (Reply::Flag(c), Ok(_)) => {
-                c.complete(Err(Error::Internal("ledger reply mismatch".into())))
-            }
+        fn mismatch<T>() -> Result<T> {
+            Err(Error::Internal("ledger reply mismatch".into()))
+        }
+        match self {
+            Reply::Commit(c) => c.complete(match result {
+                Ok(Outcome::Commit(v)) => Ok(v),
+                Ok(_) => mismatch(),
+                Err(e) => Err(e),
+            }),
+            Reply::Flag(c) => c.complete(match result {
+                Ok(Outcome::Flag(v)) => Ok(v),
+                Ok(_) => mismatch(),
+                Err(e) => Err(e),
+            }),
+            Reply::Record(c) => c.complete(match result {
+                Ok(Outcome::Record(v)) => Ok(*v),
+                Ok(_) => mismatch(),
+                Err(e) => Err(e),
+            }),
+            Reply::Number(c) => c.complete(match result {
+                Ok(Outcome::Number(v)) => Ok(v),
+                Ok(_) => mismatch(),
+                Err(e) => Err(e),
+            }),
         }
     }
 
@@ -122,6 +154,9 @@ impl RedbLedger {
             txn.open_table(COUNTS).map_err(le)?;
             txn.open_table(TOKENS).map_err(le)?;
             txn.open_table(TOKEN_IDS).map_err(le)?;
+            txn.open_table(REVOKED).map_err(le)?;
+            txn.open_table(CRL_NUMBERS).map_err(le)?;
+            txn.open_table(CRLS).map_err(le)?;
         }
         txn.commit().map_err(le)?;
         let db = std::sync::Arc::new(db);
@@ -168,6 +203,18 @@ impl RedbLedger {
     fn flag_op(&self, op: Op) -> Result<bool> {
         let (reply, pending) = Pending::new();
         self.submit_op(op, Reply::Flag(reply));
+        pending.wait()
+    }
+
+    fn record_op(&self, op: Op) -> Result<DacRecord> {
+        let (reply, pending) = Pending::new();
+        self.submit_op(op, Reply::Record(reply));
+        pending.wait()
+    }
+
+    fn number_op(&self, op: Op) -> Result<u64> {
+        let (reply, pending) = Pending::new();
+        self.submit_op(op, Reply::Number(reply));
         pending.wait()
     }
 
@@ -224,6 +271,9 @@ fn apply_group(db: &Database, group: &[Job]) -> Result<Vec<Result<Outcome>>> {
         let mut counts = txn.open_table(COUNTS).map_err(le)?;
         let mut tokens = txn.open_table(TOKENS).map_err(le)?;
         let mut token_ids = txn.open_table(TOKEN_IDS).map_err(le)?;
+        let mut revoked = txn.open_table(REVOKED).map_err(le)?;
+        let mut crl_numbers = txn.open_table(CRL_NUMBERS).map_err(le)?;
+        let mut crls = txn.open_table(CRLS).map_err(le)?;
         let mut next_seq = records
             .last()
             .map_err(le)?
@@ -319,7 +369,10 @@ fn apply_group(db: &Database, group: &[Job]) -> Result<Vec<Result<Outcome>>> {
                         .map_err(le)?
                         .map(|v| v.value())
                     else {
-                        return Ok(Outcome::Flag(false));
+                        return Err(Error::NotFound(format!(
+                            "no DAC with serial {} is on record",
+                            crate::asn1::hex(serial)
+                        )));
                     };
                     let mut record = codec::decode(
                         records
@@ -328,15 +381,52 @@ fn apply_group(db: &Database, group: &[Job]) -> Result<Vec<Result<Outcome>>> {
                             .ok_or_else(|| Error::Ledger("dangling serial index".into()))?
                             .value(),
                     )?;
-                    if record.status == Status::Issued {
-                        record.status = Status::Revoked {
-                            at: *at,
+                    if let Status::Revoked { at, reason } = &record.status {
+                        return Err(Error::AlreadyRevoked {
+                            serial: crate::asn1::hex(serial),
                             reason: reason.clone(),
-                        };
-                        records
-                            .insert(seq, codec::encode(&record).as_slice())
-                            .map_err(le)?;
+                            at: crate::asn1::format_time(*at),
+                        });
                     }
+                    record.status = Status::Revoked {
+                        at: *at,
+                        reason: reason.name().to_string(),
+                    };
+                    records
+                        .insert(seq, codec::encode(&record).as_slice())
+                        .map_err(le)?;
+                    let mut value = at.to_be_bytes().to_vec();
+                    value.push(reason.code());
+                    revoked
+                        .insert(
+                            revoked_key(&record.label, serial).as_slice(),
+                            value.as_slice(),
+                        )
+                        .map_err(le)?;
+                    Ok(Outcome::Record(Box::new(record)))
+                })(),
+                Op::NextCrlNumber(label) => (|| {
+                    let last = crl_numbers
+                        .get(label.as_str())
+                        .map_err(le)?
+                        .map(|v| v.value())
+                        .unwrap_or(0);
+                    let next = last + 1;
+                    crl_numbers.insert(label.as_str(), next).map_err(le)?;
+                    Ok(Outcome::Number(next))
+                })(),
+                Op::PutCrl(label, crl) => (|| {
+                    if let Some(kept) = crls.get(label.as_str()).map_err(le)? {
+                        let kept = decode_crl(kept.value())?;
+                        if kept.number >= crl.number {
+                            return Err(Error::Ledger(format!(
+                                "CRL number {} of label {label:?} is not newer than the kept {}",
+                                crl.number, kept.number
+                            )));
+                        }
+                    }
+                    crls.insert(label.as_str(), encode_crl(crl).as_slice())
+                        .map_err(le)?;
                     Ok(Outcome::Flag(true))
                 })(),
                 Op::PutToken(hash, token) => (|| {
@@ -367,6 +457,41 @@ fn same_request(holder: &DacRecord, record: &DacRecord) -> bool {
         && holder.label == record.label
         && holder.public_key().is_some()
         && holder.public_key() == record.public_key()
+}
+
+/// The [`REVOKED`] key of `serial` under `label`.
+fn revoked_key(label: &str, serial: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(label.len() + 1 + serial.len());
+    key.extend_from_slice(label.as_bytes());
+    key.push(0);
+    key.extend_from_slice(serial);
+    key
+}
+
+fn encode_crl(crl: &CrlRecord) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 + crl.der.len());
+    out.extend_from_slice(&crl.number.to_be_bytes());
+    out.extend_from_slice(&crl.this_update.to_be_bytes());
+    out.extend_from_slice(&crl.next_update.to_be_bytes());
+    out.extend_from_slice(&crl.entries.to_be_bytes());
+    out.extend_from_slice(&crl.der);
+    out
+}
+
+fn decode_crl(bytes: &[u8]) -> Result<CrlRecord> {
+    let word = |i: usize| -> Result<[u8; 8]> {
+        bytes
+            .get(i * 8..i * 8 + 8)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| Error::Ledger("truncated CRL record".into()))
+    };
+    Ok(CrlRecord {
+        number: u64::from_be_bytes(word(0)?),
+        this_update: i64::from_be_bytes(word(1)?),
+        next_update: i64::from_be_bytes(word(2)?),
+        entries: u64::from_be_bytes(word(3)?),
+        der: bytes.get(32..).unwrap_or_default().to_vec(),
+    })
 }
 
 /// The subject index key: unique subjects per issuer (MATTER.md "DAC").
@@ -546,11 +671,55 @@ impl Ledger for RedbLedger {
         })
     }
 
-    fn revoke(&self, serial: &[u8], reason: &str, at: i64) -> Result<bool> {
-        self.flag_op(Op::Revoke {
+    fn revoke(&self, serial: &[u8], reason: RevocationReason, at: i64) -> Result<DacRecord> {
+        self.record_op(Op::Revoke {
             serial: serial.to_vec(),
-            reason: reason.to_string(),
+            reason,
             at,
+        })
+    }
+
+    fn revoked(&self, label: &str) -> Result<Vec<RevokedEntry>> {
+        self.read(|txn| {
+            let t = txn.open_table(REVOKED).map_err(le)?;
+            let start = revoked_key(label, &[]);
+            let mut end = start.clone();
+            if let Some(last) = end.last_mut() {
+                *last = 1;
+            }
+            let mut out = Vec::new();
+            for entry in t.range(start.as_slice()..end.as_slice()).map_err(le)? {
+                let (k, v) = entry.map_err(le)?;
+                let (k, v) = (k.value(), v.value());
+                let bad = || Error::Ledger("malformed revocation index entry".into());
+                let at: [u8; 8] = v.get(..8).and_then(|b| b.try_into().ok()).ok_or_else(bad)?;
+                let code = *v.get(8).ok_or_else(bad)?;
+                out.push(RevokedEntry {
+                    serial: k.get(start.len()..).ok_or_else(bad)?.to_vec(),
+                    at: i64::from_be_bytes(at),
+                    reason: RevocationReason::from_code(code).ok_or_else(bad)?,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn next_crl_number(&self, label: &str) -> Result<u64> {
+        self.number_op(Op::NextCrlNumber(label.to_string()))
+    }
+
+    fn put_crl(&self, label: &str, crl: &CrlRecord) -> Result<()> {
+        self.flag_op(Op::PutCrl(label.to_string(), Box::new(crl.clone())))
+            .map(|_| ())
+    }
+
+    fn crl(&self, label: &str) -> Result<Option<CrlRecord>> {
+        self.read(|txn| {
+            let t = txn.open_table(CRLS).map_err(le)?;
+            t.get(label)
+                .map_err(le)?
+                .map(|v| decode_crl(v.value()))
+                .transpose()
         })
     }
 
@@ -623,7 +792,39 @@ mod tests {
             ledger.commit(&record(4, "c", "x"), &quota),
             Err(Error::QuotaExhausted { quota: 2, .. })
         ));
-        assert!(ledger.revoke(&[1], "keyCompromise", 5).expect("revoke"));
+        let revoked = ledger
+            .revoke(&[1], RevocationReason::KeyCompromise, 5)
+            .expect("revoke");
+        assert_eq!(revoked.serial, [1]);
+        // Again: refused, nothing changes; an unknown serial: not found.
+        assert!(matches!(
+            ledger.revoke(&[1], RevocationReason::Superseded, 6),
+            Err(Error::AlreadyRevoked { .. })
+        ));
+        assert!(matches!(
+            ledger.revoke(&[99], RevocationReason::Superseded, 6),
+            Err(Error::NotFound(_))
+        ));
+        assert_eq!(
+            ledger.revoked("x").expect("revoked"),
+            [RevokedEntry {
+                serial: vec![1],
+                at: 5,
+                reason: RevocationReason::KeyCompromise
+            }]
+        );
+        assert!(ledger.revoked("y").expect("revoked").is_empty());
+        assert_eq!(ledger.next_crl_number("x").expect("n"), 1);
+        assert_eq!(ledger.next_crl_number("x").expect("n"), 2);
+        let crl = CrlRecord {
+            number: 2,
+            this_update: 1,
+            next_update: 2,
+            entries: 1,
+            der: vec![0x30, 0],
+        };
+        ledger.put_crl("x", &crl).expect("put");
+        assert!(ledger.put_crl("x", &crl).is_err(), "not newer");
         drop(ledger);
 
         let ledger = RedbLedger::open(&path).expect("reopen");
@@ -633,5 +834,7 @@ mod tests {
         assert!(matches!(list[0].status, Status::Revoked { .. }));
         let holder = ledger.by_subject(&[9; 20], b"a").expect("lookup");
         assert_eq!(holder.map(|r| r.serial), Some(vec![3]));
+        assert_eq!(ledger.crl("x").expect("crl").map(|c| c.number), Some(2));
+        assert_eq!(ledger.next_crl_number("x").expect("n"), 3);
     }
 }
