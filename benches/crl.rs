@@ -71,8 +71,13 @@ fn main() {
     });
     let l = ledger.clone();
     parallel(move |i| {
-        l.revoke(&record(i).serial, RevocationReason::KeyCompromise, 1_800_000_000)
-            .unwrap();
+        l.revoke(
+            &record(i).serial,
+            RevocationReason::KeyCompromise,
+            1_800_000_000,
+            "bench",
+        )
+        .unwrap();
     });
     println!(
         "setup: {REVOKED} DACs recorded and revoked in {:.1} s",

@@ -111,7 +111,9 @@ fn main() {
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(
         &config,
-        text.replace("127.0.0.1:8443", &format!("127.0.0.1:{port}")),
+        text.replace("127.0.0.1:8443", &format!("127.0.0.1:{port}"))
+            // The CRL listener on any free port.
+            .replace("listen = \"127.0.0.1:8444\"", "listen = \"127.0.0.1:0\""),
     )
     .unwrap();
     // EST_LOAD_SERVER_BIN=path runs another build of the server (to compare two builds).

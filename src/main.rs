@@ -104,6 +104,11 @@ enum Command {
     Revoke(cli::ops::RevokeArgs),
     /// Write a label's CRL (DER), or print its DCL revocation point (`crl dcl-info`).
     Crl(cli::ops::CrlArgs),
+    /// The hash-chained audit log in the ledger: verify it, list it.
+    Audit {
+        #[command(subcommand)]
+        command: cli::audit::AuditCommand,
+    },
     /// Make a Matter CSR (P-256 key, CN/VID/PID subject) with our own code, to try `issue`.
     SampleCsr {
         /// Where to write the CSR (PEM).
@@ -310,6 +315,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Revoke(args) => cli::ops::revoke(args),
         Command::Crl(args) => cli::ops::crl(args),
+        Command::Audit { command } => cli::audit::run(command),
         Command::SampleCsr {
             out,
             key_out,
@@ -359,6 +365,7 @@ fn serve(config: Option<PathBuf>, log_json: bool, danger_dev: bool) -> Result<()
         .map_err(|e| Error::Internal(e.to_string()))?;
     let ledger = Arc::new(RedbLedger::open(&config.ledger)?);
     let issuer = Arc::new(Issuer::new(&config, ledger.clone())?);
+    cli::serve::config_loaded(ledger.as_ref(), &config.path)?;
     let test_vid = issuer
         .labels()
         .find(|l| (0xfff1..=0xfff4).contains(&l.pai.vid.value()));
@@ -380,6 +387,7 @@ fn serve(config: Option<PathBuf>, log_json: bool, danger_dev: bool) -> Result<()
         let crls = Arc::new(revocation::CrlService::new(issuer.clone())?);
         let running = server::start(&config, issuer).await?;
         let publisher = revocation::publish::start(crls, config.crl_listen).await?;
+        let heads = cli::serve::log_audit_heads(ledger.clone());
         let crl_addr = publisher
             .addr
             .map_or_else(|| "-".to_string(), |a| a.to_string());
@@ -392,9 +400,11 @@ fn serve(config: Option<PathBuf>, log_json: bool, danger_dev: bool) -> Result<()
         tracing::info!("shutting down: no new connections, finishing requests in flight");
         running.shutdown().await;
         publisher.shutdown().await;
+        heads.abort();
         Ok::<(), Error>(())
     })?;
     ledger.close();
+    cli::serve::log_audit_head(ledger.as_ref());
     tracing::info!("ledger closed");
     Ok(())
 }

@@ -525,6 +525,7 @@ async fn simplereenroll_renews_the_presented_dac() {
             &serial2,
             matter_est::revocation::RevocationReason::KeyCompromise,
             0,
+            "test",
         )
         .unwrap();
     let (der, _) = csr(&subject(Some("revoked"), Some("FFF1"), Some("8000")));

@@ -68,7 +68,7 @@ pub fn revoke(args: RevokeArgs) -> Result<()> {
     let serial = parse_serial(&args.serial)?;
     let reason = RevocationReason::parse(&args.reason)?;
     let (ledger, service) = open(&args.config)?;
-    let result = service.revoke(&serial, reason, asn1::now());
+    let result = service.revoke(&serial, reason, asn1::now(), &super::operator());
     drop(service);
     ledger.close();
     let revoked = result?;

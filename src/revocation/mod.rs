@@ -149,8 +149,15 @@ impl CrlService {
 
     /// Revokes the DAC with `serial` for `reason` and reissues its label's CRL (when the label
     /// publishes one). An unknown or already revoked serial changes nothing.
-    pub fn revoke(&self, serial: &[u8], reason: RevocationReason, now: i64) -> Result<Revoked> {
-        let record = self.issuer.ledger().revoke(serial, reason, now)?;
+    /// `by` names who asked (audited with the revocation).
+    pub fn revoke(
+        &self,
+        serial: &[u8],
+        reason: RevocationReason,
+        now: i64,
+        by: &str,
+    ) -> Result<Revoked> {
+        let record = self.issuer.ledger().revoke(serial, reason, now, by)?;
         let label = self.issuer.label(&record.label)?;
         let crl = label
             .config

@@ -7,6 +7,7 @@
 //!
 //! `store` knows nothing of HTTP.
 
+pub mod audit;
 pub mod redb;
 
 use serde::{Deserialize, Serialize};
@@ -229,7 +230,14 @@ pub trait Ledger: Send + Sync {
     /// Marks a DAC revoked and lists it among its label's revoked DACs; returns the record as
     /// revoked. [`crate::Error::NotFound`] when no DAC has this serial,
     /// [`crate::Error::AlreadyRevoked`] when it is revoked already (nothing changes).
-    fn revoke(&self, serial: &[u8], reason: RevocationReason, at: i64) -> Result<DacRecord>;
+    /// `by` names who revoked it, for the audit record committed with it.
+    fn revoke(
+        &self,
+        serial: &[u8],
+        reason: RevocationReason,
+        at: i64,
+        by: &str,
+    ) -> Result<DacRecord>;
     /// The revoked DACs of `label`, in serial order.
     fn revoked(&self, label: &str) -> Result<Vec<RevokedEntry>>;
     /// The next cRLNumber of `label` (1 for its first CRL), taken for good: numbers only grow,
@@ -240,6 +248,20 @@ pub trait Ledger: Send + Sync {
     fn put_crl(&self, label: &str, crl: &CrlRecord) -> Result<()>;
     /// The label's current CRL.
     fn crl(&self, label: &str) -> Result<Option<CrlRecord>>;
+    /// Appends `event` to the audit chain (with the next write transaction) and returns at once:
+    /// for events that change nothing else in the ledger (a refusal, a config load). Changes
+    /// the ledger makes itself (a DAC, a token, a revocation, a CRL) are audited in their own
+    /// transaction. A failure to append is logged.
+    fn audit(&self, event: audit::AuditEvent);
+    /// Up to `limit` audit records from sequence number `from` on, in order.
+    fn audit_records(&self, from: u64, limit: usize) -> Result<Vec<audit::AuditRecord>>;
+    /// The head of the audit chain as the ledger keeps it.
+    fn audit_head(&self) -> Result<Option<audit::Head>>;
+    /// Checks the whole audit chain (and that it reaches `head`, if given); the head it ends at.
+    fn audit_verify(
+        &self,
+        head: Option<audit::Head>,
+    ) -> Result<std::result::Result<(u64, Option<audit::Head>), audit::Broken>>;
     /// Stores a new token under the SHA-256 of its secret.
     fn put_token(&self, secret_hash: &[u8; 32], token: &TokenRecord) -> Result<()>;
     /// The token whose secret hashes to `secret_hash`.

@@ -11,6 +11,7 @@ use std::thread::JoinHandle;
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
+use super::audit::{self, AuditEvent, AuditRecord, Head};
 use super::{
     Admission, Committed, Completer, CrlRecord, DacRecord, Ledger, Pending, RevokedEntry, Status,
     TokenRecord,
@@ -44,6 +45,14 @@ const CRL_NUMBERS: TableDefinition<&str, u64> = TableDefinition::new("crl_number
 /// DER.
 const CRLS: TableDefinition<&str, &[u8]> = TableDefinition::new("crls");
 
+/// The audit chain (`store::audit`): sequence number → record (JSON), appended in the write
+/// transaction of the change it describes.
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+/// "head" → the chain's last sequence number and hash (`audit::Head::to_bytes`): where the next
+/// record links to, and what a cut tail is seen against.
+const AUDIT_HEAD: TableDefinition<&str, &[u8]> = TableDefinition::new("audit_head");
+const HEAD_KEY: &str = "head";
+
 /// Most writes folded into one transaction; bounds the latency one commit adds to the first
 /// waiter. 256 × ~1 KiB records stays well inside one redb page batch.
 const MAX_GROUP: usize = 256;
@@ -65,7 +74,9 @@ enum Op {
         serial: Vec<u8>,
         reason: RevocationReason,
         at: i64,
+        by: String,
     },
+    Audit(Box<AuditEvent>),
     PutToken([u8; 32], TokenRecord),
     NextCrlNumber(String),
     PutCrl(String, Box<CrlRecord>),
@@ -157,6 +168,8 @@ impl RedbLedger {
             txn.open_table(REVOKED).map_err(le)?;
             txn.open_table(CRL_NUMBERS).map_err(le)?;
             txn.open_table(CRLS).map_err(le)?;
+            txn.open_table(AUDIT).map_err(le)?;
+            txn.open_table(AUDIT_HEAD).map_err(le)?;
         }
         txn.commit().map_err(le)?;
         let db = std::sync::Arc::new(db);
@@ -274,6 +287,18 @@ fn apply_group(db: &Database, group: &[Job]) -> Result<Vec<Result<Outcome>>> {
         let mut revoked = txn.open_table(REVOKED).map_err(le)?;
         let mut crl_numbers = txn.open_table(CRL_NUMBERS).map_err(le)?;
         let mut crls = txn.open_table(CRLS).map_err(le)?;
+        let mut audit_table = txn.open_table(AUDIT).map_err(le)?;
+        let mut audit_head = txn.open_table(AUDIT_HEAD).map_err(le)?;
+        let kept_head = audit_head
+            .get(HEAD_KEY)
+            .map_err(le)?
+            .and_then(|v| Head::from_bytes(v.value()));
+        let mut chain = Chain {
+            next: kept_head.map_or(0, |h| h.seq + 1),
+            prev: kept_head.map_or(audit::GENESIS, |h| h.hash),
+            table: &mut audit_table,
+            time: crate::asn1::now(),
+        };
         let mut next_seq = records
             .last()
             .map_err(le)?
@@ -361,9 +386,34 @@ fn apply_group(db: &Database, group: &[Job]) -> Result<Vec<Result<Outcome>>> {
                             .insert(record.label.as_str(), issued + 1)
                             .map_err(le)?;
                     }
+                    let serial = crate::asn1::hex(&record.serial);
+                    if let Some(token) = &admission.token {
+                        chain.append(AuditEvent::TokenSpent {
+                            label: record.label.clone(),
+                            token: token.clone(),
+                            serial: serial.clone(),
+                        })?;
+                    }
+                    chain.append(AuditEvent::EnrollmentGranted {
+                        label: record.label.clone(),
+                        identity: record.requester.clone(),
+                        kind: if record.renews.is_some() {
+                            "renewal"
+                        } else {
+                            "enrollment"
+                        }
+                        .into(),
+                        serial,
+                        subject: record.subject.clone(),
+                    })?;
                     Ok(Outcome::Commit(Committed::Recorded))
                 })(),
-                Op::Revoke { serial, reason, at } => (|| {
+                Op::Revoke {
+                    serial,
+                    reason,
+                    at,
+                    by,
+                } => (|| {
                     let Some(seq) = serials
                         .get(serial.as_slice())
                         .map_err(le)?
@@ -403,6 +453,12 @@ fn apply_group(db: &Database, group: &[Job]) -> Result<Vec<Result<Outcome>>> {
                             value.as_slice(),
                         )
                         .map_err(le)?;
+                    chain.append(AuditEvent::Revocation {
+                        label: record.label.clone(),
+                        serial: crate::asn1::hex(serial),
+                        reason: reason.name().into(),
+                        identity: by.clone(),
+                    })?;
                     Ok(Outcome::Record(Box::new(record)))
                 })(),
                 Op::NextCrlNumber(label) => (|| {
@@ -427,8 +483,14 @@ fn apply_group(db: &Database, group: &[Job]) -> Result<Vec<Result<Outcome>>> {
                     }
                     crls.insert(label.as_str(), encode_crl(crl).as_slice())
                         .map_err(le)?;
+                    chain.append(AuditEvent::CrlIssued {
+                        label: label.clone(),
+                        number: crl.number,
+                        entries: crl.entries,
+                    })?;
                     Ok(Outcome::Flag(true))
                 })(),
+                Op::Audit(event) => chain.append((**event).clone()).map(|_| Outcome::Flag(true)),
                 Op::PutToken(hash, token) => (|| {
                     if token_ids.get(token.id.as_str()).map_err(le)?.is_some() {
                         return Err(Error::Ledger(format!("token id {} exists", token.id)));
@@ -439,15 +501,54 @@ fn apply_group(db: &Database, group: &[Job]) -> Result<Vec<Result<Outcome>>> {
                     token_ids
                         .insert(token.id.as_str(), hash.as_slice())
                         .map_err(le)?;
+                    chain.append(AuditEvent::TokenCreated {
+                        label: token.label.clone(),
+                        token: token.id.clone(),
+                        pid: token.pid.map(|p| format!("{p:04X}")),
+                    })?;
                     Ok(Outcome::Flag(true))
                 })(),
             };
             results.push(result);
         }
+        let end = chain.next.checked_sub(1).map(|seq| Head {
+            seq,
+            hash: chain.prev,
+        });
+        if let Some(end) = end.filter(|e| Some(*e) != kept_head) {
+            audit_head
+                .insert(HEAD_KEY, end.to_bytes().as_slice())
+                .map_err(le)?;
+        }
     }
     // Durability::Immediate (redb's default): fsync before we acknowledge anything.
     txn.commit().map_err(le)?;
     Ok(results)
+}
+
+/// The end of the audit chain while a group is applied.
+struct Chain<'a, 't> {
+    next: u64,
+    prev: [u8; 32],
+    table: &'a mut redb::Table<'t, u64, &'static [u8]>,
+    time: i64,
+}
+
+impl Chain<'_, '_> {
+    /// Appends `event` as the next record, linked to the previous one.
+    fn append(&mut self, event: AuditEvent) -> Result<()> {
+        let bytes = AuditRecord {
+            seq: self.next,
+            time: self.time,
+            event,
+            prev: crate::asn1::hex(&self.prev),
+        }
+        .encode();
+        self.table.insert(self.next, bytes.as_slice()).map_err(le)?;
+        self.prev = audit::hash(&bytes);
+        self.next += 1;
+        Ok(())
+    }
 }
 
 /// The same public key asking again for an unrevoked DAC of the same label (a retry after a lost
@@ -671,11 +772,77 @@ impl Ledger for RedbLedger {
         })
     }
 
-    fn revoke(&self, serial: &[u8], reason: RevocationReason, at: i64) -> Result<DacRecord> {
+    fn revoke(
+        &self,
+        serial: &[u8],
+        reason: RevocationReason,
+        at: i64,
+        by: &str,
+    ) -> Result<DacRecord> {
         self.record_op(Op::Revoke {
             serial: serial.to_vec(),
             reason,
             at,
+            by: by.to_string(),
+        })
+    }
+
+    fn audit(&self, event: AuditEvent) {
+        let name = event.name();
+        self.submit_op(
+            Op::Audit(Box::new(event)),
+            Reply::Flag(Completer::new(move |r| {
+                if let Err(e) = r {
+                    tracing::error!(event = name, error = %e, "audit record not appended");
+                }
+            })),
+        );
+    }
+
+    fn audit_records(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>> {
+        self.read(|txn| {
+            let t = txn.open_table(AUDIT).map_err(le)?;
+            let mut out = Vec::new();
+            for entry in t.range(from..).map_err(le)?.take(limit) {
+                let (k, v) = entry.map_err(le)?;
+                out.push(AuditRecord::decode(v.value()).ok_or_else(|| {
+                    Error::Ledger(format!("audit record {} is unreadable", k.value()))
+                })?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn audit_head(&self) -> Result<Option<Head>> {
+        self.read(|txn| {
+            let t = txn.open_table(AUDIT_HEAD).map_err(le)?;
+            Ok(t.get(HEAD_KEY)
+                .map_err(le)?
+                .and_then(|v| Head::from_bytes(v.value())))
+        })
+    }
+
+    fn audit_verify(
+        &self,
+        head: Option<Head>,
+    ) -> Result<std::result::Result<(u64, Option<Head>), audit::Broken>> {
+        let mut heads = Vec::new();
+        if let Some(kept) = self.audit_head()? {
+            heads.push(("head kept in the ledger".to_string(), kept));
+        }
+        if let Some(given) = head {
+            heads.push(("head given with --head".to_string(), given));
+        }
+        let mut v = audit::Verifier::new(heads);
+        self.read(|txn| {
+            let t = txn.open_table(AUDIT).map_err(le)?;
+            for entry in t.iter().map_err(le)? {
+                let (k, bytes) = entry.map_err(le)?;
+                if let Err(broken) = v.feed(k.value(), bytes.value()) {
+                    return Ok(Err(broken));
+                }
+            }
+            Ok(v.finish().map(|end| (v.count(), end)))
         })
     }
 
@@ -793,16 +960,16 @@ mod tests {
             Err(Error::QuotaExhausted { quota: 2, .. })
         ));
         let revoked = ledger
-            .revoke(&[1], RevocationReason::KeyCompromise, 5)
+            .revoke(&[1], RevocationReason::KeyCompromise, 5, "test")
             .expect("revoke");
         assert_eq!(revoked.serial, [1]);
         // Again: refused, nothing changes; an unknown serial: not found.
         assert!(matches!(
-            ledger.revoke(&[1], RevocationReason::Superseded, 6),
+            ledger.revoke(&[1], RevocationReason::Superseded, 6, "test"),
             Err(Error::AlreadyRevoked { .. })
         ));
         assert!(matches!(
-            ledger.revoke(&[99], RevocationReason::Superseded, 6),
+            ledger.revoke(&[99], RevocationReason::Superseded, 6, "test"),
             Err(Error::NotFound(_))
         ));
         assert_eq!(
