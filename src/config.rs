@@ -39,8 +39,16 @@ pub struct Config {
     /// `[crl] listen`: the plain-HTTP listener that serves each label's CRL at the path of its
     /// `labels.NAME.crl.url`; `None` = no listener (the CRL files are still written).
     pub crl_listen: Option<SocketAddr>,
+    /// `[tokens] expires_in_secs`: how long a new enrollment token is valid unless
+    /// `token create --expires-in` says otherwise. Default 7 days: a token is minted for a
+    /// device about to be made or set up, and a week covers handing it to the line; a leaked
+    /// one stops working by itself.
+    pub token_expiry: Duration,
     pub labels: BTreeMap<String, LabelConfig>,
 }
+
+/// The default of [`Config::token_expiry`].
+pub const DEFAULT_TOKEN_EXPIRY: Duration = Duration::from_secs(7 * 86_400);
 
 /// `[server]`.
 #[derive(Clone, Debug)]
@@ -517,7 +525,18 @@ impl Config {
                     .map_err(|e| err("crl.listen", format!("{e}; expected e.g. \"0.0.0.0:8080\"")))
             })
             .transpose()?;
+        let token_expiry = match raw.tokens.as_ref().and_then(|t| t.expires_in_secs) {
+            None => DEFAULT_TOKEN_EXPIRY,
+            Some(0) => {
+                return Err(err(
+                    "tokens.expires_in_secs",
+                    "must be at least 1 second".into(),
+                ));
+            }
+            Some(s) => Duration::from_secs(s),
+        };
         Ok(Config {
+            token_expiry,
             crl_listen,
             path: path.to_path_buf(),
             ledger: resolve(&raw.ledger),
@@ -605,8 +624,15 @@ struct RawConfig {
     danger_development_pki: bool,
     server: Option<RawServer>,
     crl: Option<RawCrlListener>,
+    tokens: Option<RawTokens>,
     #[serde(default)]
     labels: BTreeMap<String, RawLabel>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTokens {
+    expires_in_secs: Option<u64>,
 }
 
 #[derive(Deserialize)]

@@ -12,7 +12,7 @@ use matter_est::config::Config;
 use matter_est::issuance::{IssueOptions, Issuer};
 use matter_est::profile::dev;
 use matter_est::store::redb::RedbLedger;
-use matter_est::{Error, Result, asn1, batch, csr, matter, policy, revocation, server, signer};
+use matter_est::{Error, Result, asn1, batch, csr, matter, revocation, server, signer};
 
 #[derive(Parser)]
 #[command(
@@ -69,7 +69,7 @@ enum Command {
     /// One-time enrollment tokens for devices (HTTP Basic: user = token id, password = secret).
     Token {
         #[command(subcommand)]
-        command: TokenCommand,
+        command: cli::tokens::TokenCommand,
     },
     /// Make keys and DACs ahead of time for a production line without a network.
     Batch {
@@ -123,22 +123,6 @@ enum Command {
         vid: String,
         #[arg(long, default_value = "8000")]
         pid: String,
-    },
-}
-
-#[derive(Subcommand)]
-enum TokenCommand {
-    /// Create tokens; each secret is printed once and stored only as a SHA-256 hash.
-    Create {
-        #[arg(long)]
-        config: PathBuf,
-        #[arg(long)]
-        label: String,
-        /// Bind the token to one PID.
-        #[arg(long)]
-        pid: Option<String>,
-        #[arg(long, default_value_t = 1)]
-        count: u32,
     },
 }
 
@@ -223,27 +207,7 @@ fn run(cli: Cli) -> Result<()> {
             log_json,
             danger_allow_development_pki,
         } => serve(config, log_json, danger_allow_development_pki),
-        Command::Token {
-            command:
-                TokenCommand::Create {
-                    config,
-                    label,
-                    pid,
-                    count,
-                },
-        } => {
-            let config = Config::load(&config)?;
-            config.label(&label)?;
-            let pid = pid.map(|p| matter::Pid::parse(&p)).transpose()?;
-            let ledger = RedbLedger::open(&config.ledger)?;
-            println!("# token id (HTTP Basic user) and secret (password); shown only once");
-            for _ in 0..count {
-                let (id, secret) = policy::create_token(&ledger, &label, pid)?;
-                println!("{id} {secret}");
-            }
-            ledger.close();
-            Ok(())
-        }
+        Command::Token { command } => cli::tokens::run(command),
         Command::Batch {
             config,
             label,

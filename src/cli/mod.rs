@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod ops;
 pub mod serve;
+pub mod tokens;
 
 /// How the audit log names an operator at this host's shell: `cli:$USER`.
 pub fn operator() -> String {

@@ -46,6 +46,11 @@ pub enum AuditEvent {
         token: String,
         serial: String,
     },
+    TokenRevoked {
+        label: String,
+        token: String,
+        identity: String,
+    },
     Revocation {
         label: String,
         serial: String,
@@ -69,6 +74,7 @@ impl AuditEvent {
             AuditEvent::EnrollmentRefused { .. } => "enrollment_refused",
             AuditEvent::TokenCreated { .. } => "token_created",
             AuditEvent::TokenSpent { .. } => "token_spent",
+            AuditEvent::TokenRevoked { .. } => "token_revoked",
             AuditEvent::Revocation { .. } => "revocation",
             AuditEvent::CrlIssued { .. } => "crl_issued",
             AuditEvent::ConfigLoaded { .. } => "config_loaded",
@@ -82,6 +88,7 @@ impl AuditEvent {
             | AuditEvent::EnrollmentRefused { label, .. }
             | AuditEvent::TokenCreated { label, .. }
             | AuditEvent::TokenSpent { label, .. }
+            | AuditEvent::TokenRevoked { label, .. }
             | AuditEvent::Revocation { label, .. }
             | AuditEvent::CrlIssued { label, .. } => Some(label),
             AuditEvent::ConfigLoaded { .. } => None,
@@ -92,7 +99,8 @@ impl AuditEvent {
     pub fn identity(&self) -> Option<&str> {
         match self {
             AuditEvent::EnrollmentGranted { identity, .. }
-            | AuditEvent::Revocation { identity, .. } => Some(identity),
+            | AuditEvent::Revocation { identity, .. }
+            | AuditEvent::TokenRevoked { identity, .. } => Some(identity),
             AuditEvent::EnrollmentRefused {
                 identity,
                 presented,

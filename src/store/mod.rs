@@ -74,6 +74,37 @@ pub struct TokenRecord {
     /// Serial of the DAC that spent it.
     #[serde(default, with = "opt_hex_bytes")]
     pub spent_by: Option<Vec<u8>>,
+    /// Unix seconds after which an unspent token is refused.
+    #[serde(default)]
+    pub expires_at: Option<i64>,
+    /// The only DAC CN it may obtain (so that a leaked token cannot claim any identity).
+    #[serde(default)]
+    pub cn: Option<String>,
+    /// When an operator revoked it.
+    #[serde(default)]
+    pub revoked_at: Option<i64>,
+}
+
+/// Where a token stands (`token list`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenState {
+    Unused,
+    Spent(Vec<u8>),
+    Expired,
+    Revoked,
+}
+
+impl TokenRecord {
+    /// Its state at `now`. Spent wins: a spent token stays answerable for the DAC it was spent
+    /// on (policy's repeat rule).
+    pub fn state(&self, now: i64) -> TokenState {
+        match (&self.spent_by, self.revoked_at, self.expires_at) {
+            (Some(serial), _, _) => TokenState::Spent(serial.clone()),
+            (None, Some(_), _) => TokenState::Revoked,
+            (None, None, Some(t)) if now >= t => TokenState::Expired,
+            _ => TokenState::Unused,
+        }
+    }
 }
 
 /// One revoked DAC of a label, as its CRL lists it (RFC 5280 §5.1.2.6).
@@ -266,6 +297,11 @@ pub trait Ledger: Send + Sync {
     fn put_token(&self, secret_hash: &[u8; 32], token: &TokenRecord) -> Result<()>;
     /// The token whose secret hashes to `secret_hash`.
     fn token(&self, secret_hash: &[u8; 32]) -> Result<Option<TokenRecord>>;
+    /// Every token, by id.
+    fn tokens(&self) -> Result<Vec<TokenRecord>>;
+    /// Revokes an unspent token (audited as done `by`); [`crate::Error::NotFound`] for an
+    /// unknown id, a refusal for a spent or already revoked one (nothing changes).
+    fn revoke_token(&self, id: &str, at: i64, by: &str) -> Result<TokenRecord>;
 }
 
 mod hex_bytes {

@@ -78,6 +78,11 @@ enum Op {
     },
     Audit(Box<AuditEvent>),
     PutToken([u8; 32], TokenRecord),
+    RevokeToken {
+        id: String,
+        at: i64,
+        by: String,
+    },
     NextCrlNumber(String),
     PutCrl(String, Box<CrlRecord>),
 }
@@ -93,6 +98,7 @@ enum Reply {
     Flag(Completer<bool>),
     Record(Completer<DacRecord>),
     Number(Completer<u64>),
+    Token(Completer<TokenRecord>),
 }
 
 /// A job's answer.
@@ -101,6 +107,7 @@ enum Outcome {
     Flag(bool),
     Record(Box<DacRecord>),
     Number(u64),
+    Token(Box<TokenRecord>),
 }
 
 impl Reply {
@@ -126,6 +133,11 @@ impl Reply {
             }),
             Reply::Number(c) => c.complete(match result {
                 Ok(Outcome::Number(v)) => Ok(v),
+                Ok(_) => mismatch(),
+                Err(e) => Err(e),
+            }),
+            Reply::Token(c) => c.complete(match result {
+                Ok(Outcome::Token(v)) => Ok(*v),
                 Ok(_) => mismatch(),
                 Err(e) => Err(e),
             }),
@@ -366,6 +378,18 @@ fn apply_group(db: &Database, group: &[Job]) -> Result<Vec<Result<Outcome>>> {
                                 "this enrollment token was already used".into(),
                             ));
                         }
+                        // Checked again here, atomically with spending it: a `token revoke`
+                        // or the expiry may have come after policy looked.
+                        if token.revoked_at.is_some() {
+                            return Err(Error::Unauthenticated(
+                                "this enrollment token was revoked".into(),
+                            ));
+                        }
+                        if token.expires_at.is_some_and(|t| record.issued_at >= t) {
+                            return Err(Error::Unauthenticated(
+                                "this enrollment token has expired".into(),
+                            ));
+                        }
                         token.spent_by = Some(record.serial.clone());
                         tokens
                             .insert(hash.as_slice(), encode(&token)?.as_slice())
@@ -489,6 +513,39 @@ fn apply_group(db: &Database, group: &[Job]) -> Result<Vec<Result<Outcome>>> {
                         entries: crl.entries,
                     })?;
                     Ok(Outcome::Flag(true))
+                })(),
+                Op::RevokeToken { id, at, by } => (|| {
+                    let hash = token_ids
+                        .get(id.as_str())
+                        .map_err(le)?
+                        .map(|h| h.value().to_vec())
+                        .ok_or_else(|| Error::NotFound(format!("no token {id}")))?;
+                    let mut token: TokenRecord = decode(
+                        tokens
+                            .get(hash.as_slice())
+                            .map_err(le)?
+                            .ok_or_else(|| Error::Ledger("dangling token id".into()))?
+                            .value(),
+                    )?;
+                    if let Some(serial) = &token.spent_by {
+                        return Err(Error::BadRequest(format!(
+                            "token {id} was spent by DAC serial {}; revoke that DAC instead",
+                            crate::asn1::hex(serial).to_uppercase()
+                        )));
+                    }
+                    if token.revoked_at.is_some() {
+                        return Err(Error::BadRequest(format!("token {id} is already revoked")));
+                    }
+                    token.revoked_at = Some(*at);
+                    tokens
+                        .insert(hash.as_slice(), encode(&token)?.as_slice())
+                        .map_err(le)?;
+                    chain.append(AuditEvent::TokenRevoked {
+                        label: token.label.clone(),
+                        token: id.clone(),
+                        identity: by.clone(),
+                    })?;
+                    Ok(Outcome::Token(Box::new(token)))
                 })(),
                 Op::Audit(event) => chain.append((**event).clone()).map(|_| Outcome::Flag(true)),
                 Op::PutToken(hash, token) => (|| {
@@ -785,6 +842,34 @@ impl Ledger for RedbLedger {
             at,
             by: by.to_string(),
         })
+    }
+
+    fn tokens(&self) -> Result<Vec<TokenRecord>> {
+        self.read(|txn| {
+            let ids = txn.open_table(TOKEN_IDS).map_err(le)?;
+            let tokens = txn.open_table(TOKENS).map_err(le)?;
+            let mut out = Vec::new();
+            for entry in ids.iter().map_err(le)? {
+                let (_, hash) = entry.map_err(le)?;
+                if let Some(t) = tokens.get(hash.value()).map_err(le)? {
+                    out.push(decode(t.value())?);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn revoke_token(&self, id: &str, at: i64, by: &str) -> Result<TokenRecord> {
+        let (reply, pending) = Pending::new();
+        self.submit_op(
+            Op::RevokeToken {
+                id: id.to_string(),
+                at,
+                by: by.to_string(),
+            },
+            Reply::Token(reply),
+        );
+        pending.wait()
     }
 
     fn audit(&self, event: AuditEvent) {
