@@ -104,6 +104,11 @@ enum Command {
     Revoke(cli::ops::RevokeArgs),
     /// Write a label's CRL (DER), or print its DCL revocation point (`crl dcl-info`).
     Crl(cli::ops::CrlArgs),
+    /// The DACs on record: list (filtered, paginated), show one, count.
+    Certs {
+        #[command(subcommand)]
+        command: cli::certs::CertsCommand,
+    },
     /// The hash-chained audit log in the ledger: verify it, list it.
     Audit {
         #[command(subcommand)]
@@ -280,6 +285,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Revoke(args) => cli::ops::revoke(args),
         Command::Crl(args) => cli::ops::crl(args),
         Command::Audit { command } => cli::audit::run(command),
+        Command::Certs { command } => cli::certs::run(command),
         Command::SampleCsr {
             out,
             key_out,

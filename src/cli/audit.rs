@@ -173,7 +173,7 @@ fn print_record(r: &AuditRecord, json: bool) {
 }
 
 /// Unix seconds, `YYYY-MM-DD` (midnight UTC) or `YYYY-MM-DDTHH:MM:SSZ`.
-fn parse_time(text: &str) -> Result<i64> {
+pub fn parse_time(text: &str) -> Result<i64> {
     if let Ok(secs) = text.parse::<i64>() {
         return Ok(secs);
     }

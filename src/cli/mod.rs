@@ -2,6 +2,7 @@
 //! once main.rs grows). Each opens the config and the ledger, calls one service, prints.
 
 pub mod audit;
+pub mod certs;
 pub mod ops;
 pub mod serve;
 pub mod tokens;

@@ -132,6 +132,60 @@ pub struct CrlRecord {
     pub der: Vec<u8>,
 }
 
+/// A `certs list` query: every filter optional, results in issue order after `after`.
+#[derive(Clone, Debug, Default)]
+pub struct CertQuery {
+    /// Indexed: only this label's DACs are visited.
+    pub label: Option<String>,
+    pub vid: Option<u16>,
+    pub pid: Option<u16>,
+    /// `Some(false)`: not revoked; `Some(true)`: revoked.
+    pub revoked: Option<bool>,
+    /// Issued at or after (Unix seconds). Indexed: the scan starts near the first match.
+    pub since: Option<i64>,
+    /// Issued before (Unix seconds); the scan stops soon after it.
+    pub until: Option<i64>,
+    /// Text contained in the subject, or hex digits in the serial (case-insensitive).
+    pub contains: Option<String>,
+    /// Text contained in the requester.
+    pub requester: Option<String>,
+    /// The cursor: only records after this sequence number (a page's `next`).
+    pub after: Option<u64>,
+    pub limit: usize,
+}
+
+/// One page of a [`CertQuery`].
+#[derive(Clone, Debug)]
+pub struct CertPage {
+    /// (sequence number, record), in issue order.
+    pub records: Vec<(u64, DacRecord)>,
+    /// The cursor for the next page, if there may be more.
+    pub next: Option<u64>,
+}
+
+impl CertQuery {
+    /// Whether `r` passes the filters that are not indexes (all of them, re-checked).
+    pub fn matches(&self, r: &DacRecord) -> bool {
+        self.label.as_ref().is_none_or(|l| r.label == *l)
+            && self.vid.is_none_or(|v| r.vid == v)
+            && self.pid.is_none_or(|p| r.pid == p)
+            && self
+                .revoked
+                .is_none_or(|want| matches!(r.status, Status::Revoked { .. }) == want)
+            && self.since.is_none_or(|t| r.issued_at >= t)
+            && self.until.is_none_or(|t| r.issued_at < t)
+            && self.contains.as_ref().is_none_or(|c| {
+                let c = c.to_lowercase();
+                r.subject.to_lowercase().contains(&c)
+                    || crate::asn1::hex(&r.serial).contains(&c.replace(':', ""))
+            })
+            && self
+                .requester
+                .as_ref()
+                .is_none_or(|q| r.requester.contains(q.as_str()))
+    }
+}
+
 /// What the ledger must check atomically with the insert.
 #[derive(Clone, Debug, Default)]
 pub struct Admission {
@@ -256,6 +310,8 @@ pub trait Ledger: Send + Sync {
     fn by_subject(&self, issuer_key: &[u8], subject_der: &[u8]) -> Result<Option<DacRecord>>;
     /// Up to `limit` DACs in issue order, starting after the first `skip`.
     fn list(&self, skip: usize, limit: usize) -> Result<Vec<DacRecord>>;
+    /// One page of DACs matching `query` (see [`CertQuery`] for what is indexed).
+    fn list_page(&self, query: &CertQuery) -> Result<CertPage>;
     /// How many DACs `label` has issued.
     fn count(&self, label: &str) -> Result<u64>;
     /// Marks a DAC revoked and lists it among its label's revoked DACs; returns the record as

@@ -13,8 +13,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 
 use super::audit::{self, AuditEvent, AuditRecord, Head};
 use super::{
-    Admission, Committed, Completer, CrlRecord, DacRecord, Ledger, Pending, RevokedEntry, Status,
-    TokenRecord,
+    Admission, CertPage, CertQuery, Committed, Completer, CrlRecord, DacRecord, Ledger, Pending,
+    RevokedEntry, Status, TokenRecord,
 };
 use crate::error::{Error, Result};
 use crate::revocation::RevocationReason;
@@ -44,6 +44,17 @@ const CRL_NUMBERS: TableDefinition<&str, u64> = TableDefinition::new("crl_number
 /// label → its current CRL: number, thisUpdate, nextUpdate, entries (8 bytes each, big-endian),
 /// DER.
 const CRLS: TableDefinition<&str, &[u8]> = TableDefinition::new("crls");
+
+/// label ‖ 0x00 ‖ sequence number (8 bytes, big-endian) → (): a label's DACs in issue order, so
+/// that `certs list --label` pages through one label without visiting the others.
+const BY_LABEL: TableDefinition<&[u8], ()> = TableDefinition::new("by_label");
+
+/// How far `issued_at` may run behind the issue order. A record's time is taken when it is
+/// signed and its sequence number when it is committed, moments later (bounded by the request
+/// deadline, 30 s by default); an hour covers any sane `request_timeout_secs`. `certs list
+/// --since` starts its scan this much before the first record at the time, so that it misses
+/// none, and `--until` stops this much after.
+const TIME_SLACK_SECS: i64 = 3600;
 
 /// The audit chain (`store::audit`): sequence number → record (JSON), appended in the write
 /// transaction of the change it describes.
@@ -182,6 +193,18 @@ impl RedbLedger {
             txn.open_table(CRLS).map_err(le)?;
             txn.open_table(AUDIT).map_err(le)?;
             txn.open_table(AUDIT_HEAD).map_err(le)?;
+            // A ledger made before the label index: build it once.
+            let records = txn.open_table(RECORDS).map_err(le)?;
+            let mut by_label = txn.open_table(BY_LABEL).map_err(le)?;
+            if by_label.len().map_err(le)? < records.len().map_err(le)? {
+                for entry in records.iter().map_err(le)? {
+                    let (seq, bytes) = entry.map_err(le)?;
+                    let r = codec::decode(bytes.value())?;
+                    by_label
+                        .insert(label_key(&r.label, seq.value()).as_slice(), ())
+                        .map_err(le)?;
+                }
+            }
         }
         txn.commit().map_err(le)?;
         let db = std::sync::Arc::new(db);
@@ -299,6 +322,7 @@ fn apply_group(db: &Database, group: &[Job]) -> Result<Vec<Result<Outcome>>> {
         let mut revoked = txn.open_table(REVOKED).map_err(le)?;
         let mut crl_numbers = txn.open_table(CRL_NUMBERS).map_err(le)?;
         let mut crls = txn.open_table(CRLS).map_err(le)?;
+        let mut by_label = txn.open_table(BY_LABEL).map_err(le)?;
         let mut audit_table = txn.open_table(AUDIT).map_err(le)?;
         let mut audit_head = txn.open_table(AUDIT_HEAD).map_err(le)?;
         let kept_head = audit_head
@@ -403,6 +427,9 @@ fn apply_group(db: &Database, group: &[Job]) -> Result<Vec<Result<Outcome>>> {
                         .map_err(le)?;
                     subjects
                         .insert(subject_key.as_slice(), next_seq)
+                        .map_err(le)?;
+                    by_label
+                        .insert(label_key(&record.label, next_seq).as_slice(), ())
                         .map_err(le)?;
                     next_seq += 1;
                     if !admission.uncounted {
@@ -617,6 +644,15 @@ fn same_request(holder: &DacRecord, record: &DacRecord) -> bool {
         && holder.public_key() == record.public_key()
 }
 
+/// The [`BY_LABEL`] key of sequence number `seq` under `label`.
+fn label_key(label: &str, seq: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(label.len() + 9);
+    key.extend_from_slice(label.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
 /// The [`REVOKED`] key of `serial` under `label`.
 fn revoked_key(label: &str, serial: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(label.len() + 1 + serial.len());
@@ -819,6 +855,91 @@ impl Ledger for RedbLedger {
                 out.push(codec::decode(bytes.value())?);
             }
             Ok(out)
+        })
+    }
+
+    fn list_page(&self, q: &CertQuery) -> Result<CertPage> {
+        self.read(|txn| {
+            let records = txn.open_table(RECORDS).map_err(le)?;
+            let issued_at = |seq: u64| -> Result<Option<i64>> {
+                records
+                    .get(seq)
+                    .map_err(le)?
+                    .map(|v| codec::decode(v.value()).map(|r| r.issued_at))
+                    .transpose()
+            };
+            // The time index is the issue order itself (see TIME_SLACK_SECS): binary search
+            // for the first record issued at `since - slack`.
+            let mut start = q.after.map_or(0, |a| a + 1);
+            if let Some(since) = q.since {
+                let want = since - TIME_SLACK_SECS;
+                let (mut lo, mut hi) = (start, records.len().map_err(le)?);
+                while lo < hi {
+                    let mid = lo + (hi - lo) / 2;
+                    match issued_at(mid)? {
+                        Some(t) if t < want => lo = mid + 1,
+                        _ => hi = mid,
+                    }
+                }
+                start = lo;
+            }
+            let stop = q.until.map(|u| u.saturating_add(TIME_SLACK_SECS));
+            let limit = q.limit.max(1);
+            let mut out = Vec::new();
+            let mut visit = |seq: u64, r: DacRecord| -> bool {
+                if stop.is_some_and(|s| r.issued_at >= s) {
+                    return false;
+                }
+                if q.matches(&r) {
+                    out.push((seq, r));
+                }
+                out.len() < limit
+            };
+            let mut more = false;
+            match &q.label {
+                Some(label) => {
+                    let by_label = txn.open_table(BY_LABEL).map_err(le)?;
+                    let from = label_key(label, start);
+                    let mut end = label_key(label, 0);
+                    end.truncate(label.len());
+                    end.push(1);
+                    for entry in by_label
+                        .range(from.as_slice()..end.as_slice())
+                        .map_err(le)?
+                    {
+                        let (k, _) = entry.map_err(le)?;
+                        let k = k.value();
+                        let seq = u64::from_be_bytes(
+                            k.get(k.len().saturating_sub(8)..)
+                                .and_then(|b| b.try_into().ok())
+                                .ok_or_else(|| Error::Ledger("malformed label index".into()))?,
+                        );
+                        let Some(bytes) = records.get(seq).map_err(le)? else {
+                            return Err(Error::Ledger("dangling label index".into()));
+                        };
+                        if !visit(seq, codec::decode(bytes.value())?) {
+                            more = true;
+                            break;
+                        }
+                    }
+                }
+                None => {
+                    for entry in records.range(start..).map_err(le)? {
+                        let (seq, bytes) = entry.map_err(le)?;
+                        if !visit(seq.value(), codec::decode(bytes.value())?) {
+                            more = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            let full = out.len() >= limit;
+            let next = if more && full {
+                out.last().map(|(seq, _)| *seq)
+            } else {
+                None
+            };
+            Ok(CertPage { records: out, next })
         })
     }
 
