@@ -191,7 +191,7 @@ fn filters_return_exactly_the_matching_records_of_100000() {
             .iter()
             .all(|r| r["label"] == "dev" && r["pid"] == "8001")
     );
-    let next = v["next"].as_u64().unwrap().to_string();
+    let next = v["next"].as_str().unwrap().to_string();
     let out = cli(
         &env,
         &[

@@ -7,7 +7,7 @@ use clap::{Subcommand, ValueEnum};
 
 use matter_est::config::Config;
 use matter_est::store::redb::RedbLedger;
-use matter_est::store::{CertQuery, DacRecord, Ledger, Status};
+use matter_est::store::{CertQuery, DacRecord, Ledger, Position, Status};
 use matter_est::{Error, Result, asn1};
 
 use super::audit::parse_time;
@@ -30,7 +30,7 @@ pub enum Format {
 /// `matter-est certs …`.
 #[derive(Subcommand)]
 pub enum CertsCommand {
-    /// List DACs in issue order, filtered, one page at a time.
+    /// List DACs by issue time, filtered, one page at a time.
     List {
         #[arg(long)]
         config: PathBuf,
@@ -57,9 +57,9 @@ pub enum CertsCommand {
         /// Text in the requester (client:cn:…, token:…, dac:…, cli:…).
         #[arg(long)]
         requester: Option<String>,
-        /// The page after this cursor (the `next` a previous page printed).
+        /// The page after this cursor (TIME:SEQ, the `next` a previous page printed).
         #[arg(long)]
-        after: Option<u64>,
+        after: Option<String>,
         #[arg(long, default_value_t = DEFAULT_PAGE)]
         limit: usize,
         #[arg(long, value_enum, default_value_t = Format::Table)]
@@ -132,7 +132,15 @@ pub fn run(command: CertsCommand) -> Result<()> {
                 until: until.as_deref().map(parse_time).transpose()?,
                 contains,
                 requester,
-                after,
+                after: after
+                    .map(|a| {
+                        Position::parse(&a).ok_or_else(|| {
+                            Error::BadRequest(format!(
+                                "--after {a:?}: expected TIME:SEQ, as a previous page printed"
+                            ))
+                        })
+                    })
+                    .transpose()?,
                 limit,
             };
             let ledger = open(&config)?;
@@ -144,7 +152,10 @@ pub fn run(command: CertsCommand) -> Result<()> {
                     let records: Vec<_> = page.records.iter().map(|(s, r)| row(*s, r)).collect();
                     println!(
                         "{}",
-                        serde_json::json!({ "records": records, "next": page.next })
+                        serde_json::json!({
+                            "records": records,
+                            "next": page.next.map(|n| n.to_string()),
+                        })
                     );
                 }
                 Format::Csv => {

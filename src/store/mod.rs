@@ -132,7 +132,9 @@ pub struct CrlRecord {
     pub der: Vec<u8>,
 }
 
-/// A `certs list` query: every filter optional, results in issue order after `after`.
+/// A `certs list` query: every filter optional, results by issue time (then sequence number)
+/// after `after`. The label and the time range are served by indexes; the other filters are
+/// applied to the records those visit.
 #[derive(Clone, Debug, Default)]
 pub struct CertQuery {
     /// Indexed: only this label's DACs are visited.
@@ -141,26 +143,51 @@ pub struct CertQuery {
     pub pid: Option<u16>,
     /// `Some(false)`: not revoked; `Some(true)`: revoked.
     pub revoked: Option<bool>,
-    /// Issued at or after (Unix seconds). Indexed: the scan starts near the first match.
+    /// Issued at or after (Unix seconds). Indexed.
     pub since: Option<i64>,
-    /// Issued before (Unix seconds); the scan stops soon after it.
+    /// Issued before (Unix seconds). Indexed.
     pub until: Option<i64>,
     /// Text contained in the subject, or hex digits in the serial (case-insensitive).
     pub contains: Option<String>,
     /// Text contained in the requester.
     pub requester: Option<String>,
-    /// The cursor: only records after this sequence number (a page's `next`).
-    pub after: Option<u64>,
+    /// The cursor: only records after this position (a page's `next`).
+    pub after: Option<Position>,
     pub limit: usize,
+}
+
+/// Where a record stands in the inventory's order: issue time, then sequence number. Written
+/// `TIME:SEQ` (the `certs list --after` cursor).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Position {
+    pub time: i64,
+    pub seq: u64,
+}
+
+impl Position {
+    /// Parses `TIME:SEQ`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (t, s) = text.split_once(':')?;
+        Some(Self {
+            time: t.parse().ok()?,
+            seq: s.parse().ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.time, self.seq)
+    }
 }
 
 /// One page of a [`CertQuery`].
 #[derive(Clone, Debug)]
 pub struct CertPage {
-    /// (sequence number, record), in issue order.
+    /// (sequence number, record), by issue time then sequence number.
     pub records: Vec<(u64, DacRecord)>,
     /// The cursor for the next page, if there may be more.
-    pub next: Option<u64>,
+    pub next: Option<Position>,
 }
 
 impl CertQuery {

@@ -45,16 +45,12 @@ const CRL_NUMBERS: TableDefinition<&str, u64> = TableDefinition::new("crl_number
 /// DER.
 const CRLS: TableDefinition<&str, &[u8]> = TableDefinition::new("crls");
 
-/// label ‖ 0x00 ‖ sequence number (8 bytes, big-endian) → (): a label's DACs in issue order, so
-/// that `certs list --label` pages through one label without visiting the others.
-const BY_LABEL: TableDefinition<&[u8], ()> = TableDefinition::new("by_label");
-
-/// How far `issued_at` may run behind the issue order. A record's time is taken when it is
-/// signed and its sequence number when it is committed, moments later (bounded by the request
-/// deadline, 30 s by default); an hour covers any sane `request_timeout_secs`. `certs list
-/// --since` starts its scan this much before the first record at the time, so that it misses
-/// none, and `--until` stops this much after.
-const TIME_SLACK_SECS: i64 = 3600;
+/// [`position_key`] → (): every DAC by issue time, then sequence number; `certs list` pages
+/// through it, `--since`/`--until` as a key range.
+const BY_TIME: TableDefinition<&[u8], ()> = TableDefinition::new("by_time");
+/// label ‖ 0x00 ‖ [`position_key`] → (): one label's DACs in the same order, so that `certs
+/// list --label` visits that label only. Both indexes append near their end (issue times grow).
+const BY_LABEL: TableDefinition<&[u8], ()> = TableDefinition::new("by_label_time");
 
 /// The audit chain (`store::audit`): sequence number → record (JSON), appended in the write
 /// transaction of the change it describes.
@@ -193,15 +189,18 @@ impl RedbLedger {
             txn.open_table(CRLS).map_err(le)?;
             txn.open_table(AUDIT).map_err(le)?;
             txn.open_table(AUDIT_HEAD).map_err(le)?;
-            // A ledger made before the label index: build it once.
+            // A ledger made before the inventory indexes: build them once.
             let records = txn.open_table(RECORDS).map_err(le)?;
+            let mut by_time = txn.open_table(BY_TIME).map_err(le)?;
             let mut by_label = txn.open_table(BY_LABEL).map_err(le)?;
-            if by_label.len().map_err(le)? < records.len().map_err(le)? {
+            if by_time.len().map_err(le)? < records.len().map_err(le)? {
                 for entry in records.iter().map_err(le)? {
                     let (seq, bytes) = entry.map_err(le)?;
                     let r = codec::decode(bytes.value())?;
+                    let pos = position_key(r.issued_at, seq.value());
+                    by_time.insert(pos.as_slice(), ()).map_err(le)?;
                     by_label
-                        .insert(label_key(&r.label, seq.value()).as_slice(), ())
+                        .insert(label_key(&r.label, &pos).as_slice(), ())
                         .map_err(le)?;
                 }
             }
@@ -322,6 +321,7 @@ fn apply_group(db: &Database, group: &[Job]) -> Result<Vec<Result<Outcome>>> {
         let mut revoked = txn.open_table(REVOKED).map_err(le)?;
         let mut crl_numbers = txn.open_table(CRL_NUMBERS).map_err(le)?;
         let mut crls = txn.open_table(CRLS).map_err(le)?;
+        let mut by_time = txn.open_table(BY_TIME).map_err(le)?;
         let mut by_label = txn.open_table(BY_LABEL).map_err(le)?;
         let mut audit_table = txn.open_table(AUDIT).map_err(le)?;
         let mut audit_head = txn.open_table(AUDIT_HEAD).map_err(le)?;
@@ -428,8 +428,10 @@ fn apply_group(db: &Database, group: &[Job]) -> Result<Vec<Result<Outcome>>> {
                     subjects
                         .insert(subject_key.as_slice(), next_seq)
                         .map_err(le)?;
+                    let pos = position_key(record.issued_at, next_seq);
+                    by_time.insert(pos.as_slice(), ()).map_err(le)?;
                     by_label
-                        .insert(label_key(&record.label, next_seq).as_slice(), ())
+                        .insert(label_key(&record.label, &pos).as_slice(), ())
                         .map_err(le)?;
                     next_seq += 1;
                     if !admission.uncounted {
@@ -644,12 +646,34 @@ fn same_request(holder: &DacRecord, record: &DacRecord) -> bool {
         && holder.public_key() == record.public_key()
 }
 
-/// The [`BY_LABEL`] key of sequence number `seq` under `label`.
-fn label_key(label: &str, seq: u64) -> Vec<u8> {
-    let mut key = Vec::with_capacity(label.len() + 9);
+/// A [`BY_TIME`] key: issue time (sign bit flipped, so that the bytes sort as the numbers do)
+/// then sequence number, big-endian.
+fn position_key(time: i64, seq: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&((time as u64) ^ (1 << 63)).to_be_bytes());
+    key[8..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// The [`Position`](super::Position) of a [`position_key`] (the last 16 bytes of `key`).
+fn key_position(key: &[u8]) -> Result<super::Position> {
+    let tail = key
+        .get(key.len().saturating_sub(16)..)
+        .filter(|t| t.len() == 16)
+        .ok_or_else(|| Error::Ledger("malformed inventory index key".into()))?;
+    let word = |b: &[u8]| u64::from_be_bytes(b.try_into().unwrap_or_default());
+    Ok(super::Position {
+        time: (word(&tail[..8]) ^ (1 << 63)) as i64,
+        seq: word(&tail[8..]),
+    })
+}
+
+/// The [`BY_LABEL`] key of position `pos` under `label`.
+fn label_key(label: &str, pos: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(label.len() + 1 + pos.len());
     key.extend_from_slice(label.as_bytes());
     key.push(0);
-    key.extend_from_slice(&seq.to_be_bytes());
+    key.extend_from_slice(pos);
     key
 }
 
@@ -861,84 +885,55 @@ impl Ledger for RedbLedger {
     fn list_page(&self, q: &CertQuery) -> Result<CertPage> {
         self.read(|txn| {
             let records = txn.open_table(RECORDS).map_err(le)?;
-            let issued_at = |seq: u64| -> Result<Option<i64>> {
-                records
-                    .get(seq)
-                    .map_err(le)?
-                    .map(|v| codec::decode(v.value()).map(|r| r.issued_at))
-                    .transpose()
-            };
-            // The time index is the issue order itself (see TIME_SLACK_SECS): binary search
-            // for the first record issued at `since - slack`.
-            let mut start = q.after.map_or(0, |a| a + 1);
-            if let Some(since) = q.since {
-                let want = since - TIME_SLACK_SECS;
-                let (mut lo, mut hi) = (start, records.len().map_err(le)?);
-                while lo < hi {
-                    let mid = lo + (hi - lo) / 2;
-                    match issued_at(mid)? {
-                        Some(t) if t < want => lo = mid + 1,
-                        _ => hi = mid,
-                    }
-                }
-                start = lo;
+            // The key range: from the later of the cursor and `since`, to `until`.
+            let mut from = position_key(q.since.unwrap_or(i64::MIN), 0);
+            if let Some(after) = q.after {
+                from = from.max(match after.seq.checked_add(1) {
+                    Some(seq) => position_key(after.time, seq),
+                    None => position_key(after.time.saturating_add(1), 0),
+                });
             }
-            let stop = q.until.map(|u| u.saturating_add(TIME_SLACK_SECS));
+            let to = q.until.map(|t| position_key(t, 0));
+            let (from, to): (Vec<u8>, Vec<u8>) = match &q.label {
+                Some(label) => (
+                    label_key(label, &from),
+                    match to {
+                        Some(to) => label_key(label, &to),
+                        None => {
+                            let mut end = label.as_bytes().to_vec();
+                            end.push(1);
+                            end
+                        }
+                    },
+                ),
+                None => (
+                    from.to_vec(),
+                    to.map_or_else(|| vec![0xff; 17], |t| t.to_vec()),
+                ),
+            };
             let limit = q.limit.max(1);
             let mut out = Vec::new();
-            let mut visit = |seq: u64, r: DacRecord| -> bool {
-                if stop.is_some_and(|s| r.issued_at >= s) {
-                    return false;
-                }
-                if q.matches(&r) {
-                    out.push((seq, r));
-                }
-                out.len() < limit
-            };
-            let mut more = false;
-            match &q.label {
-                Some(label) => {
-                    let by_label = txn.open_table(BY_LABEL).map_err(le)?;
-                    let from = label_key(label, start);
-                    let mut end = label_key(label, 0);
-                    end.truncate(label.len());
-                    end.push(1);
-                    for entry in by_label
-                        .range(from.as_slice()..end.as_slice())
-                        .map_err(le)?
-                    {
-                        let (k, _) = entry.map_err(le)?;
-                        let k = k.value();
-                        let seq = u64::from_be_bytes(
-                            k.get(k.len().saturating_sub(8)..)
-                                .and_then(|b| b.try_into().ok())
-                                .ok_or_else(|| Error::Ledger("malformed label index".into()))?,
-                        );
-                        let Some(bytes) = records.get(seq).map_err(le)? else {
-                            return Err(Error::Ledger("dangling label index".into()));
-                        };
-                        if !visit(seq, codec::decode(bytes.value())?) {
-                            more = true;
-                            break;
-                        }
-                    }
-                }
-                None => {
-                    for entry in records.range(start..).map_err(le)? {
-                        let (seq, bytes) = entry.map_err(le)?;
-                        if !visit(seq.value(), codec::decode(bytes.value())?) {
-                            more = true;
+            let mut next = None;
+            if from < to {
+                let index = txn
+                    .open_table(if q.label.is_some() { BY_LABEL } else { BY_TIME })
+                    .map_err(le)?;
+                for entry in index.range(from.as_slice()..to.as_slice()).map_err(le)? {
+                    let (k, _) = entry.map_err(le)?;
+                    let pos = key_position(k.value())?;
+                    let Some(bytes) = records.get(pos.seq).map_err(le)? else {
+                        return Err(Error::Ledger("dangling inventory index".into()));
+                    };
+                    let r = codec::decode(bytes.value())?;
+                    if q.matches(&r) {
+                        out.push((pos.seq, r));
+                        if out.len() == limit {
+                            next = Some(pos);
                             break;
                         }
                     }
                 }
             }
-            let full = out.len() >= limit;
-            let next = if more && full {
-                out.last().map(|(seq, _)| *seq)
-            } else {
-                None
-            };
             Ok(CertPage { records: out, next })
         })
     }
