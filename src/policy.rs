@@ -410,6 +410,13 @@ impl Policy {
                 asn1::hex(serial)
             )));
         }
+        // An operator marked this DAC for re-key (issue 14): its renewal must bring a new key.
+        if ledger.rekey_mark(serial)?.is_some() && record.public_key() == Some(req.public_key) {
+            return Err(Error::Forbidden(format!(
+                "DAC serial {} is marked for re-key: the renewal CSR must carry a new key",
+                asn1::hex(serial)
+            )));
+        }
         let old_subject = leaf.tbs_certificate().subject();
         let same = names_equal(&req.subject, old_subject);
         let placeholder = label.config.reenroll_placeholder_subject && is_placeholder(&req.subject);

@@ -74,6 +74,13 @@ pub enum CertsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Mark a DAC for re-key: its next renewal (simplereenroll) must bring a new key.
+    Rekey {
+        #[arg(long)]
+        config: PathBuf,
+        /// The serial number, hex.
+        serial: String,
+    },
     /// Counts per label, PID, status and issue day.
     Stats {
         #[arg(long)]
@@ -204,14 +211,14 @@ pub fn run(command: CertsCommand) -> Result<()> {
             serial: text,
             json,
         } => {
-            let digits: String = text.chars().filter(|c| *c != ':').collect();
-            let wanted = asn1::unhex(&digits).ok_or_else(|| {
-                Error::BadRequest(format!("serial {text:?}: expected hex digits"))
-            })?;
+            let wanted = parse_serial(&text)?;
             let ledger = open(&config)?;
-            let result = show(&ledger, &wanted);
+            let result =
+                show(&ledger, &wanted).and_then(|(r, l)| Ok((ledger.rekey_mark(&r.serial)?, r, l)));
             ledger.close();
-            let (record, lineage) = result?;
+            let (rekey, record, lineage) = result?;
+            let rekey = rekey
+                .map(|(at, by)| serde_json::json!({ "markedAt": asn1::format_time(at), "by": by }));
             let pem = der::pem::encode_string("CERTIFICATE", der::pem::LineEnding::LF, &record.der)
                 .map_err(|e| Error::Internal(e.to_string()))?;
             let lineage: Vec<serde_json::Value> = lineage
@@ -231,6 +238,7 @@ pub fn run(command: CertsCommand) -> Result<()> {
                     map.remove("seq");
                     map.insert("pem".into(), pem.into());
                     map.insert("lineage".into(), lineage.into());
+                    map.insert("rekey".into(), rekey.unwrap_or_default());
                 }
                 println!("{v}");
             } else {
@@ -245,6 +253,13 @@ pub fn run(command: CertsCommand) -> Result<()> {
                         "status:    revoked at {} ({reason})",
                         asn1::format_time(*at)
                     ),
+                }
+                if let Some(r) = &rekey {
+                    println!(
+                        "re-key:    marked at {} by {} (the next renewal must bring a new key)",
+                        r["markedAt"].as_str().unwrap_or_default(),
+                        r["by"].as_str().unwrap_or_default()
+                    );
                 }
                 println!("lineage (oldest first):");
                 for l in &lineage {
@@ -263,6 +278,22 @@ pub fn run(command: CertsCommand) -> Result<()> {
                 }
                 print!("{pem}");
             }
+            Ok(())
+        }
+        CertsCommand::Rekey {
+            config,
+            serial: text,
+        } => {
+            let wanted = parse_serial(&text)?;
+            let ledger = open(&config)?;
+            let result = ledger.mark_rekey(&wanted, asn1::now(), &super::operator());
+            ledger.close();
+            let r = result?;
+            println!(
+                "DAC serial {} ({}) is marked for re-key: its next renewal must bring a new key",
+                serial(&r),
+                r.subject
+            );
             Ok(())
         }
         CertsCommand::Stats { config, json } => {
@@ -372,6 +403,13 @@ fn show(ledger: &RedbLedger, serial_bytes: &[u8]) -> Result<(DacRecord, Vec<DacR
     lineage.push(record.clone());
     lineage.extend(newer);
     Ok((record, lineage))
+}
+
+fn parse_serial(text: &str) -> Result<Vec<u8>> {
+    let digits: String = text.chars().filter(|c| *c != ':').collect();
+    asn1::unhex(&digits)
+        .filter(|b| !b.is_empty())
+        .ok_or_else(|| Error::BadRequest(format!("serial {text:?}: expected hex digits")))
 }
 
 fn row(seq: u64, r: &DacRecord) -> serde_json::Value {

@@ -62,6 +62,12 @@ pub enum AuditEvent {
         number: u64,
         entries: u64,
     },
+    /// A DAC was marked for re-key (its next renewal must bring a new key).
+    RekeyMarked {
+        label: String,
+        serial: String,
+        identity: String,
+    },
     /// `serve` started with this config file (its SHA-256).
     ConfigLoaded { path: String, sha256: String },
 }
@@ -77,6 +83,7 @@ impl AuditEvent {
             AuditEvent::TokenRevoked { .. } => "token_revoked",
             AuditEvent::Revocation { .. } => "revocation",
             AuditEvent::CrlIssued { .. } => "crl_issued",
+            AuditEvent::RekeyMarked { .. } => "rekey_marked",
             AuditEvent::ConfigLoaded { .. } => "config_loaded",
         }
     }
@@ -90,7 +97,8 @@ impl AuditEvent {
             | AuditEvent::TokenSpent { label, .. }
             | AuditEvent::TokenRevoked { label, .. }
             | AuditEvent::Revocation { label, .. }
-            | AuditEvent::CrlIssued { label, .. } => Some(label),
+            | AuditEvent::CrlIssued { label, .. }
+            | AuditEvent::RekeyMarked { label, .. } => Some(label),
             AuditEvent::ConfigLoaded { .. } => None,
         }
     }
@@ -100,7 +108,8 @@ impl AuditEvent {
         match self {
             AuditEvent::EnrollmentGranted { identity, .. }
             | AuditEvent::Revocation { identity, .. }
-            | AuditEvent::TokenRevoked { identity, .. } => Some(identity),
+            | AuditEvent::TokenRevoked { identity, .. }
+            | AuditEvent::RekeyMarked { identity, .. } => Some(identity),
             AuditEvent::EnrollmentRefused {
                 identity,
                 presented,

@@ -352,6 +352,12 @@ pub trait Ledger: Send + Sync {
         at: i64,
         by: &str,
     ) -> Result<DacRecord>;
+    /// Marks a DAC for re-key: its next renewal must bring a new key (audited as done `by`).
+    /// [`crate::Error::NotFound`] for an unknown serial; a revoked or already marked DAC is
+    /// refused and nothing changes.
+    fn mark_rekey(&self, serial: &[u8], at: i64, by: &str) -> Result<DacRecord>;
+    /// When and by whom the DAC with `serial` was marked for re-key, if it was.
+    fn rekey_mark(&self, serial: &[u8]) -> Result<Option<(i64, String)>>;
     /// The revoked DACs of `label`, in serial order.
     fn revoked(&self, label: &str) -> Result<Vec<RevokedEntry>>;
     /// The next cRLNumber of `label` (1 for its first CRL), taken for good: numbers only grow,

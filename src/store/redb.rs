@@ -52,6 +52,9 @@ const BY_TIME: TableDefinition<&[u8], ()> = TableDefinition::new("by_time");
 /// list --label` visits that label only. Both indexes append near their end (issue times grow).
 const BY_LABEL: TableDefinition<&[u8], ()> = TableDefinition::new("by_label_time");
 
+/// serial → when it was marked for re-key (8 bytes, big-endian) ‖ who marked it (UTF-8).
+const REKEY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("rekey");
+
 /// The audit chain (`store::audit`): sequence number → record (JSON), appended in the write
 /// transaction of the change it describes.
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
@@ -84,6 +87,11 @@ enum Op {
         by: String,
     },
     Audit(Box<AuditEvent>),
+    MarkRekey {
+        serial: Vec<u8>,
+        at: i64,
+        by: String,
+    },
     PutToken([u8; 32], TokenRecord),
     RevokeToken {
         id: String,
@@ -189,6 +197,7 @@ impl RedbLedger {
             txn.open_table(CRLS).map_err(le)?;
             txn.open_table(AUDIT).map_err(le)?;
             txn.open_table(AUDIT_HEAD).map_err(le)?;
+            txn.open_table(REKEY).map_err(le)?;
             // A ledger made before the inventory indexes: build them once.
             let records = txn.open_table(RECORDS).map_err(le)?;
             let mut by_time = txn.open_table(BY_TIME).map_err(le)?;
@@ -323,6 +332,7 @@ fn apply_group(db: &Database, group: &[Job]) -> Result<Vec<Result<Outcome>>> {
         let mut crls = txn.open_table(CRLS).map_err(le)?;
         let mut by_time = txn.open_table(BY_TIME).map_err(le)?;
         let mut by_label = txn.open_table(BY_LABEL).map_err(le)?;
+        let mut rekey = txn.open_table(REKEY).map_err(le)?;
         let mut audit_table = txn.open_table(AUDIT).map_err(le)?;
         let mut audit_head = txn.open_table(AUDIT_HEAD).map_err(le)?;
         let kept_head = audit_head
@@ -575,6 +585,44 @@ fn apply_group(db: &Database, group: &[Job]) -> Result<Vec<Result<Outcome>>> {
                         identity: by.clone(),
                     })?;
                     Ok(Outcome::Token(Box::new(token)))
+                })(),
+                Op::MarkRekey { serial, at, by } => (|| {
+                    let hex = crate::asn1::hex(serial).to_uppercase();
+                    let seq = serials
+                        .get(serial.as_slice())
+                        .map_err(le)?
+                        .map(|v| v.value())
+                        .ok_or_else(|| {
+                            Error::NotFound(format!("no DAC with serial {hex} is on record"))
+                        })?;
+                    let record = codec::decode(
+                        records
+                            .get(seq)
+                            .map_err(le)?
+                            .ok_or_else(|| Error::Ledger("dangling serial index".into()))?
+                            .value(),
+                    )?;
+                    if let Status::Revoked { .. } = record.status {
+                        return Err(Error::BadRequest(format!(
+                            "DAC serial {hex} is revoked: it will not renew at all"
+                        )));
+                    }
+                    if rekey.get(serial.as_slice()).map_err(le)?.is_some() {
+                        return Err(Error::BadRequest(format!(
+                            "DAC serial {hex} is already marked for re-key"
+                        )));
+                    }
+                    let mut value = at.to_be_bytes().to_vec();
+                    value.extend_from_slice(by.as_bytes());
+                    rekey
+                        .insert(serial.as_slice(), value.as_slice())
+                        .map_err(le)?;
+                    chain.append(AuditEvent::RekeyMarked {
+                        label: record.label.clone(),
+                        serial: crate::asn1::hex(serial),
+                        identity: by.clone(),
+                    })?;
+                    Ok(Outcome::Record(Box::new(record)))
                 })(),
                 Op::Audit(event) => chain.append((**event).clone()).map(|_| Outcome::Flag(true)),
                 Op::PutToken(hash, token) => (|| {
@@ -1044,6 +1092,25 @@ impl Ledger for RedbLedger {
                 }
             }
             Ok(v.finish().map(|end| (v.count(), end)))
+        })
+    }
+
+    fn mark_rekey(&self, serial: &[u8], at: i64, by: &str) -> Result<DacRecord> {
+        self.record_op(Op::MarkRekey {
+            serial: serial.to_vec(),
+            at,
+            by: by.to_string(),
+        })
+    }
+
+    fn rekey_mark(&self, serial: &[u8]) -> Result<Option<(i64, String)>> {
+        self.read(|txn| {
+            let t = txn.open_table(REKEY).map_err(le)?;
+            Ok(t.get(serial).map_err(le)?.and_then(|v| {
+                let v = v.value();
+                let at = i64::from_be_bytes(v.get(..8)?.try_into().ok()?);
+                Some((at, String::from_utf8_lossy(&v[8..]).into_owned()))
+            }))
         })
     }
 
