@@ -89,7 +89,7 @@ fn main() {
         .unwrap();
     let start = Instant::now();
     for _ in 0..n {
-        profile::check::dac(&dac.der, &label.pai, asn1::now()).unwrap();
+        profile::check::dac(&dac.der, &label.pai, asn1::now(), None).unwrap();
     }
     let check = start.elapsed().as_secs_f64() * 1e6 / n as f64;
     let start = Instant::now();

@@ -27,6 +27,7 @@ pub mod tag {
     pub const GENERALIZED_TIME: u8 = 0x18;
     pub const SEQUENCE: u8 = 0x30;
     pub const SET: u8 = 0x31;
+    pub const ENUMERATED: u8 = 0x0a;
 }
 
 /// Content bytes of the object identifiers we emit.
@@ -45,6 +46,12 @@ pub mod oid {
     pub const SUBJECT_KEY_ID: &[u8] = &[0x55, 0x1d, 0x0e];
     /// id-ce-authorityKeyIdentifier 2.5.29.35
     pub const AUTHORITY_KEY_ID: &[u8] = &[0x55, 0x1d, 0x23];
+    /// id-ce-cRLNumber 2.5.29.20 (RFC 5280 §5.2.3)
+    pub const CRL_NUMBER: &[u8] = &[0x55, 0x1d, 0x14];
+    /// id-ce-cRLReasons 2.5.29.21 (RFC 5280 §5.3.1)
+    pub const CRL_REASON: &[u8] = &[0x55, 0x1d, 0x15];
+    /// id-ce-cRLDistributionPoints 2.5.29.31 (RFC 5280 §4.2.1.13)
+    pub const CRL_DISTRIBUTION_POINTS: &[u8] = &[0x55, 0x1d, 0x1f];
     /// id-ce-subjectAltName 2.5.29.17
     pub const SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1d, 0x11];
     /// id-ce-extKeyUsage 2.5.29.37

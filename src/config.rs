@@ -12,6 +12,7 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::matter::{Pid, Vid};
 use crate::profile::{OtherAttributes, PidPolicy, Validity};
+use crate::revocation::CrlUrl;
 use crate::signer::PassphraseSource;
 use crate::signer::pkcs11::{self, Pkcs11Config, TokenSelector};
 
@@ -36,8 +37,19 @@ pub struct Config {
     /// The operator accepts development material (test VIDs) in this deployment.
     pub danger_development_pki: bool,
     pub server: ServerConfig,
+    /// `[crl] listen`: the plain-HTTP listener that serves each label's CRL at the path of its
+    /// `labels.NAME.crl.url`; `None` = no listener (the CRL files are still written).
+    pub crl_listen: Option<SocketAddr>,
+    /// `[tokens] expires_in_secs`: how long a new enrollment token is valid unless
+    /// `token create --expires-in` says otherwise. Default 7 days: a token is minted for a
+    /// device about to be made or set up, and a week covers handing it to the line; a leaked
+    /// one stops working by itself.
+    pub token_expiry: Duration,
     pub labels: BTreeMap<String, LabelConfig>,
 }
+
+/// The default of [`Config::token_expiry`].
+pub const DEFAULT_TOKEN_EXPIRY: Duration = Duration::from_secs(7 * 86_400);
 
 /// `[server]`.
 #[derive(Clone, Debug)]
@@ -117,6 +129,8 @@ pub struct LabelConfig {
     pub serverkeygen: bool,
     /// `[labels.NAME.rate_limit]`: enrollments a second, label-wide and per client identity.
     pub rate_limit: Option<RateLimit>,
+    /// `[labels.NAME.crl]`: publish a CRL for this label.
+    pub crl: Option<CrlConfig>,
 }
 
 /// `[labels.NAME.rate_limit]`: token buckets refilled at this many enrollments a second, each
@@ -125,6 +139,28 @@ pub struct LabelConfig {
 pub struct RateLimit {
     pub per_label: Option<u32>,
     pub per_identity: Option<u32>,
+}
+
+/// `[labels.NAME.crl]`: the label's CRL (MATTER.md "Revocation").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CrlConfig {
+    /// Where commissioners fetch it: the DCL revocation point's `dataURL`; the `[crl]` listener
+    /// serves the CRL at this URL's path.
+    pub url: Option<CrlUrl>,
+    /// Where each new CRL is written (DER).
+    pub file: PathBuf,
+    /// nextUpdate − thisUpdate. Default 7 days, the CA/Browser Forum Baseline Requirements'
+    /// (§4.9.7) longest interval between CRLs for end-entity certificates; a CRL is reissued
+    /// when half of it has passed (`revocation::REFRESH_AT`) and on every revocation.
+    pub next_update: Duration,
+    /// Put `url` into new DACs as their CRL distribution point (MATTER.md: optional; one
+    /// http(s) URI of at most 100 characters).
+    pub in_dacs: bool,
+}
+
+impl CrlConfig {
+    /// The default period, see [`CrlConfig::next_update`].
+    pub const DEFAULT_NEXT_UPDATE: Duration = Duration::from_secs(7 * 86_400);
 }
 
 /// `[labels.NAME.renewal]`.
@@ -357,6 +393,49 @@ impl Config {
                     counts_against_quota: r.counts_against_quota.unwrap_or(true),
                 },
             };
+            let crl = match &l.crl {
+                None => None,
+                Some(c) => {
+                    let url = c
+                        .url
+                        .as_deref()
+                        .map(CrlUrl::parse)
+                        .transpose()
+                        .map_err(|p| err(&key("crl.url"), p))?;
+                    if c.in_dacs {
+                        let url = url.as_ref().ok_or_else(|| {
+                            err(
+                                &key("crl.in_dacs"),
+                                "needs crl.url, the URI to put in DACs".into(),
+                            )
+                        })?;
+                        crate::profile::check_crl_distribution_point(url.as_str())
+                            .map_err(|p| err(&key("crl.url"), p))?;
+                    }
+                    let next_update = match c.next_update_secs {
+                        None => CrlConfig::DEFAULT_NEXT_UPDATE,
+                        // RFC 5280 §5.1.2.5: nextUpdate is after thisUpdate; a CRL refreshed
+                        // more than once a minute would only burn cRLNumbers.
+                        Some(s) if s >= 120 => Duration::from_secs(s),
+                        Some(s) => {
+                            return Err(err(
+                                &key("crl.next_update_secs"),
+                                format!("{s}: at least 120 seconds"),
+                            ));
+                        }
+                    };
+                    let file = c
+                        .file
+                        .clone()
+                        .unwrap_or_else(|| PathBuf::from(format!("crl/{name}.crl")));
+                    Some(CrlConfig {
+                        url,
+                        file: resolve(&file),
+                        next_update,
+                        in_dacs: c.in_dacs,
+                    })
+                }
+            };
             labels.insert(
                 name.clone(),
                 LabelConfig {
@@ -375,6 +454,7 @@ impl Config {
                     renewal,
                     serverkeygen: l.serverkeygen,
                     rate_limit,
+                    crl,
                     name,
                 },
             );
@@ -445,7 +525,40 @@ impl Config {
                     format!("{e}; expected e.g. \"0.0.0.0:8443\""),
                 )
             })?;
+        // One URL path serves one label's CRL.
+        let mut crl_paths: BTreeMap<&str, &str> = BTreeMap::new();
+        for (name, l) in &labels {
+            if let Some(url) = l.crl.as_ref().and_then(|c| c.url.as_ref())
+                && let Some(other) = crl_paths.insert(url.path(), name)
+            {
+                return Err(err(
+                    &format!("labels.{name}.crl.url"),
+                    format!("path {} is also label {other:?}'s CRL URL path", url.path()),
+                ));
+            }
+        }
+        let crl_listen = raw
+            .crl
+            .as_ref()
+            .and_then(|c| c.listen.as_deref())
+            .map(|l| {
+                l.parse()
+                    .map_err(|e| err("crl.listen", format!("{e}; expected e.g. \"0.0.0.0:8080\"")))
+            })
+            .transpose()?;
+        let token_expiry = match raw.tokens.as_ref().and_then(|t| t.expires_in_secs) {
+            None => DEFAULT_TOKEN_EXPIRY,
+            Some(0) => {
+                return Err(err(
+                    "tokens.expires_in_secs",
+                    "must be at least 1 second".into(),
+                ));
+            }
+            Some(s) => Duration::from_secs(s),
+        };
         Ok(Config {
+            token_expiry,
+            crl_listen,
             path: path.to_path_buf(),
             ledger: resolve(&raw.ledger),
             default_label,
@@ -566,8 +679,32 @@ struct RawConfig {
     #[serde(default)]
     danger_development_pki: bool,
     server: Option<RawServer>,
+    crl: Option<RawCrlListener>,
+    tokens: Option<RawTokens>,
     #[serde(default)]
     labels: BTreeMap<String, RawLabel>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTokens {
+    expires_in_secs: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCrlListener {
+    listen: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLabelCrl {
+    url: Option<String>,
+    file: Option<PathBuf>,
+    next_update_secs: Option<u64>,
+    #[serde(default)]
+    in_dacs: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -612,6 +749,7 @@ struct RawLabel {
     #[serde(default)]
     serverkeygen: bool,
     rate_limit: Option<RawRateLimit>,
+    crl: Option<RawLabelCrl>,
 }
 
 #[derive(Deserialize)]
@@ -1051,6 +1189,49 @@ signer = { file = "pai.key" }
             let msg = parse(&text).expect_err(signer).to_string();
             assert!(msg.contains(key), "{signer}: {msg}");
         }
+    }
+
+    #[test]
+    fn crl_keys_are_checked() {
+        let with = |lines: &str| {
+            parse(
+                &format!(
+                    "{MINIMAL}[labels.a.crl]\n{lines}\n[labels.a.signer]\nfile = \"pai.key\"\n"
+                )
+                .replace("signer = { file = \"pai.key\" }\n", ""),
+            )
+        };
+        let c = with("url = \"http://crl.example.com/a.crl\"\nin_dacs = true").expect("valid");
+        let crl = c.label("a").expect("label").crl.clone().expect("crl");
+        assert_eq!(crl.url.as_ref().map(|u| u.path()), Some("/a.crl"));
+        assert_eq!(crl.file, PathBuf::from("/etc/matter-est/crl/a.crl"));
+        assert_eq!(crl.next_update, CrlConfig::DEFAULT_NEXT_UPDATE);
+        let long = format!(
+            "url = \"http://crl.example.com/{}\"\nin_dacs = true",
+            "x".repeat(80)
+        );
+        let cases = [
+            (long.as_str(), "100"),
+            ("url = \"ftp://crl.example.com/a.crl\"", "http"),
+            ("in_dacs = true", "crl.in_dacs"),
+            (
+                "url = \"http://x/a.crl\"\nnext_update_secs = 5",
+                "next_update_secs",
+            ),
+        ];
+        for (lines, needle) in cases {
+            let msg = with(lines).expect_err(lines).to_string();
+            assert!(
+                msg.contains(needle) && msg.contains("labels.a.crl"),
+                "{lines}: {msg}"
+            );
+        }
+        // A long dataURL is fine when it does not go into DACs (the DCL allows 256).
+        with(&format!(
+            "url = \"http://crl.example.com/{}\"",
+            "x".repeat(150)
+        ))
+        .expect("valid");
     }
 
     #[test]

@@ -107,6 +107,13 @@ pub enum Error {
     )]
     RateLimited { label: String, retry_after: u64 },
 
+    #[error("DAC serial {serial} is already revoked ({reason}, {at})")]
+    AlreadyRevoked {
+        serial: String,
+        reason: String,
+        at: String,
+    },
+
     // ---- authentication and policy (EST) ----
     #[error("{0}")]
     Unauthenticated(String),
@@ -183,7 +190,7 @@ impl Error {
             | DacTooLarge { .. }
             | BadRequest(_) => ErrorKind::BadRequest,
             VidMismatch { .. } | PidNotAllowed { .. } | Forbidden(_) => ErrorKind::Forbidden,
-            SubjectTaken { .. } => ErrorKind::Conflict,
+            SubjectTaken { .. } | AlreadyRevoked { .. } => ErrorKind::Conflict,
             QuotaExhausted { .. } => ErrorKind::QuotaExhausted,
             UnknownLabel(_) | NotFound(_) => ErrorKind::NotFound,
             Unauthenticated(_) => ErrorKind::Unauthenticated,

@@ -416,6 +416,12 @@ pub fn load_label(lc: &LabelConfig) -> Result<Label> {
         validity: lc.validity,
         cn_prefix: lc.cn_prefix.clone(),
         other_attributes: lc.other_subject_attributes,
+        crl_distribution_point: lc
+            .crl
+            .as_ref()
+            .filter(|c| c.in_dacs)
+            .and_then(|c| c.url.as_ref())
+            .map(|u| u.as_str().to_string()),
     };
     Ok(Label {
         config: lc.clone(),

@@ -18,6 +18,7 @@ pub mod pki;
 pub mod policy;
 pub mod profile;
 pub mod ratelimit;
+pub mod revocation;
 pub mod server;
 pub mod signer;
 pub mod store;

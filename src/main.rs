@@ -1,12 +1,12 @@
 //! The `matter-est` command line: parse arguments, load the config, run one subcommand.
 
+mod cli;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-
-mod cli;
 
 use cli::pki::{ClientsCommand, TlsCommand};
 
@@ -14,7 +14,7 @@ use matter_est::config::Config;
 use matter_est::issuance::{IssueOptions, Issuer};
 use matter_est::profile::dev;
 use matter_est::store::redb::RedbLedger;
-use matter_est::{Error, Result, asn1, batch, csr, matter, policy, server, signer};
+use matter_est::{Error, Result, asn1, batch, csr, matter, revocation, server, signer};
 
 use cli::pai::{self as pai_cli, PaiCommand};
 
@@ -95,7 +95,7 @@ enum Command {
     /// One-time enrollment tokens for devices (HTTP Basic: user = token id, password = secret).
     Token {
         #[command(subcommand)]
-        command: TokenCommand,
+        command: cli::tokens::TokenCommand,
     },
     /// Make keys and DACs ahead of time for a production line without a network.
     #[command(group(clap::ArgGroup::new("which_devices").required(true).multiple(false)))]
@@ -160,6 +160,20 @@ enum Command {
         #[arg(long, default_value = "man")]
         out: PathBuf,
     },
+    /// Revoke a DAC (RFC 5280 reason name) and reissue its label's CRL.
+    Revoke(cli::ops::RevokeArgs),
+    /// Write a label's CRL (DER), or print its DCL revocation point (`crl dcl-info`).
+    Crl(cli::ops::CrlArgs),
+    /// The DACs on record: list (filtered, paginated), show one, count.
+    Certs {
+        #[command(subcommand)]
+        command: cli::certs::CertsCommand,
+    },
+    /// The hash-chained audit log in the ledger: verify it, list it.
+    Audit {
+        #[command(subcommand)]
+        command: cli::audit::AuditCommand,
+    },
     /// Make a Matter CSR (P-256 key, CN/VID/PID subject) with our own code, to try `issue`.
     SampleCsr {
         /// Where to write the CSR (PEM).
@@ -190,25 +204,6 @@ enum LedgerCommand {
         /// The backup file to create (never overwritten).
         #[arg(long)]
         out: PathBuf,
-    },
-}
-
-#[derive(Subcommand)]
-enum TokenCommand {
-    /// Create tokens; each secret is printed once and stored only as a SHA-256 hash.
-    Create {
-        /// The configuration file (its ledger must not be held by a running `serve`).
-        #[arg(long)]
-        config: PathBuf,
-        /// The label the tokens enroll on.
-        #[arg(long)]
-        label: String,
-        /// Bind the token to one PID.
-        #[arg(long)]
-        pid: Option<String>,
-        /// How many tokens to make.
-        #[arg(long, default_value_t = 1)]
-        count: u32,
     },
 }
 
@@ -344,27 +339,7 @@ fn run(cli: Cli) -> Result<()> {
             log_json,
             danger_allow_development_pki,
         } => serve(config, listen, log_json, danger_allow_development_pki),
-        Command::Token {
-            command:
-                TokenCommand::Create {
-                    config,
-                    label,
-                    pid,
-                    count,
-                },
-        } => {
-            let config = Config::load(&config)?;
-            config.label(&label)?;
-            let pid = pid.map(|p| matter::Pid::parse(&p)).transpose()?;
-            let ledger = RedbLedger::open(&config.ledger)?;
-            println!("# token id (HTTP Basic user) and secret (password); shown only once");
-            for _ in 0..count {
-                let (id, secret) = policy::create_token(&ledger, &label, pid)?;
-                println!("{id} {secret}");
-            }
-            ledger.close();
-            Ok(())
-        }
+        Command::Token { command } => cli::tokens::run(command),
         Command::Batch {
             config,
             label,
@@ -490,6 +465,10 @@ fn run(cli: Cli) -> Result<()> {
             println!("wrote the manual pages to {}", out.display());
             Ok(())
         }
+        Command::Revoke(args) => cli::ops::revoke(args),
+        Command::Crl(args) => cli::ops::crl(args),
+        Command::Audit { command } => cli::audit::run(command),
+        Command::Certs { command } => cli::certs::run(command),
         Command::SampleCsr {
             out,
             key_out,
@@ -550,10 +529,18 @@ fn serve(
     labels.refuse_development_pki(&config, danger_dev)?;
     let ledger = Arc::new(RedbLedger::open(&config.ledger)?);
     let issuer = Arc::new(labels.with_ledger(ledger.clone()));
+    cli::serve::config_loaded(ledger.as_ref(), &config.path)?;
     runtime.block_on(async {
+        let crls = Arc::new(revocation::CrlService::new(issuer.clone())?);
         let running = server::start(&config, issuer).await?;
+        let publisher = revocation::publish::start(crls, config.crl_listen).await?;
+        let heads = cli::serve::log_audit_heads(ledger.clone());
+        let crl_addr = publisher
+            .addr
+            .map_or_else(|| "-".to_string(), |a| a.to_string());
         tracing::info!(
             addr = %running.addr,
+            crl = %crl_addr,
             config = %config.path.display(),
             ledger = %config.ledger.display(),
             "matter-est serving"
@@ -596,9 +583,12 @@ fn serve(
         }
         tracing::info!("shutting down: no new connections, finishing requests in flight");
         running.shutdown().await;
+        publisher.shutdown().await;
+        heads.abort();
         Ok::<(), Error>(())
     })?;
     ledger.close();
+    cli::serve::log_audit_head(ledger.as_ref());
     tracing::info!("ledger closed");
     Ok(())
 }

@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::issuance::{Issuer, Label};
 use crate::matter;
 use crate::profile::{DacSubject, PidPolicy};
-use crate::store::{DacRecord, Ledger, Status, TokenRecord};
+use crate::store::{DacRecord, Ledger, Status, TokenRecord, TokenState};
 use crate::tls::{Anchors, read_pem_certs};
 
 /// A presented client certificate chain, leaf first, already verified by the TLS layer against
@@ -358,10 +358,15 @@ impl Policy {
                 }
                 Ok(())
             }
-            Enroller::Token(t) => match t.pid {
-                Some(pid) if pid != subject.pid.value() => Err(Error::Forbidden(format!(
+            Enroller::Token(t) => match (t.pid, &t.cn) {
+                (Some(pid), _) if pid != subject.pid.value() => Err(Error::Forbidden(format!(
                     "PID {} is not allowed for token {} (bound to PID {pid:04X})",
                     subject.pid, t.id
+                ))),
+                // A token bound to a device's CN obtains that identity only.
+                (_, Some(cn)) if *cn != subject.cn => Err(Error::Forbidden(format!(
+                    "CN {:?} is not allowed for token {} (bound to CN {cn:?})",
+                    subject.cn, t.id
                 ))),
                 _ => Ok(()),
             },
@@ -423,6 +428,13 @@ impl Policy {
         if let Status::Revoked { .. } = record.status {
             return Err(Error::Forbidden(format!(
                 "DAC serial {} is revoked and cannot be renewed",
+                asn1::hex(serial)
+            )));
+        }
+        // An operator marked this DAC for re-key (issue 14): its renewal must bring a new key.
+        if ledger.rekey_mark(serial)?.is_some() && record.public_key() == Some(req.public_key) {
+            return Err(Error::Forbidden(format!(
+                "DAC serial {} is marked for re-key: the renewal CSR must carry a new key",
                 asn1::hex(serial)
             )));
         }
@@ -551,15 +563,57 @@ fn authenticate_token(label: &LabelConfig, basic: &Basic, ledger: &dyn Ledger) -
             token.id, token.label, label.name
         )));
     }
-    Ok(Enroller::Token(token))
+    // Revoked or expired: 401, as an unknown token (the ledger re-checks both when spending).
+    match token.state(asn1::now()) {
+        TokenState::Revoked => Err(Error::Unauthenticated(format!(
+            "enrollment token {} was revoked",
+            token.id
+        ))),
+        TokenState::Expired => Err(Error::Unauthenticated(format!(
+            "enrollment token {} expired at {}",
+            token.id,
+            asn1::format_time(token.expires_at.unwrap_or_default())
+        ))),
+        TokenState::Unused | TokenState::Spent(_) => Ok(Enroller::Token(token)),
+    }
 }
 
-/// A new one-time token: (id, secret). Only the SHA-256 of the secret is stored.
+/// What a new token is bound to.
+#[derive(Clone, Debug, Default)]
+pub struct TokenOptions {
+    /// The only PID it may obtain.
+    pub pid: Option<matter::Pid>,
+    /// The only CN it may obtain.
+    pub cn: Option<String>,
+    /// Unix seconds after which it is refused unless spent.
+    pub expires_at: Option<i64>,
+}
+
+/// A new one-time token bound to `pid` only, without expiry: (id, secret).
 pub fn create_token(
     ledger: &dyn Ledger,
     label: &str,
     pid: Option<matter::Pid>,
 ) -> Result<(String, String)> {
+    create_token_with(
+        ledger,
+        label,
+        &TokenOptions {
+            pid,
+            ..TokenOptions::default()
+        },
+    )
+}
+
+/// A new one-time token: (id, secret). Only the SHA-256 of the secret is stored.
+pub fn create_token_with(
+    ledger: &dyn Ledger,
+    label: &str,
+    opts: &TokenOptions,
+) -> Result<(String, String)> {
+    if let Some(cn) = &opts.cn {
+        matter::check_cn(cn)?;
+    }
     let rng = SystemRandom::new();
     let mut id = [0u8; 6];
     let mut secret = [0u8; 24];
@@ -574,9 +628,12 @@ pub fn create_token(
         &TokenRecord {
             id: id.clone(),
             label: label.to_string(),
-            pid: pid.map(matter::Pid::value),
+            pid: opts.pid.map(matter::Pid::value),
             created_at: asn1::now(),
             spent_by: None,
+            expires_at: opts.expires_at,
+            cn: opts.cn.clone(),
+            revoked_at: None,
         },
     )?;
     Ok((id, secret))

@@ -518,7 +518,15 @@ async fn simplereenroll_renews_the_presented_dac() {
         .serial_number()
         .as_bytes()
         .to_vec();
-    assert!(server.ledger.revoke(&serial2, "keyCompromise", 0).unwrap());
+    server
+        .ledger
+        .revoke(
+            &serial2,
+            matter_est::revocation::RevocationReason::KeyCompromise,
+            0,
+            "test",
+        )
+        .unwrap();
     let (der, _) = csr(&subject(Some("revoked"), Some("FFF1"), Some("8000")));
     let r = as_device(&server, &dac2, &key2)
         .await

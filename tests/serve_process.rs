@@ -22,13 +22,8 @@ fn serve_logs_json_and_stops_on_sigterm() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    // A line says where it listens (after the signer's, when it has one to say).
-    let first: serde_json::Value = lines
-        .by_ref()
-        .map(|l| serde_json::from_str::<serde_json::Value>(&l.unwrap()).unwrap())
-        .find(|l| l["fields"]["message"] != "PKCS#11 signer ready")
-        .unwrap();
-    assert_eq!(first["fields"]["message"], "matter-est serving");
+    // A line says where it listens (after the signer's and the CRL publisher's start-up lines).
+    let first = next_message(&mut lines, "matter-est serving");
     assert!(
         first["fields"]["ledger"]
             .as_str()
@@ -73,6 +68,7 @@ fn serve_logs_json_and_stops_on_sigterm() {
     // Its log line: one JSON object with the request's facts, no secrets.
     let line = lines.next().unwrap().unwrap();
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["fields"]["message"], "request", "{line}");
     let f = &v["fields"];
     assert_eq!(f["message"], "request");
     assert_eq!(f["op"], "simpleenroll");
@@ -127,11 +123,7 @@ fn refusals_say_who_asked_and_ip_sni_is_not_logged() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first: serde_json::Value = lines
-        .by_ref()
-        .map(|l| serde_json::from_str::<serde_json::Value>(&l.unwrap()).unwrap())
-        .find(|l| l["fields"]["message"] == "matter-est serving")
-        .unwrap();
+    let first = next_message(&mut lines, "matter-est serving");
     let addr = first["fields"]["addr"].as_str().unwrap().to_string();
     let port = addr.rsplit(':').next().unwrap().to_string();
     let url = format!("https://localhost:{port}/.well-known/est/dev/simpleenroll");
@@ -385,4 +377,18 @@ fn sighup_reloads_tls_and_policy_without_dropping_connections() {
 #[test]
 fn the_same_tests_over_the_pkcs11_signer() {
     common::hsm::rerun_over_pkcs11("the_same_tests_over_the_pkcs11_signer", &[]);
+}
+
+/// The next JSON log line whose message is `message`, skipping the others.
+fn next_message(
+    lines: &mut impl Iterator<Item = std::io::Result<String>>,
+    message: &str,
+) -> serde_json::Value {
+    for line in lines.by_ref() {
+        let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        if v["fields"]["message"] == message {
+            return v;
+        }
+    }
+    panic!("no log line {message:?}");
 }

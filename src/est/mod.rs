@@ -20,6 +20,7 @@ use crate::csr;
 use crate::error::{Error, ErrorKind, Result};
 use crate::issuance::{IssueOptions, Issued, Issuer, Label, Prepared};
 use crate::policy::{Basic, PeerChain, Policy, Renewal};
+use crate::store::audit::AuditEvent;
 use crate::store::{Committed, Pending};
 
 /// The realm of the HTTP Basic challenge (RFC 7617 §2).
@@ -164,6 +165,20 @@ pub async fn handle(
         ),
     };
     let status = reply.status.as_u16();
+    // DESIGN.md "The operator plane": a refused enrollment is audited with the rule that
+    // refused it (the message the client got) and who asked.
+    if let (Some(op @ ("simpleenroll" | "simplereenroll")), Some(rule)) =
+        (outcome.op, outcome.error.as_ref())
+    {
+        app.issuer.ledger().audit(AuditEvent::EnrollmentRefused {
+            label: outcome.label.clone().unwrap_or_default(),
+            identity: outcome.identity.clone(),
+            presented: outcome.presented.clone(),
+            op: op.to_string(),
+            status,
+            rule: rule.clone(),
+        });
+    }
     tracing::info!(
         peer = %conn.addr,
         identity = outcome.identity.as_deref().unwrap_or("-"),

@@ -96,6 +96,21 @@ pub fn authority_key_id_ext(issuer_skid: &[u8]) -> Vec<u8> {
     )
 }
 
+/// cRLDistributionPoints, non-critical (RFC 5280 §4.2.1.13 "SHOULD be non-critical"), holding
+/// one DistributionPoint whose fullName is one uniformResourceIdentifier (MATTER.md
+/// "Revocation"): `30 (30 (a0 (a0 (86 uri))))`.
+pub fn crl_distribution_points_ext(uri: &str) -> Vec<u8> {
+    let general_name = asn1::tlv(0x86, &[uri.as_bytes()]); // [6] IMPLICIT IA5String
+    let full_name = asn1::tlv(0xa0, &[&general_name]); // fullName [0] IMPLICIT GeneralNames
+    let dp_name = asn1::tlv(0xa0, &[&full_name]); // distributionPoint [0] (a CHOICE: explicit)
+    let dp = asn1::tlv(tag::SEQUENCE, &[&dp_name]);
+    asn1::extension(
+        oid::CRL_DISTRIBUTION_POINTS,
+        false,
+        &asn1::tlv(tag::SEQUENCE, &[&dp]),
+    )
+}
+
 /// basicConstraints, critical (MATTER.md). `None` = end entity (cA FALSE omitted in DER).
 pub fn basic_constraints_ext(ca_path_len: Option<Option<u8>>) -> Vec<u8> {
     let value = match ca_path_len {

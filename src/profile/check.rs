@@ -35,9 +35,10 @@ const KU_KEY_CERT_SIGN: u16 = 1 << 5;
 const KU_CRL_SIGN: u16 = 1 << 6;
 
 /// Checks a DAC we are about to return against every MATTER.md DAC rule, including its
-/// signature by `pai`. Errors are [`Error::SelfCheck`].
-pub fn dac(der: &[u8], pai: &Pai, now: i64) -> Result<()> {
-    dac_inner(der, pai, now).map_err(|e| match e {
+/// signature by `pai`; `crl_dp` is the CRL distribution point URI the label puts into its DACs,
+/// if any. Errors are [`Error::SelfCheck`].
+pub fn dac(der: &[u8], pai: &Pai, now: i64, crl_dp: Option<&str>) -> Result<()> {
+    dac_inner(der, pai, now, crl_dp).map_err(|e| match e {
         Error::SelfCheck(_) => e,
         other => Error::SelfCheck(other.to_string()),
     })
@@ -47,7 +48,7 @@ fn fail(rule: &str) -> Error {
     Error::SelfCheck(rule.to_string())
 }
 
-fn dac_inner(der: &[u8], pai: &Pai, now: i64) -> Result<()> {
+fn dac_inner(der: &[u8], pai: &Pai, now: i64, crl_dp: Option<&str>) -> Result<()> {
     let p = Parsed::from_der(der)?;
     every_certificate(der, &p)?;
     let tbs = p.cert.tbs_certificate();
@@ -108,10 +109,20 @@ fn dac_inner(der: &[u8], pai: &Pai, now: i64) -> Result<()> {
         return Err(fail("CN longer than 64 characters"));
     }
 
-    // MATTER.md "DAC": exactly our four extensions, with these encodings.
+    // MATTER.md "DAC": exactly our four extensions, with these encodings, and a CRL
+    // distribution point when the label puts one in (MATTER.md "Revocation").
     let exts = tbs.extensions().map(|e| e.len()).unwrap_or(0);
-    if exts != 4 {
-        return Err(fail("a DAC carries exactly BC, KU, SKID and AKID"));
+    if exts != 4 + usize::from(crl_dp.is_some()) {
+        return Err(fail(
+            "a DAC carries exactly BC, KU, SKID and AKID (and the label's CRL distribution point)",
+        ));
+    }
+    if let Some(expected) = crl_dp {
+        let uri = crl_distribution_point(&p)?;
+        if uri != expected {
+            return Err(fail("the CRL distribution point is not the label's URI"));
+        }
+        crate::profile::check_crl_distribution_point(&uri).map_err(|e| fail(&e))?;
     }
     let bc = p
         .extension(oid::BASIC_CONSTRAINTS)
@@ -226,17 +237,12 @@ fn every_certificate(der: &[u8], p: &Parsed) -> Result<()> {
     }
     let exts = tbs.extensions().map(Vec::as_slice).unwrap_or_default();
     for e in exts {
-        let known = [
-            oid::BASIC_CONSTRAINTS,
-            oid::KEY_USAGE,
-            oid::SUBJECT_KEY_ID,
-            oid::AUTHORITY_KEY_ID,
-        ];
+        let known = [oid::BASIC_CONSTRAINTS, oid::KEY_USAGE];
         let id = e.extn_id.as_bytes();
-        if e.critical && !known[..2].contains(&id) {
+        if e.critical && !known.contains(&id) {
             return Err(fail("an extension other than BC/KU is critical"));
         }
-        if !e.critical && known[..2].contains(&id) {
+        if !e.critical && known.contains(&id) {
             return Err(fail("basicConstraints and keyUsage must be critical"));
         }
     }
@@ -245,6 +251,34 @@ fn every_certificate(der: &[u8], p: &Parsed) -> Result<()> {
         _ => return Err(fail("subjectKeyIdentifier must be present, 20 bytes")),
     }
     Ok(())
+}
+
+/// MATTER.md "Revocation": a non-critical cRLDistributionPoints holding one DistributionPoint
+/// whose fullName is one URI, no reasons, no cRLIssuer. Returns the URI.
+fn crl_distribution_point(p: &Parsed) -> Result<String> {
+    use x509_cert::ext::pkix::crl::CrlDistributionPoints;
+    use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
+    let ext = p
+        .extension(oid::CRL_DISTRIBUTION_POINTS)
+        .ok_or_else(|| fail("no CRL distribution point"))?;
+    let bad = || fail("the CRL distribution point must be one DistributionPoint with one URI");
+    if ext.critical {
+        return Err(fail("the CRL distribution point must be non-critical"));
+    }
+    let dps = CrlDistributionPoints::from_der(ext.extn_value.as_bytes()).map_err(|_| bad())?;
+    let [dp] = dps.0.as_slice() else {
+        return Err(bad());
+    };
+    if dp.reasons.is_some() || dp.crl_issuer.is_some() {
+        return Err(bad());
+    }
+    match &dp.distribution_point {
+        Some(DistributionPointName::FullName(names)) => match names.as_slice() {
+            [GeneralName::UniformResourceIdentifier(uri)] => Ok(uri.to_string()),
+            _ => Err(bad()),
+        },
+        _ => Err(bad()),
+    }
 }
 
 /// authorityKeyIdentifier: keyIdentifier only, 20 bytes (MATTER.md "Every certificate").

@@ -32,6 +32,33 @@ pub const BACKDATE_SECS: i64 = 3600;
 /// Largest certificate a Matter device can hold (Matter Core §6.2.2: 600-byte buffer).
 pub const MAX_CERT_BYTES: usize = 600;
 
+/// Longest URI of a DAC's CRL distribution point (MATTER.md "Revocation": optional; if present,
+/// one http(s) URI of at most 100 characters, the Matter SDK's limit).
+pub const MAX_CRL_DP_URI_CHARS: usize = 100;
+
+/// MATTER.md "Revocation": may `uri` be a DAC's CRL distribution point? The one place of this
+/// rule: config load refuses such a label, and the self-check holds every DAC to it.
+pub fn check_crl_distribution_point(uri: &str) -> std::result::Result<(), String> {
+    let n = uri.chars().count();
+    if n > MAX_CRL_DP_URI_CHARS {
+        return Err(format!(
+            "{uri:?} is {n} characters; a DAC's CRL distribution point is at most \
+             {MAX_CRL_DP_URI_CHARS} (the Matter SDK's limit)"
+        ));
+    }
+    if !(uri.starts_with("http://") || uri.starts_with("https://")) {
+        return Err(format!(
+            "{uri:?}: a DAC's CRL distribution point is http or https"
+        ));
+    }
+    if !uri.is_ascii() || uri.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        return Err(format!(
+            "{uri:?}: a URI is printable ASCII without spaces (IA5String)"
+        ));
+    }
+    Ok(())
+}
+
 /// Which PIDs a label may issue.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PidPolicy {
@@ -68,6 +95,9 @@ pub struct DacProfile {
     /// identifier, see [`DacProfile::generated_cn`]).
     pub cn_prefix: String,
     pub other_attributes: OtherAttributes,
+    /// The CRL distribution point URI put into each new DAC, if the label asks for one (checked
+    /// by [`check_crl_distribution_point`] at config load).
+    pub crl_distribution_point: Option<String>,
 }
 
 /// A PAI, parsed and held to MATTER.md's PAI rules at load.
@@ -271,12 +301,16 @@ impl DacProfile {
             Validity::Days(days) => (now + i64::from(days) * 86_400).min(pai.not_after),
         };
         let skid = cert::key_id(public_key);
-        let extensions = [
+        let mut extensions = vec![
             cert::basic_constraints_ext(None),
             cert::key_usage_ext(cert::key_usage::DIGITAL_SIGNATURE),
             cert::subject_key_id_ext(&skid),
             cert::authority_key_id_ext(&pai.skid),
         ];
+        // MATTER.md "Revocation": optional, one http(s) URI; the SDK tolerates it.
+        if let Some(uri) = &self.crl_distribution_point {
+            extensions.push(cert::crl_distribution_points_ext(uri));
+        }
         let subject_der = subject.to_der();
         let der = cert::build_and_sign(
             &CertFields {
@@ -293,7 +327,7 @@ impl DacProfile {
         if der.len() > MAX_CERT_BYTES {
             return Err(Error::DacTooLarge { size: der.len() });
         }
-        check::dac(&der, pai, now)?;
+        check::dac(&der, pai, now, self.crl_distribution_point.as_deref())?;
         Ok(Dac {
             der,
             serial: serial.to_vec(),

@@ -7,11 +7,13 @@
 //!
 //! `store` knows nothing of HTTP.
 
+pub mod audit;
 pub mod redb;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
+use crate::revocation::RevocationReason;
 
 /// Status of a DAC on record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +77,143 @@ pub struct TokenRecord {
     /// Serial of the DAC that spent it.
     #[serde(default, with = "opt_hex_bytes")]
     pub spent_by: Option<Vec<u8>>,
+    /// Unix seconds after which an unspent token is refused.
+    #[serde(default)]
+    pub expires_at: Option<i64>,
+    /// The only DAC CN it may obtain (so that a leaked token cannot claim any identity).
+    #[serde(default)]
+    pub cn: Option<String>,
+    /// When an operator revoked it.
+    #[serde(default)]
+    pub revoked_at: Option<i64>,
+}
+
+/// Where a token stands (`token list`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenState {
+    Unused,
+    Spent(Vec<u8>),
+    Expired,
+    Revoked,
+}
+
+impl TokenRecord {
+    /// Its state at `now`. Spent wins: a spent token stays answerable for the DAC it was spent
+    /// on (policy's repeat rule).
+    pub fn state(&self, now: i64) -> TokenState {
+        match (&self.spent_by, self.revoked_at, self.expires_at) {
+            (Some(serial), _, _) => TokenState::Spent(serial.clone()),
+            (None, Some(_), _) => TokenState::Revoked,
+            (None, None, Some(t)) if now >= t => TokenState::Expired,
+            _ => TokenState::Unused,
+        }
+    }
+}
+
+/// One revoked DAC of a label, as its CRL lists it (RFC 5280 §5.1.2.6).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevokedEntry {
+    /// Serial number magnitude bytes, exactly as issued (MATTER.md "Revocation": compared as
+    /// bytes, never re-encoded).
+    pub serial: Vec<u8>,
+    /// Unix seconds.
+    pub at: i64,
+    pub reason: RevocationReason,
+}
+
+/// The last CRL issued for a label.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CrlRecord {
+    /// cRLNumber (RFC 5280 §5.2.3), increasing per label.
+    pub number: u64,
+    /// thisUpdate and nextUpdate, Unix seconds.
+    pub this_update: i64,
+    pub next_update: i64,
+    /// How many revoked DACs it lists.
+    pub entries: u64,
+    /// The signed CRL, DER.
+    pub der: Vec<u8>,
+}
+
+/// A `certs list` query: every filter optional, results by issue time (then sequence number)
+/// after `after`. The label and the time range are served by indexes; the other filters are
+/// applied to the records those visit.
+#[derive(Clone, Debug, Default)]
+pub struct CertQuery {
+    /// Indexed: only this label's DACs are visited.
+    pub label: Option<String>,
+    pub vid: Option<u16>,
+    pub pid: Option<u16>,
+    /// `Some(false)`: not revoked; `Some(true)`: revoked.
+    pub revoked: Option<bool>,
+    /// Issued at or after (Unix seconds). Indexed.
+    pub since: Option<i64>,
+    /// Issued before (Unix seconds). Indexed.
+    pub until: Option<i64>,
+    /// Text contained in the subject, or hex digits in the serial (case-insensitive).
+    pub contains: Option<String>,
+    /// Text contained in the requester.
+    pub requester: Option<String>,
+    /// The cursor: only records after this position (a page's `next`).
+    pub after: Option<Position>,
+    pub limit: usize,
+}
+
+/// Where a record stands in the inventory's order: issue time, then sequence number. Written
+/// `TIME:SEQ` (the `certs list --after` cursor).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Position {
+    pub time: i64,
+    pub seq: u64,
+}
+
+impl Position {
+    /// Parses `TIME:SEQ`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (t, s) = text.split_once(':')?;
+        Some(Self {
+            time: t.parse().ok()?,
+            seq: s.parse().ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.time, self.seq)
+    }
+}
+
+/// One page of a [`CertQuery`].
+#[derive(Clone, Debug)]
+pub struct CertPage {
+    /// (sequence number, record), by issue time then sequence number.
+    pub records: Vec<(u64, DacRecord)>,
+    /// The cursor for the next page, if there may be more.
+    pub next: Option<Position>,
+}
+
+impl CertQuery {
+    /// Whether `r` passes the filters that are not indexes (all of them, re-checked).
+    pub fn matches(&self, r: &DacRecord) -> bool {
+        self.label.as_ref().is_none_or(|l| r.label == *l)
+            && self.vid.is_none_or(|v| r.vid == v)
+            && self.pid.is_none_or(|p| r.pid == p)
+            && self
+                .revoked
+                .is_none_or(|want| matches!(r.status, Status::Revoked { .. }) == want)
+            && self.since.is_none_or(|t| r.issued_at >= t)
+            && self.until.is_none_or(|t| r.issued_at < t)
+            && self.contains.as_ref().is_none_or(|c| {
+                let c = c.to_lowercase();
+                r.subject.to_lowercase().contains(&c)
+                    || crate::asn1::hex(&r.serial).contains(&c.replace(':', ""))
+            })
+            && self
+                .requester
+                .as_ref()
+                .is_none_or(|q| r.requester.contains(q.as_str()))
+    }
 }
 
 /// What the ledger must check atomically with the insert.
@@ -201,14 +340,60 @@ pub trait Ledger: Send + Sync {
     fn by_subject(&self, issuer_key: &[u8], subject_der: &[u8]) -> Result<Option<DacRecord>>;
     /// Up to `limit` DACs in issue order, starting after the first `skip`.
     fn list(&self, skip: usize, limit: usize) -> Result<Vec<DacRecord>>;
+    /// One page of DACs matching `query` (see [`CertQuery`] for what is indexed).
+    fn list_page(&self, query: &CertQuery) -> Result<CertPage>;
     /// How many DACs `label` has issued.
     fn count(&self, label: &str) -> Result<u64>;
-    /// Marks a DAC revoked; false if there is no such serial.
-    fn revoke(&self, serial: &[u8], reason: &str, at: i64) -> Result<bool>;
+    /// Marks a DAC revoked and lists it among its label's revoked DACs; returns the record as
+    /// revoked. [`crate::Error::NotFound`] when no DAC has this serial,
+    /// [`crate::Error::AlreadyRevoked`] when it is revoked already (nothing changes).
+    /// `by` names who revoked it, for the audit record committed with it.
+    fn revoke(
+        &self,
+        serial: &[u8],
+        reason: RevocationReason,
+        at: i64,
+        by: &str,
+    ) -> Result<DacRecord>;
+    /// Marks a DAC for re-key: its next renewal must bring a new key (audited as done `by`).
+    /// [`crate::Error::NotFound`] for an unknown serial; a revoked or already marked DAC is
+    /// refused and nothing changes.
+    fn mark_rekey(&self, serial: &[u8], at: i64, by: &str) -> Result<DacRecord>;
+    /// When and by whom the DAC with `serial` was marked for re-key, if it was.
+    fn rekey_mark(&self, serial: &[u8]) -> Result<Option<(i64, String)>>;
+    /// The revoked DACs of `label`, in serial order.
+    fn revoked(&self, label: &str) -> Result<Vec<RevokedEntry>>;
+    /// The next cRLNumber of `label` (1 for its first CRL), taken for good: numbers only grow,
+    /// also when a CRL that took one is never stored.
+    fn next_crl_number(&self, label: &str) -> Result<u64>;
+    /// Keeps `crl` as the label's current CRL; refused if it is not newer (by cRLNumber) than
+    /// the one kept.
+    fn put_crl(&self, label: &str, crl: &CrlRecord) -> Result<()>;
+    /// The label's current CRL.
+    fn crl(&self, label: &str) -> Result<Option<CrlRecord>>;
+    /// Appends `event` to the audit chain (with the next write transaction) and returns at once:
+    /// for events that change nothing else in the ledger (a refusal, a config load). Changes
+    /// the ledger makes itself (a DAC, a token, a revocation, a CRL) are audited in their own
+    /// transaction. A failure to append is logged.
+    fn audit(&self, event: audit::AuditEvent);
+    /// Up to `limit` audit records from sequence number `from` on, in order.
+    fn audit_records(&self, from: u64, limit: usize) -> Result<Vec<audit::AuditRecord>>;
+    /// The head of the audit chain as the ledger keeps it.
+    fn audit_head(&self) -> Result<Option<audit::Head>>;
+    /// Checks the whole audit chain (and that it reaches `head`, if given); the head it ends at.
+    fn audit_verify(
+        &self,
+        head: Option<audit::Head>,
+    ) -> Result<std::result::Result<(u64, Option<audit::Head>), audit::Broken>>;
     /// Stores a new token under the SHA-256 of its secret.
     fn put_token(&self, secret_hash: &[u8; 32], token: &TokenRecord) -> Result<()>;
     /// The token whose secret hashes to `secret_hash`.
     fn token(&self, secret_hash: &[u8; 32]) -> Result<Option<TokenRecord>>;
+    /// Every token, by id.
+    fn tokens(&self) -> Result<Vec<TokenRecord>>;
+    /// Revokes an unspent token (audited as done `by`); [`crate::Error::NotFound`] for an
+    /// unknown id, a refusal for a spent or already revoked one (nothing changes).
+    fn revoke_token(&self, id: &str, at: i64, by: &str) -> Result<TokenRecord>;
 }
 
 mod hex_bytes {

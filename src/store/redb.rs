@@ -11,8 +11,13 @@ use std::thread::JoinHandle;
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::{Admission, Committed, Completer, DacRecord, Ledger, Pending, Status, TokenRecord};
+use super::audit::{self, AuditEvent, AuditRecord, Head};
+use super::{
+    Admission, CertPage, CertQuery, Committed, Completer, CrlRecord, DacRecord, Ledger, Pending,
+    RevokedEntry, Status, TokenRecord,
+};
 use crate::error::{Error, Result};
+use crate::revocation::RevocationReason;
 
 /// issue sequence number → record ([`codec`]). Keyed by sequence so that a commit appends to
 /// the end of the tree instead of rewriting pages all over it (serials are only roughly ordered).
@@ -30,6 +35,33 @@ const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("counts");
 const TOKENS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tokens");
 /// token id → SHA-256 of its secret.
 const TOKEN_IDS: TableDefinition<&str, &[u8]> = TableDefinition::new("token_ids");
+/// label ‖ 0x00 ‖ serial → revocation time (8 bytes, big-endian) ‖ RFC 5280 reason code: a
+/// label's revoked DACs are one range scan, which is what building its CRL needs. (A label is
+/// ASCII without NUL, `config`, so the separator cannot occur in it.)
+const REVOKED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("revoked");
+/// label → the last cRLNumber taken.
+const CRL_NUMBERS: TableDefinition<&str, u64> = TableDefinition::new("crl_numbers");
+/// label → its current CRL: number, thisUpdate, nextUpdate, entries (8 bytes each, big-endian),
+/// DER.
+const CRLS: TableDefinition<&str, &[u8]> = TableDefinition::new("crls");
+
+/// [`position_key`] → (): every DAC by issue time, then sequence number; `certs list` pages
+/// through it, `--since`/`--until` as a key range.
+const BY_TIME: TableDefinition<&[u8], ()> = TableDefinition::new("by_time");
+/// label ‖ 0x00 ‖ [`position_key`] → (): one label's DACs in the same order, so that `certs
+/// list --label` visits that label only. Both indexes append near their end (issue times grow).
+const BY_LABEL: TableDefinition<&[u8], ()> = TableDefinition::new("by_label_time");
+
+/// serial → when it was marked for re-key (8 bytes, big-endian) ‖ who marked it (UTF-8).
+const REKEY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("rekey");
+
+/// The audit chain (`store::audit`): sequence number → record (JSON), appended in the write
+/// transaction of the change it describes.
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+/// "head" → the chain's last sequence number and hash (`audit::Head::to_bytes`): where the next
+/// record links to, and what a cut tail is seen against.
+const AUDIT_HEAD: TableDefinition<&str, &[u8]> = TableDefinition::new("audit_head");
+const HEAD_KEY: &str = "head";
 
 /// Most writes folded into one transaction; bounds the latency one commit adds to the first
 /// waiter. 256 × ~1 KiB records stays well inside one redb page batch.
@@ -50,10 +82,24 @@ enum Op {
     Commit(Box<DacRecord>, Admission),
     Revoke {
         serial: Vec<u8>,
-        reason: String,
+        reason: RevocationReason,
         at: i64,
+        by: String,
+    },
+    Audit(Box<AuditEvent>),
+    MarkRekey {
+        serial: Vec<u8>,
+        at: i64,
+        by: String,
     },
     PutToken([u8; 32], TokenRecord),
+    RevokeToken {
+        id: String,
+        at: i64,
+        by: String,
+    },
+    NextCrlNumber(String),
+    PutCrl(String, Box<CrlRecord>),
 }
 
 struct Job {
@@ -65,27 +111,51 @@ struct Job {
 enum Reply {
     Commit(Completer<Committed>),
     Flag(Completer<bool>),
+    Record(Completer<DacRecord>),
+    Number(Completer<u64>),
+    Token(Completer<TokenRecord>),
 }
 
 /// A job's answer.
 enum Outcome {
     Commit(Committed),
     Flag(bool),
+    Record(Box<DacRecord>),
+    Number(u64),
+    Token(Box<TokenRecord>),
 }
 
 impl Reply {
     fn complete(self, result: Result<Outcome>) {
-        match (self, result) {
-            (Reply::Commit(c), Ok(Outcome::Commit(v))) => c.complete(Ok(v)),
-            (Reply::Flag(c), Ok(Outcome::Flag(v))) => c.complete(Ok(v)),
-            (Reply::Commit(c), Err(e)) => c.complete(Err(e)),
-            (Reply::Flag(c), Err(e)) => c.complete(Err(e)),
-            (Reply::Commit(c), Ok(_)) => {
-                c.complete(Err(Error::Internal("ledger reply mismatch".into())))
-            }
-            (Reply::Flag(c), Ok(_)) => {
-                c.complete(Err(Error::Internal("ledger reply mismatch".into())))
-            }
+        fn mismatch<T>() -> Result<T> {
+            Err(Error::Internal("ledger reply mismatch".into()))
+        }
+        match self {
+            Reply::Commit(c) => c.complete(match result {
+                Ok(Outcome::Commit(v)) => Ok(v),
+                Ok(_) => mismatch(),
+                Err(e) => Err(e),
+            }),
+            Reply::Flag(c) => c.complete(match result {
+                Ok(Outcome::Flag(v)) => Ok(v),
+                Ok(_) => mismatch(),
+                Err(e) => Err(e),
+            }),
+            Reply::Record(c) => c.complete(match result {
+                Ok(Outcome::Record(v)) => Ok(*v),
+                Ok(_) => mismatch(),
+                Err(e) => Err(e),
+            }),
+            Reply::Number(c) => c.complete(match result {
+                Ok(Outcome::Number(v)) => Ok(v),
+                Ok(_) => mismatch(),
+                Err(e) => Err(e),
+            }),
+            Reply::Token(c) => c.complete(match result {
+                Ok(Outcome::Token(v)) => Ok(*v),
+                Ok(_) => mismatch(),
+                Err(e) => Err(e),
+            }),
         }
     }
 
@@ -122,6 +192,27 @@ impl RedbLedger {
             txn.open_table(COUNTS).map_err(le)?;
             txn.open_table(TOKENS).map_err(le)?;
             txn.open_table(TOKEN_IDS).map_err(le)?;
+            txn.open_table(REVOKED).map_err(le)?;
+            txn.open_table(CRL_NUMBERS).map_err(le)?;
+            txn.open_table(CRLS).map_err(le)?;
+            txn.open_table(AUDIT).map_err(le)?;
+            txn.open_table(AUDIT_HEAD).map_err(le)?;
+            txn.open_table(REKEY).map_err(le)?;
+            // A ledger made before the inventory indexes: build them once.
+            let records = txn.open_table(RECORDS).map_err(le)?;
+            let mut by_time = txn.open_table(BY_TIME).map_err(le)?;
+            let mut by_label = txn.open_table(BY_LABEL).map_err(le)?;
+            if by_time.len().map_err(le)? < records.len().map_err(le)? {
+                for entry in records.iter().map_err(le)? {
+                    let (seq, bytes) = entry.map_err(le)?;
+                    let r = codec::decode(bytes.value())?;
+                    let pos = position_key(r.issued_at, seq.value());
+                    by_time.insert(pos.as_slice(), ()).map_err(le)?;
+                    by_label
+                        .insert(label_key(&r.label, &pos).as_slice(), ())
+                        .map_err(le)?;
+                }
+            }
         }
         txn.commit().map_err(le)?;
         let db = std::sync::Arc::new(db);
@@ -168,6 +259,18 @@ impl RedbLedger {
     fn flag_op(&self, op: Op) -> Result<bool> {
         let (reply, pending) = Pending::new();
         self.submit_op(op, Reply::Flag(reply));
+        pending.wait()
+    }
+
+    fn record_op(&self, op: Op) -> Result<DacRecord> {
+        let (reply, pending) = Pending::new();
+        self.submit_op(op, Reply::Record(reply));
+        pending.wait()
+    }
+
+    fn number_op(&self, op: Op) -> Result<u64> {
+        let (reply, pending) = Pending::new();
+        self.submit_op(op, Reply::Number(reply));
         pending.wait()
     }
 
@@ -224,6 +327,24 @@ fn apply_group(db: &Database, group: &[Job]) -> Result<Vec<Result<Outcome>>> {
         let mut counts = txn.open_table(COUNTS).map_err(le)?;
         let mut tokens = txn.open_table(TOKENS).map_err(le)?;
         let mut token_ids = txn.open_table(TOKEN_IDS).map_err(le)?;
+        let mut revoked = txn.open_table(REVOKED).map_err(le)?;
+        let mut crl_numbers = txn.open_table(CRL_NUMBERS).map_err(le)?;
+        let mut crls = txn.open_table(CRLS).map_err(le)?;
+        let mut by_time = txn.open_table(BY_TIME).map_err(le)?;
+        let mut by_label = txn.open_table(BY_LABEL).map_err(le)?;
+        let mut rekey = txn.open_table(REKEY).map_err(le)?;
+        let mut audit_table = txn.open_table(AUDIT).map_err(le)?;
+        let mut audit_head = txn.open_table(AUDIT_HEAD).map_err(le)?;
+        let kept_head = audit_head
+            .get(HEAD_KEY)
+            .map_err(le)?
+            .and_then(|v| Head::from_bytes(v.value()));
+        let mut chain = Chain {
+            next: kept_head.map_or(0, |h| h.seq + 1),
+            prev: kept_head.map_or(audit::GENESIS, |h| h.hash),
+            table: &mut audit_table,
+            time: crate::asn1::now(),
+        };
         let mut next_seq = records
             .last()
             .map_err(le)?
@@ -295,6 +416,18 @@ fn apply_group(db: &Database, group: &[Job]) -> Result<Vec<Result<Outcome>>> {
                                 "this enrollment token was already used".into(),
                             ));
                         }
+                        // Checked again here, atomically with spending it: a `token revoke`
+                        // or the expiry may have come after policy looked.
+                        if token.revoked_at.is_some() {
+                            return Err(Error::Unauthenticated(
+                                "this enrollment token was revoked".into(),
+                            ));
+                        }
+                        if token.expires_at.is_some_and(|t| record.issued_at >= t) {
+                            return Err(Error::Unauthenticated(
+                                "this enrollment token has expired".into(),
+                            ));
+                        }
                         token.spent_by = Some(record.serial.clone());
                         tokens
                             .insert(hash.as_slice(), encode(&token)?.as_slice())
@@ -309,21 +442,54 @@ fn apply_group(db: &Database, group: &[Job]) -> Result<Vec<Result<Outcome>>> {
                     subjects
                         .insert(subject_key.as_slice(), next_seq)
                         .map_err(le)?;
+                    let pos = position_key(record.issued_at, next_seq);
+                    by_time.insert(pos.as_slice(), ()).map_err(le)?;
+                    by_label
+                        .insert(label_key(&record.label, &pos).as_slice(), ())
+                        .map_err(le)?;
                     next_seq += 1;
                     if !admission.uncounted {
                         counts
                             .insert(record.label.as_str(), issued + 1)
                             .map_err(le)?;
                     }
+                    let serial = crate::asn1::hex(&record.serial);
+                    if let Some(token) = &admission.token {
+                        chain.append(AuditEvent::TokenSpent {
+                            label: record.label.clone(),
+                            token: token.clone(),
+                            serial: serial.clone(),
+                        })?;
+                    }
+                    chain.append(AuditEvent::EnrollmentGranted {
+                        label: record.label.clone(),
+                        identity: record.requester.clone(),
+                        kind: if record.renews.is_some() {
+                            "renewal"
+                        } else {
+                            "enrollment"
+                        }
+                        .into(),
+                        serial,
+                        subject: record.subject.clone(),
+                    })?;
                     Ok(Outcome::Commit(Committed::Recorded))
                 })(),
-                Op::Revoke { serial, reason, at } => (|| {
+                Op::Revoke {
+                    serial,
+                    reason,
+                    at,
+                    by,
+                } => (|| {
                     let Some(seq) = serials
                         .get(serial.as_slice())
                         .map_err(le)?
                         .map(|v| v.value())
                     else {
-                        return Ok(Outcome::Flag(false));
+                        return Err(Error::NotFound(format!(
+                            "no DAC with serial {} is on record",
+                            crate::asn1::hex(serial)
+                        )));
                     };
                     let mut record = codec::decode(
                         records
@@ -332,17 +498,137 @@ fn apply_group(db: &Database, group: &[Job]) -> Result<Vec<Result<Outcome>>> {
                             .ok_or_else(|| Error::Ledger("dangling serial index".into()))?
                             .value(),
                     )?;
-                    if record.status == Status::Issued {
-                        record.status = Status::Revoked {
-                            at: *at,
+                    if let Status::Revoked { at, reason } = &record.status {
+                        return Err(Error::AlreadyRevoked {
+                            serial: crate::asn1::hex(serial),
                             reason: reason.clone(),
-                        };
-                        records
-                            .insert(seq, codec::encode(&record).as_slice())
-                            .map_err(le)?;
+                            at: crate::asn1::format_time(*at),
+                        });
                     }
+                    record.status = Status::Revoked {
+                        at: *at,
+                        reason: reason.name().to_string(),
+                    };
+                    records
+                        .insert(seq, codec::encode(&record).as_slice())
+                        .map_err(le)?;
+                    let mut value = at.to_be_bytes().to_vec();
+                    value.push(reason.code());
+                    revoked
+                        .insert(
+                            revoked_key(&record.label, serial).as_slice(),
+                            value.as_slice(),
+                        )
+                        .map_err(le)?;
+                    chain.append(AuditEvent::Revocation {
+                        label: record.label.clone(),
+                        serial: crate::asn1::hex(serial),
+                        reason: reason.name().into(),
+                        identity: by.clone(),
+                    })?;
+                    Ok(Outcome::Record(Box::new(record)))
+                })(),
+                Op::NextCrlNumber(label) => (|| {
+                    let last = crl_numbers
+                        .get(label.as_str())
+                        .map_err(le)?
+                        .map(|v| v.value())
+                        .unwrap_or(0);
+                    let next = last + 1;
+                    crl_numbers.insert(label.as_str(), next).map_err(le)?;
+                    Ok(Outcome::Number(next))
+                })(),
+                Op::PutCrl(label, crl) => (|| {
+                    if let Some(kept) = crls.get(label.as_str()).map_err(le)? {
+                        let kept = decode_crl(kept.value())?;
+                        if kept.number >= crl.number {
+                            return Err(Error::Ledger(format!(
+                                "CRL number {} of label {label:?} is not newer than the kept {}",
+                                crl.number, kept.number
+                            )));
+                        }
+                    }
+                    crls.insert(label.as_str(), encode_crl(crl).as_slice())
+                        .map_err(le)?;
+                    chain.append(AuditEvent::CrlIssued {
+                        label: label.clone(),
+                        number: crl.number,
+                        entries: crl.entries,
+                    })?;
                     Ok(Outcome::Flag(true))
                 })(),
+                Op::RevokeToken { id, at, by } => (|| {
+                    let hash = token_ids
+                        .get(id.as_str())
+                        .map_err(le)?
+                        .map(|h| h.value().to_vec())
+                        .ok_or_else(|| Error::NotFound(format!("no token {id}")))?;
+                    let mut token: TokenRecord = decode(
+                        tokens
+                            .get(hash.as_slice())
+                            .map_err(le)?
+                            .ok_or_else(|| Error::Ledger("dangling token id".into()))?
+                            .value(),
+                    )?;
+                    if let Some(serial) = &token.spent_by {
+                        return Err(Error::BadRequest(format!(
+                            "token {id} was spent by DAC serial {}; revoke that DAC instead",
+                            crate::asn1::hex(serial).to_uppercase()
+                        )));
+                    }
+                    if token.revoked_at.is_some() {
+                        return Err(Error::BadRequest(format!("token {id} is already revoked")));
+                    }
+                    token.revoked_at = Some(*at);
+                    tokens
+                        .insert(hash.as_slice(), encode(&token)?.as_slice())
+                        .map_err(le)?;
+                    chain.append(AuditEvent::TokenRevoked {
+                        label: token.label.clone(),
+                        token: id.clone(),
+                        identity: by.clone(),
+                    })?;
+                    Ok(Outcome::Token(Box::new(token)))
+                })(),
+                Op::MarkRekey { serial, at, by } => (|| {
+                    let hex = crate::asn1::hex(serial).to_uppercase();
+                    let seq = serials
+                        .get(serial.as_slice())
+                        .map_err(le)?
+                        .map(|v| v.value())
+                        .ok_or_else(|| {
+                            Error::NotFound(format!("no DAC with serial {hex} is on record"))
+                        })?;
+                    let record = codec::decode(
+                        records
+                            .get(seq)
+                            .map_err(le)?
+                            .ok_or_else(|| Error::Ledger("dangling serial index".into()))?
+                            .value(),
+                    )?;
+                    if let Status::Revoked { .. } = record.status {
+                        return Err(Error::BadRequest(format!(
+                            "DAC serial {hex} is revoked: it will not renew at all"
+                        )));
+                    }
+                    if rekey.get(serial.as_slice()).map_err(le)?.is_some() {
+                        return Err(Error::BadRequest(format!(
+                            "DAC serial {hex} is already marked for re-key"
+                        )));
+                    }
+                    let mut value = at.to_be_bytes().to_vec();
+                    value.extend_from_slice(by.as_bytes());
+                    rekey
+                        .insert(serial.as_slice(), value.as_slice())
+                        .map_err(le)?;
+                    chain.append(AuditEvent::RekeyMarked {
+                        label: record.label.clone(),
+                        serial: crate::asn1::hex(serial),
+                        identity: by.clone(),
+                    })?;
+                    Ok(Outcome::Record(Box::new(record)))
+                })(),
+                Op::Audit(event) => chain.append((**event).clone()).map(|_| Outcome::Flag(true)),
                 Op::PutToken(hash, token) => (|| {
                     if token_ids.get(token.id.as_str()).map_err(le)?.is_some() {
                         return Err(Error::Ledger(format!("token id {} exists", token.id)));
@@ -353,15 +639,54 @@ fn apply_group(db: &Database, group: &[Job]) -> Result<Vec<Result<Outcome>>> {
                     token_ids
                         .insert(token.id.as_str(), hash.as_slice())
                         .map_err(le)?;
+                    chain.append(AuditEvent::TokenCreated {
+                        label: token.label.clone(),
+                        token: token.id.clone(),
+                        pid: token.pid.map(|p| format!("{p:04X}")),
+                    })?;
                     Ok(Outcome::Flag(true))
                 })(),
             };
             results.push(result);
         }
+        let end = chain.next.checked_sub(1).map(|seq| Head {
+            seq,
+            hash: chain.prev,
+        });
+        if let Some(end) = end.filter(|e| Some(*e) != kept_head) {
+            audit_head
+                .insert(HEAD_KEY, end.to_bytes().as_slice())
+                .map_err(le)?;
+        }
     }
     // Durability::Immediate (redb's default): fsync before we acknowledge anything.
     txn.commit().map_err(le)?;
     Ok(results)
+}
+
+/// The end of the audit chain while a group is applied.
+struct Chain<'a, 't> {
+    next: u64,
+    prev: [u8; 32],
+    table: &'a mut redb::Table<'t, u64, &'static [u8]>,
+    time: i64,
+}
+
+impl Chain<'_, '_> {
+    /// Appends `event` as the next record, linked to the previous one.
+    fn append(&mut self, event: AuditEvent) -> Result<()> {
+        let bytes = AuditRecord {
+            seq: self.next,
+            time: self.time,
+            event,
+            prev: crate::asn1::hex(&self.prev),
+        }
+        .encode();
+        self.table.insert(self.next, bytes.as_slice()).map_err(le)?;
+        self.prev = audit::hash(&bytes);
+        self.next += 1;
+        Ok(())
+    }
 }
 
 /// The same public key asking again for an unrevoked DAC of the same label (a retry after a lost
@@ -379,13 +704,84 @@ fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
     to: &redb::WriteTransaction,
     table: TableDefinition<K, V>,
 ) -> Result<()> {
-    let source = from.open_table(table).map_err(le)?;
+    let source = match from.open_table(table) {
+        Ok(t) => t,
+        // An older ledger without this table: nothing to copy.
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+        Err(e) => return Err(le(e)),
+    };
     let mut target = to.open_table(table).map_err(le)?;
     for entry in source.iter().map_err(le)? {
         let (k, v) = entry.map_err(le)?;
         target.insert(k.value(), v.value()).map_err(le)?;
     }
     Ok(())
+}
+
+/// A [`BY_TIME`] key: issue time (sign bit flipped, so that the bytes sort as the numbers do)
+/// then sequence number, big-endian.
+fn position_key(time: i64, seq: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&((time as u64) ^ (1 << 63)).to_be_bytes());
+    key[8..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// The [`Position`](super::Position) of a [`position_key`] (the last 16 bytes of `key`).
+fn key_position(key: &[u8]) -> Result<super::Position> {
+    let tail = key
+        .get(key.len().saturating_sub(16)..)
+        .filter(|t| t.len() == 16)
+        .ok_or_else(|| Error::Ledger("malformed inventory index key".into()))?;
+    let word = |b: &[u8]| u64::from_be_bytes(b.try_into().unwrap_or_default());
+    Ok(super::Position {
+        time: (word(&tail[..8]) ^ (1 << 63)) as i64,
+        seq: word(&tail[8..]),
+    })
+}
+
+/// The [`BY_LABEL`] key of position `pos` under `label`.
+fn label_key(label: &str, pos: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(label.len() + 1 + pos.len());
+    key.extend_from_slice(label.as_bytes());
+    key.push(0);
+    key.extend_from_slice(pos);
+    key
+}
+
+/// The [`REVOKED`] key of `serial` under `label`.
+fn revoked_key(label: &str, serial: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(label.len() + 1 + serial.len());
+    key.extend_from_slice(label.as_bytes());
+    key.push(0);
+    key.extend_from_slice(serial);
+    key
+}
+
+fn encode_crl(crl: &CrlRecord) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 + crl.der.len());
+    out.extend_from_slice(&crl.number.to_be_bytes());
+    out.extend_from_slice(&crl.this_update.to_be_bytes());
+    out.extend_from_slice(&crl.next_update.to_be_bytes());
+    out.extend_from_slice(&crl.entries.to_be_bytes());
+    out.extend_from_slice(&crl.der);
+    out
+}
+
+fn decode_crl(bytes: &[u8]) -> Result<CrlRecord> {
+    let word = |i: usize| -> Result<[u8; 8]> {
+        bytes
+            .get(i * 8..i * 8 + 8)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| Error::Ledger("truncated CRL record".into()))
+    };
+    Ok(CrlRecord {
+        number: u64::from_be_bytes(word(0)?),
+        this_update: i64::from_be_bytes(word(1)?),
+        next_update: i64::from_be_bytes(word(2)?),
+        entries: u64::from_be_bytes(word(3)?),
+        der: bytes.get(32..).unwrap_or_default().to_vec(),
+    })
 }
 
 /// The subject index key: unique subjects per issuer (MATTER.md "DAC").
@@ -561,6 +957,62 @@ impl Ledger for RedbLedger {
         })
     }
 
+    fn list_page(&self, q: &CertQuery) -> Result<CertPage> {
+        self.read(|txn| {
+            let records = txn.open_table(RECORDS).map_err(le)?;
+            // The key range: from the later of the cursor and `since`, to `until`.
+            let mut from = position_key(q.since.unwrap_or(i64::MIN), 0);
+            if let Some(after) = q.after {
+                from = from.max(match after.seq.checked_add(1) {
+                    Some(seq) => position_key(after.time, seq),
+                    None => position_key(after.time.saturating_add(1), 0),
+                });
+            }
+            let to = q.until.map(|t| position_key(t, 0));
+            let (from, to): (Vec<u8>, Vec<u8>) = match &q.label {
+                Some(label) => (
+                    label_key(label, &from),
+                    match to {
+                        Some(to) => label_key(label, &to),
+                        None => {
+                            let mut end = label.as_bytes().to_vec();
+                            end.push(1);
+                            end
+                        }
+                    },
+                ),
+                None => (
+                    from.to_vec(),
+                    to.map_or_else(|| vec![0xff; 17], |t| t.to_vec()),
+                ),
+            };
+            let limit = q.limit.max(1);
+            let mut out = Vec::new();
+            let mut next = None;
+            if from < to {
+                let index = txn
+                    .open_table(if q.label.is_some() { BY_LABEL } else { BY_TIME })
+                    .map_err(le)?;
+                for entry in index.range(from.as_slice()..to.as_slice()).map_err(le)? {
+                    let (k, _) = entry.map_err(le)?;
+                    let pos = key_position(k.value())?;
+                    let Some(bytes) = records.get(pos.seq).map_err(le)? else {
+                        return Err(Error::Ledger("dangling inventory index".into()));
+                    };
+                    let r = codec::decode(bytes.value())?;
+                    if q.matches(&r) {
+                        out.push((pos.seq, r));
+                        if out.len() == limit {
+                            next = Some(pos);
+                            break;
+                        }
+                    }
+                }
+            }
+            Ok(CertPage { records: out, next })
+        })
+    }
+
     fn count(&self, label: &str) -> Result<u64> {
         self.read(|txn| {
             let t = txn.open_table(COUNTS).map_err(le)?;
@@ -568,11 +1020,168 @@ impl Ledger for RedbLedger {
         })
     }
 
-    fn revoke(&self, serial: &[u8], reason: &str, at: i64) -> Result<bool> {
-        self.flag_op(Op::Revoke {
+    fn revoke(
+        &self,
+        serial: &[u8],
+        reason: RevocationReason,
+        at: i64,
+        by: &str,
+    ) -> Result<DacRecord> {
+        self.record_op(Op::Revoke {
             serial: serial.to_vec(),
-            reason: reason.to_string(),
+            reason,
             at,
+            by: by.to_string(),
+        })
+    }
+
+    fn tokens(&self) -> Result<Vec<TokenRecord>> {
+        self.read(|txn| {
+            let ids = txn.open_table(TOKEN_IDS).map_err(le)?;
+            let tokens = txn.open_table(TOKENS).map_err(le)?;
+            let mut out = Vec::new();
+            for entry in ids.iter().map_err(le)? {
+                let (_, hash) = entry.map_err(le)?;
+                if let Some(t) = tokens.get(hash.value()).map_err(le)? {
+                    out.push(decode(t.value())?);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn revoke_token(&self, id: &str, at: i64, by: &str) -> Result<TokenRecord> {
+        let (reply, pending) = Pending::new();
+        self.submit_op(
+            Op::RevokeToken {
+                id: id.to_string(),
+                at,
+                by: by.to_string(),
+            },
+            Reply::Token(reply),
+        );
+        pending.wait()
+    }
+
+    fn audit(&self, event: AuditEvent) {
+        let name = event.name();
+        self.submit_op(
+            Op::Audit(Box::new(event)),
+            Reply::Flag(Completer::new(move |r| {
+                if let Err(e) = r {
+                    tracing::error!(event = name, error = %e, "audit record not appended");
+                }
+            })),
+        );
+    }
+
+    fn audit_records(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>> {
+        self.read(|txn| {
+            let t = txn.open_table(AUDIT).map_err(le)?;
+            let mut out = Vec::new();
+            for entry in t.range(from..).map_err(le)?.take(limit) {
+                let (k, v) = entry.map_err(le)?;
+                out.push(AuditRecord::decode(v.value()).ok_or_else(|| {
+                    Error::Ledger(format!("audit record {} is unreadable", k.value()))
+                })?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn audit_head(&self) -> Result<Option<Head>> {
+        self.read(|txn| {
+            let t = txn.open_table(AUDIT_HEAD).map_err(le)?;
+            Ok(t.get(HEAD_KEY)
+                .map_err(le)?
+                .and_then(|v| Head::from_bytes(v.value())))
+        })
+    }
+
+    fn audit_verify(
+        &self,
+        head: Option<Head>,
+    ) -> Result<std::result::Result<(u64, Option<Head>), audit::Broken>> {
+        let mut heads = Vec::new();
+        if let Some(kept) = self.audit_head()? {
+            heads.push(("head kept in the ledger".to_string(), kept));
+        }
+        if let Some(given) = head {
+            heads.push(("head given with --head".to_string(), given));
+        }
+        let mut v = audit::Verifier::new(heads);
+        self.read(|txn| {
+            let t = txn.open_table(AUDIT).map_err(le)?;
+            for entry in t.iter().map_err(le)? {
+                let (k, bytes) = entry.map_err(le)?;
+                if let Err(broken) = v.feed(k.value(), bytes.value()) {
+                    return Ok(Err(broken));
+                }
+            }
+            Ok(v.finish().map(|end| (v.count(), end)))
+        })
+    }
+
+    fn mark_rekey(&self, serial: &[u8], at: i64, by: &str) -> Result<DacRecord> {
+        self.record_op(Op::MarkRekey {
+            serial: serial.to_vec(),
+            at,
+            by: by.to_string(),
+        })
+    }
+
+    fn rekey_mark(&self, serial: &[u8]) -> Result<Option<(i64, String)>> {
+        self.read(|txn| {
+            let t = txn.open_table(REKEY).map_err(le)?;
+            Ok(t.get(serial).map_err(le)?.and_then(|v| {
+                let v = v.value();
+                let at = i64::from_be_bytes(v.get(..8)?.try_into().ok()?);
+                Some((at, String::from_utf8_lossy(&v[8..]).into_owned()))
+            }))
+        })
+    }
+
+    fn revoked(&self, label: &str) -> Result<Vec<RevokedEntry>> {
+        self.read(|txn| {
+            let t = txn.open_table(REVOKED).map_err(le)?;
+            let start = revoked_key(label, &[]);
+            let mut end = start.clone();
+            if let Some(last) = end.last_mut() {
+                *last = 1;
+            }
+            let mut out = Vec::new();
+            for entry in t.range(start.as_slice()..end.as_slice()).map_err(le)? {
+                let (k, v) = entry.map_err(le)?;
+                let (k, v) = (k.value(), v.value());
+                let bad = || Error::Ledger("malformed revocation index entry".into());
+                let at: [u8; 8] = v.get(..8).and_then(|b| b.try_into().ok()).ok_or_else(bad)?;
+                let code = *v.get(8).ok_or_else(bad)?;
+                out.push(RevokedEntry {
+                    serial: k.get(start.len()..).ok_or_else(bad)?.to_vec(),
+                    at: i64::from_be_bytes(at),
+                    reason: RevocationReason::from_code(code).ok_or_else(bad)?,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn next_crl_number(&self, label: &str) -> Result<u64> {
+        self.number_op(Op::NextCrlNumber(label.to_string()))
+    }
+
+    fn put_crl(&self, label: &str, crl: &CrlRecord) -> Result<()> {
+        self.flag_op(Op::PutCrl(label.to_string(), Box::new(crl.clone())))
+            .map(|_| ())
+    }
+
+    fn crl(&self, label: &str) -> Result<Option<CrlRecord>> {
+        self.read(|txn| {
+            let t = txn.open_table(CRLS).map_err(le)?;
+            t.get(label)
+                .map_err(le)?
+                .map(|v| decode_crl(v.value()))
+                .transpose()
         })
     }
 
@@ -600,6 +1209,24 @@ impl RedbLedger {
         if to.exists() {
             return Err(Error::io(to, "exists; a backup never overwrites a file"));
         }
+        let copied = self.copy_into(to);
+        if copied.is_err() {
+            // A half-written copy must not pass for a backup.
+            let _ = std::fs::remove_file(to);
+        }
+        let records = copied?;
+        // The copy's contents are durable (redb fsyncs its commit); make its directory entry
+        // durable too.
+        if let Some(dir) = to.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| Error::io(dir, e))?;
+        }
+        Ok(records)
+    }
+
+    /// [`RedbLedger::backup_to`]'s copy, table by table, from one snapshot.
+    fn copy_into(&self, to: &Path) -> Result<u64> {
         let copy = Database::create(to).map_err(|e| Error::io(to, e))?;
         let snapshot = self.db.begin_read().map_err(le)?;
         let txn = copy.begin_write().map_err(le)?;
@@ -609,6 +1236,28 @@ impl RedbLedger {
         copy_table(&snapshot, &txn, COUNTS)?;
         copy_table(&snapshot, &txn, TOKENS)?;
         copy_table(&snapshot, &txn, TOKEN_IDS)?;
+        copy_table(&snapshot, &txn, REVOKED)?;
+        copy_table(&snapshot, &txn, CRL_NUMBERS)?;
+        copy_table(&snapshot, &txn, CRLS)?;
+        copy_table(&snapshot, &txn, BY_TIME)?;
+        copy_table(&snapshot, &txn, BY_LABEL)?;
+        copy_table(&snapshot, &txn, REKEY)?;
+        copy_table(&snapshot, &txn, AUDIT)?;
+        copy_table(&snapshot, &txn, AUDIT_HEAD)?;
+        // A table added to the ledger but not above would be lost silently: compare.
+        use redb::TableHandle as _;
+        let names = |tables: Box<dyn Iterator<Item = redb::UntypedTableHandle>>| {
+            let mut n: Vec<String> = tables.map(|t| t.name().to_string()).collect();
+            n.sort();
+            n
+        };
+        let source = names(Box::new(snapshot.list_tables().map_err(le)?));
+        let copied = names(Box::new(txn.list_tables().map_err(le)?));
+        if source != copied {
+            return Err(Error::Ledger(format!(
+                "backup incomplete: the ledger has tables {source:?}, the copy {copied:?}"
+            )));
+        }
         txn.commit().map_err(le)?;
         let records = snapshot
             .open_table(RECORDS)
@@ -616,13 +1265,6 @@ impl RedbLedger {
             .len()
             .map_err(le)?;
         drop(copy);
-        // The copy's contents are durable (redb fsyncs its commit); make its directory entry
-        // durable too.
-        if let Some(dir) = to.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| Error::io(dir, e))?;
-        }
         Ok(records)
     }
 
@@ -679,7 +1321,39 @@ mod tests {
             ledger.commit(&record(4, "c", "x"), &quota),
             Err(Error::QuotaExhausted { quota: 2, .. })
         ));
-        assert!(ledger.revoke(&[1], "keyCompromise", 5).expect("revoke"));
+        let revoked = ledger
+            .revoke(&[1], RevocationReason::KeyCompromise, 5, "test")
+            .expect("revoke");
+        assert_eq!(revoked.serial, [1]);
+        // Again: refused, nothing changes; an unknown serial: not found.
+        assert!(matches!(
+            ledger.revoke(&[1], RevocationReason::Superseded, 6, "test"),
+            Err(Error::AlreadyRevoked { .. })
+        ));
+        assert!(matches!(
+            ledger.revoke(&[99], RevocationReason::Superseded, 6, "test"),
+            Err(Error::NotFound(_))
+        ));
+        assert_eq!(
+            ledger.revoked("x").expect("revoked"),
+            [RevokedEntry {
+                serial: vec![1],
+                at: 5,
+                reason: RevocationReason::KeyCompromise
+            }]
+        );
+        assert!(ledger.revoked("y").expect("revoked").is_empty());
+        assert_eq!(ledger.next_crl_number("x").expect("n"), 1);
+        assert_eq!(ledger.next_crl_number("x").expect("n"), 2);
+        let crl = CrlRecord {
+            number: 2,
+            this_update: 1,
+            next_update: 2,
+            entries: 1,
+            der: vec![0x30, 0],
+        };
+        ledger.put_crl("x", &crl).expect("put");
+        assert!(ledger.put_crl("x", &crl).is_err(), "not newer");
         drop(ledger);
 
         let ledger = RedbLedger::open(&path).expect("reopen");
@@ -700,5 +1374,7 @@ mod tests {
         assert_eq!(restored.list(0, 10).expect("list"), list);
         let holder = restored.by_subject(&[9; 20], b"a").expect("lookup");
         assert_eq!(holder.map(|r| r.serial), Some(vec![3]));
+        assert_eq!(restored.crl("x").expect("crl").map(|c| c.number), Some(2));
+        assert_eq!(restored.next_crl_number("x").expect("n"), 3);
     }
 }

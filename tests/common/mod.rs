@@ -38,7 +38,10 @@ impl DevEnv {
         let dir = tempfile::tempdir().unwrap();
         dev::init(dir.path(), false).unwrap();
         let path = dir.path().join(dev::files::CONFIG);
-        let text = std::fs::read_to_string(&path).unwrap();
+        // The CRL listener on a free port: tests run in parallel.
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("listen = \"127.0.0.1:8444\"", "listen = \"127.0.0.1:0\"");
         std::fs::write(&path, edit(dir.path(), text)).unwrap();
         Self { dir }
     }
