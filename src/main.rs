@@ -14,7 +14,7 @@ use matter_est::config::Config;
 use matter_est::issuance::{IssueOptions, Issuer};
 use matter_est::profile::dev;
 use matter_est::store::redb::RedbLedger;
-use matter_est::{Error, Result, asn1, batch, csr, matter, revocation, server, signer};
+use matter_est::{Error, Result, asn1, batch, csr, matter, revocation, server, signer, store};
 
 use cli::pai::{self as pai_cli, PaiCommand};
 
@@ -300,7 +300,7 @@ fn run(cli: Cli) -> Result<()> {
             let req = csr::parse(&body)?;
             let labels = Issuer::load(&config)?;
             labels.refuse_development_pki(&config, danger_allow_development_pki)?;
-            let ledger = Arc::new(RedbLedger::open(&config.ledger)?);
+            let ledger = store::open(&config)?;
             let issuer = labels.with_ledger(ledger.clone());
             let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
             let issued = issuer.issue(
@@ -368,7 +368,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             let labels = Issuer::load(&config)?;
             labels.refuse_development_pki(&config, danger_allow_development_pki)?;
-            let ledger = Arc::new(RedbLedger::open(&config.ledger)?);
+            let ledger = store::open(&config)?;
             let issuer = labels.with_ledger(ledger.clone());
             let start = std::time::Instant::now();
             let report = batch::run(
@@ -527,7 +527,7 @@ fn serve(
     // Labels first: a refused configuration opens (and creates) nothing.
     let labels = Issuer::load(&config)?;
     labels.refuse_development_pki(&config, danger_dev)?;
-    let ledger = Arc::new(RedbLedger::open(&config.ledger)?);
+    let ledger = store::open(&config)?;
     let issuer = Arc::new(labels.with_ledger(ledger.clone()));
     cli::serve::config_loaded(ledger.as_ref(), &config.path)?;
     runtime.block_on(async {

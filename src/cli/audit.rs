@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use clap::Subcommand;
 
 use matter_est::config::Config;
+use matter_est::store;
 use matter_est::store::Ledger;
 use matter_est::store::audit::{AuditRecord, Head};
-use matter_est::store::redb::RedbLedger;
 use matter_est::{Error, Result, asn1};
 
 /// Records read per ledger read while listing.
@@ -209,9 +209,9 @@ pub fn parse_time(text: &str) -> Result<i64> {
     Ok(days * 86_400 + h * 3600 + mi * 60 + s)
 }
 
-fn open(config: &std::path::Path) -> Result<RedbLedger> {
+fn open(config: &std::path::Path) -> Result<std::sync::Arc<dyn Ledger>> {
     let config = Config::load(config)?;
-    RedbLedger::open(&config.ledger)
+    store::open(&config)
 }
 
 #[cfg(test)]

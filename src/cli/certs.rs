@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Subcommand, ValueEnum};
 
 use matter_est::config::Config;
-use matter_est::store::redb::RedbLedger;
+use matter_est::store;
 use matter_est::store::{CertQuery, DacRecord, Ledger, Position, Status};
 use matter_est::{Error, Result, asn1};
 
@@ -222,8 +222,8 @@ pub fn run(command: CertsCommand) -> Result<()> {
         } => {
             let wanted = parse_serial(&text)?;
             let ledger = open(&config)?;
-            let result =
-                show(&ledger, &wanted).and_then(|(r, l)| Ok((ledger.rekey_mark(&r.serial)?, r, l)));
+            let result = show(ledger.as_ref(), &wanted)
+                .and_then(|(r, l)| Ok((ledger.rekey_mark(&r.serial)?, r, l)));
             ledger.close();
             let (rekey, record, lineage) = result?;
             let rekey = rekey
@@ -307,7 +307,7 @@ pub fn run(command: CertsCommand) -> Result<()> {
         }
         CertsCommand::Stats { config, json } => {
             let ledger = open(&config)?;
-            let result = stats(&ledger);
+            let result = stats(ledger.as_ref());
             ledger.close();
             let stats = result?;
             if json {
@@ -342,7 +342,7 @@ struct Stats {
 }
 
 /// One pass over the ledger, a page at a time.
-fn stats(ledger: &RedbLedger) -> Result<Stats> {
+fn stats(ledger: &dyn Ledger) -> Result<Stats> {
     let mut s = Stats::default();
     let mut after = None;
     loop {
@@ -368,7 +368,7 @@ fn stats(ledger: &RedbLedger) -> Result<Stats> {
 
 /// The record with `serial` and its renewal lineage, oldest first: back through `renews`, and
 /// forward from the subject's current holder back to it.
-fn show(ledger: &RedbLedger, serial_bytes: &[u8]) -> Result<(DacRecord, Vec<DacRecord>)> {
+fn show(ledger: &dyn Ledger, serial_bytes: &[u8]) -> Result<(DacRecord, Vec<DacRecord>)> {
     let record = ledger.by_serial(serial_bytes)?.ok_or_else(|| {
         Error::NotFound(format!(
             "no DAC with serial {} is on record",
@@ -464,6 +464,6 @@ fn csv(text: &str) -> String {
     }
 }
 
-fn open(config: &std::path::Path) -> Result<RedbLedger> {
-    RedbLedger::open(&Config::load(config)?.ledger)
+fn open(config: &std::path::Path) -> Result<std::sync::Arc<dyn Ledger>> {
+    store::open(&Config::load(config)?)
 }

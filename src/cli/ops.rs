@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use matter_est::config::Config;
 use matter_est::issuance::Issuer;
 use matter_est::revocation::{self, CrlService, RevocationReason};
-use matter_est::store::redb::RedbLedger;
+use matter_est::store::{self, Ledger};
 use matter_est::{Error, Result, asn1};
 
 /// `matter-est revoke`.
@@ -195,9 +195,9 @@ fn parse_serial(text: &str) -> Result<Vec<u8>> {
     }
 }
 
-fn open(config: &Path) -> Result<(Arc<RedbLedger>, CrlService)> {
+fn open(config: &Path) -> Result<(Arc<dyn Ledger>, CrlService)> {
     let config = Config::load(config)?;
-    let ledger = Arc::new(RedbLedger::open(&config.ledger)?);
+    let ledger = store::open(&config)?;
     let issuer = Arc::new(Issuer::new(&config, ledger.clone())?);
     Ok((ledger, CrlService::new(issuer)?))
 }

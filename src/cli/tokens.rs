@@ -7,8 +7,8 @@ use clap::Subcommand;
 
 use matter_est::config::Config;
 use matter_est::policy::{self, TokenOptions};
-use matter_est::store::redb::RedbLedger;
-use matter_est::store::{Ledger, TokenRecord, TokenState};
+use matter_est::store;
+use matter_est::store::{TokenRecord, TokenState};
 use matter_est::{Error, Result, asn1, matter};
 
 /// `matter-est token …`.
@@ -97,13 +97,13 @@ pub fn run(command: TokenCommand) -> Result<()> {
                 cn,
                 expires_at: Some(asn1::now() + secs as i64),
             };
-            let ledger = RedbLedger::open(&config.ledger)?;
+            let ledger = store::open(&config)?;
             if !json {
                 println!("# token id (HTTP Basic user) and secret (password); shown only once");
             }
             let mut result = Ok(());
             for _ in 0..count {
-                match policy::create_token_with(&ledger, &label, &opts) {
+                match policy::create_token_with(ledger.as_ref(), &label, &opts) {
                     Ok((id, secret)) if json => println!(
                         "{}",
                         serde_json::json!({
@@ -137,7 +137,7 @@ pub fn run(command: TokenCommand) -> Result<()> {
                 )));
             }
             let config = Config::load(&config)?;
-            let ledger = RedbLedger::open(&config.ledger)?;
+            let ledger = store::open(&config)?;
             let tokens = ledger.tokens();
             ledger.close();
             let now = asn1::now();
@@ -159,7 +159,7 @@ pub fn run(command: TokenCommand) -> Result<()> {
         }
         TokenCommand::Revoke { config, id, json } => {
             let config = Config::load(&config)?;
-            let ledger = RedbLedger::open(&config.ledger)?;
+            let ledger = store::open(&config)?;
             let result = ledger.revoke_token(&id, asn1::now(), &super::operator());
             ledger.close();
             let t = result?;

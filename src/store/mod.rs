@@ -394,6 +394,14 @@ pub trait Ledger: Send + Sync {
     /// Revokes an unspent token (audited as done `by`); [`crate::Error::NotFound`] for an
     /// unknown id, a refusal for a spent or already revoked one (nothing changes).
     fn revoke_token(&self, id: &str, at: i64, by: &str) -> Result<TokenRecord>;
+
+    /// Finishes what was submitted and releases the ledger (another process may open it next).
+    fn close(&self);
+}
+
+/// Opens the ledger the configuration names.
+pub fn open(config: &crate::config::Config) -> Result<std::sync::Arc<dyn Ledger>> {
+    Ok(std::sync::Arc::new(redb::RedbLedger::open(&config.ledger)?))
 }
 
 mod hex_bytes {

@@ -1050,6 +1050,10 @@ impl Ledger for RedbLedger {
         })
     }
 
+    fn close(&self) {
+        RedbLedger::close(self);
+    }
+
     fn revoke_token(&self, id: &str, at: i64, by: &str) -> Result<TokenRecord> {
         let (reply, pending) = Pending::new();
         self.submit_op(
