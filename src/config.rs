@@ -45,7 +45,54 @@ pub struct Config {
     /// device about to be made or set up, and a week covers handing it to the line; a leaked
     /// one stops working by itself.
     pub token_expiry: Duration,
+    /// `[admin]`: the operator plane's listeners and who may use them.
+    pub admin: AdminConfig,
     pub labels: BTreeMap<String, LabelConfig>,
+}
+
+/// `[admin]` (DESIGN.md "The operator plane").
+#[derive(Clone, Debug, Default)]
+pub struct AdminConfig {
+    /// The admin API over HTTPS with mutual TLS against `client_ca`; `None` = no listener (the
+    /// default: the API is then on the local socket only).
+    pub listen: Option<SocketAddr>,
+    /// The CA certificates (PEM) admin client certificates must chain to.
+    pub client_ca: Option<PathBuf>,
+    /// The local Unix socket (mode 0600, role admin); `None` = none. Default `admin.sock` beside
+    /// the config file, so operator commands work while `serve` runs.
+    pub socket: Option<PathBuf>,
+    /// Who may use the HTTPS listener, first match wins.
+    pub identities: Vec<AdminIdentity>,
+}
+
+/// One `[[admin.identities]]` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminIdentity {
+    pub matcher: IdentityMatch,
+    pub role: AdminRole,
+    /// The labels (tenants) it may see; `None` = all.
+    pub labels: Option<BTreeSet<String>>,
+}
+
+/// What an admin identity may do, each role including the ones below it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum AdminRole {
+    /// Read only: inventory, tokens, audit, CRLs, metrics.
+    Auditor,
+    /// Also tokens (create, revoke), revocation, re-key marks, new CRLs.
+    Operator,
+    /// Everything, including issuing DACs and backups.
+    Admin,
+}
+
+impl AdminRole {
+    pub fn name(self) -> &'static str {
+        match self {
+            AdminRole::Auditor => "auditor",
+            AdminRole::Operator => "operator",
+            AdminRole::Admin => "admin",
+        }
+    }
 }
 
 /// The default of [`Config::token_expiry`].
@@ -556,9 +603,11 @@ impl Config {
             }
             Some(s) => Duration::from_secs(s),
         };
+        let admin = admin_config(raw.admin.as_ref(), &labels, &resolve, &err)?;
         Ok(Config {
             token_expiry,
             crl_listen,
+            admin,
             path: path.to_path_buf(),
             ledger: resolve(&raw.ledger),
             default_label,
@@ -681,8 +730,132 @@ struct RawConfig {
     server: Option<RawServer>,
     crl: Option<RawCrlListener>,
     tokens: Option<RawTokens>,
+    admin: Option<RawAdmin>,
     #[serde(default)]
     labels: BTreeMap<String, RawLabel>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<String>,
+    client_ca: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    #[serde(default)]
+    identities: Vec<RawAdminIdentity>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdminIdentity {
+    #[serde(rename = "match")]
+    matcher: String,
+    role: String,
+    labels: Option<Vec<String>>,
+}
+
+/// `[admin]`, checked: a listener needs a client CA and at least one identity; identities name
+/// known labels.
+fn admin_config(
+    raw: Option<&RawAdmin>,
+    labels: &BTreeMap<String, LabelConfig>,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+    err: &dyn Fn(&str, String) -> Error,
+) -> Result<AdminConfig> {
+    let default_socket = || Some(resolve(Path::new("admin.sock")));
+    let Some(raw) = raw else {
+        return Ok(AdminConfig {
+            socket: default_socket(),
+            ..AdminConfig::default()
+        });
+    };
+    let listen = raw
+        .listen
+        .as_deref()
+        .map(|l| {
+            l.parse().map_err(|e| {
+                err(
+                    "admin.listen",
+                    format!("{e}; expected e.g. \"0.0.0.0:9443\""),
+                )
+            })
+        })
+        .transpose()?;
+    let socket = match raw.socket.as_deref() {
+        None => default_socket(),
+        Some(p) if p.as_os_str().is_empty() => None,
+        Some(p) => Some(resolve(p)),
+    };
+    // sun_path holds 108 bytes with its NUL (unix(7)).
+    if let Some(s) = &socket
+        && s.as_os_str().len() > 107
+    {
+        return Err(err(
+            "admin.socket",
+            format!(
+                "{} is {} bytes long; a Unix socket path is at most 107: choose a shorter path",
+                s.display(),
+                s.as_os_str().len()
+            ),
+        ));
+    }
+    let mut identities = Vec::new();
+    for (i, id) in raw.identities.iter().enumerate() {
+        let key = format!("admin.identities[{i}]");
+        let matcher = parse_match(&id.matcher).map_err(|p| err(&format!("{key}.match"), p))?;
+        let role = match id.role.as_str() {
+            "admin" => AdminRole::Admin,
+            "operator" => AdminRole::Operator,
+            "auditor" => AdminRole::Auditor,
+            other => {
+                return Err(err(
+                    &format!("{key}.role"),
+                    format!("{other:?}: expected admin, operator or auditor"),
+                ));
+            }
+        };
+        let seen = match &id.labels {
+            None => None,
+            Some(names) => {
+                for n in names {
+                    if !labels.contains_key(n) {
+                        return Err(err(
+                            &format!("{key}.labels"),
+                            format!("no label {n:?} in this file"),
+                        ));
+                    }
+                }
+                Some(names.iter().cloned().collect())
+            }
+        };
+        identities.push(AdminIdentity {
+            matcher,
+            role,
+            labels: seen,
+        });
+    }
+    let client_ca = raw.client_ca.as_deref().map(resolve);
+    if listen.is_some() && client_ca.is_none() {
+        return Err(err(
+            "admin.client_ca",
+            "the admin listener needs the CA that issues admin client certificates \
+             (`matter-est clients ca`)"
+                .into(),
+        ));
+    }
+    if listen.is_some() && identities.is_empty() {
+        return Err(err(
+            "admin.identities",
+            "the admin listener needs at least one [[admin.identities]] entry (match and role)"
+                .into(),
+        ));
+    }
+    Ok(AdminConfig {
+        listen,
+        client_ca,
+        socket,
+        identities,
+    })
 }
 
 #[derive(Deserialize)]

@@ -114,6 +114,11 @@ pub enum Error {
         at: String,
     },
 
+    /// A running server's admin API refused or failed the request (the CLI over its socket or
+    /// `--server`): its status and message, kept so the exit is the same as on the ledger.
+    #[error("{message}")]
+    Api { status: u16, message: String },
+
     // ---- authentication and policy (EST) ----
     #[error("{0}")]
     Unauthenticated(String),
@@ -208,6 +213,17 @@ impl Error {
             | Ledger(_)
             | Internal(_) => ErrorKind::Internal,
             SignerUnavailable { .. } => ErrorKind::Unavailable,
+            Api { status, .. } => match status {
+                400 => ErrorKind::BadRequest,
+                401 => ErrorKind::Unauthenticated,
+                403 => ErrorKind::Forbidden,
+                404 => ErrorKind::NotFound,
+                405 => ErrorKind::MethodNotAllowed,
+                413 => ErrorKind::PayloadTooLarge,
+                429 => ErrorKind::TooManyRequests,
+                503 => ErrorKind::Unavailable,
+                _ => ErrorKind::Internal,
+            },
         }
     }
 

@@ -4,6 +4,7 @@
 //! The request's way (DESIGN.md): `csr` → `policy` → `profile` (+ `signer`) → self-check →
 //! `store` → response. [`issuance::Issuer`] is the one path every front end calls.
 
+pub mod admin;
 pub mod asn1;
 pub mod batch;
 pub mod ceremony;

@@ -533,7 +533,14 @@ fn serve(
     runtime.block_on(async {
         let crls = Arc::new(revocation::CrlService::new(issuer.clone())?);
         let running = server::start(&config, issuer).await?;
-        let publisher = revocation::publish::start(crls, config.crl_listen).await?;
+        let publisher = revocation::publish::start(crls.clone(), config.crl_listen).await?;
+        let admin_ctx = matter_est::admin::Ctx::serving(
+            Arc::new(config.clone()),
+            ledger.clone(),
+            running.current_issuer(),
+            crls,
+        );
+        let admin = matter_est::admin::listener::start(&config, admin_ctx).await?;
         let heads = cli::serve::log_audit_heads(ledger.clone());
         let crl_addr = publisher
             .addr
@@ -584,6 +591,7 @@ fn serve(
         tracing::info!("shutting down: no new connections, finishing requests in flight");
         running.shutdown().await;
         publisher.shutdown().await;
+        admin.shutdown().await;
         heads.abort();
         Ok::<(), Error>(())
     })?;
@@ -596,14 +604,7 @@ fn serve(
 /// One `label served` line per label: what the server serves.
 fn log_labels(running: &server::Running, default_label: &str) {
     for label in running.app().issuer.labels() {
-        let pids = match &label.config.pids {
-            matter_est::profile::PidPolicy::Any => "any".to_string(),
-            matter_est::profile::PidPolicy::Only(set) => set
-                .iter()
-                .map(|p| p.to_string())
-                .collect::<Vec<_>>()
-                .join(","),
-        };
+        let pids = label.config.pids.to_string();
         tracing::info!(
             label = %label.config.name,
             default = label.config.name == default_label,

@@ -509,7 +509,7 @@ pub enum Renewal {
 }
 
 /// Whether `rule` names `peer`: each form matches its own name type only.
-fn rule_matches(rule: &IdentityMatch, peer: &PeerChain) -> bool {
+pub(crate) fn rule_matches(rule: &IdentityMatch, peer: &PeerChain) -> bool {
     match rule {
         IdentityMatch::Cn(v) => peer.cn.as_deref() == Some(v.as_str()),
         IdentityMatch::Dns(v) => peer

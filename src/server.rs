@@ -66,6 +66,13 @@ impl Running {
         self.current.app()
     }
 
+    /// A function returning the issuer serving at the time it is called (for the admin API,
+    /// which must follow reloads).
+    pub fn current_issuer(&self) -> Box<dyn Fn() -> Arc<Issuer> + Send + Sync> {
+        let current = self.current.clone();
+        Box::new(move || current.app().issuer.clone())
+    }
+
     /// Reloads the labels (loaded from `config` by [`Issuer::load`]), policy and TLS
     /// certificates from `config` (SIGHUP) on the same
     /// ledger, without dropping a connection. All or nothing: a configuration that does not

@@ -3,6 +3,7 @@
 //! prints.
 
 pub mod audit;
+pub mod backend;
 pub mod certs;
 pub mod ops;
 pub mod pai;

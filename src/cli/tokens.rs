@@ -1,24 +1,22 @@
 //! `token create|list|revoke`: one-time enrollment tokens with an expiry, an optional CN
-//! binding, and a state (unused, spent by a serial, expired, revoked).
-
-use std::path::PathBuf;
+//! binding, and a state (unused, spent by a serial, expired, revoked). Through the admin API
+//! ([`super::backend`]): the same on the ledger or a running server.
 
 use clap::Subcommand;
+use serde_json::{Value, json};
 
-use matter_est::config::Config;
-use matter_est::policy::{self, TokenOptions};
-use matter_est::store;
-use matter_est::store::{TokenRecord, TokenState};
-use matter_est::{Error, Result, asn1, matter};
+use matter_est::admin::Request;
+use matter_est::{Error, Result};
+
+use super::backend::{Backend, Target};
 
 /// `matter-est token …`.
 #[derive(Subcommand)]
 pub enum TokenCommand {
     /// Create tokens; each secret is printed once and stored only as a SHA-256 hash.
     Create {
-        /// The configuration file (config/example.toml documents every key).
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        target: Target,
         /// The label the tokens enroll on.
         #[arg(long)]
         label: String,
@@ -41,9 +39,8 @@ pub enum TokenCommand {
     },
     /// List tokens and their state: unused, spent (by which DAC serial), expired, revoked.
     List {
-        /// The configuration file (config/example.toml documents every key).
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        target: Target,
         /// Only tokens of this label.
         #[arg(long)]
         label: Option<String>,
@@ -56,9 +53,8 @@ pub enum TokenCommand {
     },
     /// Revoke an unspent token: it gets 401 from then on.
     Revoke {
-        /// The configuration file (config/example.toml documents every key).
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        target: Target,
         /// The token id (tok-…).
         #[arg(long)]
         id: String,
@@ -72,7 +68,7 @@ pub enum TokenCommand {
 pub fn run(command: TokenCommand) -> Result<()> {
     match command {
         TokenCommand::Create {
-            config,
+            target,
             label,
             pid,
             cn,
@@ -80,143 +76,115 @@ pub fn run(command: TokenCommand) -> Result<()> {
             count,
             json,
         } => {
-            let config = Config::load(&config)?;
-            config.label(&label)?;
-            let pid = pid.map(|p| matter::Pid::parse(&p)).transpose()?;
-            if cn.is_some() && count != 1 {
-                return Err(Error::BadRequest(
-                    "--cn binds a token to one device: use it with --count 1".into(),
-                ));
-            }
-            let secs = match expires_in {
-                Some(text) => parse_duration(&text)?,
-                None => config.token_expiry.as_secs(),
-            };
-            let opts = TokenOptions {
-                pid,
-                cn,
-                expires_at: Some(asn1::now() + secs as i64),
-            };
-            let ledger = store::open(&config)?;
+            let secs = expires_in.as_deref().map(parse_duration).transpose()?;
+            let backend = Backend::open(&target, false)?;
+            let result = backend.call(Request::post(
+                "/v1/tokens",
+                json!({
+                    "label": label,
+                    "pid": pid,
+                    "cn": cn,
+                    "count": count,
+                    "expiresInSecs": secs,
+                }),
+            ));
+            backend.close();
+            let created = result?;
             if !json {
                 println!("# token id (HTTP Basic user) and secret (password); shown only once");
             }
-            let mut result = Ok(());
-            for _ in 0..count {
-                match policy::create_token_with(ledger.as_ref(), &label, &opts) {
-                    Ok((id, secret)) if json => println!(
-                        "{}",
-                        serde_json::json!({
-                            "id": id,
-                            "secret": secret,
-                            "label": label,
-                            "expiresAt": opts.expires_at.map(asn1::format_time),
-                        })
-                    ),
-                    Ok((id, secret)) => println!("{id} {secret}"),
-                    Err(e) => {
-                        result = Err(e);
-                        break;
-                    }
+            for t in list(&created, "tokens") {
+                if json {
+                    println!("{t}");
+                } else {
+                    println!("{} {}", text(t, "id"), text(t, "secret"));
                 }
             }
-            ledger.close();
-            result
+            Ok(())
         }
         TokenCommand::List {
-            config,
+            target,
             label,
             state,
             json,
         } => {
-            if let Some(s) = &state
-                && !["unused", "spent", "expired", "revoked"].contains(&s.as_str())
-            {
-                return Err(Error::BadRequest(format!(
-                    "--state {s:?}: expected unused, spent, expired or revoked"
-                )));
+            let mut query = Vec::new();
+            if let Some(l) = label {
+                query.push(("label".to_string(), l));
             }
-            let config = Config::load(&config)?;
-            let ledger = store::open(&config)?;
-            let tokens = ledger.tokens();
-            ledger.close();
-            let now = asn1::now();
-            let mut tokens = tokens?;
-            tokens.sort_by_key(|t| (t.created_at, t.id.clone()));
+            if let Some(s) = state {
+                query.push(("state".to_string(), s));
+            }
+            let backend = Backend::open(&target, false)?;
+            let result = backend.call(Request::get("/v1/tokens", query));
+            backend.close();
+            let tokens = result?;
             if !json {
                 println!(
                     "{:<16} {:<12} {:<6} {:<20} {:<20} {:<8} STATE",
                     "ID", "LABEL", "PID", "CREATED", "EXPIRES", "CN"
                 );
             }
-            for t in tokens.iter().filter(|t| {
-                label.as_deref().is_none_or(|l| t.label == l)
-                    && state.as_deref().is_none_or(|s| state_name(t, now).0 == s)
-            }) {
-                print_token(t, now, json);
+            for t in list(&tokens, "tokens") {
+                print_token(t, json);
             }
             Ok(())
         }
-        TokenCommand::Revoke { config, id, json } => {
-            let config = Config::load(&config)?;
-            let ledger = store::open(&config)?;
-            let result = ledger.revoke_token(&id, asn1::now(), &super::operator());
-            ledger.close();
+        TokenCommand::Revoke { target, id, json } => {
+            let backend = Backend::open(&target, false)?;
+            let path = format!("/v1/tokens/{id}/revoke");
+            let result = backend.call(Request::post(&path, Value::Null));
+            backend.close();
             let t = result?;
             if json {
-                print_token(&t, asn1::now(), true);
+                print_token(&t, true);
             } else {
-                println!("revoked token {} of label {}", t.id, t.label);
+                println!(
+                    "revoked token {} of label {}",
+                    text(&t, "id"),
+                    text(&t, "label")
+                );
             }
             Ok(())
         }
     }
 }
 
-/// (state, spent-by serial) of a token.
-fn state_name(t: &TokenRecord, now: i64) -> (&'static str, Option<String>) {
-    match t.state(now) {
-        TokenState::Unused => ("unused", None),
-        TokenState::Spent(s) => ("spent", Some(asn1::hex(&s).to_uppercase())),
-        TokenState::Expired => ("expired", None),
-        TokenState::Revoked => ("revoked", None),
-    }
+/// The array `field` of `v` (empty when missing).
+pub fn list<'a>(v: &'a Value, field: &str) -> &'a [Value] {
+    v.get(field)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
 }
 
-fn print_token(t: &TokenRecord, now: i64, json: bool) {
-    let (state, serial) = state_name(t, now);
-    let pid = t.pid.map(|p| format!("{p:04X}"));
-    let expires = t.expires_at.map(asn1::format_time);
+/// The string `field` of `v` ("" when missing or null).
+pub fn text<'a>(v: &'a Value, field: &str) -> &'a str {
+    v.get(field).and_then(Value::as_str).unwrap_or_default()
+}
+
+fn print_token(t: &Value, json: bool) {
     if json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "id": t.id,
-                "label": t.label,
-                "pid": pid,
-                "cn": t.cn,
-                "createdAt": asn1::format_time(t.created_at),
-                "expiresAt": expires,
-                "revokedAt": t.revoked_at.map(asn1::format_time),
-                "state": state,
-                "spentBy": serial,
-            })
-        );
-    } else {
-        let state = match serial {
-            Some(s) => format!("spent by {s}"),
-            None => state.to_string(),
-        };
-        println!(
-            "{:<16} {:<12} {:<6} {:<20} {:<20} {:<8} {state}",
-            t.id,
-            t.label,
-            pid.as_deref().unwrap_or("any"),
-            asn1::format_time(t.created_at),
-            expires.as_deref().unwrap_or("never"),
-            t.cn.as_deref().unwrap_or("any"),
-        );
+        println!("{t}");
+        return;
     }
+    let state = match text(t, "spentBy") {
+        "" => text(t, "state").to_string(),
+        serial => format!("spent by {serial}"),
+    };
+    let or = |field: &str, default: &'static str| match text(t, field) {
+        "" => default,
+        v => v,
+    };
+    println!(
+        "{:<16} {:<12} {:<6} {:<20} {:<20} {:<8} {state}",
+        text(t, "id"),
+        text(t, "label"),
+        or("pid", "any"),
+        text(t, "createdAt"),
+        or("expiresAt", "never"),
+        or("cn", "any"),
+    );
 }
 
 /// `3600`, `90s`, `30m`, `12h`, `7d` → seconds (at least 1).

@@ -68,6 +68,19 @@ pub enum PidPolicy {
     Only(BTreeSet<Pid>),
 }
 
+impl fmt::Display for PidPolicy {
+    /// `any`, or the PIDs comma-separated (`8000,8001`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PidPolicy::Any => f.write_str("any"),
+            PidPolicy::Only(set) => {
+                let pids: Vec<String> = set.iter().map(ToString::to_string).collect();
+                f.write_str(&pids.join(","))
+            }
+        }
+    }
+}
+
 /// How long a DAC is valid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Validity {

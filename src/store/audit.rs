@@ -70,6 +70,21 @@ pub enum AuditEvent {
     },
     /// `serve` started with this config file (its SHA-256).
     ConfigLoaded { path: String, sha256: String },
+    /// An operator changed something through the admin API or the CLI (`action`: the route,
+    /// e.g. `POST /v1/tokens`); the change's own record (token_created, revocation, …) follows
+    /// it in the chain.
+    AdminAction {
+        identity: String,
+        action: String,
+        label: Option<String>,
+    },
+    /// The admin API refused a request (401 or 403): who, what, why.
+    AdminRefused {
+        identity: String,
+        action: String,
+        status: u16,
+        reason: String,
+    },
 }
 
 impl AuditEvent {
@@ -85,6 +100,8 @@ impl AuditEvent {
             AuditEvent::CrlIssued { .. } => "crl_issued",
             AuditEvent::RekeyMarked { .. } => "rekey_marked",
             AuditEvent::ConfigLoaded { .. } => "config_loaded",
+            AuditEvent::AdminAction { .. } => "admin_action",
+            AuditEvent::AdminRefused { .. } => "admin_refused",
         }
     }
 
@@ -99,7 +116,8 @@ impl AuditEvent {
             | AuditEvent::Revocation { label, .. }
             | AuditEvent::CrlIssued { label, .. }
             | AuditEvent::RekeyMarked { label, .. } => Some(label),
-            AuditEvent::ConfigLoaded { .. } => None,
+            AuditEvent::AdminAction { label, .. } => label.as_deref(),
+            AuditEvent::ConfigLoaded { .. } | AuditEvent::AdminRefused { .. } => None,
         }
     }
 
@@ -109,7 +127,9 @@ impl AuditEvent {
             AuditEvent::EnrollmentGranted { identity, .. }
             | AuditEvent::Revocation { identity, .. }
             | AuditEvent::TokenRevoked { identity, .. }
-            | AuditEvent::RekeyMarked { identity, .. } => Some(identity),
+            | AuditEvent::RekeyMarked { identity, .. }
+            | AuditEvent::AdminAction { identity, .. }
+            | AuditEvent::AdminRefused { identity, .. } => Some(identity),
             AuditEvent::EnrollmentRefused {
                 identity,
                 presented,

@@ -397,6 +397,10 @@ pub trait Ledger: Send + Sync {
 
     /// Finishes what was submitted and releases the ledger (another process may open it next).
     fn close(&self);
+
+    /// Writes a consistent copy of the whole ledger to a new file at `to` (never overwriting),
+    /// while it keeps serving; returns the DACs copied.
+    fn backup_to(&self, to: &std::path::Path) -> Result<u64>;
 }
 
 /// Opens the ledger the configuration names.

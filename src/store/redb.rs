@@ -1054,6 +1054,10 @@ impl Ledger for RedbLedger {
         RedbLedger::close(self);
     }
 
+    fn backup_to(&self, to: &Path) -> Result<u64> {
+        RedbLedger::backup_to(self, to)
+    }
+
     fn revoke_token(&self, id: &str, at: i64, by: &str) -> Result<TokenRecord> {
         let (reply, pending) = Pending::new();
         self.submit_op(
