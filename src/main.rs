@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use cli::pki::{ClientsCommand, TlsCommand};
 
 use matter_est::config::Config;
-use matter_est::issuance::{IssueOptions, Issuer};
+use matter_est::issuance::Issuer;
 use matter_est::profile::dev;
 use matter_est::store::redb::RedbLedger;
 use matter_est::{Error, Result, asn1, batch, csr, matter, revocation, server, signer, store};
@@ -55,9 +55,8 @@ enum Command {
     },
     /// Issue one DAC offline from a CSR, through the same checks as the server.
     Issue {
-        /// The configuration file (its ledger must not be held by a running `serve`).
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        target: cli::backend::Target,
         /// The label to issue on (default: the config's default_label).
         #[arg(long)]
         label: Option<String>,
@@ -286,49 +285,59 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Pai { command } => pai_cli::run(command),
         Command::Issue {
-            config,
+            target,
             label,
             csr: csr_path,
             out,
             pem,
             danger_allow_development_pki,
         } => {
-            let config = Config::load(&config)?;
-            let label = label.unwrap_or_else(|| config.default_label.clone());
-            config.label(&label)?;
             let body = std::fs::read(&csr_path).map_err(|e| Error::io(&csr_path, e))?;
-            let req = csr::parse(&body)?;
-            let labels = Issuer::load(&config)?;
-            labels.refuse_development_pki(&config, danger_allow_development_pki)?;
-            let ledger = store::open(&config)?;
-            let issuer = labels.with_ledger(ledger.clone());
-            let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-            let issued = issuer.issue(
-                &label,
-                &req,
-                &IssueOptions {
-                    requester: format!("cli:{user}"),
-                    ..Default::default()
+            // Checked here, so that a bad file is named before anything is opened; sent as DER.
+            let (der_csr, _) = csr::decode_body(&body)?;
+            csr::parse_der(&der_csr)?;
+            let backend = cli::backend::Backend::open(&target, danger_allow_development_pki)?;
+            let label = match label {
+                Some(l) => l,
+                None => match &target.config {
+                    Some(c) => Config::load(c)?.default_label,
+                    None => {
+                        return Err(Error::BadRequest(
+                            "with --server, name the label (--label)".into(),
+                        ));
+                    }
                 },
-            )?;
+            };
+            let csr_b64 =
+                base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &der_csr);
+            let result = backend.call(matter_est::admin::Request::post(
+                &format!("/v1/labels/{label}/issue"),
+                serde_json::json!({ "csr": csr_b64 }),
+            ));
+            backend.close();
+            let issued = result?;
+            let der = base64::Engine::decode(
+                &base64::engine::general_purpose::STANDARD,
+                issued["der"].as_str().unwrap_or_default(),
+            )
+            .map_err(|e| Error::Internal(format!("the DAC came back undecodable: {e}")))?;
             let bytes = if pem {
-                der::pem::encode_string("CERTIFICATE", der::pem::LineEnding::LF, &issued.dac.der)
+                der::pem::encode_string("CERTIFICATE", der::pem::LineEnding::LF, &der)
                     .map_err(|e| Error::Internal(e.to_string()))?
                     .into_bytes()
             } else {
-                issued.dac.der.clone()
+                der
             };
             std::fs::write(&out, bytes).map_err(|e| Error::io(&out, e))?;
-            ledger.close();
-            let what = if issued.repeat {
+            let what = if issued["repeat"] == true {
                 "the DAC on record for this key and subject (nothing new issued): serial"
             } else {
                 "issued DAC serial"
             };
             println!(
                 "{what} {} subject {} -> {}",
-                asn1::hex(&issued.dac.serial),
-                issued.dac.subject,
+                issued["serial"].as_str().unwrap_or_default().to_lowercase(),
+                issued["subject"].as_str().unwrap_or_default(),
                 out.display()
             );
             Ok(())

@@ -209,7 +209,16 @@ fn every_event_is_chained_and_tampering_is_named() {
     let revocation = records.iter().find(|r| r["event"] == "revocation").unwrap();
     assert_eq!(revocation["serial"], serial.as_str());
     assert!(revocation["identity"].as_str().unwrap().starts_with("cli:"));
-    assert_eq!(records.last().unwrap()["event"], "crl_issued");
+    // The operator's action closes what it caused: revocation, the new CRL, then who did it.
+    let n = records.len();
+    assert_eq!(records[n - 2]["event"], "crl_issued");
+    let action = &records[n - 1];
+    assert_eq!(action["event"], "admin_action");
+    assert_eq!(
+        action["action"],
+        format!("POST /v1/certs/{}/revoke", serial.replace(':', ""))
+    );
+    assert!(action["identity"].as_str().unwrap().starts_with("cli:"));
     // Filters.
     let out = cli(
         &env,

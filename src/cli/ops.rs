@@ -1,22 +1,23 @@
 //! `revoke` and `crl`: revocation and the label's CRL (MATTER.md "Revocation").
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 
+use base64::Engine as _;
 use clap::{Args, Subcommand};
+use serde_json::json;
 
-use matter_est::config::Config;
-use matter_est::issuance::Issuer;
-use matter_est::revocation::{self, CrlService, RevocationReason};
-use matter_est::store::{self, Ledger};
-use matter_est::{Error, Result, asn1};
+use matter_est::admin::Request;
+use matter_est::{Error, Result, revocation};
+
+use super::backend::Target;
+use super::certs::call;
+use super::tokens::text;
 
 /// `matter-est revoke`.
 #[derive(Args)]
 pub struct RevokeArgs {
-    /// The configuration file (config/example.toml documents every key).
-    #[arg(long)]
-    pub config: PathBuf,
+    #[command(flatten)]
+    pub target: Target,
     /// The DAC's serial number in hex, as `certs list` and the server's log show it (colons
     /// allowed).
     #[arg(long)]
@@ -36,9 +37,8 @@ pub struct RevokeArgs {
 pub struct CrlArgs {
     #[command(subcommand)]
     pub command: Option<CrlCommand>,
-    /// The configuration file (config/example.toml documents every key).
-    #[arg(long)]
-    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub target: Option<Target>,
     /// The label whose CRL to write.
     #[arg(long)]
     pub label: Option<String>,
@@ -59,9 +59,8 @@ pub enum CrlCommand {
     /// Print the label's DCL revocation point fields (JSON, with `dataURL`), ready for
     /// `dcld tx pki add-revocation-point`.
     DclInfo {
-        /// The configuration file (config/example.toml documents every key).
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        target: Target,
         /// The label whose revocation point to print.
         #[arg(long)]
         label: String,
@@ -70,134 +69,95 @@ pub enum CrlCommand {
 
 /// Revokes one DAC and reissues its label's CRL.
 pub fn revoke(args: RevokeArgs) -> Result<()> {
-    let serial = parse_serial(&args.serial)?;
-    let reason = RevocationReason::parse(&args.reason)?;
-    let (ledger, service) = open(&args.config)?;
-    let result = service.revoke(&serial, reason, asn1::now(), &super::operator());
-    drop(service);
-    ledger.close();
-    let revoked = result?;
-    let r = &revoked.record;
-    let crl = match &revoked.crl {
-        None => serde_json::Value::Null,
-        Some(Ok(crl)) => serde_json::json!({
-            "number": crl.number,
-            "entries": crl.entries,
-            "nextUpdate": asn1::format_time(crl.next_update),
-        }),
-        Some(Err(e)) => serde_json::json!({ "error": e.to_string() }),
-    };
+    let serial = args.serial.replace([':', ' '], "");
+    let v = call(
+        &args.target,
+        Request::post(
+            &format!("/v1/certs/{serial}/revoke"),
+            json!({ "reason": args.reason }),
+        ),
+    )?;
+    let crl = &v["crl"];
     if args.json {
-        let v = serde_json::json!({
-            "serial": asn1::hex(&r.serial).to_uppercase(),
-            "label": r.label,
-            "subject": r.subject,
-            "reason": reason.name(),
-            "crl": crl,
-        });
         println!("{v}");
     } else {
         println!(
-            "revoked DAC serial {} ({}) of label {}: {reason}",
-            asn1::hex(&r.serial).to_uppercase(),
-            r.subject,
-            r.label
+            "revoked DAC serial {} ({}) of label {}: {}",
+            text(&v, "serial"),
+            text(&v, "subject"),
+            text(&v, "label"),
+            text(&v, "reason")
         );
-        match &revoked.crl {
-            None => println!(
-                "label {} publishes no CRL (no [labels.{}.crl]); the revocation is in the ledger",
-                r.label, r.label
-            ),
-            Some(Ok(crl)) => println!(
-                "CRL number {} issued with {} entries, next update {}",
-                crl.number,
-                crl.entries,
-                asn1::format_time(crl.next_update)
-            ),
-            Some(Err(e)) => println!(
+        if crl.is_null() {
+            let label = text(&v, "label");
+            println!(
+                "label {label} publishes no CRL (no [labels.{label}.crl]); the revocation is in \
+                 the ledger"
+            );
+        } else if let Some(e) = crl.get("error").and_then(|e| e.as_str()) {
+            println!(
                 "the CRL could not be reissued ({e}); `matter-est crl --new` or the running \
                  server's next refresh retries"
-            ),
+            );
+        } else {
+            println!(
+                "CRL number {} issued with {} entries, next update {}",
+                crl["number"],
+                crl["entries"],
+                text(crl, "nextUpdate")
+            );
         }
     }
-    match revoked.crl {
-        Some(Err(e)) => Err(e),
-        _ => Ok(()),
+    match crl.get("error").and_then(|e| e.as_str()) {
+        Some(e) => Err(Error::Signer(format!("the CRL could not be reissued: {e}"))),
+        None => Ok(()),
     }
 }
 
 /// `crl --label L --out FILE` and `crl dcl-info`.
 pub fn crl(args: CrlArgs) -> Result<()> {
-    if let Some(CrlCommand::DclInfo { config, label }) = args.command {
-        let config = Config::load(&config)?;
-        let lc = config.label(&label)?;
-        let label = matter_est::issuance::load_label(lc)?;
-        let info = revocation::dcl_info(&label)?;
+    if let Some(CrlCommand::DclInfo { target, label }) = args.command {
+        let info = call(
+            &target,
+            Request::get(&format!("/v1/labels/{label}/dcl-info"), Vec::new()),
+        )?;
         let text =
             serde_json::to_string_pretty(&info).map_err(|e| Error::Internal(e.to_string()))?;
         println!("{text}");
         return Ok(());
     }
     let missing = |what: &str| Error::BadRequest(format!("crl needs {what} (or: crl dcl-info)"));
-    let config = args.config.ok_or_else(|| missing("--config FILE"))?;
+    let target = args.target.ok_or_else(|| missing("--config FILE"))?;
     let label = args.label.ok_or_else(|| missing("--label L"))?;
     let out = args.out.ok_or_else(|| missing("--out FILE"))?;
-    let (ledger, service) = open(&config)?;
-    let now = asn1::now();
-    let result = if args.new {
-        service.issue(&label, now)
+    let path = format!("/v1/labels/{label}/crl");
+    let crl = if args.new {
+        call(&target, Request::post(&path, serde_json::Value::Null))?
     } else {
-        service.current_or_issue(&label, now)
+        call(&target, Request::get(&path, Vec::new()))?
     };
-    drop(service);
-    ledger.close();
-    let crl = result?;
-    revocation::write_atomically(&out, &crl.der)?;
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(text(&crl, "der"))
+        .map_err(|e| Error::Internal(format!("the CRL came back undecodable: {e}")))?;
+    revocation::write_atomically(&out, &der)?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "label": label,
-                "number": crl.number,
-                "entries": crl.entries,
-                "thisUpdate": asn1::format_time(crl.this_update),
-                "nextUpdate": asn1::format_time(crl.next_update),
-                "bytes": crl.der.len(),
-                "out": out.display().to_string(),
-            })
-        );
+        let mut v = crl.clone();
+        if let Some(map) = v.as_object_mut() {
+            map.remove("der");
+            map.insert("out".into(), out.display().to_string().into());
+        }
+        println!("{v}");
     } else {
         println!(
-            "CRL of label {label}: number {}, {} entries, this update {}, next update {} -> {} ({} bytes, DER)",
-            crl.number,
-            crl.entries,
-            asn1::format_time(crl.this_update),
-            asn1::format_time(crl.next_update),
+            "CRL of label {label}: number {}, {} entries, this update {}, next update {} -> {} \
+             ({} bytes, DER)",
+            crl["number"],
+            crl["entries"],
+            text(&crl, "thisUpdate"),
+            text(&crl, "nextUpdate"),
             out.display(),
-            crl.der.len()
+            crl["bytes"]
         );
     }
     Ok(())
-}
-
-/// A serial number typed by an operator: hex digits, either case, colons or spaces allowed.
-fn parse_serial(text: &str) -> Result<Vec<u8>> {
-    let digits: String = text
-        .chars()
-        .filter(|c| *c != ':' && !c.is_whitespace())
-        .collect();
-    match asn1::unhex(&digits) {
-        Some(bytes) if !bytes.is_empty() && bytes.len() <= 20 => Ok(bytes),
-        _ => Err(Error::BadRequest(format!(
-            "serial {text:?}: expected the DAC's serial number as hex (an even number of hex \
-             digits, at most 20 bytes)"
-        ))),
-    }
-}
-
-fn open(config: &Path) -> Result<(Arc<dyn Ledger>, CrlService)> {
-    let config = Config::load(config)?;
-    let ledger = store::open(&config)?;
-    let issuer = Arc::new(Issuer::new(&config, ledger.clone())?);
-    Ok((ledger, CrlService::new(issuer)?))
 }

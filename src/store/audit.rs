@@ -71,8 +71,8 @@ pub enum AuditEvent {
     /// `serve` started with this config file (its SHA-256).
     ConfigLoaded { path: String, sha256: String },
     /// An operator changed something through the admin API or the CLI (`action`: the route,
-    /// e.g. `POST /v1/tokens`); the change's own record (token_created, revocation, …) follows
-    /// it in the chain.
+    /// e.g. `POST /v1/tokens`), written after the change's own records (token_created,
+    /// revocation, …) once it succeeded.
     AdminAction {
         identity: String,
         action: String,
