@@ -554,9 +554,13 @@ fn serve(
         let crl_addr = publisher
             .addr
             .map_or_else(|| "-".to_string(), |a| a.to_string());
+        let admin_addr = admin
+            .addr
+            .map_or_else(|| "-".to_string(), |a| a.to_string());
         tracing::info!(
             addr = %running.addr,
             crl = %crl_addr,
+            admin = %admin_addr,
             config = %config.path.display(),
             ledger = %config.ledger.display(),
             "matter-est serving"

@@ -1,0 +1,301 @@
+//! Issue 14 item 1-2: the admin API on its two doors and the operator commands through it while
+//! `serve` runs. Real server process, real curl over the Unix socket and over mutual TLS, the
+//! CLI through the socket and through `--server`; the OpenAPI file against the router.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // reason: tests
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Output, Stdio};
+
+use common::{DevEnv, assert_success};
+use matter_est::profile::dev;
+use matter_est::store::Ledger as _;
+
+fn matter_est(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_matter-est"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stdout(out: &Output) -> String {
+    assert_success(out);
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// curl's (status, JSON body).
+fn curl(args: &[&str]) -> (u16, serde_json::Value) {
+    let out = Command::new("curl")
+        .args(["-sS", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    let (body, code) = text.trim_end().rsplit_once('\n').unwrap();
+    (
+        code.parse().unwrap(),
+        serde_json::from_str(body).unwrap_or_default(),
+    )
+}
+
+#[test]
+fn operator_commands_and_the_admin_api_while_serve_runs() {
+    let env = DevEnv::new(|t| t.replace("127.0.0.1:8443", "127.0.0.1:0"));
+    let config = env.path(dev::files::CONFIG);
+    let cfg = config.to_str().unwrap();
+    let admin_dir = env.path("admin");
+    let dir = admin_dir.to_str().unwrap();
+    assert_success(&matter_est(&[
+        "clients",
+        "ca",
+        "--out",
+        dir,
+        "--cn",
+        "matter-est admin CA",
+    ]));
+    for name in ["alice", "audrey", "otto", "mallory"] {
+        assert_success(&matter_est(&[
+            "clients",
+            "issue",
+            "--ca-cert",
+            &format!("{dir}/ca.pem"),
+            "--ca-key",
+            &format!("{dir}/ca.key"),
+            "--cn",
+            name,
+            "--out",
+            dir,
+            "--file-name",
+            name,
+        ]));
+    }
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(
+        "\n[admin]\nlisten = \"127.0.0.1:0\"\nclient_ca = \"admin/ca.pem\"\n\
+         [[admin.identities]]\nmatch = \"cn:alice\"\nrole = \"admin\"\n\
+         [[admin.identities]]\nmatch = \"cn:audrey\"\nrole = \"auditor\"\n\
+         [[admin.identities]]\nmatch = \"cn:otto\"\nrole = \"operator\"\nlabels = []\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    let csr = env.path("d.csr");
+    let (der, _) = common::csr(&common::subject(
+        Some("admin-1"),
+        Some("FFF1"),
+        Some("8000"),
+    ));
+    std::fs::write(&csr, der).unwrap();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_matter-est"))
+        .args(["serve", "--log-json", "--config", cfg])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let admin_port = loop {
+        let v: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        if v["fields"]["message"] == "matter-est serving" {
+            let a = v["fields"]["admin"].as_str().unwrap().to_string();
+            break a.rsplit(':').next().unwrap().to_string();
+        }
+    };
+    let socket = env.path("admin.sock");
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the socket is for its owner only");
+
+    // The ledger is held by serve: each command goes through the socket.
+    let created: serde_json::Value = serde_json::from_str(
+        stdout(&matter_est(&[
+            "token", "create", "--config", cfg, "--label", "dev", "--json",
+        ]))
+        .trim(),
+    )
+    .unwrap();
+    assert!(created["id"].as_str().unwrap().starts_with("tok-"));
+    let dac = env.path("d.der");
+    let issued = stdout(&matter_est(&[
+        "issue",
+        "--config",
+        cfg,
+        "--csr",
+        csr.to_str().unwrap(),
+        "--out",
+        dac.to_str().unwrap(),
+    ]));
+    assert!(issued.starts_with("issued DAC serial"), "{issued}");
+    let parsed = Command::new("openssl")
+        .args(["x509", "-inform", "DER", "-noout", "-subject", "-in"])
+        .arg(&dac)
+        .output()
+        .unwrap();
+    assert!(stdout(&parsed).contains("admin-1"));
+    let via_socket = stdout(&matter_est(&["certs", "stats", "--config", cfg, "--json"]));
+    assert!(via_socket.contains("\"total\":1"), "{via_socket}");
+
+    // curl on the socket: role admin, named by the peer's uid.
+    let sock = socket.to_str().unwrap();
+    let (code, me) = curl(&["--unix-socket", sock, "http://localhost/v1/whoami"]);
+    assert_eq!(code, 200);
+    assert_eq!(me["role"], "admin");
+    assert!(me["identity"].as_str().unwrap().starts_with("socket:uid="));
+
+    // Mutual TLS: each identity gets its role; the unknown and the certificate-less are refused.
+    let url = format!("https://localhost:{admin_port}");
+    let tls_ca = env.path(dev::files::TLS_CA_CERT);
+    let as_ = |who: &str, method: &str, path: &str, body: Option<&str>| {
+        let cert = format!("{dir}/{who}.pem");
+        let key = format!("{dir}/{who}.key");
+        let mut args = vec![
+            "--cacert",
+            tls_ca.to_str().unwrap(),
+            "-X",
+            method,
+            "-H",
+            "Content-Type: application/json",
+        ];
+        if who != "nobody" {
+            args.extend(["--cert", &cert, "--key", &key]);
+        }
+        if let Some(b) = body {
+            args.extend(["--data", b]);
+        }
+        let target = format!("{url}{path}");
+        args.push(&target);
+        curl(&args)
+    };
+    let (code, me) = as_("alice", "GET", "/v1/whoami", None);
+    assert_eq!((code, me["role"].as_str()), (200, Some("admin")));
+    assert_eq!(me["identity"], "admin:cn:alice");
+    let (code, page) = as_("audrey", "GET", "/v1/certs", None);
+    assert_eq!(code, 200);
+    assert_eq!(page["records"].as_array().unwrap().len(), 1);
+    let (code, refused) = as_("audrey", "POST", "/v1/tokens", Some(r#"{"label":"dev"}"#));
+    assert_eq!(code, 403);
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("needs role operator")
+    );
+    let (code, refused) = as_("otto", "POST", "/v1/tokens", Some(r#"{"label":"dev"}"#));
+    assert_eq!(code, 403);
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("may not see label")
+    );
+    let (code, _) = as_("mallory", "GET", "/v1/whoami", None);
+    assert_eq!(code, 403, "a certificate no identity names");
+    let (code, _) = as_("nobody", "GET", "/v1/whoami", None);
+    assert_eq!(code, 401);
+    let (code, _) = as_("alice", "DELETE", "/v1/tokens", None);
+    assert_eq!(code, 405);
+
+    // The CLI against the remote listener: the same answer as through the socket.
+    let remote = |args: &[&str]| {
+        let mut all = args.to_vec();
+        let (cert, key) = (format!("{dir}/alice.pem"), format!("{dir}/alice.key"));
+        all.extend([
+            "--server",
+            &url,
+            "--admin-cert",
+            &cert,
+            "--admin-key",
+            &key,
+            "--admin-ca",
+            tls_ca.to_str().unwrap(),
+        ]);
+        stdout(&matter_est(&all))
+    };
+    assert_eq!(remote(&["certs", "stats", "--json"]), via_socket);
+
+    // An online backup through the API while serving.
+    let backup = env.path("backup.redb");
+    let (code, b) = curl(&[
+        "--unix-socket",
+        sock,
+        "-H",
+        "Content-Type: application/json",
+        "--data",
+        &format!(r#"{{"out":"{}"}}"#, backup.display()),
+        "http://localhost/v1/ledger/backup",
+    ]);
+    assert_eq!((code, b["records"].as_u64()), (200, Some(1)), "{b}");
+
+    // Refusals and changes are in the audit chain with who asked.
+    let refusals = stdout(&matter_est(&[
+        "audit",
+        "list",
+        "--config",
+        cfg,
+        "--json",
+        "--event",
+        "admin_refused",
+    ]));
+    assert!(refusals.lines().count() >= 4, "{refusals}");
+    assert!(refusals.contains("admin:cn:audrey") || refusals.contains("cn:audrey"));
+    let actions = stdout(&matter_est(&[
+        "audit",
+        "list",
+        "--config",
+        cfg,
+        "--json",
+        "--event",
+        "admin_action",
+    ]));
+    assert!(actions.contains("POST /v1/tokens") && actions.contains("socket:uid="));
+
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(child.wait().unwrap().success());
+    assert!(!socket.exists(), "the socket goes with the server");
+    // The server stopped: the same command on the ledger directly, the same output.
+    assert_eq!(
+        stdout(&matter_est(&["certs", "stats", "--config", cfg, "--json"])),
+        via_socket
+    );
+    // And the backup opens as a ledger with the DAC.
+    let copy = matter_est::store::redb::RedbLedger::open(&backup).unwrap();
+    assert_eq!(copy.list(0, 10).unwrap().len(), 1);
+}
+
+/// docs/admin-api.json documents exactly the routes of the router, with their least role.
+#[test]
+fn the_openapi_file_matches_the_router() {
+    let doc: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/admin-api.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let mut documented = Vec::new();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            documented.push((
+                method.to_uppercase(),
+                path.clone(),
+                op["x-min-role"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    let mut routed: Vec<_> = matter_est::admin::ROUTES
+        .iter()
+        .map(|r| {
+            (
+                r.method.to_string(),
+                r.path.to_string(),
+                r.role.name().to_string(),
+            )
+        })
+        .collect();
+    documented.sort();
+    routed.sort();
+    assert_eq!(documented, routed);
+}
