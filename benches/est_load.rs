@@ -155,7 +155,8 @@ fn main() {
                 "tls_key = \"tls/server.key\"\nmax_connections_per_peer = 2048",
             )
             // The CRL listener on any free port.
-            .replace("listen = \"127.0.0.1:8444\"", "listen = \"127.0.0.1:0\""),
+            .replace("listen = \"127.0.0.1:8444\"", "listen = \"127.0.0.1:0\"")
+            .replace("listen = \"127.0.0.1:8445\"", "listen = \"127.0.0.1:0\""),
     )
     .unwrap();
     // EST_LOAD_SIGNER=pkcs11 keeps the PAI key in a SoftHSM2 token (the PKCS#11 signer).

@@ -42,43 +42,38 @@ fn curl(args: &[&str]) -> (u16, serde_json::Value) {
 
 #[test]
 fn operator_commands_and_the_admin_api_while_serve_runs() {
-    let env = DevEnv::new(|t| t.replace("127.0.0.1:8443", "127.0.0.1:0"));
+    // init-dev's config: the socket, the HTTPS listener (on a free port here), one certificate
+    // per role. The operator is narrowed to label dev, and a second label "other" shares the PAI.
+    let env = DevEnv::new(|t| {
+        let t = t.replace("127.0.0.1:8443", "127.0.0.1:0").replace(
+            "match = \"cn:dev-operator\"\nrole = \"operator\"\n",
+            "match = \"cn:dev-operator\"\nrole = \"operator\"\nlabels = [\"dev\"]\n",
+        );
+        let at = t.find("[labels.dev]").unwrap();
+        let other = t[at..]
+            .replace("labels.dev", "labels.other")
+            .replace("crl/dev.crl", "crl/other.crl");
+        format!("{t}\n{other}")
+    });
     let config = env.path(dev::files::CONFIG);
     let cfg = config.to_str().unwrap();
-    let admin_dir = env.path("admin");
-    let dir = admin_dir.to_str().unwrap();
+    let clients = env.path("clients");
+    let dir = clients.to_str().unwrap();
+    // A certificate of the admin CA that no [[admin.identities]] entry names.
     assert_success(&matter_est(&[
         "clients",
-        "ca",
+        "issue",
+        "--ca-cert",
+        &format!("{dir}/admin-ca.pem"),
+        "--ca-key",
+        &format!("{dir}/admin-ca.key"),
+        "--cn",
+        "mallory",
         "--out",
         dir,
-        "--cn",
-        "matter-est admin CA",
+        "--file-name",
+        "mallory",
     ]));
-    for name in ["alice", "audrey", "otto", "mallory"] {
-        assert_success(&matter_est(&[
-            "clients",
-            "issue",
-            "--ca-cert",
-            &format!("{dir}/ca.pem"),
-            "--ca-key",
-            &format!("{dir}/ca.key"),
-            "--cn",
-            name,
-            "--out",
-            dir,
-            "--file-name",
-            name,
-        ]));
-    }
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str(
-        "\n[admin]\nlisten = \"127.0.0.1:0\"\nclient_ca = \"admin/ca.pem\"\n\
-         [[admin.identities]]\nmatch = \"cn:alice\"\nrole = \"admin\"\n\
-         [[admin.identities]]\nmatch = \"cn:audrey\"\nrole = \"auditor\"\n\
-         [[admin.identities]]\nmatch = \"cn:otto\"\nrole = \"operator\"\nlabels = []\n",
-    );
-    std::fs::write(&config, text).unwrap();
     let csr = env.path("d.csr");
     let (der, _) = common::csr(&common::subject(
         Some("admin-1"),
@@ -86,6 +81,20 @@ fn operator_commands_and_the_admin_api_while_serve_runs() {
         Some("8000"),
     ));
     std::fs::write(&csr, der).unwrap();
+    let other_csr = env.path("o.csr");
+    let (der, _) = common::csr(&common::subject(
+        Some("other-1"),
+        Some("FFF1"),
+        Some("8000"),
+    ));
+    std::fs::write(&other_csr, der).unwrap();
+    let token_csr = env.path("t.csr");
+    let (der, _) = common::csr(&common::subject(
+        Some("tok-dev-1"),
+        Some("FFF1"),
+        Some("8000"),
+    ));
+    std::fs::write(&token_csr, der).unwrap();
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_matter-est"))
         .args(["serve", "--log-json", "--config", cfg])
@@ -94,11 +103,14 @@ fn operator_commands_and_the_admin_api_while_serve_runs() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let admin_port = loop {
+    let (est_port, admin_port) = loop {
         let v: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
         if v["fields"]["message"] == "matter-est serving" {
-            let a = v["fields"]["admin"].as_str().unwrap().to_string();
-            break a.rsplit(':').next().unwrap().to_string();
+            let port = |f: &str| {
+                let a = v["fields"][f].as_str().unwrap();
+                a.rsplit(':').next().unwrap().to_string()
+            };
+            break (port("addr"), port("admin"));
         }
     };
     let socket = env.path("admin.sock");
@@ -113,7 +125,31 @@ fn operator_commands_and_the_admin_api_while_serve_runs() {
         .trim(),
     )
     .unwrap();
-    assert!(created["id"].as_str().unwrap().starts_with("tok-"));
+    let token_id = created["id"].as_str().unwrap().to_string();
+    assert!(token_id.starts_with("tok-"));
+    // A device enrolls with it, and `token list` (through the socket) shows it spent.
+    let (code, _) = {
+        let out = Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(env.path(dev::files::TLS_CA_CERT))
+            .args([
+                "-u",
+                &format!("{token_id}:{}", created["secret"].as_str().unwrap()),
+            ])
+            .args(["-H", "Content-Type: application/pkcs10", "--data-binary"])
+            .arg(format!("@{}", token_csr.display()))
+            .arg(format!(
+                "https://localhost:{est_port}/.well-known/est/dev/simpleenroll"
+            ))
+            .output()
+            .unwrap();
+        (stdout(&out), ())
+    };
+    assert_eq!(code, "200");
+    let listed = stdout(&matter_est(&["token", "list", "--config", cfg, "--json"]));
+    let token: serde_json::Value = serde_json::from_str(listed.trim()).unwrap();
+    assert_eq!(token["state"], "spent");
+    assert!(token["spentBy"].as_str().unwrap().len() >= 16);
     let dac = env.path("d.der");
     let issued = stdout(&matter_est(&[
         "issue",
@@ -131,8 +167,31 @@ fn operator_commands_and_the_admin_api_while_serve_runs() {
         .output()
         .unwrap();
     assert!(stdout(&parsed).contains("admin-1"));
+    let other_dac = env.path("o.der");
+    stdout(&matter_est(&[
+        "issue",
+        "--config",
+        cfg,
+        "--label",
+        "other",
+        "--csr",
+        other_csr.to_str().unwrap(),
+        "--out",
+        other_dac.to_str().unwrap(),
+    ]));
+    let other_serial = {
+        let out = Command::new("openssl")
+            .args(["x509", "-inform", "DER", "-noout", "-serial", "-in"])
+            .arg(&other_dac)
+            .output()
+            .unwrap();
+        stdout(&out)
+            .trim()
+            .trim_start_matches("serial=")
+            .to_string()
+    };
     let via_socket = stdout(&matter_est(&["certs", "stats", "--config", cfg, "--json"]));
-    assert!(via_socket.contains("\"total\":1"), "{via_socket}");
+    assert!(via_socket.contains("\"total\":3"), "{via_socket}");
 
     // curl on the socket: role admin, named by the peer's uid.
     let sock = socket.to_str().unwrap();
@@ -165,13 +224,16 @@ fn operator_commands_and_the_admin_api_while_serve_runs() {
         args.push(&target);
         curl(&args)
     };
-    let (code, me) = as_("alice", "GET", "/v1/whoami", None);
+    let (code, me) = as_("admin", "GET", "/v1/whoami", None);
     assert_eq!((code, me["role"].as_str()), (200, Some("admin")));
-    assert_eq!(me["identity"], "admin:cn:alice");
-    let (code, page) = as_("audrey", "GET", "/v1/certs", None);
+    assert_eq!(me["identity"], "admin:cn:dev-admin");
+    let (code, page) = as_("auditor", "GET", "/v1/certs", None);
     assert_eq!(code, 200);
-    assert_eq!(page["records"].as_array().unwrap().len(), 1);
-    let (code, refused) = as_("audrey", "POST", "/v1/tokens", Some(r#"{"label":"dev"}"#));
+    assert_eq!(page["records"].as_array().unwrap().len(), 3);
+    // An auditor cannot revoke, nor mint tokens.
+    let revoke = format!("/v1/certs/{other_serial}/revoke");
+    let reason = Some(r#"{"reason":"superseded"}"#);
+    let (code, refused) = as_("auditor", "POST", &revoke, reason);
     assert_eq!(code, 403);
     assert!(
         refused["error"]
@@ -179,7 +241,38 @@ fn operator_commands_and_the_admin_api_while_serve_runs() {
             .unwrap()
             .contains("needs role operator")
     );
-    let (code, refused) = as_("otto", "POST", "/v1/tokens", Some(r#"{"label":"dev"}"#));
+    let (code, _) = as_("auditor", "POST", "/v1/tokens", Some(r#"{"label":"dev"}"#));
+    assert_eq!(code, 403);
+    // The operator of label dev neither sees nor touches label other.
+    let (code, page) = as_("operator", "GET", "/v1/certs", None);
+    assert_eq!(code, 200);
+    assert!(
+        page["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["label"] == "dev")
+    );
+    let (code, _) = as_("operator", "GET", "/v1/certs?label=other", None);
+    assert_eq!(code, 403);
+    let (code, _) = as_(
+        "operator",
+        "GET",
+        &format!("/v1/certs/{other_serial}"),
+        None,
+    );
+    assert_eq!(
+        code, 404,
+        "another tenant's serial is not confirmed to exist"
+    );
+    let (code, _) = as_("operator", "POST", &revoke, reason);
+    assert_eq!(code, 404);
+    let (code, refused) = as_(
+        "operator",
+        "POST",
+        "/v1/tokens",
+        Some(r#"{"label":"other"}"#),
+    );
     assert_eq!(code, 403);
     assert!(
         refused["error"]
@@ -187,17 +280,20 @@ fn operator_commands_and_the_admin_api_while_serve_runs() {
             .unwrap()
             .contains("may not see label")
     );
+    let (code, made) = as_("operator", "POST", "/v1/tokens", Some(r#"{"label":"dev"}"#));
+    assert_eq!(code, 200, "{made}");
+    // Unknown certificates and none at all are refused; a wrong method is 405.
     let (code, _) = as_("mallory", "GET", "/v1/whoami", None);
     assert_eq!(code, 403, "a certificate no identity names");
     let (code, _) = as_("nobody", "GET", "/v1/whoami", None);
     assert_eq!(code, 401);
-    let (code, _) = as_("alice", "DELETE", "/v1/tokens", None);
+    let (code, _) = as_("admin", "DELETE", "/v1/tokens", None);
     assert_eq!(code, 405);
 
     // The CLI against the remote listener: the same answer as through the socket.
     let remote = |args: &[&str]| {
         let mut all = args.to_vec();
-        let (cert, key) = (format!("{dir}/alice.pem"), format!("{dir}/alice.key"));
+        let (cert, key) = (format!("{dir}/admin.pem"), format!("{dir}/admin.key"));
         all.extend([
             "--server",
             &url,
@@ -223,7 +319,7 @@ fn operator_commands_and_the_admin_api_while_serve_runs() {
         &format!(r#"{{"out":"{}"}}"#, backup.display()),
         "http://localhost/v1/ledger/backup",
     ]);
-    assert_eq!((code, b["records"].as_u64()), (200, Some(1)), "{b}");
+    assert_eq!((code, b["records"].as_u64()), (200, Some(3)), "{b}");
 
     // Refusals and changes are in the audit chain with who asked.
     let refusals = stdout(&matter_est(&[
@@ -236,7 +332,7 @@ fn operator_commands_and_the_admin_api_while_serve_runs() {
         "admin_refused",
     ]));
     assert!(refusals.lines().count() >= 4, "{refusals}");
-    assert!(refusals.contains("admin:cn:audrey") || refusals.contains("cn:audrey"));
+    assert!(refusals.contains("admin:cn:dev-auditor"), "{refusals}");
     let actions = stdout(&matter_est(&[
         "audit",
         "list",
@@ -264,7 +360,7 @@ fn operator_commands_and_the_admin_api_while_serve_runs() {
     );
     // And the backup opens as a ledger with the DAC.
     let copy = matter_est::store::redb::RedbLedger::open(&backup).unwrap();
-    assert_eq!(copy.list(0, 10).unwrap().len(), 1);
+    assert_eq!(copy.list(0, 10).unwrap().len(), 3);
 }
 
 /// docs/admin-api.json documents exactly the routes of the router, with their least role.

@@ -430,7 +430,10 @@ fn init_dev_hsm_makes_a_pki_whose_pai_key_is_only_in_the_token_and_serve_runs_on
             }
         }
     }
-    assert_eq!(keys, 5, "PAA, TLS CA, server, client CA, gateway keys");
+    assert_eq!(
+        keys, 9,
+        "PAA, TLS CA, server, client CA, gateway, admin CA and three admin role keys"
+    );
     for secret in [
         dev::files::USER_PIN,
         dev::files::SO_PIN,

@@ -39,6 +39,15 @@ pub mod files {
     pub const CLIENT_CA_KEY: &str = "clients/ca.key";
     pub const GATEWAY_CERT: &str = "clients/gateway.pem";
     pub const GATEWAY_KEY: &str = "clients/gateway.key";
+    /// The admin CA (`[admin] client_ca`) and one admin client certificate per role.
+    pub const ADMIN_CA_CERT: &str = "clients/admin-ca.pem";
+    pub const ADMIN_CA_KEY: &str = "clients/admin-ca.key";
+    /// (role, certificate, key): the CN of each is `dev-ROLE`.
+    pub const ADMIN_ROLES: [(&str, &str, &str); 3] = [
+        ("admin", "clients/admin.pem", "clients/admin.key"),
+        ("operator", "clients/operator.pem", "clients/operator.key"),
+        ("auditor", "clients/auditor.pem", "clients/auditor.key"),
+    ];
     /// `--hsm`: SoftHSM2's config (name it in `SOFTHSM2_CONF`), its token directory, the PINs.
     pub const SOFTHSM_CONF: &str = "softhsm/softhsm2.conf";
     pub const SOFTHSM_TOKENS: &str = "softhsm/tokens";
@@ -282,6 +291,29 @@ pub fn init_with(dir: &Path, force: bool, hsm: Option<HsmKeygen<'_>>) -> Result<
     write_key(dir, files::CLIENT_CA_KEY, &client_ca.pkcs8)?;
     write_pem(dir, files::GATEWAY_CERT, "CERTIFICATE", &[&gw_cert])?;
     write_key(dir, files::GATEWAY_KEY, &gw_pkcs8)?;
+
+    // Admin CA (its own: a gateway certificate is never an admin's) and one certificate per
+    // role, named by `cn:dev-ROLE` in [[admin.identities]].
+    let admin_ca = Ca::new(name(&[(oid::COMMON_NAME, "matter-est dev admin CA")]))?;
+    let admin_ca_cert = admin_ca.self_signed_tls_ca(not_before, now + 10 * 365 * 86_400)?;
+    write_pem(dir, files::ADMIN_CA_CERT, "CERTIFICATE", &[&admin_ca_cert])?;
+    write_key(dir, files::ADMIN_CA_KEY, &admin_ca.pkcs8)?;
+    for (role, cert_file, key_file) in files::ADMIN_ROLES {
+        let (pkcs8, point) = signer::generate_p256()?;
+        let cert = admin_ca.issue(
+            &name(&[(oid::COMMON_NAME, &format!("dev-{role}"))]),
+            &point,
+            not_before,
+            now + TLS_VALIDITY_SECS,
+            vec![
+                cert::basic_constraints_ext(None),
+                cert::key_usage_ext(key_usage::DIGITAL_SIGNATURE),
+                eku(oid::KP_CLIENT_AUTH),
+            ],
+        )?;
+        write_pem(dir, cert_file, "CERTIFICATE", &[&cert])?;
+        write_key(dir, key_file, &pkcs8)?;
+    }
     write_file(dir, files::CONFIG, config_text.as_bytes(), 0o600)?;
     Ok(DevPki {
         dir: dir.to_path_buf(),

@@ -41,7 +41,8 @@ impl DevEnv {
         // The CRL listener on a free port: tests run in parallel.
         let text = std::fs::read_to_string(&path)
             .unwrap()
-            .replace("listen = \"127.0.0.1:8444\"", "listen = \"127.0.0.1:0\"");
+            .replace("listen = \"127.0.0.1:8444\"", "listen = \"127.0.0.1:0\"")
+            .replace("listen = \"127.0.0.1:8445\"", "listen = \"127.0.0.1:0\"");
         std::fs::write(&path, edit(dir.path(), text)).unwrap();
         Self { dir }
     }
