@@ -13,7 +13,6 @@ use cli::pki::{ClientsCommand, TlsCommand};
 use matter_est::config::Config;
 use matter_est::issuance::Issuer;
 use matter_est::profile::dev;
-use matter_est::store::redb::RedbLedger;
 use matter_est::{Error, Result, asn1, batch, csr, matter, revocation, server, signer, store};
 
 use cli::pai::{self as pai_cli, PaiCommand};
@@ -195,12 +194,13 @@ enum Command {
 
 #[derive(Subcommand)]
 enum LedgerCommand {
-    /// Write a consistent copy of the ledger (one snapshot, all tables) to a new file.
+    /// Write a consistent copy of the ledger (one snapshot, all tables) to a new file, while
+    /// the server runs (through its socket) or not.
     Backup {
-        /// The configuration file naming the ledger.
-        #[arg(long)]
-        config: PathBuf,
-        /// The backup file to create (never overwritten).
+        #[command(flatten)]
+        target: cli::backend::Target,
+        /// The backup file to create (never overwritten); with --server, a path on the
+        /// server's host.
         #[arg(long)]
         out: PathBuf,
     },
@@ -436,16 +436,28 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Ledger {
-            command: LedgerCommand::Backup { config, out },
+            command: LedgerCommand::Backup { target, out },
         } => {
-            let config = Config::load(&config)?;
-            let ledger = RedbLedger::open(&config.ledger)?;
-            let records = ledger.backup_to(&out)?;
-            ledger.close();
+            // The server writes the file when it runs: give it an absolute path.
+            let out = if out.is_absolute() || target.server.is_some() {
+                out
+            } else {
+                std::env::current_dir()
+                    .map_err(|e| Error::io(".", e))?
+                    .join(out)
+            };
+            let v = cli::certs::call(
+                &target,
+                matter_est::admin::Request::post(
+                    "/v1/ledger/backup",
+                    serde_json::json!({ "out": out.display().to_string() }),
+                ),
+            )?;
             println!(
-                "backed up {} ({records} DACs) to {}",
-                config.ledger.display(),
-                out.display()
+                "backed up {} ({} DACs) to {}",
+                v["ledger"].as_str().unwrap_or_default(),
+                v["records"],
+                v["out"].as_str().unwrap_or_default()
             );
             Ok(())
         }

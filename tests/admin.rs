@@ -321,6 +321,15 @@ fn operator_commands_and_the_admin_api_while_serve_runs() {
     ]);
     assert_eq!((code, b["records"].as_u64()), (200, Some(3)), "{b}");
 
+    // The CLI's backup goes through the socket too (a relative --out is the caller's).
+    let out = Command::new(env!("CARGO_BIN_EXE_matter-est"))
+        .current_dir(env.path("."))
+        .args(["ledger", "backup", "--config", cfg, "--out", "backup2.redb"])
+        .output()
+        .unwrap();
+    assert!(stdout(&out).contains("(3 DACs)"));
+    assert!(env.path("backup2.redb").exists());
+
     // Refusals and changes are in the audit chain with who asked.
     let refusals = stdout(&matter_est(&[
         "audit",
