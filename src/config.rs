@@ -59,7 +59,7 @@ pub struct AdminConfig {
     /// The CA certificates (PEM) admin client certificates must chain to.
     pub client_ca: Option<PathBuf>,
     /// The local Unix socket (mode 0600, role admin); `None` = none. Default `admin.sock` beside
-    /// the config file, so operator commands work while `serve` runs.
+    /// the ledger file, so operator commands work while `serve` runs.
     pub socket: Option<PathBuf>,
     /// Who may use the HTTPS listener, first match wins.
     pub identities: Vec<AdminIdentity>,
@@ -603,13 +603,14 @@ impl Config {
             }
             Some(s) => Duration::from_secs(s),
         };
-        let admin = admin_config(raw.admin.as_ref(), &labels, &resolve, &err)?;
+        let ledger = resolve(&raw.ledger);
+        let admin = admin_config(raw.admin.as_ref(), &labels, &ledger, &resolve, &err)?;
         Ok(Config {
             token_expiry,
             crl_listen,
             admin,
             path: path.to_path_buf(),
-            ledger: resolve(&raw.ledger),
+            ledger,
             default_label,
             danger_development_pki: raw.danger_development_pki,
             server: ServerConfig {
@@ -759,10 +760,13 @@ struct RawAdminIdentity {
 fn admin_config(
     raw: Option<&RawAdmin>,
     labels: &BTreeMap<String, LabelConfig>,
+    ledger: &Path,
     resolve: &dyn Fn(&Path) -> PathBuf,
     err: &dyn Fn(&str, String) -> Error,
 ) -> Result<AdminConfig> {
-    let default_socket = || Some(resolve(Path::new("admin.sock")));
+    // Beside the ledger: the server writes there anyway (its state directory), where a config
+    // directory may be read-only to it (deploy/matter-est.service).
+    let default_socket = || Some(ledger.with_file_name("admin.sock"));
     let Some(raw) = raw else {
         return Ok(AdminConfig {
             socket: default_socket(),
@@ -1212,6 +1216,55 @@ signer = { file = "pai.key" }
 
     fn parse(text: &str) -> Result<Config> {
         Config::parse(Path::new("/etc/matter-est/x.toml"), text)
+    }
+
+    #[test]
+    fn admin_keys_are_checked() {
+        let c = parse(&MINIMAL.replace("l.redb", "/var/lib/m/l.redb")).expect("valid");
+        assert_eq!(
+            c.admin.socket,
+            Some(PathBuf::from("/var/lib/m/admin.sock")),
+            "beside the ledger"
+        );
+        assert!(c.admin.listen.is_none());
+        let with = |admin: &str| parse(&format!("{MINIMAL}[admin]\n{admin}\n"));
+        assert_eq!(with("socket = \"\"").expect("valid").admin.socket, None);
+        let c = with(
+            "listen = \"127.0.0.1:9443\"\nclient_ca = \"ca.pem\"\n[[admin.identities]]\n\
+             match = \"cn:x\"\nrole = \"operator\"\nlabels = [\"a\"]",
+        )
+        .expect("valid");
+        assert_eq!(c.admin.identities[0].role, AdminRole::Operator);
+        assert_eq!(
+            c.admin.client_ca,
+            Some(PathBuf::from("/etc/matter-est/ca.pem"))
+        );
+        let long = format!("socket = \"/{}\"", "s".repeat(120));
+        let cases = [
+            ("listen = \"127.0.0.1:9443\"", "admin.client_ca"),
+            (
+                "listen = \"127.0.0.1:9443\"\nclient_ca = \"ca.pem\"",
+                "admin.identities",
+            ),
+            ("listen = \"nowhere\"", "admin.listen"),
+            (long.as_str(), "admin.socket"),
+            (
+                "[[admin.identities]]\nmatch = \"cn:x\"\nrole = \"root\"",
+                "admin.identities[0].role",
+            ),
+            (
+                "[[admin.identities]]\nmatch = \"cn:x\"\nrole = \"admin\"\nlabels = [\"b\"]",
+                "admin.identities[0].labels",
+            ),
+            (
+                "[[admin.identities]]\nmatch = \"name:x\"\nrole = \"admin\"",
+                "admin.identities[0].match",
+            ),
+        ];
+        for (text, key) in cases {
+            let msg = with(text).expect_err(text).to_string();
+            assert!(msg.contains(key), "{text}: {msg}");
+        }
     }
 
     #[test]
