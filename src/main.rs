@@ -98,9 +98,8 @@ enum Command {
     /// Make keys and DACs ahead of time for a production line without a network.
     #[command(group(clap::ArgGroup::new("which_devices").required(true).multiple(false)))]
     Batch {
-        /// The configuration file (its ledger must not be held by a running `serve`).
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        target: cli::backend::Target,
         /// The label (PAI and policy) to issue on.
         #[arg(long)]
         label: String,
@@ -296,7 +295,8 @@ fn run(cli: Cli) -> Result<()> {
             // Checked here, so that a bad file is named before anything is opened; sent as DER.
             let (der_csr, _) = csr::decode_body(&body)?;
             csr::parse_der(&der_csr)?;
-            let backend = cli::backend::Backend::open(&target, danger_allow_development_pki)?;
+            let backend =
+                cli::backend::Backend::open_signing(&target, danger_allow_development_pki)?;
             let label = match label {
                 Some(l) => l,
                 None => match &target.config {
@@ -350,7 +350,7 @@ fn run(cli: Cli) -> Result<()> {
         } => serve(config, listen, log_json, danger_allow_development_pki),
         Command::Token { command } => cli::tokens::run(command),
         Command::Batch {
-            config,
+            target,
             label,
             pid,
             count,
@@ -361,8 +361,6 @@ fn run(cli: Cli) -> Result<()> {
             archive,
             danger_allow_development_pki,
         } => {
-            let config = Config::load(&config)?;
-            config.label(&label)?;
             let pid = matter::Pid::parse(&pid)?;
             let devices = match (count, devices) {
                 (_, Some(path)) => batch::Devices::List(path),
@@ -375,13 +373,21 @@ fn run(cli: Cli) -> Result<()> {
                     ));
                 }
             };
-            let labels = Issuer::load(&config)?;
-            labels.refuse_development_pki(&config, danger_allow_development_pki)?;
-            let ledger = store::open(&config)?;
-            let issuer = labels.with_ledger(ledger.clone());
+            let backend =
+                cli::backend::Backend::open_signing(&target, danger_allow_development_pki)?;
+            let issuer = match &backend {
+                cli::backend::Backend::Local { ctx, .. } => Some(ctx.issuer()?),
+                _ => None,
+            };
+            let engine = match &issuer {
+                // The ledger is this process's: sign here and commit in groups.
+                Some(issuer) => batch::Engine::Local(issuer),
+                // A running server holds it: one CSR per device through its admin API.
+                None => batch::Engine::Remote(&backend),
+            };
             let start = std::time::Instant::now();
-            let report = batch::run(
-                &issuer,
+            let report = batch::run_with(
+                &engine,
                 &batch::BatchOptions {
                     label,
                     pid,
@@ -392,9 +398,11 @@ fn run(cli: Cli) -> Result<()> {
                     progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
                     archive,
                 },
-            )?;
+            );
+            // The issuer holds the ledger too: release it before the ledger closes.
             drop(issuer);
-            ledger.close();
+            backend.close();
+            let report = report?;
             let secs = start.elapsed().as_secs_f64();
             for f in &report.failures {
                 let kind = if f.permanent {

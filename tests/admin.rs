@@ -404,3 +404,124 @@ fn the_openapi_file_matches_the_router() {
     routed.sort();
     assert_eq!(documented, routed);
 }
+
+/// Issue 14 item 2: `batch` while `serve` holds the ledger streams one CSR per device through
+/// the socket; killed midway and rerun, it finishes with every device once and no DAC on record
+/// without its key (each key and CSR are durable before the CSR is sent; a rerun resends it and
+/// gets the DAC on record back).
+#[test]
+fn batch_streams_through_the_running_server_and_resumes_after_a_kill() {
+    let env = DevEnv::new(|t| t.replace("127.0.0.1:8443", "127.0.0.1:0"));
+    let config = env.path(dev::files::CONFIG);
+    let cfg = config.to_str().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_matter-est"))
+        .args(["serve", "--log-json", "--config", cfg])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    while let Some(Ok(line)) = lines.next() {
+        if line.contains("matter-est serving") {
+            break;
+        }
+    }
+    std::thread::spawn(move || lines.for_each(drop));
+    let batch = |out: &str, extra: &[&str]| {
+        let mut args = vec![
+            "batch", "--config", cfg, "--label", "dev", "--pid", "8000", "--out",
+        ];
+        let out = env.path(out);
+        args.push(out.to_str().unwrap());
+        args.extend(extra);
+        Command::new(env!("CARGO_BIN_EXE_matter-est"))
+            .args(&args)
+            .env("BATCH_PASS", "correct horse battery staple")
+            .output()
+            .unwrap()
+    };
+    let manifest = |out: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(env.path(out).join("manifest.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+
+    let done = stdout(&batch("line-1", &["--count", "40"]));
+    assert!(done.starts_with("batch complete:"), "{done}");
+    assert_eq!(manifest("line-1").len(), 40);
+    let first = &manifest("line-1")[0];
+    let dac = env
+        .path("line-1/devices")
+        .join(format!("{}.dac.pem", first["device_id"].as_str().unwrap()));
+    let verified = Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(env.path("line-1/paa.pem"))
+        .arg("-untrusted")
+        .arg(env.path("line-1/pai.pem"))
+        .arg(&dac)
+        .output()
+        .unwrap();
+    assert!(stdout(&verified).contains(": OK"));
+    let ids = env.path("ids.csv");
+    std::fs::write(&ids, "device_id\nhw-1\nhw-2\nhw-3\n").unwrap();
+    let listed = stdout(&batch(
+        "line-2",
+        &[
+            "--devices",
+            ids.to_str().unwrap(),
+            "--encrypt-passphrase-env",
+            "BATCH_PASS",
+        ],
+    ));
+    assert!(listed.starts_with("batch complete:"), "{listed}");
+    assert!(env.path("line-2/devices/hw-2.key-encrypted.der").exists());
+
+    // Killed midway, then rerun: every device once, and the ledger holds exactly the batch.
+    let mut killed = Command::new(env!("CARGO_BIN_EXE_matter-est"))
+        .args([
+            "batch", "--config", cfg, "--label", "dev", "--pid", "8000", "--count", "400", "--out",
+        ])
+        .arg(env.path("line-3"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let _ = killed.kill();
+    let _ = killed.wait();
+    let rerun = stdout(&batch("line-3", &["--count", "400"]));
+    assert!(rerun.starts_with("batch complete:"), "{rerun}");
+    let lines = manifest("line-3");
+    assert_eq!(lines.len(), 400);
+    let serials: std::collections::BTreeSet<_> = lines
+        .iter()
+        .map(|l| l["serial"].as_str().unwrap())
+        .collect();
+    assert_eq!(serials.len(), 400, "no device twice");
+    let leftovers: Vec<_> = std::fs::read_dir(env.path("line-3/devices"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".csr.der"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let stats: serde_json::Value = serde_json::from_str(
+        stdout(&matter_est(&["certs", "stats", "--config", cfg, "--json"])).trim(),
+    )
+    .unwrap();
+    assert_eq!(
+        stats["total"],
+        40 + 3 + 400,
+        "no DAC on record outside a manifest"
+    );
+
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(child.wait().unwrap().success());
+}

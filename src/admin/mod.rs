@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::config::{AdminRole, Config};
 use crate::error::{Error, ErrorKind, Result};
-use crate::issuance::Issuer;
+use crate::issuance::{Issuer, Labels};
 use crate::revocation::CrlService;
 use crate::store::Ledger;
 use crate::store::audit::AuditEvent;
@@ -97,16 +97,23 @@ impl Ctx {
         }
     }
 
-    /// For the CLI on a ledger nothing else holds. `danger_dev`: issue with a development PAI
-    /// although the config does not allow it (`--danger-allow-development-pki`).
-    pub fn local(config: Arc<Config>, ledger: Arc<dyn Ledger>, danger_dev: bool) -> Self {
+    /// For the CLI on a ledger nothing else holds. `labels`: already loaded (and checked) by a
+    /// command that signs, else loaded on first use; `danger_dev`: then, accept a development
+    /// PAI although the config does not (`--danger-allow-development-pki`).
+    pub fn local(
+        config: Arc<Config>,
+        ledger: Arc<dyn Ledger>,
+        labels: Option<Labels>,
+        danger_dev: bool,
+    ) -> Self {
+        let loaded = OnceLock::new();
+        if let Some(labels) = labels {
+            let _ = loaded.set(Arc::new(labels.with_ledger(ledger.clone())));
+        }
         Self {
             config,
             ledger,
-            issuer: IssuerSource::Local {
-                loaded: OnceLock::new(),
-                danger_dev,
-            },
+            issuer: IssuerSource::Local { loaded, danger_dev },
             crls: OnceLock::new(),
         }
     }
@@ -119,7 +126,8 @@ impl Ctx {
         &self.config
     }
 
-    fn issuer(&self) -> Result<Arc<Issuer>> {
+    /// The issuer: the server's current one, or the labels loaded from the config.
+    pub fn issuer(&self) -> Result<Arc<Issuer>> {
         match &self.issuer {
             IssuerSource::Serving(current) => Ok(current()),
             IssuerSource::Local { loaded, danger_dev } => {

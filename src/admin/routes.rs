@@ -35,17 +35,26 @@ pub fn whoami(_: &Ctx, caller: &Caller, _: &Params) -> Result<Value> {
 }
 
 pub fn labels(ctx: &Ctx, caller: &Caller, _: &Params) -> Result<Value> {
+    let issuer = ctx.issuer()?;
     let mut out = Vec::new();
-    for (name, l) in &ctx.config().labels {
-        if !caller.may_see(name) {
+    for label in issuer.labels() {
+        let l = &label.config;
+        if !caller.may_see(&l.name) {
             continue;
         }
+        let chain: Vec<String> = std::iter::once(&label.pai.der)
+            .chain(&label.chain)
+            .map(|der| B64.encode(der))
+            .collect();
         out.push(json!({
-            "label": name,
-            "issued": ctx.ledger().count(name)?,
-            "quota": l.quota,
+            "label": l.name,
+            "vid": label.pai.vid.to_string(),
             "pids": l.pids.to_string(),
+            "cnPrefix": label.profile.cn_prefix,
+            "issued": ctx.ledger().count(&l.name)?,
+            "quota": l.quota,
             "crlUrl": l.crl.as_ref().and_then(|c| c.url.as_ref()).map(|u| u.as_str().to_string()),
+            "chain": chain,
         }));
     }
     Ok(json!({ "labels": out }))

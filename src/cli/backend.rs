@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use matter_est::admin::{self, Caller, Ctx, Request};
 use matter_est::config::Config;
+use matter_est::issuance::Issuer;
 use matter_est::{Error, Result, store, tls};
 
 /// How long the CLI waits for a server's answer: a backup of a large ledger takes a while.
@@ -56,9 +57,20 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// Opens the way `target` names. `danger_dev`: on the ledger, accept a development PAI for
-    /// signing (`--danger-allow-development-pki`; a running server decided that at its start).
-    pub fn open(target: &Target, danger_dev: bool) -> Result<Self> {
+    /// Opens the way `target` names, for a command that reads or changes records.
+    pub fn open(target: &Target) -> Result<Self> {
+        Self::open_with(target, None)
+    }
+
+    /// As [`Backend::open`], for a command that signs (`issue`, `batch`): on the ledger, the
+    /// labels are loaded and checked before the ledger is opened (a refused configuration
+    /// opens nothing); `danger_dev` accepts a development PAI (`--danger-allow-development-pki`;
+    /// a running server decided that at its start).
+    pub fn open_signing(target: &Target, danger_dev: bool) -> Result<Self> {
+        Self::open_with(target, Some(danger_dev))
+    }
+
+    fn open_with(target: &Target, signing: Option<bool>) -> Result<Self> {
         if let Some(url) = &target.server {
             return remote(url, target);
         }
@@ -72,13 +84,21 @@ impl Backend {
         {
             return Ok(Backend::Socket(socket.clone()));
         }
+        let labels = match signing {
+            Some(danger_dev) => {
+                let labels = Issuer::load(&config)?;
+                labels.refuse_development_pki(&config, danger_dev)?;
+                Some(labels)
+            }
+            None => None,
+        };
         let ledger = store::open(&config).map_err(|e| match (&e, &config.admin.socket) {
             (Error::Ledger(m), None) if m.contains("in use") => Error::Ledger(format!(
                 "{m}; or set [admin] socket so that commands go through the running server"
             )),
             _ => e,
         })?;
-        let ctx = Ctx::local(Arc::new(config), ledger, danger_dev);
+        let ctx = Ctx::local(Arc::new(config), ledger, labels, signing.unwrap_or(false));
         Ok(Backend::Local {
             ctx,
             caller: Caller::local(super::operator()),
@@ -216,4 +236,54 @@ fn exchange<S: std::io::Read + std::io::Write>(
         .ok_or_else(|| Error::Internal(format!("the admin API answered {head:?}")))?;
     let value = serde_json::from_slice(&answer[split + 4..]).unwrap_or(Value::Null);
     Ok((status, value))
+}
+
+/// A batch's DACs from the running server (`matter-est batch` while `serve` runs, or with
+/// `--server`): `GET /v1/labels` and `POST /v1/labels/{label}/issue`.
+impl matter_est::batch::remote::Enroll for Backend {
+    fn label(&self, label: &str, pid: matter_est::matter::Pid) -> Result<matter_est::batch::Facts> {
+        use base64::Engine as _;
+        let all = self.call(Request::get("/v1/labels", Vec::new()))?;
+        let info = all["labels"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l["label"] == label)
+            .ok_or_else(|| Error::UnknownLabel(label.to_string()))?;
+        let text = |f: &str| info[f].as_str().unwrap_or_default().to_string();
+        let pids = text("pids");
+        if pids != "any" && !pids.split(',').any(|p| p == pid.to_string()) {
+            return Err(Error::Forbidden(format!(
+                "PID {pid} is not allowed on label {label:?} (it issues PIDs {pids})"
+            )));
+        }
+        let chain = info["chain"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(c.as_str().unwrap_or_default())
+                    .map_err(|e| Error::Internal(format!("the server's chain: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(matter_est::batch::Facts::remote(
+            text("vid"),
+            text("cnPrefix"),
+            chain,
+            info["quota"].as_u64(),
+            info["issued"].as_u64().unwrap_or_default(),
+        ))
+    }
+
+    fn issue(&self, label: &str, csr: &[u8]) -> Result<Vec<u8>> {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let issued = self.call(Request::post(
+            &format!("/v1/labels/{label}/issue"),
+            serde_json::json!({ "csr": b64.encode(csr) }),
+        ))?;
+        b64.decode(issued["der"].as_str().unwrap_or_default())
+            .map_err(|e| Error::Internal(format!("the DAC came back undecodable: {e}")))
+    }
 }

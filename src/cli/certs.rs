@@ -258,7 +258,7 @@ pub fn run(command: CertsCommand) -> Result<()> {
 
 /// One request on the backend `target` names, closed after.
 pub fn call(target: &Target, req: Request) -> Result<Value> {
-    let backend = Backend::open(target, false)?;
+    let backend = Backend::open(target)?;
     let result = backend.call(req);
     backend.close();
     result

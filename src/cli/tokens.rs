@@ -77,7 +77,7 @@ pub fn run(command: TokenCommand) -> Result<()> {
             json,
         } => {
             let secs = expires_in.as_deref().map(parse_duration).transpose()?;
-            let backend = Backend::open(&target, false)?;
+            let backend = Backend::open(&target)?;
             let result = backend.call(Request::post(
                 "/v1/tokens",
                 json!({
@@ -115,7 +115,7 @@ pub fn run(command: TokenCommand) -> Result<()> {
             if let Some(s) = state {
                 query.push(("state".to_string(), s));
             }
-            let backend = Backend::open(&target, false)?;
+            let backend = Backend::open(&target)?;
             let result = backend.call(Request::get("/v1/tokens", query));
             backend.close();
             let tokens = result?;
@@ -131,7 +131,7 @@ pub fn run(command: TokenCommand) -> Result<()> {
             Ok(())
         }
         TokenCommand::Revoke { target, id, json } => {
-            let backend = Backend::open(&target, false)?;
+            let backend = Backend::open(&target)?;
             let path = format!("/v1/tokens/{id}/revoke");
             let result = backend.call(Request::post(&path, Value::Null));
             backend.close();

@@ -27,8 +27,10 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub mod remote;
+
 use crate::asn1::{self, tag};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::issuance::{IssueOptions, Issuer, Label, Prepared};
 use crate::matter::Pid;
 use crate::profile::{self, DacSubject, dev};
@@ -139,7 +141,13 @@ impl Failure {
         Self {
             device_id,
             reason: e.to_string(),
-            permanent: e.kind() != crate::error::ErrorKind::Internal,
+            permanent: !matches!(
+                e.kind(),
+                ErrorKind::Internal
+                    | ErrorKind::Unavailable
+                    | ErrorKind::TooManyRequests
+                    | ErrorKind::Timeout
+            ),
         }
     }
 }
@@ -148,8 +156,76 @@ impl Failure {
 /// the label and PID, the device list, the key protection, the quota, and, in an existing
 /// output directory, that `batch.json` describes this same batch.
 pub fn run(issuer: &Issuer, opts: &BatchOptions) -> Result<Report> {
-    let label = issuer.label(&opts.label)?.clone();
-    label.profile.check_pid(&label.pai, opts.pid)?;
+    run_with(&Engine::Local(issuer), opts)
+}
+
+/// Where a batch's DACs come from.
+pub enum Engine<'a> {
+    /// Signed here by the label's signer and committed to the ledger in groups (the ledger is
+    /// this process's).
+    Local(&'a Issuer),
+    /// Issued by a running server through its admin API, one CSR per device, the device's key
+    /// and CSR durable before the CSR is sent (so a rerun resends it and gets the same DAC).
+    Remote(&'a dyn remote::Enroll),
+}
+
+impl Engine<'_> {
+    /// What the batch needs of its label, with the PID checked against it.
+    fn facts(&self, label: &str, pid: Pid) -> Result<Facts> {
+        match self {
+            Engine::Local(issuer) => {
+                let l = issuer.label(label)?.clone();
+                l.profile.check_pid(&l.pai, pid)?;
+                Ok(Facts {
+                    vid: l.pai.vid.to_string(),
+                    cn_prefix: l.profile.cn_prefix.clone(),
+                    pai: l.pai.der.clone(),
+                    paa: l.chain.last().cloned(),
+                    quota: l.config.quota,
+                    used: issuer.ledger().count(label)?,
+                    local: Some(l),
+                })
+            }
+            Engine::Remote(enroll) => enroll.label(label, pid),
+        }
+    }
+
+    /// The DAC for `csr` on `label`: a new one, or the one on record for this key and subject.
+    fn issue_csr(&self, label: &str, csr: &[u8]) -> Result<Vec<u8>> {
+        match self {
+            Engine::Local(issuer) => Ok(issuer
+                .issue(
+                    label,
+                    &crate::csr::parse_der(csr)?,
+                    &IssueOptions {
+                        requester: "batch".into(),
+                        ..Default::default()
+                    },
+                )?
+                .dac
+                .der),
+            Engine::Remote(enroll) => enroll.issue(label, csr),
+        }
+    }
+}
+
+/// What a batch needs to know of its label.
+pub struct Facts {
+    pub vid: String,
+    pub cn_prefix: String,
+    /// The PAI's certificate, DER, and the PAA's above it if known.
+    pub pai: Vec<u8>,
+    pub paa: Option<Vec<u8>>,
+    pub quota: Option<u64>,
+    /// DACs on record under the label.
+    pub used: u64,
+    /// The label itself, when this process signs.
+    local: Option<Arc<Label>>,
+}
+
+/// Runs (or resumes) a batch whose DACs come from `engine`; see [`run`].
+pub fn run_with(engine: &Engine, opts: &BatchOptions) -> Result<Report> {
+    let facts = engine.facts(&opts.label, opts.pid)?;
     let out = &opts.out;
     let key_encryption = match (&opts.passphrase_env, &opts.encrypt_to) {
         (Some(_), Some(_)) => {
@@ -217,7 +293,7 @@ pub fn run(issuer: &Issuer, opts: &BatchOptions) -> Result<Report> {
         }
         Err(_) => Summary {
             label: opts.label.clone(),
-            vid: label.pai.vid.to_string(),
+            vid: facts.vid.clone(),
             pid: opts.pid.to_string(),
             devices: source,
             devices_sha256,
@@ -233,13 +309,13 @@ pub fn run(issuer: &Issuer, opts: &BatchOptions) -> Result<Report> {
     // Quota: a batch that cannot fit is refused before anything is made (resumed devices are
     // already counted, so a rerun needs only what is left).
     let already_done = Manifest::load(out)?.entries.len() as u64;
-    if let Some(quota) = label.config.quota {
-        let used = issuer.ledger().count(&label.config.name)?;
+    if let Some(quota) = facts.quota {
+        let used = facts.used;
         let left = requested.saturating_sub(already_done);
         if used + left > quota {
             return Err(Error::Forbidden(format!(
                 "label {:?} has {} of its quota of {quota} DACs left; this batch needs {left}",
-                label.config.name,
+                opts.label,
                 quota.saturating_sub(used)
             )));
         }
@@ -250,11 +326,11 @@ pub fn run(issuer: &Issuer, opts: &BatchOptions) -> Result<Report> {
     // batch.json first, "partial" until the last device is done, so that an interrupted batch
     // says what it is.
     write_summary(out, &summary)?;
-    write_chain(out, &label)?;
+    write_chain(out, &facts)?;
 
     // Recover what an interrupted run left.
     let mut manifest = Manifest::load(out)?;
-    let recovered = recover(issuer, out, &mut manifest)?;
+    let recovered = recover(engine, &opts.label, out, &mut manifest)?;
     manifest.rewrite(out)?;
 
     // What is left to do.
@@ -289,8 +365,8 @@ pub fn run(issuer: &Issuer, opts: &BatchOptions) -> Result<Report> {
     };
 
     let made = produce(
-        issuer,
-        &label,
+        engine,
+        &facts,
         opts,
         todo,
         encryptor,
@@ -332,17 +408,28 @@ fn write_summary(out: &Path, summary: &Summary) -> Result<()> {
     )
 }
 
-/// A finished device on its way to the ledger.
+/// A device whose key (and DAC, or CSR) are written, on its way to the ledger.
 struct Made {
     device_id: String,
-    prepared: Prepared,
-    entry: ManifestEntry,
+    index: u64,
+    work: Work,
+}
+
+/// What is left to do for a made device.
+enum Work {
+    /// Signed here: the record to commit and the manifest line to write once it is.
+    Signed {
+        prepared: Box<Prepared>,
+        entry: ManifestEntry,
+    },
+    /// The CSR to send (its key and it are on disk).
+    Csr(Vec<u8>),
 }
 
 #[allow(clippy::too_many_arguments)] // reason: one call site; a struct would only rename them
 fn produce(
-    issuer: &Issuer,
-    label: &Arc<Label>,
+    engine: &Engine,
+    facts: &Facts,
     opts: &BatchOptions,
     todo: Box<dyn Iterator<Item = Result<Option<String>>> + Send>,
     encryptor: Option<Arc<KeyProtection>>,
@@ -372,8 +459,8 @@ fn produce(
                         .into_iter()
                         .map(|(index, id)| {
                             make_device(
-                                issuer,
-                                label,
+                                engine,
+                                facts,
                                 opts.pid,
                                 &devices,
                                 index,
@@ -438,7 +525,8 @@ fn produce(
                 None
             } else {
                 Some(make_durable(
-                    issuer,
+                    engine,
+                    &opts.label,
                     &devices_dir,
                     std::mem::take(&mut group),
                 )?)
@@ -462,10 +550,11 @@ fn produce(
     Ok((made, failures))
 }
 
-/// One device: key pair, DAC (built, signed, self-checked), its files under `devices/`.
+/// One device: key pair and its file under `devices/`; then, signing here, its DAC (built,
+/// signed, self-checked) and files; for a server, its CSR file.
 fn make_device(
-    issuer: &Issuer,
-    label: &Label,
+    engine: &Engine,
+    facts: &Facts,
     pid: Pid,
     devices: &Path,
     index: u64,
@@ -476,11 +565,37 @@ fn make_device(
     let serial = profile::random_serial()?;
     let cn = match id {
         Some(id) => id,
-        None => format!(
-            "{}{}",
-            label.profile.cn_prefix,
-            asn1::hex(&serial).to_uppercase()
-        ),
+        None => format!("{}{}", facts.cn_prefix, asn1::hex(&serial).to_uppercase()),
+    };
+    let (key_file, key_bytes) = match encryptor {
+        Some(KeyProtection::Passphrase(enc)) => ("key-encrypted.der", enc.encrypt(&pkcs8)?),
+        Some(KeyProtection::Line(to)) => ("key.cms", crate::envelope::seal(&pkcs8, to)?),
+        None => ("key.der", pkcs8.clone()),
+    };
+    let files = DeviceFiles::new(devices, &cn);
+    let label = match (engine, &facts.local) {
+        (Engine::Local(_), Some(label)) => label,
+        _ => {
+            // For a server: the key and the CSR, made durable by the group before it is sent.
+            let name = dev::name(&[
+                (asn1::oid::COMMON_NAME, &cn),
+                (asn1::oid::MATTER_VID, &facts.vid),
+                (asn1::oid::MATTER_PID, &pid.to_string()),
+            ]);
+            let csr = crate::csr::build(&name, &signer::KeySigner::from_pkcs8(&pkcs8)?)?;
+            write_private(&files.key(key_file), &key_bytes)?;
+            write_private(&files.csr, &csr)?;
+            return Ok(Made {
+                device_id: cn,
+                index,
+                work: Work::Csr(csr),
+            });
+        }
+    };
+    let Engine::Local(issuer) = engine else {
+        return Err(Error::Internal(
+            "a local label without a local issuer".into(),
+        ));
     };
     let subject = DacSubject {
         cn: cn.clone(),
@@ -500,12 +615,6 @@ fn make_device(
     let der = &prepared.issued.dac.der;
     let pem = der::pem::encode_string("CERTIFICATE", der::pem::LineEnding::LF, der)
         .map_err(|e| Error::Internal(e.to_string()))?;
-    let (key_file, key_bytes) = match encryptor {
-        Some(KeyProtection::Passphrase(enc)) => ("key-encrypted.der", enc.encrypt(&pkcs8)?),
-        Some(KeyProtection::Line(to)) => ("key.cms", crate::envelope::seal(&pkcs8, to)?),
-        None => ("key.der", pkcs8),
-    };
-    let files = DeviceFiles::new(devices, &cn);
     write_private(&files.dac_der, der)?;
     write_private(&files.dac_pem, pem.as_bytes())?;
     write_private(&files.key(key_file), &key_bytes)?;
@@ -521,25 +630,96 @@ fn make_device(
     };
     Ok(Made {
         device_id: cn,
-        prepared,
-        entry,
+        index,
+        work: Work::Signed {
+            prepared: Box::new(prepared),
+            entry,
+        },
     })
 }
 
-/// A group whose files are durable and whose records are submitted to the ledger.
+/// A group whose files are durable and whose records are submitted to the ledger (or whose
+/// DACs the server returned).
 struct InFlight {
-    group: Vec<Made>,
-    pendings: Vec<Pending<Committed>>,
+    items: Vec<(String, Outcome)>,
 }
 
-/// Makes a group's files durable, then submits its records (one group commit): the finisher
-/// goes on to the next group while the ledger commits this one.
-fn make_durable(issuer: &Issuer, devices: &Path, group: Vec<Made>) -> Result<InFlight> {
-    // 1. Every key and DAC file of the group on disk before any DAC is recorded.
+enum Outcome {
+    /// Committing in this process's ledger; the manifest line to write once it is.
+    Pending(Pending<Committed>, Box<ManifestEntry>),
+    /// Issued by the server and its files written (or why not).
+    Done(Result<ManifestEntry>),
+}
+
+/// How many requests a batch has in flight to a server at once.
+const REMOTE_IN_FLIGHT: usize = 4;
+
+/// Makes a group's files durable, then submits its records (one group commit; the finisher
+/// goes on to the next group while the ledger commits this one), or sends its CSRs to the
+/// server and writes the DACs it returns (made durable before the manifest names them).
+fn make_durable(
+    engine: &Engine,
+    label: &str,
+    devices: &Path,
+    group: Vec<Made>,
+) -> Result<InFlight> {
+    // 1. Every key (and DAC or CSR) file of the group on disk before any DAC is recorded.
     syncfs(devices)?;
-    // 2. One group commit in the ledger.
-    let pendings = group.iter().map(|m| issuer.submit(&m.prepared)).collect();
-    Ok(InFlight { group, pendings })
+    let mut items = Vec::with_capacity(group.len());
+    let mut csrs = Vec::new();
+    for m in group {
+        match (m.work, engine) {
+            // 2. One group commit in the ledger.
+            (Work::Signed { prepared, entry }, Engine::Local(issuer)) => items.push((
+                m.device_id,
+                Outcome::Pending(issuer.submit(&prepared), Box::new(entry)),
+            )),
+            (Work::Signed { .. }, Engine::Remote(_)) => items.push((
+                m.device_id,
+                Outcome::Done(Err(Error::Internal("signed here for a server".into()))),
+            )),
+            (Work::Csr(csr), _) => csrs.push((m.device_id, m.index, csr)),
+        }
+    }
+    if !csrs.is_empty() {
+        // 2'. The CSRs to the server, a few at a time; each DAC written as it comes.
+        let per = csrs.len().div_ceil(REMOTE_IN_FLIGHT);
+        let done: Vec<Vec<(String, Outcome)>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = csrs
+                .chunks(per)
+                .map(|chunk| {
+                    scope.spawn(move || {
+                        chunk
+                            .iter()
+                            .map(|(id, index, csr)| {
+                                let entry = engine.issue_csr(label, csr).and_then(|der| {
+                                    write_dac(&DeviceFiles::new(devices, id), &der)?;
+                                    entry_from_files(&DeviceFiles::new(devices, id), id, *index)
+                                });
+                                (id.clone(), Outcome::Done(entry))
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_default())
+                .collect()
+        });
+        items.extend(done.into_iter().flatten());
+        // 3'. The DAC files durable before the manifest names them.
+        syncfs(devices)?;
+    }
+    Ok(InFlight { items })
+}
+
+/// Writes a device's DAC files (DER and PEM).
+fn write_dac(files: &DeviceFiles, der: &[u8]) -> Result<()> {
+    let pem = der::pem::encode_string("CERTIFICATE", der::pem::LineEnding::LF, der)
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    write_private(&files.dac_der, der)?;
+    write_private(&files.dac_pem, pem.as_bytes())
 }
 
 /// Waits for a group's commit, then publishes each recorded device (its manifest line).
@@ -550,25 +730,36 @@ fn publish(
     failures: &mut Vec<Failure>,
 ) -> Result<u64> {
     let mut finished = 0;
-    for (m, pending) in in_flight.group.into_iter().zip(in_flight.pendings) {
-        match pending.wait() {
-            Ok(Committed::Recorded) => {
-                // 3. Published: the manifest line.
-                manifest.append(m.entry)?;
-                finished += 1;
-            }
-            // A fresh key cannot already hold a subject; refuse rather than keep a stray key.
-            Ok(Committed::AlreadyOnRecord(_)) => {
-                DeviceFiles::new(devices, &m.device_id).remove()?;
-                failures.push(Failure {
-                    device_id: m.device_id,
+    for (device_id, outcome) in in_flight.items {
+        let files = DeviceFiles::new(devices, &device_id);
+        let recorded = match outcome {
+            Outcome::Pending(pending, entry) => match pending.wait() {
+                Ok(Committed::Recorded) => Ok(*entry),
+                // A fresh key cannot already hold a subject; refuse rather than keep a stray key.
+                Ok(Committed::AlreadyOnRecord(_)) => Err(Failure {
+                    device_id,
                     reason: "already on record".into(),
                     permanent: true,
-                });
+                }),
+                Err(e) => Err(Failure::new(device_id, &e)),
+            },
+            Outcome::Done(Ok(entry)) => Ok(entry),
+            Outcome::Done(Err(e)) => Err(Failure::new(device_id, &e)),
+        };
+        match recorded {
+            Ok(entry) => {
+                // 3. Published: the manifest line.
+                manifest.append(entry)?;
+                files.remove_csr()?;
+                finished += 1;
             }
-            Err(e) => {
-                DeviceFiles::new(devices, &m.device_id).remove()?;
-                failures.push(Failure::new(m.device_id, &e));
+            Err(failure) => {
+                // A CSR the server may still answer stays with its key, so that a rerun sends
+                // it again (and gets the DAC if it was issued); anything else goes.
+                if failure.permanent || !files.csr.exists() {
+                    files.remove()?;
+                }
+                failures.push(failure);
             }
         }
     }
@@ -578,7 +769,7 @@ fn publish(
 
 /// Finishes or removes what an interrupted run left under `devices/`: the files of a device
 /// not in the manifest are added to it when its DAC is on record, and deleted otherwise.
-fn recover(issuer: &Issuer, out: &Path, manifest: &mut Manifest) -> Result<u64> {
+fn recover(engine: &Engine, label: &str, out: &Path, manifest: &mut Manifest) -> Result<u64> {
     let devices = out.join("devices");
     let listed: BTreeSet<String> = manifest
         .entries
@@ -604,18 +795,45 @@ fn recover(issuer: &Issuer, out: &Path, manifest: &mut Manifest) -> Result<u64> 
                     .serial_number()
                     .as_bytes()
                     .to_vec();
-                let record = issuer.ledger().by_serial(&serial).ok()??;
-                (record.der == der).then_some(())
+                match engine {
+                    Engine::Local(issuer) => {
+                        let record = issuer.ledger().by_serial(&serial).ok()??;
+                        (record.der == der).then_some(())
+                    }
+                    // The server recorded it before it answered with it.
+                    Engine::Remote(_) => Some(()),
+                }
             })
             .is_some();
-        if !on_record {
+        let has_key = DeviceFiles::KEYS.iter().any(|k| files.key(k).exists());
+        if !on_record
+            && has_key
+            && let Ok(csr) = fs::read(&files.csr)
+        {
+            // Its key and CSR were durable before the CSR was sent: send it again (the DAC
+            // on record for this key and subject comes back if it had been issued).
+            match engine.issue_csr(label, &csr) {
+                Ok(der) => write_dac(&files, &der)?,
+                Err(e) if Failure::new(id.clone(), &e).permanent => {
+                    files.remove()?;
+                    continue;
+                }
+                // Left as it is: the next rerun tries again.
+                Err(_) => continue,
+            }
+        } else if !on_record {
             // Never recorded: the key was never certified; nothing is lost by removing it.
             files.remove()?;
             continue;
         }
         let entry = entry_from_files(&files, &id, manifest.next_index())?;
         manifest.append(entry)?;
+        files.remove_csr()?;
         recovered += 1;
+    }
+    if recovered > 0 {
+        // DACs written by the resends durable before the manifest names them.
+        syncfs(&devices)?;
     }
     manifest.flush()?;
     Ok(recovered)
@@ -627,6 +845,8 @@ struct DeviceFiles {
     id: String,
     dac_der: PathBuf,
     dac_pem: PathBuf,
+    /// The CSR sent to a server (until the device is in the manifest).
+    csr: PathBuf,
 }
 
 impl DeviceFiles {
@@ -639,6 +859,7 @@ impl DeviceFiles {
             id: id.to_string(),
             dac_der: devices.join(format!("{id}.dac.der")),
             dac_pem: devices.join(format!("{id}.dac.pem")),
+            csr: devices.join(format!("{id}.csr.der")),
         }
     }
 
@@ -648,7 +869,7 @@ impl DeviceFiles {
 
     /// The device ID a file under `devices/` belongs to (IDs may hold dots; suffixes are fixed).
     fn id_of(name: &str) -> Option<&str> {
-        ["dac.der", "dac.pem"]
+        ["dac.der", "dac.pem", "csr.der"]
             .into_iter()
             .chain(Self::KEYS)
             .find_map(|suffix| name.strip_suffix(suffix)?.strip_suffix('.'))
@@ -657,7 +878,10 @@ impl DeviceFiles {
 
     fn remove(&self) -> Result<()> {
         let keys = Self::KEYS.map(|k| self.key(k));
-        for path in [&self.dac_der, &self.dac_pem].into_iter().chain(&keys) {
+        for path in [&self.dac_der, &self.dac_pem, &self.csr]
+            .into_iter()
+            .chain(&keys)
+        {
             match fs::remove_file(path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     return Err(Error::io(path, e));
@@ -666,6 +890,15 @@ impl DeviceFiles {
             }
         }
         Ok(())
+    }
+}
+
+impl DeviceFiles {
+    fn remove_csr(&self) -> Result<()> {
+        match fs::remove_file(&self.csr) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&self.csr, e)),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -967,9 +1200,9 @@ fn write_archive(out: &Path) -> Result<PathBuf> {
     Ok(archive)
 }
 
-fn write_chain(out: &Path, label: &Label) -> Result<()> {
-    let mut certs: Vec<(&str, &[u8])> = vec![("pai", &label.pai.der)];
-    if let Some(paa) = label.chain.last() {
+fn write_chain(out: &Path, facts: &Facts) -> Result<()> {
+    let mut certs: Vec<(&str, &[u8])> = vec![("pai", &facts.pai)];
+    if let Some(paa) = &facts.paa {
         certs.push(("paa", paa));
     }
     for (name, der) in certs {
