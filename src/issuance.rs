@@ -397,6 +397,11 @@ pub fn load_label(lc: &LabelConfig) -> Result<Label> {
         // Finds the key by the PAI's public key and refuses to open otherwise.
         SignerConfig::Pkcs11(config) => Arc::new(Pkcs11Signer::open(config, pai.public_key())?),
     };
+    let kind = match &lc.signer {
+        SignerConfig::File { .. } => "file",
+        SignerConfig::Pkcs11(_) => "pkcs11",
+    };
+    let signer: Arc<dyn Signer> = Arc::new(signer::Measured::new(signer, kind));
     if signer.public_key() != pai.public_key() {
         let path = match &lc.signer {
             SignerConfig::File { key, .. } => key.clone(),

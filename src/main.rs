@@ -553,6 +553,8 @@ fn serve(
         .max_blocking_threads(issuing_threads())
         .build()
         .map_err(|e| Error::Internal(e.to_string()))?;
+    // Before anything is counted (GET /metrics on the admin listener).
+    matter_est::admin::metrics::install();
     // Labels first: a refused configuration opens (and creates) nothing.
     let labels = Issuer::load(&config)?;
     labels.refuse_development_pki(&config, danger_dev)?;

@@ -208,6 +208,7 @@ async fn accept_loop(
         let handshake = limits.handshake_timeout;
         tokio::spawn(async move {
             let _permits = (permit, peer_slot);
+            let _open = crate::admin::metrics::OpenConnection::open();
             // A connection that never completes TLS (idle, or slow on purpose) is closed at the
             // handshake deadline.
             let (accepted, refused_chain) = tls::REFUSED_CHAIN
@@ -219,6 +220,11 @@ async fn accept_loop(
             let tls = match accepted {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
+                    metrics::counter!(
+                        crate::admin::metrics::TLS_HANDSHAKE_FAILURES,
+                        "reason" => crate::admin::metrics::handshake_reason(&e),
+                    )
+                    .increment(1);
                     tracing::info!(
                         peer = %addr,
                         error = %e,
@@ -228,6 +234,11 @@ async fn accept_loop(
                     return;
                 }
                 Err(_) => {
+                    metrics::counter!(
+                        crate::admin::metrics::TLS_HANDSHAKE_FAILURES,
+                        "reason" => "timeout",
+                    )
+                    .increment(1);
                     tracing::info!(peer = %addr, "TLS handshake timed out");
                     return;
                 }

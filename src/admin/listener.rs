@@ -77,6 +77,7 @@ struct Shared {
 
 /// Opens the doors `config.admin` names.
 pub async fn start(config: &Config, ctx: Ctx) -> Result<AdminServer> {
+    super::metrics::install();
     let admin = config.admin.clone();
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -298,6 +299,9 @@ async fn answer(
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
+    if let Some(resp) = answer_probe(&shared, &door, &method, req.uri().path()).await {
+        return Ok(resp);
+    }
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => {
@@ -337,6 +341,61 @@ async fn answer(
         (500, serde_json::json!({ "error": "internal error" }))
     });
     Ok(json_response(status, &value))
+}
+
+/// The routes outside the JSON API: `GET /metrics` (Prometheus text format; role auditor or
+/// above on the TLS door), `GET /healthz` and `GET /readyz` (no client certificate needed, so
+/// a load balancer can probe them). `None` for every other request.
+async fn answer_probe(
+    shared: &Arc<Shared>,
+    door: &Arc<Door>,
+    method: &str,
+    path: &str,
+) -> Option<Response<Full<Bytes>>> {
+    let route = match path {
+        "/metrics" | "/healthz" | "/readyz" => path.to_string(),
+        _ => return None,
+    };
+    if method != "GET" {
+        let mut resp = json_response(
+            405,
+            &serde_json::json!({ "error": format!("{route} answers GET only") }),
+        );
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET"));
+        return Some(resp);
+    }
+    let (shared, door) = (shared.clone(), door.clone());
+    let answered = tokio::task::spawn_blocking(move || match route.as_str() {
+        "/healthz" => Err(super::health::healthz()),
+        "/readyz" => Err(super::health::readyz(&shared.ctx)),
+        // Every identity has a role, auditor or above, and every role may read metrics.
+        _ => match caller(&shared, &door) {
+            Ok(_) => Ok(super::metrics::render(&shared.ctx)),
+            Err((presented, e)) => Err(super::refuse(
+                &shared.ctx,
+                &presented,
+                &Request::get("/metrics", Vec::new()),
+                &e,
+            )),
+        },
+    })
+    .await;
+    Some(match answered {
+        Ok(Ok(text)) => {
+            let mut resp = Response::new(Full::new(Bytes::from(text)));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            resp
+        }
+        Ok(Err((status, value))) => json_response(status, &value),
+        Err(e) => {
+            tracing::error!(error = %e, "admin probe task failed");
+            json_response(500, &serde_json::json!({ "error": "internal error" }))
+        }
+    })
 }
 
 fn json_response(status: u16, value: &Value) -> Response<Full<Bytes>> {

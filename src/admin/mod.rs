@@ -6,7 +6,9 @@
 //! Every route is in [`ROUTES`] with the least role it needs; `docs/admin-api.json` (OpenAPI)
 //! documents each one, and a test holds the two to each other. `admin` knows nothing of keys.
 
+pub mod health;
 pub mod listener;
+pub mod metrics;
 mod routes;
 
 use std::collections::BTreeSet;

@@ -143,6 +143,8 @@ struct Outcome {
     presented: Option<String>,
     serial: Option<String>,
     error: Option<String>,
+    /// The error's kind, for the metrics.
+    kind: Option<ErrorKind>,
 }
 
 /// Serves one request. Never fails: every error becomes a response with its status.
@@ -190,6 +192,12 @@ pub async fn handle(
         error = outcome.error.as_deref().unwrap_or("-"),
         duration_us = start.elapsed().as_micros() as u64,
         "request"
+    );
+    crate::admin::metrics::est_request(
+        outcome.label.as_deref(),
+        outcome.op,
+        outcome.kind,
+        start.elapsed().as_secs_f64(),
     );
     Ok(into_response(reply))
 }
@@ -537,6 +545,7 @@ pub fn status_for(kind: ErrorKind) -> StatusCode {
 fn error_reply(e: &Error, outcome: &mut Outcome) -> Reply {
     let kind = e.kind();
     outcome.error = Some(e.to_string());
+    outcome.kind = Some(kind);
     if kind == ErrorKind::Internal {
         tracing::error!(error = %e, "internal error");
     }

@@ -26,6 +26,37 @@ pub trait Signer: Send + Sync {
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>>;
 }
 
+/// A signer whose signatures are timed and whose failures are counted, by signer kind
+/// (`matter_est_signer_duration_seconds`, `matter_est_signer_errors_total`).
+pub struct Measured {
+    inner: std::sync::Arc<dyn Signer>,
+    kind: &'static str,
+}
+
+impl Measured {
+    /// `kind`: `file` or `pkcs11`.
+    pub fn new(inner: std::sync::Arc<dyn Signer>, kind: &'static str) -> Self {
+        Self { inner, kind }
+    }
+}
+
+impl Signer for Measured {
+    fn public_key(&self) -> &[u8; 65] {
+        self.inner.public_key()
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>> {
+        let start = std::time::Instant::now();
+        let result = self.inner.sign(message);
+        metrics::histogram!("matter_est_signer_duration_seconds", "signer" => self.kind)
+            .record(start.elapsed().as_secs_f64());
+        if result.is_err() {
+            metrics::counter!("matter_est_signer_errors_total", "signer" => self.kind).increment(1);
+        }
+        result
+    }
+}
+
 /// Verifies a DER ECDSA P-256/SHA-256 signature over `message` by `public_key` (SEC1 point).
 pub fn verify(public_key: &[u8], message: &[u8], der_signature: &[u8]) -> bool {
     signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_ASN1, public_key)

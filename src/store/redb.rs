@@ -298,7 +298,12 @@ fn writer_loop(db: &Database, rx: &mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
+        let start = std::time::Instant::now();
         let outcome = apply_group(db, &group);
+        metrics::histogram!(crate::admin::metrics::LEDGER_COMMIT_DURATION)
+            .record(start.elapsed().as_secs_f64());
+        metrics::histogram!(crate::admin::metrics::LEDGER_COMMIT_GROUP_SIZE)
+            .record(group.len() as f64);
         match outcome {
             Ok(results) => {
                 for (job, result) in group.into_iter().zip(results) {
