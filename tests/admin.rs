@@ -289,6 +289,15 @@ fn operator_commands_and_the_admin_api_while_serve_runs() {
     assert_eq!(code, 401);
     let (code, _) = as_("admin", "DELETE", "/v1/tokens", None);
     assert_eq!(code, 405);
+    // Metrics need a role on this door; the health checks answer a load balancer without one.
+    let (code, _) = as_("auditor", "GET", "/metrics", None);
+    assert_eq!(code, 200);
+    let (code, _) = as_("nobody", "GET", "/metrics", None);
+    assert_eq!(code, 401);
+    let (code, health) = as_("nobody", "GET", "/healthz", None);
+    assert_eq!((code, health["status"].as_str()), (200, Some("ok")));
+    let (code, ready) = as_("nobody", "GET", "/readyz", None);
+    assert_eq!(code, 200, "{ready}");
 
     // The CLI against the remote listener: the same answer as through the socket.
     let remote = |args: &[&str]| {
