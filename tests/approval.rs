@@ -309,3 +309,137 @@ fn an_undecided_request_expires() {
     assert!(String::from_utf8_lossy(&approve.stderr).contains("expired"));
     assert!(serials_on_record(&env).is_empty());
 }
+
+/// curl's (status, JSON body).
+fn curl(args: &[&str]) -> (u16, serde_json::Value) {
+    let out = Command::new("curl")
+        .args(["-sS", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .unwrap();
+    common::assert_success(&out);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.trim_end().rsplit_once('\n').unwrap();
+    (
+        code.parse().unwrap(),
+        serde_json::from_str(body).unwrap_or_default(),
+    )
+}
+
+#[test]
+fn the_admin_api_decides_for_operators_of_the_label_only() {
+    // Two manual labels on one PAI; the operator sees label dev only.
+    let env = DevEnv::new(|t| {
+        let t = common::label_keys(
+            t.replace("127.0.0.1:8443", "127.0.0.1:0").replace(
+                "match = \"cn:dev-operator\"\nrole = \"operator\"\n",
+                "match = \"cn:dev-operator\"\nrole = \"operator\"\nlabels = [\"dev\"]\n",
+            ),
+            "approval = \"manual\"\npending_retry_after_secs = 1",
+        );
+        let at = t.find("[labels.dev]").unwrap();
+        let other = t[at..]
+            .replace("labels.dev", "labels.other")
+            .replace("crl/dev.crl", "crl/other.crl");
+        format!("{t}\n{other}")
+    });
+    let server = Server::start(&env, &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let tls = gateway(&env);
+    let (dev_csr, _) = csr(&subject(Some("api-dev"), Some("FFF1"), Some("8000")));
+    let (other_csr, _) = csr(&subject(Some("api-other"), Some("FFF1"), Some("8000")));
+    let (d, o) = rt.block_on(async {
+        let mut c = Client::connect(server.addr, tls.clone()).await.unwrap();
+        let d = c.enroll(ENROLL, &dev_csr).await;
+        let o = c
+            .enroll("/.well-known/est/other/simpleenroll", &other_csr)
+            .await;
+        (d, o)
+    });
+    assert_eq!(
+        (d.status, o.status),
+        (202, 202),
+        "{} {}",
+        d.text(),
+        o.text()
+    );
+
+    let url = format!("https://localhost:{}", server.admin.unwrap().port());
+    let tls_ca = env.path(dev::files::TLS_CA_CERT);
+    let dir = env.path("clients");
+    let as_ = |who: &str, method: &str, path: &str, body: Option<&str>| {
+        let cert = dir.join(format!("{who}.pem"));
+        let key = dir.join(format!("{who}.key"));
+        let mut args = vec![
+            "--cacert",
+            tls_ca.to_str().unwrap(),
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "-X",
+            method,
+            "-H",
+            "Content-Type: application/json",
+        ];
+        if let Some(b) = body {
+            args.extend(["--data", b]);
+        }
+        let target = format!("{url}{path}");
+        args.push(&target);
+        curl(&args)
+    };
+    let (code, all) = as_("admin", "GET", "/v1/pending", None);
+    assert_eq!(code, 200);
+    let all = all["requests"].as_array().unwrap().clone();
+    assert_eq!(all.len(), 2);
+    let id = |label: &str| {
+        all.iter().find(|h| h["label"] == label).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (dev_id, other_id) = (id("dev"), id("other"));
+    // The operator sees its label's request only, and may not look at the other label.
+    let (code, seen) = as_("operator", "GET", "/v1/pending", None);
+    assert_eq!(code, 200);
+    let seen = seen["requests"].as_array().unwrap();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0]["id"], dev_id.as_str());
+    assert_eq!(seen[0]["state"], "waiting");
+    assert_eq!(
+        as_("operator", "GET", "/v1/pending?label=other", None).0,
+        403
+    );
+    // Another tenant's request is not found; an auditor may read but not decide.
+    let approve = |id: &str| format!("/v1/pending/{id}/approve");
+    assert_eq!(as_("operator", "POST", &approve(&other_id), None).0, 404);
+    assert_eq!(as_("auditor", "GET", "/v1/pending", None).0, 200);
+    assert_eq!(as_("auditor", "POST", &approve(&dev_id), None).0, 403);
+    // A rejection needs a reason.
+    let reject = format!("/v1/pending/{dev_id}/reject");
+    assert_eq!(as_("operator", "POST", &reject, Some("{}")).0, 400);
+    let (code, r) = as_(
+        "operator",
+        "POST",
+        &reject,
+        Some(r#"{"reason":"unknown device"}"#),
+    );
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(r["state"], "rejected");
+    assert_eq!(r["decidedBy"], "admin:cn:dev-operator");
+    let (code, r) = as_("admin", "POST", &approve(&other_id), None);
+    assert_eq!(code, 200, "{r}");
+
+    let (d, o) = rt.block_on(async {
+        let mut c = Client::connect(server.addr, tls.clone()).await.unwrap();
+        let d = c.enroll(ENROLL, &dev_csr).await;
+        let o = c
+            .enroll("/.well-known/est/other/simpleenroll", &other_csr)
+            .await;
+        (d, o)
+    });
+    assert_eq!(d.status, 403);
+    assert!(d.text().contains("unknown device"), "{}", d.text());
+    assert_eq!(o.status, 200, "{}", o.text());
+}

@@ -12,6 +12,8 @@ use super::DevEnv;
 pub struct Server {
     pub child: Child,
     pub addr: std::net::SocketAddr,
+    /// The admin listener's address, if `[admin] listen` is set.
+    pub admin: Option<std::net::SocketAddr>,
 }
 
 impl Server {
@@ -29,18 +31,17 @@ impl Server {
         let mut child = cmd.spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
-        let addr = lines
+        let serving = lines
             .by_ref()
             .map_while(Result::ok)
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
             .find(|v| v["fields"]["message"] == "matter-est serving")
-            .and_then(|v| v["fields"]["addr"].as_str().map(str::to_string))
-            .expect("the server started")
-            .parse()
-            .unwrap();
+            .expect("the server started");
+        let field = |f: &str| serving["fields"][f].as_str().and_then(|a| a.parse().ok());
+        let (addr, admin) = (field("addr").expect("its address"), field("admin"));
         // Keep draining its log so that it never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
-        Self { child, addr }
+        Self { child, addr, admin }
     }
 }
 
