@@ -1306,6 +1306,59 @@ signer = { file = "pai.key" }
     }
 
     #[test]
+    fn approval_keys_are_checked() {
+        let c = parse(MINIMAL).expect("valid");
+        let a = &c.labels["a"];
+        assert_eq!(a.approval, Approval::Auto);
+        assert_eq!(a.pending_expiry, Approval::DEFAULT_EXPIRY);
+        assert_eq!(a.pending_retry_after, Approval::DEFAULT_RETRY_AFTER);
+        let with = |keys: &str| parse(&MINIMAL.replace("signer =", &format!("{keys}\nsigner =")));
+        let c =
+            with("approval = \"manual\"\npending_expiry_secs = 3600\npending_retry_after_secs = 5")
+                .expect("valid");
+        let a = &c.labels["a"];
+        assert_eq!(a.approval, Approval::Manual);
+        assert_eq!(a.pending_expiry, Duration::from_secs(3600));
+        assert_eq!(a.pending_retry_after, Duration::from_secs(5));
+        let refused = |text: String, key: &str, problem: &str| {
+            let e = parse(&text).expect_err("refused").to_string();
+            assert!(e.contains(key) && e.contains(problem), "{e}");
+        };
+        refused(
+            MINIMAL.replace("signer =", "approval = \"maybe\"\nsigner ="),
+            "labels.a.approval",
+            "\"auto\" or \"manual\"",
+        );
+        refused(
+            MINIMAL.replace("signer =", "pending_expiry_secs = 0\nsigner ="),
+            "labels.a.pending_expiry_secs",
+            "at least 1 second",
+        );
+        refused(
+            MINIMAL.replace(
+                "signer =",
+                "approval = \"manual\"\nserverkeygen = true\nsigner =",
+            ),
+            "labels.a.serverkeygen",
+            "approval",
+        );
+        // A client rule overrides the label for its clients.
+        let rules = format!(
+            "{MINIMAL}client_cas = [\"ca.pem\"]\n[[labels.a.clients]]\nmatch = \"cn:x\"\n\
+             approval = \"manual\"\n[[labels.a.clients]]\nmatch = \"cn:y\"\n"
+        );
+        let c = parse(&rules).expect("valid");
+        let clients = &c.labels["a"].clients;
+        assert_eq!(clients[0].approval, Some(Approval::Manual));
+        assert_eq!(clients[1].approval, None);
+        refused(
+            rules.replace("approval = \"manual\"", "approval = \"later\""),
+            "labels.a.clients[0].approval",
+            "\"auto\" or \"manual\"",
+        );
+    }
+
+    #[test]
     fn admin_keys_are_checked() {
         let c = parse(&MINIMAL.replace("l.redb", "/var/lib/m/l.redb")).expect("valid");
         assert_eq!(
