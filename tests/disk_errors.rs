@@ -324,3 +324,113 @@ fn free_bytes(path: &Path) -> u64 {
         .and_then(|l| l.trim().parse().ok())
         .unwrap_or(0)
 }
+
+/// Devices of [`eio_under_load_loses_and_duplicates_nothing`].
+const LOAD_DEVICES: usize = 600;
+/// Its concurrent gateway connections.
+const LOAD_CLIENTS: usize = 8;
+
+#[test]
+fn eio_under_load_loses_and_duplicates_nothing() {
+    let scratch = tempfile::tempdir().unwrap();
+    let env = env_with_ledger(&scratch.path().join("ledger.redb"));
+    let trigger = scratch.path().join("eio");
+    let server = Server::start(&env, &[(FAULT_ENV, &trigger)]);
+    let (addr, tls, pai) = (server.addr, gateway(&env), env.pai_der());
+    let csrs: Vec<Vec<u8>> = (0..LOAD_DEVICES)
+        .map(|i| device_csr(&format!("load-{i:04}")))
+        .collect();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The disk fails for 150 ms of every 400 ms while the gateways enroll.
+    let toggler = {
+        let (trigger, stop) = (trigger.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut cycles = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(250));
+                std::fs::write(&trigger, b"").unwrap();
+                std::thread::sleep(Duration::from_millis(150));
+                std::fs::remove_file(&trigger).unwrap();
+                cycles += 1;
+            }
+            cycles
+        })
+    };
+    let started = Instant::now();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // Each gateway enrolls its devices in turn; a device refused with 503 is sent again (the
+    // same CSR, a new connection) after a short pause, until it gets its DAC.
+    let results: Vec<(Vec<(usize, Vec<u8>)>, usize)> = rt.block_on(async {
+        let tasks: Vec<_> = (0..LOAD_CLIENTS)
+            .map(|n| {
+                let jobs: Vec<(usize, Vec<u8>)> = csrs
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| i % LOAD_CLIENTS == n)
+                    .map(|(i, c)| (i, c.clone()))
+                    .collect();
+                let (tls, pai) = (tls.clone(), pai.clone());
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    let mut refused = 0;
+                    let mut c = Client::connect(addr, tls.clone()).await.unwrap();
+                    for (i, der) in jobs {
+                        loop {
+                            assert!(started.elapsed() < Duration::from_secs(180), "too slow");
+                            let r = c.enroll(ENROLL, &der).await;
+                            match r.status {
+                                200 => {
+                                    got.push((i, issued(&pkcs7_certs(&r.body), &pai)));
+                                    break;
+                                }
+                                503 => {
+                                    assert_unavailable(&r, "EIO under load");
+                                    refused += 1;
+                                    tokio::time::sleep(Duration::from_millis(100)).await;
+                                    c = Client::connect(addr, tls.clone()).await.unwrap();
+                                }
+                                s => panic!("device {i}: {s} {}", r.text()),
+                            }
+                        }
+                    }
+                    (got, refused)
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in tasks {
+            all.push(t.await.unwrap());
+        }
+        all
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let cycles = toggler.join().unwrap();
+    let _ = std::fs::remove_file(&trigger);
+    let refused: usize = results.iter().map(|(_, r)| r).sum();
+    let received: Vec<(usize, Vec<u8>)> = results.into_iter().flat_map(|(g, _)| g).collect();
+    assert_eq!(received.len(), LOAD_DEVICES, "every device got its DAC");
+    assert!(refused > 0, "the disk never failed during the run");
+
+    // The ledger must be back in service for the checks: wait out a last reopen.
+    let start = Instant::now();
+    let on_record = loop {
+        let out = cli(&env, &["certs", "stats", "--json"]);
+        if out.status.success() {
+            break ledger_checks(&env);
+        }
+        assert!(start.elapsed() < RECOVERY, "the ledger did not come back");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let got: BTreeSet<String> = received.iter().map(|(_, d)| serial_of(d)).collect();
+    assert_eq!(got.len(), LOAD_DEVICES, "no DAC received twice");
+    assert_eq!(
+        on_record, got,
+        "on record must be exactly what clients received"
+    );
+    println!(
+        "EIO under load: {LOAD_DEVICES} devices over {LOAD_CLIENTS} connections, {cycles} EIO \
+         windows, {refused} 503s retried, all {LOAD_DEVICES} DACs on record once, {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    drop(server);
+}
