@@ -325,6 +325,9 @@ fn free_bytes(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// One gateway's outcome: (device, DAC) for each device, and the 503s it retried.
+type GatewayRun = (Vec<(usize, Vec<u8>)>, usize);
+
 /// Devices of [`eio_under_load_loses_and_duplicates_nothing`].
 const LOAD_DEVICES: usize = 600;
 /// Its concurrent gateway connections.
@@ -360,7 +363,7 @@ fn eio_under_load_loses_and_duplicates_nothing() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     // Each gateway enrolls its devices in turn; a device refused with 503 is sent again (the
     // same CSR, a new connection) after a short pause, until it gets its DAC.
-    let results: Vec<(Vec<(usize, Vec<u8>)>, usize)> = rt.block_on(async {
+    let results: Vec<GatewayRun> = rt.block_on(async {
         let tasks: Vec<_> = (0..LOAD_CLIENTS)
             .map(|n| {
                 let jobs: Vec<(usize, Vec<u8>)> = csrs
