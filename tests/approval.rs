@@ -211,6 +211,53 @@ fn approve_and_reject_through_the_cli_while_est_client_waits() {
     assert_eq!(rejected[0]["reason"], "not on today's work order");
     let verify = cli(&env, &["audit", "verify"]);
     common::assert_success(&verify);
+
+    // A renewal (simplereenroll with the DAC just issued) on the manual label is held too,
+    // known by the DAC it renews, and est-client finishes once it is approved.
+    let renewal = Command::new(est_client_bin())
+        .arg("--server")
+        .arg(format!("https://{}", server.addr))
+        .arg("--cacert")
+        .arg(env.path(dev::files::TLS_CA_CERT))
+        .arg("--cert")
+        .arg(out.path().join("a.dac.pem"))
+        .arg("--key")
+        .arg(out.path().join("a.key.pem"))
+        .args(["--label", "dev", "--max-wait", "120", "reenroll", "--out"])
+        .arg(out.path().join("renewed"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let old_serial = serial_of(&dac);
+    let start = Instant::now();
+    let renewal_id = loop {
+        if let Some(h) = held(&env).into_iter().find(|h| h["kind"] == "renewal") {
+            assert_eq!(h["state"], "waiting");
+            assert_eq!(
+                h["requester"].as_str().unwrap().to_uppercase(),
+                format!("DAC:{old_serial}")
+            );
+            break h["id"].as_str().unwrap().to_string();
+        }
+        assert!(start.elapsed() < WAIT, "no held renewal");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        serials_on_record(&env).len(),
+        1,
+        "a renewal signed before approval"
+    );
+    common::assert_success(&cli(&env, &["pending", "approve", &renewal_id]));
+    let (status, err) = wait_exit(renewal);
+    assert!(status.success(), "est-client reenroll: {err}");
+    let renewed_pem = std::fs::read(out.path().join("renewed.dac.pem")).unwrap();
+    let renewed = der::pem::decode_vec(&renewed_pem).unwrap().1;
+    assert_eq!(
+        serials_on_record(&env),
+        [old_serial, serial_of(&renewed)],
+        "the renewal is on record after its predecessor"
+    );
 }
 
 #[test]
