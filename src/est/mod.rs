@@ -436,7 +436,6 @@ fn enroll(
                 Renewal::Renew { old, subject } => {
                     let requester = format!("dac:{}", asn1::hex(&old.serial));
                     *who = Some(requester.clone());
-                    app.rate_limits.take(name, &requester)?;
                     let opts = IssueOptions {
                         requester,
                         token: None,
@@ -456,7 +455,9 @@ fn enroll(
                                 kind: "renewal",
                             },
                             asn1::now(),
-                        )
+                        )?;
+                        // Held renewals (202) take nothing from the rate limit either.
+                        app.rate_limits.take(name, &opts.requester)
                     })?;
                     Ok((prepared, None))
                 }
