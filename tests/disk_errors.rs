@@ -1,5 +1,6 @@
 //! Issue 17 item 6: disk full and disk errors. A real `matter-est serve` process with its ledger
-//! on a small tmpfs that fills up, and with injected EIO (the danger switch
+//! on a small file system that fills up (a tmpfs, and ext4 in an image on a loop device), and
+//! with injected EIO (the danger switch
 //! `MATTER_EST_DANGER_INJECT_LEDGER_EIO_WHILE`: this machine has no device-mapper `error`
 //! target). While the ledger cannot write, every enrollment gets 503 with `Retry-After` and
 //! nothing is issued; once the disk is back, the same process issues again, a client retrying
@@ -38,22 +39,59 @@ const FAULT_ENV: &str = "MATTER_EST_DANGER_INJECT_LEDGER_EIO_WHILE";
 struct Mount(PathBuf);
 
 impl Mount {
+    /// A tmpfs of `size` (`mount -t tmpfs -o size=…`).
     fn tmpfs(at: &Path, size: &str) -> Self {
         std::fs::create_dir_all(at).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
+        mount(
+            at,
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(at),
+        )
+    }
+
+    /// An ext4 file system of `mib` MiB in an image file, mounted through a loop device (the
+    /// journal and delayed allocation of a real disk's file system).
+    fn ext4(image: &Path, at: &Path, mib: u64) -> Self {
+        std::fs::create_dir_all(at).unwrap();
+        std::fs::File::create(image)
+            .unwrap()
+            .set_len(mib << 20)
+            .unwrap();
+        let out = Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(image)
             .output()
-            .unwrap_or_else(|e| panic!("cannot run mount: {e}; this test needs mount(8) and root"));
+            .unwrap_or_else(|e| panic!("cannot run mkfs.ext4: {e}; install e2fsprogs"));
         assert!(
             out.status.success(),
-            "cannot mount a tmpfs at {} ({}): this test fills a real small file system and \
-             needs root (CAP_SYS_ADMIN), as scripts/test has in CI; it does not pass without it",
-            at.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
+            "mkfs.ext4: {}",
+            String::from_utf8_lossy(&out.stderr)
         );
-        Self(at.to_path_buf())
+        mount(
+            at,
+            Command::new("mount")
+                .args(["-o", "loop"])
+                .arg(image)
+                .arg(at),
+        )
     }
+}
+
+/// Runs `cmd` (a mount) and fails the test, saying why, when it cannot.
+fn mount(at: &Path, cmd: &mut Command) -> Mount {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run mount: {e}; this test needs mount(8) and root"));
+    assert!(
+        out.status.success(),
+        "cannot mount a file system at {} ({}): this test fills a real small file system and \
+         needs root (CAP_SYS_ADMIN, loop devices), as scripts/test has in CI; it does not pass \
+         without it",
+        at.display(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Mount(at.to_path_buf())
 }
 
 impl Drop for Mount {
@@ -145,9 +183,26 @@ fn ledger_checks(env: &DevEnv) -> BTreeSet<String> {
 }
 
 #[test]
-fn a_full_disk_gets_503_and_the_server_recovers_when_space_is_freed() {
+fn a_full_tmpfs_gets_503_and_the_server_recovers_when_space_is_freed() {
     let scratch = tempfile::tempdir().unwrap();
     let mount = Mount::tmpfs(&scratch.path().join("disk"), "4m");
+    fill_and_recover("tmpfs", &mount);
+}
+
+#[test]
+fn a_full_ext4_gets_503_and_the_server_recovers_when_space_is_freed() {
+    let scratch = tempfile::tempdir().unwrap();
+    let mount = Mount::ext4(
+        &scratch.path().join("ext4.img"),
+        &scratch.path().join("disk"),
+        16,
+    );
+    fill_and_recover("ext4", &mount);
+}
+
+/// Enrolls on a ledger on `mount`, fills the file system, checks the refusals, frees the space
+/// and checks the same process issues again with the ledger intact.
+fn fill_and_recover(kind: &str, mount: &Mount) {
     let env = env_with_ledger(&mount.0.join("ledger.redb"));
     let server = Server::start(&env, &[]);
     let (addr, tls, pai) = (server.addr, gateway(&env), env.pai_der());
@@ -229,7 +284,7 @@ fn a_full_disk_gets_503_and_the_server_recovers_when_space_is_freed() {
         "on record must be exactly what clients received"
     );
     println!(
-        "disk full: {free_after_fill} bytes free after filling, {issued_while_filling} DACs \
+        "disk full ({kind}): {free_after_fill} bytes free after filling, {issued_while_filling} DACs \
          issued before the first 503 (enrollment {sent}), {refused_while_full} of 6 refused \
          while full, recovered {recovered_in:?} after space \
          was freed; {} DACs on record",
