@@ -6,6 +6,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // reason: tests
 
 mod common;
+#[path = "common/serve.rs"]
+mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -13,9 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::est::{ALL, Client, client_config, identity_from_files, issued, pkcs7_certs};
-use common::serve::{Server, cli, serial_of, serials_on_record};
 use common::{DevEnv, csr, subject};
 use matter_est::profile::dev;
+use serve::{Server, cli, serial_of, serials_on_record};
 
 const ENROLL: &str = "/.well-known/est/dev/simpleenroll";
 /// How long the test waits for a client or a held request to show up.

@@ -12,6 +12,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // reason: tests
 
 mod common;
+#[path = "common/serve.rs"]
+mod serve;
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -21,9 +23,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::est::{ALL, Client, client_config, identity_from_files, issued, pkcs7_certs};
-use common::serve::{Server, cli, serial_of, serials_on_record};
 use common::{DevEnv, csr, subject};
 use matter_est::profile::dev;
+use serve::{Server, cli, serial_of, serials_on_record};
 
 /// Enrollments sent at most while waiting for the full disk to refuse one. The tmpfs is small
 /// (the ledger file starts near 1 MiB and grows a few KiB per DAC), so a few hundred suffice;

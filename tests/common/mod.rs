@@ -222,7 +222,6 @@ pub fn write_pem(path: &Path, der: &[u8]) {
 }
 pub mod est;
 pub mod hsm;
-pub mod serve;
 
 /// Asserts that a command (openssl, curl, the CLI) exited 0, showing what it printed if not.
 pub fn assert_success(out: &Output) {

@@ -1,5 +1,9 @@
 //! A real `matter-est serve` process for a test: started on the environment's config, its
-//! address read from its JSON log, stopped (SIGTERM, then waited for) when dropped.
+//! address read from its JSON log, stopped (SIGTERM, then waited for) when dropped. Included by
+//! the server package's tests only (`#[path = "common/serve.rs"] mod serve;`, beside `mod
+//! common;`): it names the matter-est binary, which est-client's tests (they share `common`)
+//! do not build.
+#![allow(dead_code)] // reason: test helpers; not every test file uses every one
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -7,7 +11,7 @@ use std::process::{Child, Command, Output, Stdio};
 
 use matter_est::profile::dev;
 
-use super::DevEnv;
+use crate::common::DevEnv;
 
 pub struct Server {
     pub child: Child,
@@ -73,7 +77,7 @@ pub fn serials_on_record(env: &DevEnv) -> Vec<String> {
             "certs", "list", "--label", "dev", "--limit", "10000", "--format", "json",
         ],
     );
-    super::assert_success(&out);
+    crate::common::assert_success(&out);
     let text = String::from_utf8(out.stdout).unwrap();
     let mut serials = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
