@@ -346,7 +346,10 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from("."));
         let err = |key: &str, problem: String| Error::Config {
             file: path.to_path_buf(),
-            key: key.to_string(),
+            key: match line_of(text, key) {
+                Some(line) => format!("{key} (line {line})"),
+                None => key.to_string(),
+            },
             problem,
         };
         let resolve = |p: &Path| base.join(p);
@@ -722,6 +725,45 @@ impl Config {
 /// The dotted key and line of the TOML text at byte `offset` (where a parse error points), for
 /// messages: `labels.dev.quota (line 12)`. Tables and arrays of tables are tracked by their
 /// headers; the key is the one assigned on that line, if any.
+/// The line (1-based) where `key` (a dotted path as the errors name it: `labels.dev.quota`,
+/// `labels.dev.clients[1].match`, or a table: `labels.dev.crl`) is written in `text`, when it is
+/// written there as `key = …` under its table header, or is a table header itself.
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    let mut table = String::new();
+    let mut arrays: BTreeMap<String, usize> = BTreeMap::new();
+    let mut header = None;
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if let Some(name) = t.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+            let name = name.trim().to_string();
+            let n = arrays
+                .entry(name.clone())
+                .and_modify(|n| *n += 1)
+                .or_insert(0);
+            table = format!("{name}[{n}]");
+        } else if let Some(name) = t.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            table = name.trim().to_string();
+        } else if let Some((k, _)) = t.split_once('=').filter(|_| !t.starts_with('#')) {
+            let k = k.trim().trim_matches('"');
+            let full = if table.is_empty() {
+                k.to_string()
+            } else {
+                format!("{table}.{k}")
+            };
+            if full == key {
+                return Some(i + 1);
+            }
+            continue;
+        } else {
+            continue;
+        }
+        if header.is_none() && table == key {
+            header = Some(i + 1);
+        }
+    }
+    header
+}
+
 fn key_at(text: &str, offset: usize) -> String {
     let before = text.get(..offset).unwrap_or(text);
     let line_no = before.matches('\n').count() + 1;
@@ -1355,6 +1397,28 @@ signer = { file = "pai.key" }
             rules.replace("approval = \"manual\"", "approval = \"later\""),
             "labels.a.clients[0].approval",
             "\"auto\" or \"manual\"",
+        );
+    }
+
+    #[test]
+    fn errors_found_after_parsing_name_the_line() {
+        let text = "[server]\nlisten = \"127.0.0.1:1\"\n\n[labels.a]\nquota = 0\n\
+                    [[labels.a.clients]]\nmatch = \"cn:x\"\n[[labels.a.clients]]\nmatch = \"x\"\n";
+        assert_eq!(line_of(text, "labels.a.quota"), Some(5));
+        assert_eq!(line_of(text, "labels.a.clients[1].match"), Some(9));
+        assert_eq!(line_of(text, "labels.a"), Some(4));
+        assert_eq!(line_of(text, "labels.b"), None);
+        let err = parse(&MINIMAL.replace("[labels.a]", "[labels.a]\nquota = 0"))
+            .expect_err("quota 0")
+            .to_string();
+        let line = MINIMAL
+            .lines()
+            .position(|l| l.trim() == "[labels.a]")
+            .expect("the label")
+            + 2;
+        assert!(
+            err.contains(&format!("labels.a.quota (line {line})")),
+            "{err}"
         );
     }
 

@@ -12,7 +12,7 @@ use crate::matter;
 use crate::profile::cert::Parsed;
 use crate::profile::check::{self, CaRole};
 use crate::profile::{self, Dac, DacProfile, DacSubject, Pai};
-use crate::signer::{self, FileSigner, Pkcs11Signer, Signer};
+use crate::signer::{self, FileSigner, PassphraseSource, Pkcs11Signer, Signer};
 use crate::store::{Admission, Committed, Completer, DacRecord, Ledger, Pending, Status};
 
 /// A label, loaded: its PAI, chain, signer and policy.
@@ -390,10 +390,23 @@ pub fn load_label(lc: &LabelConfig) -> Result<Label> {
         problem: e.to_string(),
     })?;
     let signer: Arc<dyn Signer> = match &lc.signer {
-        SignerConfig::File { key, passphrase } => Arc::new(
-            FileSigner::load(key, passphrase.as_ref())
-                .map_err(|e| e.in_key(format!("labels.{}.signer.file", lc.name)))?,
-        ),
+        SignerConfig::File { key, passphrase } => {
+            Arc::new(FileSigner::load(key, passphrase.as_ref()).map_err(|e| {
+                // The key named by the file the error is about: the key file or the passphrase.
+                let which = match (&e, passphrase) {
+                    (Error::KeyFile { path, .. } | Error::Io { path, .. }, Some(source))
+                        if path != key =>
+                    {
+                        match source {
+                            PassphraseSource::Env(_) => "passphrase_env",
+                            PassphraseSource::File(_) => "passphrase_file",
+                        }
+                    }
+                    _ => "file",
+                };
+                e.in_key(format!("labels.{}.signer.{which}", lc.name))
+            })?)
+        }
         // Finds the key by the PAI's public key and refuses to open otherwise.
         SignerConfig::Pkcs11(config) => Arc::new(Pkcs11Signer::open(config, pai.public_key())?),
     };

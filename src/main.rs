@@ -70,7 +70,7 @@ enum Command {
         pem: bool,
         /// Sign with a PAI that has a test VID (FFF1–FFF4) although the config does not say
         /// `danger_development_pki = true`.
-        #[arg(long)]
+        #[arg(long, help_heading = "Danger")]
         danger_allow_development_pki: bool,
     },
     /// Run the EST server. Without --config: the embedded default (development PKI and ledger
@@ -87,7 +87,7 @@ enum Command {
         log_json: bool,
         /// Serve a PAI with a test VID (FFF1–FFF4) although the config does not say
         /// `danger_development_pki = true`.
-        #[arg(long)]
+        #[arg(long, help_heading = "Danger")]
         danger_allow_development_pki: bool,
     },
     /// One-time enrollment tokens for devices (HTTP Basic: user = token id, password = secret).
@@ -127,7 +127,7 @@ enum Command {
         archive: bool,
         /// Sign with a PAI that has a test VID (FFF1–FFF4) although the config does not say
         /// `danger_development_pki = true`.
-        #[arg(long)]
+        #[arg(long, help_heading = "Danger")]
         danger_allow_development_pki: bool,
     },
     /// The EST listener's TLS certificate and its CA (certs/README.md).
@@ -728,19 +728,35 @@ async fn shutdown_signal() {
 }
 
 fn print_try_it(addr: &std::net::SocketAddr, label: &str) {
-    let d = EMBEDDED_DIR;
+    // Absolute, so the commands work from any directory (and write nothing into this one).
+    let d = std::env::current_dir()
+        .map(|cwd| cwd.join(EMBEDDED_DIR))
+        .unwrap_or_else(|_| EMBEDDED_DIR.into());
+    let d = d.display();
     let port = addr.port();
-    // The client built beside this binary (`cargo build --release` makes both), wherever this
-    // is run from; else the name an installed client has.
-    let client = std::env::current_exe()
+    // The client built beside this binary (`cargo build --release --workspace` makes both),
+    // wherever this is run from; else an installed one on the PATH; else how to build it.
+    let beside = std::env::current_exe()
         .ok()
         .and_then(|exe| exe.parent().map(|dir| dir.join("est-client")))
-        .filter(|p| p.exists())
-        .map_or("est-client".to_string(), |p| p.display().to_string());
+        .filter(|p| p.exists());
+    let on_path = std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| dir.join("est-client").is_file())
+    });
+    let (client, build) = match beside {
+        Some(p) => (p.display().to_string(), String::new()),
+        None if on_path => ("est-client".to_string(), String::new()),
+        None => (
+            "est-client".to_string(),
+            "\n  #   (not built yet: `cargo build --release -p est-client` in the repository, then \
+             use target/release/est-client)"
+                .to_string(),
+        ),
+    };
     println!(
         r#"
 matter-est is serving the embedded default (development PKI, test VID FFF1) on https://localhost:{port}/
-Try it from another terminal:
+Try it from another terminal, in a scratch directory (mkdir -p /tmp/try && cd /tmp/try):
 
   # the CA certificates (PAI, PAA)
   curl -s --cacert {d}/tls/ca.pem https://localhost:{port}/.well-known/est/cacerts | openssl base64 -d | openssl pkcs7 -inform DER -print_certs
@@ -753,7 +769,7 @@ Try it from another terminal:
       -H "Content-Type: application/pkcs10" --data-binary @device.csr \
       https://localhost:{port}/.well-known/est/{label}/simpleenroll | openssl base64 -d | openssl pkcs7 -inform DER -print_certs > dac-chain.pem
 
-  # or with the bundled client (a new key and Matter CSR made for you; writes device-0002.*.pem)
+  # or with the bundled client (a new key and Matter CSR made for you; writes device-0002.*.pem){build}
   {client} enroll --server https://localhost:{port} --label {label} --cacert {d}/tls/ca.pem \
       --cert {d}/clients/gateway.pem --key {d}/clients/gateway.key --vid FFF1 --pid 8000 --device-id device-0002 --out device-0002
 
@@ -777,11 +793,23 @@ mod tests {
                     continue;
                 }
                 assert!(arg.get_help().is_some(), "{path} --{id} has no help text");
+                // Grouped: where the command works, and danger switches, each under a heading.
+                let heading = arg.get_help_heading();
+                if id.starts_with("danger_") {
+                    assert_eq!(heading, Some("Danger"), "{path} --{id}");
+                }
+                if ["config", "server", "admin_cert", "admin_key", "admin_ca"].contains(&id)
+                    && cmd.get_arguments().any(|a| a.get_id() == "server")
+                {
+                    assert_eq!(heading, Some("Ledger or server"), "{path} --{id}");
+                }
             }
             for sub in cmd.get_subcommands() {
                 check(sub, &path);
             }
         }
-        check(&<Cli as clap::CommandFactory>::command(), "");
+        let cli = <Cli as clap::CommandFactory>::command();
+        cli.clone().debug_assert();
+        check(&cli, "");
     }
 }

@@ -25,6 +25,24 @@ fn batch(env: &DevEnv, out: &Path, extra: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `batch` with only `--config` and `--out` given; `args` says the rest.
+fn batch_with(
+    env: &DevEnv,
+    out: &Path,
+    args: &[&str],
+    vars: &[(&str, &str)],
+) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_matter-est"))
+        .args(["batch", "--config"])
+        .arg(env.path(dev::files::CONFIG))
+        .arg("--out")
+        .arg(out)
+        .args(args)
+        .envs(vars.iter().copied())
+        .output()
+        .unwrap()
+}
+
 fn manifest(out: &Path) -> Vec<ManifestEntry> {
     std::fs::read_to_string(out.join("manifest.jsonl"))
         .unwrap()
@@ -270,6 +288,49 @@ fn batch_input_is_checked_first_and_a_rerun_must_match() {
     // The same command again: nothing to do, still complete.
     assert_success(&batch(&env, &out, &["--count", "10"]));
     assert_eq!(manifest(&out).len(), 10);
+
+    // Another PID, key protection or device list is another batch; the same list under another
+    // path is the same batch.
+    let refused = |args: &[&str], vars: &[(&str, &str)]| {
+        let run = batch_with(&env, &out, args, vars);
+        assert!(!run.status.success(), "{args:?} accepted");
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert!(err.contains("holds a batch of 10 devices"), "{err}");
+    };
+    refused(&["--label", "dev", "--pid", "8001", "--count", "10"], &[]);
+    refused(
+        &[
+            "--label",
+            "dev",
+            "--pid",
+            "8000",
+            "--count",
+            "10",
+            "--encrypt-passphrase-env",
+            "P",
+        ],
+        &[("P", "correct horse battery")],
+    );
+    let listed = env.path("listed");
+    let ids = env.path("ids.csv");
+    std::fs::write(&ids, "hw-a\nhw-b\n").unwrap();
+    assert_success(&batch(&env, &listed, &["--devices", ids.to_str().unwrap()]));
+    let moved = env.path("moved-ids.csv");
+    std::fs::copy(&ids, &moved).unwrap();
+    assert_success(&batch(
+        &env,
+        &listed,
+        &["--devices", moved.to_str().unwrap()],
+    ));
+    std::fs::write(&moved, "hw-a\nhw-c\n").unwrap();
+    let run = batch(&env, &listed, &["--devices", moved.to_str().unwrap()]);
+    assert!(!run.status.success(), "another list accepted");
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("the device list"),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(manifest(&listed).len(), 2);
 
     // A device whose subject is already taken fails permanently.
     let first = env.path("first.csv");

@@ -355,6 +355,12 @@ async fn cn_rules_and_legacy_tags_are_refused_before_signing() {
         "{}",
         r.text()
     );
+    // The same for the PID: the CSR's PID attribute says 8000, its CN says Mpid:8001.
+    let der =
+        matter_est::csr::build(&subject(Some("lamp Mpid:8001"), None, Some("8000")), &key).unwrap();
+    let r = gw.enroll(ENROLL, &der).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("Mpid:8001"), "{}", r.text());
     assert_eq!(server.ledger.count("dev").unwrap(), 0);
 }
 

@@ -134,3 +134,60 @@ fn issue_and_batch_apply_the_development_pki_rule() {
         stderr(&out)
     );
 }
+
+/// Issue 18 item 3: a passphrase that cannot be read is named by its own key, not the key
+/// file's; an error found after parsing names its line.
+#[test]
+fn a_missing_passphrase_names_its_key() {
+    let env = DevEnv::new(|t| {
+        t.replace(
+            "file = \"pki/pai.key\"",
+            "file = \"pki/pai-encrypted.key\"\npassphrase_env = \"MATTER_EST_TEST_NO_SUCH_VAR\"",
+        )
+    });
+    let encrypted = env.path("pki/pai-encrypted.key");
+    let made = Command::new("openssl")
+        .args([
+            "pkcs8",
+            "-topk8",
+            "-v2",
+            "aes-256-cbc",
+            "-passout",
+            "pass:twelve-chars-at-least",
+            "-in",
+        ])
+        .arg(env.path(dev::files::PAI_KEY))
+        .arg("-out")
+        .arg(&encrypted)
+        .output()
+        .unwrap();
+    common::assert_success(&made);
+    std::fs::set_permissions(
+        &encrypted,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let config = env.path(dev::files::CONFIG);
+    let out = matter_est(&["serve", "--config", config.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let msg = stderr(&out);
+    assert!(msg.contains("labels.dev.signer.passphrase_env"), "{msg}");
+    assert!(msg.contains("MATTER_EST_TEST_NO_SUCH_VAR"), "{msg}");
+
+    // A rule broken after parsing (quota 0): the key and its line.
+    let env = DevEnv::new(|t| t.replace("[labels.dev]\n", "[labels.dev]\nquota = 0\n"));
+    let config = env.path(dev::files::CONFIG);
+    let line = std::fs::read_to_string(&config)
+        .unwrap()
+        .lines()
+        .position(|l| l == "quota = 0")
+        .unwrap()
+        + 1;
+    let out = matter_est(&["serve", "--config", config.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let msg = stderr(&out);
+    assert!(
+        msg.contains(&format!("labels.dev.quota (line {line})")),
+        "{msg}"
+    );
+}

@@ -294,6 +294,19 @@ async fn token_outage_gives_503_with_retry_after_and_recovers_in_the_same_proces
         );
     }
     assert!(!logs.contains(hsm::USER_PIN));
+    // Durations are integers with their unit in the name (README "Logs").
+    let line = logs
+        .lines()
+        .find(|l| l.contains("PAI signer reconnected"))
+        .unwrap();
+    let down = line
+        .split_once("down_ms=")
+        .map(|(_, v)| v.split(|c: char| !c.is_ascii_digit()).next().unwrap())
+        .unwrap_or_else(|| panic!("no down_ms in {line:?}"));
+    assert!(
+        !down.is_empty() && !line.contains(&format!("down_ms={down}.")),
+        "down_ms is not an integer: {line:?}"
+    );
 }
 
 /// Log lines of this (child) process, captured.

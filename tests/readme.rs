@@ -19,12 +19,25 @@ const DEADLINE: Duration = Duration::from_secs(300);
 
 const BUILD: &str = "cargo build --release --workspace";
 
+/// The README's server port, 8443: one test at a time.
+static README_PORT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The `sh` blocks between the two headings, in order.
 fn blocks(readme: &str, from: &str, to: &str) -> Vec<String> {
     let start = readme.find(from).expect("the start heading");
     let end = readme[start..].find(to).expect("the end heading") + start;
     let mut out = Vec::new();
     let mut rest = &readme[start..end];
+    // A top-level block in another language would be skipped silently: every one runs, so
+    // every one is `sh` (indented examples inside lists show commands with placeholders).
+    for line in rest.lines() {
+        if let Some(lang) = line.strip_prefix("```") {
+            assert!(
+                lang.is_empty() || lang == "sh",
+                "a ```{lang} block between {from:?} and {to:?}: make it ```sh and runnable"
+            );
+        }
+    }
     while let Some(at) = rest.find("\n```sh\n") {
         let body = &rest[at + 7..];
         let close = body.find("\n```\n").expect("a closed block");
@@ -123,6 +136,7 @@ fn the_readme_walk_through_runs_as_written() {
         "set -euo pipefail\n{}\n",
         blocks.join("\n").replacen(first_line, "", 1)
     );
+    let _port = README_PORT.lock().unwrap_or_else(|e| e.into_inner());
     let (context, scratch) = run_blocks(&script, 8443);
     let out = &context;
     // What the README says each step shows.
@@ -169,4 +183,123 @@ fn the_certs_walk_through_runs_as_written() {
         );
         assert_eq!(mode & 0o777, 0o600, "{key}");
     }
+}
+
+/// Issue 18: the README's two set-up commands. The second, `scripts/test`, is what CI runs, so
+/// this test runs under it. The first, `cargo run --release -- serve`, is run as the binary this
+/// test run built, from a fresh directory (a release build would add minutes and test the same
+/// code); the commands it prints to try it are then run as printed, from another directory.
+#[test]
+fn the_set_up_commands_run_and_the_servers_hints_work() {
+    let set_up = blocks(
+        include_str!("../README.md"),
+        "\n## Set-up",
+        "\n## Walk-through",
+    );
+    assert_eq!(set_up.len(), 1);
+    let commands: Vec<&str> = set_up[0]
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert_eq!(commands, ["cargo run --release -- serve", "scripts/test"]);
+    let ci = include_str!("../.ci/run");
+    assert!(ci.lines().any(|l| l.trim() == "scripts/test"), "{ci}");
+
+    let _port = README_PORT.lock().unwrap_or_else(|e| e.into_inner());
+    std::net::TcpListener::bind(("127.0.0.1", 8443))
+        .expect("port 8443, which the embedded default uses, is in use: stop what listens there");
+    let home = tempfile::tempdir().unwrap();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_matter-est"))
+        .arg("serve")
+        .current_dir(home.path())
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    // Lines as they come, so the hint can be read while the server runs.
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = server.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            all.push_str(&line);
+            all.push('\n');
+            let _ = tx.send(line);
+        }
+        all
+    });
+    let mut hint = Vec::new();
+    let mut in_hint = false;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(line) = rx.recv_timeout(left) else {
+            let _ = Command::new("kill")
+                .arg(format!("-{}", server.id()))
+                .status();
+            panic!("serve printed no hint within 120 s: {:?}", reader.join());
+        };
+        if line.starts_with("Try it from another terminal") {
+            in_hint = true;
+        } else if in_hint {
+            let last = line.contains("--out device-0002");
+            hint.push(line);
+            if last {
+                break;
+            }
+        }
+    }
+    let hint = hint.join("\n");
+    assert!(hint.contains(&home.path().join("matter-est-dev").display().to_string()));
+    let try_dir = tempfile::tempdir().unwrap();
+    let ran = Command::new("bash")
+        .args(["-c", &format!("set -euo pipefail\n{hint}\n")])
+        .current_dir(try_dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let said = format!(
+        "{hint}\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&ran.stdout),
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    assert!(ran.status.success(), "the printed commands failed:\n{said}");
+    let cacerts = String::from_utf8_lossy(&ran.stdout)
+        .matches("subject=")
+        .count();
+    assert_eq!(cacerts, 2, "cacerts prints the PAI and the PAA\n{said}");
+    let chain = std::fs::read_to_string(try_dir.path().join("dac-chain.pem")).unwrap();
+    assert_eq!(
+        chain.matches("BEGIN CERTIFICATE").count(),
+        2,
+        "DAC and PAI\n{said}"
+    );
+    assert!(
+        try_dir.path().join("device-0002.dac.pem").exists(),
+        "{said}"
+    );
+    // Nothing was written where the server runs but its own directory.
+    let names: Vec<_> = std::fs::read_dir(home.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["matter-est-dev"], "{said}");
+
+    // Ctrl-C: the server stops cleanly and says its ledger is closed.
+    Command::new("kill")
+        .args(["-INT", &server.id().to_string()])
+        .status()
+        .unwrap();
+    let status = server.wait().unwrap();
+    let out = reader.join().unwrap();
+    assert!(status.success(), "{status}\n{out}");
+    assert!(out.contains("ledger closed"), "{out}");
 }

@@ -109,6 +109,7 @@ fn refusals_say_who_asked_and_ip_sni_is_not_logged() {
     let env = DevEnv::new(|t| {
         t.replace("127.0.0.1:8443", "127.0.0.1:0")
             .replace("pids = \"any\"\n", "pids = [\"8001\"]\n")
+            + "\n[labels.dev.rate_limit]\nper_identity_per_sec = 1\n"
     });
     let (token_id, secret) = {
         let (_issuer, ledger) = env.issuer();
@@ -158,6 +159,15 @@ fn refusals_say_who_asked_and_ip_sni_is_not_logged() {
     // 403: PID 8000 is not allowed (the label and the gateway rule both list 8001 only).
     let gw = ["--cert", gw_cert.as_str(), "--key", gw_key.as_str()];
     assert_eq!(curl(&gw, &csr_file("pid-8000", "8000")), "403");
+    // 429: the gateway over its rate (one a second); new CSRs in a row until one is held back.
+    let limited = (0..6)
+        .map(|i| curl(&gw, &csr_file(&format!("gw-{i}"), "8001")))
+        .collect::<Vec<_>>();
+    assert!(limited.iter().any(|s| s == "429"), "{limited:?}");
+    assert!(
+        limited.iter().all(|s| s == "200" || s == "429"),
+        "{limited:?}"
+    );
     // 401: an unknown token.
     assert_eq!(
         curl(&["-u", "tok-unknown:nope"], &csr_file("bad-token", "8000")),
@@ -226,6 +236,11 @@ fn refusals_say_who_asked_and_ip_sni_is_not_logged() {
             .unwrap()
             .contains("CN=gw-line-1")
     );
+    let too_many = by_status(429);
+    assert!(!too_many.is_empty(), "{requests:?}");
+    for r in too_many {
+        assert_eq!(r["identity"], "client:cn:gw-line-1", "{r}");
+    }
     let unauthorised = by_status(401);
     assert_eq!(unauthorised.len(), 2, "{requests:?}");
     assert_eq!(unauthorised[0]["identity"], "-");

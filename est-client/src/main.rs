@@ -183,7 +183,8 @@ impl DeviceArgs {
 #[derive(Args)]
 struct Output {
     /// Output prefix: PREFIX.dac.pem, PREFIX.key.pem (0600), PREFIX.chain.pem (the issuers
-    /// the server sent, else those from /cacerts); a missing directory is created 0700.
+    /// the server sent, else those from /cacerts); a missing directory is created 0700. An
+    /// existing PREFIX.key.pem that est-client made is reused (a rerun gets the DAC on record).
     #[arg(long, value_name = "PREFIX", help_heading = OUTPUT)]
     out: PathBuf,
     #[command(flatten)]
@@ -308,9 +309,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let (csr_der, key) = match csr {
                 Some(path) => (read_csr(path)?, None),
                 None => {
-                    let key = matter::generate_key()?;
+                    // A key an earlier run made under this prefix is kept: its CSR may have
+                    // been sent and its DAC recorded (a lost response), and only the same key
+                    // and subject get that DAC back.
+                    let (key, new) = match earlier_key(out, *format)? {
+                        Some(key) => (key, false),
+                        None => (matter::generate_key()?, true),
+                    };
                     let subject = device.subject("(or --csr)")?;
-                    (matter::csr(&key, &subject)?, Some(key))
+                    (matter::csr(&key, &subject)?, new.then_some(key))
                 }
             };
             // The key is on disk before the request: a lost response can be retried with it.
@@ -454,6 +461,37 @@ where
             }
         }
     }
+}
+
+/// The key at PREFIX.key.pem (or .key.der) that an earlier `enroll` made, if there is one. A
+/// file there that we did not make, or that is no key, is refused, never replaced
+/// ([`files::read_own_key`]).
+fn earlier_key(prefix: &Path, format: Format) -> Result<Option<Vec<u8>>> {
+    let path = with_suffix(prefix, if format.der { "key.der" } else { "key.pem" });
+    let Some(bytes) = files::read_own_key(&path)? else {
+        return Ok(None);
+    };
+    let key = if format.der {
+        bytes
+    } else {
+        matter::parse_key(&bytes).map_err(|e| {
+            Error::Usage(format!(
+                "{} is not a private key ({e}): move it away or choose another --out",
+                path.display()
+            ))
+        })?
+    };
+    matter::public_key_info(&key).map_err(|_| {
+        Error::Usage(format!(
+            "{} is not a P-256 private key: move it away or choose another --out",
+            path.display()
+        ))
+    })?;
+    eprintln!(
+        "using the key an earlier run wrote to {} (a rerun gets the DAC on record)",
+        path.display()
+    );
+    Ok(Some(key))
 }
 
 fn write_key(prefix: &Path, key: &[u8], format: Format) -> Result<()> {

@@ -790,3 +790,82 @@ async fn serverkeygen_writes_the_key_the_server_made_and_its_dac() {
             .server_keygen
     );
 }
+
+/// Issue 12 item 5 for est-client's own `enroll`: a run whose response was lost (here: the DAC
+/// file is gone, the key is on disk) is recovered by running the same command again. The key is
+/// kept, not replaced, and the server answers with the DAC on record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enroll_rerun_after_a_lost_response_gets_the_dac_on_record() {
+    let server = TestServer::start(|t| t).await;
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("lost-1");
+    let enroll = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_est-client"));
+        cmd.args([
+            "enroll",
+            "--server",
+            &server.url(""),
+            "--label",
+            "dev",
+            "--cacert",
+        ])
+        .arg(server.env.path(dev::files::TLS_CA_CERT))
+        .arg("--cert")
+        .arg(server.env.path(dev::files::GATEWAY_CERT))
+        .arg("--key")
+        .arg(server.env.path(dev::files::GATEWAY_KEY))
+        .args([
+            "--vid",
+            "FFF1",
+            "--pid",
+            "8000",
+            "--device-id",
+            "lost-1",
+            "--out",
+        ])
+        .arg(&prefix);
+        cmd
+    };
+    let run = |mut cmd: Command| async move {
+        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap()
+    };
+    common::assert_success(&run(enroll()).await);
+    let key = std::fs::read(dir.path().join("lost-1.key.pem")).unwrap();
+    let dac = std::fs::read(dir.path().join("lost-1.dac.pem")).unwrap();
+    std::fs::remove_file(dir.path().join("lost-1.dac.pem")).unwrap();
+
+    let again = run(enroll()).await;
+    common::assert_success(&again);
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("using the key an earlier run wrote"),
+        "{again:?}"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("lost-1.key.pem")).unwrap(),
+        key
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("lost-1.dac.pem")).unwrap(),
+        dac
+    );
+    assert_eq!(server.ledger.count("dev").unwrap(), 1, "one DAC on record");
+    fake::assert_certifies(
+        &dir.path().join("lost-1.dac.pem"),
+        &dir.path().join("lost-1.key.pem"),
+    );
+
+    // A file there that is no key is refused and left alone.
+    std::fs::write(dir.path().join("lost-1.key.pem"), "not a key").unwrap();
+    let refused = run(enroll()).await;
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("is not a private key"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("lost-1.key.pem")).unwrap(),
+        b"not a key"
+    );
+}

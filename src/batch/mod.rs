@@ -269,9 +269,9 @@ pub fn run_with(engine: &Engine, opts: &BatchOptions) -> Result<Report> {
         Ok(bytes) => {
             let s: Summary = serde_json::from_slice(&bytes)
                 .map_err(|e| Error::io(&summary_path, format!("unreadable: {e}")))?;
+            // The same device list is the same IDs, wherever the file is now (its SHA-256).
             if s.label != opts.label
                 || s.pid != opts.pid.to_string()
-                || s.devices != source
                 || s.key_encryption != key_encryption
                 || s.requested != requested
                 || s.devices_sha256 != devices_sha256

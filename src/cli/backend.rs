@@ -22,6 +22,7 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Which ledger or server an operator command works on.
 #[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "Ledger or server")]
 pub struct Target {
     /// The configuration file (config/example.toml documents every key). When its server runs,
     /// the command goes through the server's admin socket ([admin] socket).

@@ -846,7 +846,7 @@ impl Shared {
                 Ok(()) => {
                     tracing::info!(
                         signer = %self.name,
-                        down_secs = d.since.elapsed().as_secs_f64(),
+                        down_ms = d.since.elapsed().as_millis() as u64,
                         "PAI signer reconnected"
                     );
                     *down = None;
