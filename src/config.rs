@@ -178,6 +178,42 @@ pub struct LabelConfig {
     pub rate_limit: Option<RateLimit>,
     /// `[labels.NAME.crl]`: publish a CRL for this label.
     pub crl: Option<CrlConfig>,
+    /// `approval`: whether enrollments wait for an operator (RFC 7030 §4.2.3); a client rule
+    /// may say otherwise for its clients.
+    pub approval: Approval,
+    /// `pending_expiry_secs`: how long a held request waits for a decision before it expires.
+    pub pending_expiry: Duration,
+    /// `pending_retry_after_secs`: the `Retry-After` of a 202 (how soon a held client asks
+    /// again).
+    pub pending_retry_after: Duration,
+}
+
+/// Whether an enrollment is issued at once or held for an operator's decision.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Approval {
+    /// Issued at once if policy allows (the default).
+    #[default]
+    Auto,
+    /// Recorded as held and answered 202 until an operator approves it (RFC 7030 §4.2.3).
+    Manual,
+}
+
+impl Approval {
+    /// The default time a held request waits for a decision: one day, an operator's working
+    /// day with margin; a request older than that is stale (the device has likely left the
+    /// line) and must be sent again.
+    pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(86_400);
+    /// The default `Retry-After` of a 202: one minute. A person approves in minutes, and a
+    /// client asking once a minute costs the server nothing.
+    pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+    fn parse(text: &str) -> std::result::Result<Self, String> {
+        match text {
+            "auto" => Ok(Approval::Auto),
+            "manual" => Ok(Approval::Manual),
+            o => Err(format!("{o:?}: expected \"auto\" or \"manual\"")),
+        }
+    }
 }
 
 /// `[labels.NAME.rate_limit]`: token buckets refilled at this many enrollments a second, each
@@ -251,6 +287,9 @@ pub struct ClientRule {
     /// VIDs it may obtain; `None` = the PAI's VID.
     pub vids: Option<BTreeSet<Vid>>,
     pub pids: PidPolicy,
+    /// `approval`: this rule's clients' enrollments are issued at once or held, whatever the
+    /// label says; `None` = the label's.
+    pub approval: Option<Approval>,
 }
 
 /// How a client certificate is recognised: each form matches one name type only.
@@ -401,10 +440,17 @@ impl Config {
                     .transpose()
                     .map_err(|p| err(&format!("{ckey}.vids"), p))?;
                 let pids = parse_pids(&c.pids).map_err(|p| err(&format!("{ckey}.pids"), p))?;
+                let approval = c
+                    .approval
+                    .as_deref()
+                    .map(Approval::parse)
+                    .transpose()
+                    .map_err(|p| err(&format!("{ckey}.approval"), p))?;
                 clients.push(ClientRule {
                     matcher,
                     vids,
                     pids,
+                    approval,
                 });
             }
             if !clients.is_empty() && l.client_cas.is_empty() {
@@ -413,6 +459,35 @@ impl Config {
                     "clients are listed but no client_cas trust anchor is configured".into(),
                 ));
             }
+            let approval = Approval::parse(&l.approval).map_err(|p| err(&key("approval"), p))?;
+            // serverkeygen makes the key when it signs: there is no CSR key for a held request
+            // to be known by, so it is not offered where requests may be held.
+            if l.serverkeygen
+                && (approval == Approval::Manual
+                    || clients.iter().any(|c| c.approval == Some(Approval::Manual)))
+            {
+                return Err(err(
+                    &key("serverkeygen"),
+                    "serverkeygen cannot be combined with approval = \"manual\" (on the label \
+                     or a client rule)"
+                        .into(),
+                ));
+            }
+            let secs = |k: &str, v: Option<u64>, default: Duration| match v {
+                None => Ok(default),
+                Some(0) => Err(err(&key(k), "at least 1 second".into())),
+                Some(s) => Ok(Duration::from_secs(s)),
+            };
+            let pending_expiry = secs(
+                "pending_expiry_secs",
+                l.pending_expiry_secs,
+                Approval::DEFAULT_EXPIRY,
+            )?;
+            let pending_retry_after = secs(
+                "pending_retry_after_secs",
+                l.pending_retry_after_secs,
+                Approval::DEFAULT_RETRY_AFTER,
+            )?;
             let rate_limit = match &l.rate_limit {
                 None => None,
                 Some(r) => {
@@ -505,6 +580,9 @@ impl Config {
                     serverkeygen: l.serverkeygen,
                     rate_limit,
                     crl,
+                    approval,
+                    pending_expiry,
+                    pending_retry_after,
                     name,
                 },
             );
@@ -969,6 +1047,14 @@ struct RawLabel {
     serverkeygen: bool,
     rate_limit: Option<RawRateLimit>,
     crl: Option<RawLabelCrl>,
+    #[serde(default = "auto_approval")]
+    approval: String,
+    pending_expiry_secs: Option<u64>,
+    pending_retry_after_secs: Option<u64>,
+}
+
+fn auto_approval() -> String {
+    "auto".into()
 }
 
 #[derive(Deserialize)]
@@ -1164,6 +1250,7 @@ struct RawClient {
     vids: Option<Vec<String>>,
     #[serde(default = "any_pids")]
     pids: RawPids,
+    approval: Option<String>,
 }
 
 enum RawPids {
@@ -1258,6 +1345,59 @@ signer = { file = "pai.key" }
 
     fn parse(text: &str) -> Result<Config> {
         Config::parse(Path::new("/etc/matter-est/x.toml"), text)
+    }
+
+    #[test]
+    fn approval_keys_are_checked() {
+        let c = parse(MINIMAL).expect("valid");
+        let a = &c.labels["a"];
+        assert_eq!(a.approval, Approval::Auto);
+        assert_eq!(a.pending_expiry, Approval::DEFAULT_EXPIRY);
+        assert_eq!(a.pending_retry_after, Approval::DEFAULT_RETRY_AFTER);
+        let with = |keys: &str| parse(&MINIMAL.replace("signer =", &format!("{keys}\nsigner =")));
+        let c =
+            with("approval = \"manual\"\npending_expiry_secs = 3600\npending_retry_after_secs = 5")
+                .expect("valid");
+        let a = &c.labels["a"];
+        assert_eq!(a.approval, Approval::Manual);
+        assert_eq!(a.pending_expiry, Duration::from_secs(3600));
+        assert_eq!(a.pending_retry_after, Duration::from_secs(5));
+        let refused = |text: String, key: &str, problem: &str| {
+            let e = parse(&text).expect_err("refused").to_string();
+            assert!(e.contains(key) && e.contains(problem), "{e}");
+        };
+        refused(
+            MINIMAL.replace("signer =", "approval = \"maybe\"\nsigner ="),
+            "labels.a.approval",
+            "\"auto\" or \"manual\"",
+        );
+        refused(
+            MINIMAL.replace("signer =", "pending_expiry_secs = 0\nsigner ="),
+            "labels.a.pending_expiry_secs",
+            "at least 1 second",
+        );
+        refused(
+            MINIMAL.replace(
+                "signer =",
+                "approval = \"manual\"\nserverkeygen = true\nsigner =",
+            ),
+            "labels.a.serverkeygen",
+            "approval",
+        );
+        // A client rule overrides the label for its clients.
+        let rules = format!(
+            "{MINIMAL}client_cas = [\"ca.pem\"]\n[[labels.a.clients]]\nmatch = \"cn:x\"\n\
+             approval = \"manual\"\n[[labels.a.clients]]\nmatch = \"cn:y\"\n"
+        );
+        let c = parse(&rules).expect("valid");
+        let clients = &c.labels["a"].clients;
+        assert_eq!(clients[0].approval, Some(Approval::Manual));
+        assert_eq!(clients[1].approval, None);
+        refused(
+            rules.replace("approval = \"manual\"", "approval = \"later\""),
+            "labels.a.clients[0].approval",
+            "\"auto\" or \"manual\"",
+        );
     }
 
     #[test]

@@ -45,6 +45,9 @@ pub struct EnrollmentRequest {
     /// `serverkeygen` (RFC 7030 §4.4.1.2): the identifier of the key to encrypt the generated
     /// private key to, from the AsymmetricDecryptKeyIdentifier attribute, if the CSR has one.
     pub decrypt_key_id: Option<Vec<u8>>,
+    /// SHA-256 of the CSR's DER, whatever its body form: what a request held for manual
+    /// approval is known by (`approval`), so that the client's retry finds it.
+    pub der_sha256: [u8; 32],
 }
 
 /// id-aa-asymmDecryptKeyID 1.2.840.113549.1.9.16.2.54 (RFC 7030 §4.4.1.2).
@@ -182,6 +185,8 @@ pub fn parse_der(der: &[u8]) -> Result<EnrollmentRequest> {
         subject: csr.info.subject,
         form: BodyForm::Der,
         decrypt_key_id,
+        der_sha256: sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(der))
+            .into(),
     })
 }
 

@@ -35,6 +35,9 @@ pub enum ErrorKind {
     Timeout,
     /// Too many requests of this kind for now (429, with `Retry-After`).
     TooManyRequests,
+    /// Not refused: held for an operator's approval; the client asks again later (202 with
+    /// `Retry-After`, RFC 7030 §4.2.3).
+    Held,
     /// Our own fault; the client sees a generic message (500).
     Internal,
     /// A dependency (the PAI signer's token) is unreachable for now; the client should retry
@@ -107,6 +110,26 @@ pub enum Error {
     )]
     RateLimited { label: String, retry_after: u64 },
 
+    // ---- manual approval (RFC 7030 §4.2.3) ----
+    #[error(
+        "enrollment request {id} on label {label:?} awaits an operator's approval; ask again in {retry_after_secs} s with the same CSR"
+    )]
+    AwaitingApproval {
+        id: String,
+        label: String,
+        retry_after_secs: u64,
+    },
+    #[error("enrollment request {id} was rejected by an operator: {reason}")]
+    ApprovalRejected { id: String, reason: String },
+    #[error(
+        "enrollment request {id} was not decided within labels.{label}.pending_expiry_secs and expired at {at}; send a new CSR to ask again"
+    )]
+    ApprovalExpired {
+        id: String,
+        label: String,
+        at: String,
+    },
+
     #[error("DAC serial {serial} is already revoked ({reason}, {at})")]
     AlreadyRevoked {
         serial: String,
@@ -172,6 +195,12 @@ pub enum Error {
     },
     #[error("ledger: {0}")]
     Ledger(String),
+    /// The ledger cannot write for now (disk full, I/O error) and is being reopened.
+    #[error("the ledger is unavailable: {reason}; retry in {retry_after_secs} s")]
+    LedgerUnavailable {
+        reason: String,
+        retry_after_secs: u64,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -194,7 +223,12 @@ impl Error {
             | SubjectAttributeRefused { .. }
             | DacTooLarge { .. }
             | BadRequest(_) => ErrorKind::BadRequest,
-            VidMismatch { .. } | PidNotAllowed { .. } | Forbidden(_) => ErrorKind::Forbidden,
+            VidMismatch { .. }
+            | PidNotAllowed { .. }
+            | Forbidden(_)
+            | ApprovalRejected { .. }
+            | ApprovalExpired { .. } => ErrorKind::Forbidden,
+            AwaitingApproval { .. } => ErrorKind::Held,
             SubjectTaken { .. } | AlreadyRevoked { .. } => ErrorKind::Conflict,
             QuotaExhausted { .. } => ErrorKind::QuotaExhausted,
             UnknownLabel(_) | NotFound(_) => ErrorKind::NotFound,
@@ -212,8 +246,9 @@ impl Error {
             | Pkcs11 { .. }
             | Ledger(_)
             | Internal(_) => ErrorKind::Internal,
-            SignerUnavailable { .. } => ErrorKind::Unavailable,
+            SignerUnavailable { .. } | LedgerUnavailable { .. } => ErrorKind::Unavailable,
             Api { status, .. } => match status {
+                202 => ErrorKind::Held,
                 400 => ErrorKind::BadRequest,
                 401 => ErrorKind::Unauthenticated,
                 403 => ErrorKind::Forbidden,
@@ -238,6 +273,11 @@ impl Error {
                 } => {
                     format!("the signer is temporarily unavailable; retry in {retry_after_secs} s")
                 }
+                Error::LedgerUnavailable {
+                    retry_after_secs, ..
+                } => {
+                    format!("the ledger is temporarily unavailable; retry in {retry_after_secs} s")
+                }
                 _ => "temporarily unavailable; retry later".into(),
             },
             _ => self.to_string(),
@@ -250,8 +290,15 @@ impl Error {
             Error::RenewalTooSoon { retry_after, .. } | Error::RateLimited { retry_after, .. } => {
                 Some(*retry_after)
             }
+            // RFC 7030 §4.2.3: 202 carries Retry-After.
+            Error::AwaitingApproval {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
             // Until the signer's next reconnection attempt.
             Error::SignerUnavailable {
+                retry_after_secs, ..
+            }
+            | Error::LedgerUnavailable {
                 retry_after_secs, ..
             } => Some(*retry_after_secs),
             _ => None,

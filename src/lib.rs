@@ -5,6 +5,7 @@
 //! `store` → response. [`issuance::Issuer`] is the one path every front end calls.
 
 pub mod admin;
+pub mod approval;
 pub mod asn1;
 pub mod batch;
 pub mod ceremony;

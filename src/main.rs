@@ -166,6 +166,12 @@ enum Command {
         #[command(subcommand)]
         command: cli::certs::CertsCommand,
     },
+    /// Enrollments held for manual approval (labels.NAME.approval = "manual"): list, approve,
+    /// reject.
+    Pending {
+        #[command(subcommand)]
+        command: cli::pending::PendingCommand,
+    },
     /// The hash-chained audit log in the ledger: verify it, list it.
     Audit {
         #[command(subcommand)]
@@ -497,6 +503,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Revoke(args) => cli::ops::revoke(args),
         Command::Crl(args) => cli::ops::crl(args),
         Command::Audit { command } => cli::audit::run(command),
+        Command::Pending { command } => cli::pending::run(command),
         Command::Certs { command } => cli::certs::run(command),
         Command::SampleCsr {
             out,

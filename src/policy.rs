@@ -195,6 +195,15 @@ impl Enroller {
         }
     }
 
+    /// Whether its enrollments on `label` wait for an operator: its client rule's `approval`,
+    /// else the label's.
+    pub fn approval(&self, label: &LabelConfig) -> crate::config::Approval {
+        match self {
+            Enroller::Client { rule, .. } => rule.approval.unwrap_or(label.approval),
+            Enroller::Token(_) => label.approval,
+        }
+    }
+
     /// The token this enrollment spends, if any.
     pub fn token(&self) -> Option<String> {
         match self {

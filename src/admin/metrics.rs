@@ -129,6 +129,8 @@ pub fn est_request(
     }
     let (result, rule) = match kind {
         None => ("issued", ""),
+        // RFC 7030 §4.2.3: held for an operator (202), neither issued nor refused.
+        Some(ErrorKind::Held) => ("held", ""),
         Some(k @ (ErrorKind::Internal | ErrorKind::Unavailable | ErrorKind::Timeout)) => {
             ("error", kind_name(k))
         }
@@ -160,6 +162,7 @@ pub fn kind_name(kind: ErrorKind) -> &'static str {
         ErrorKind::TooManyRequests => "too_many_requests",
         ErrorKind::Internal => "internal",
         ErrorKind::Unavailable => "unavailable",
+        ErrorKind::Held => "held",
     }
 }
 

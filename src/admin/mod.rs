@@ -318,6 +318,19 @@ pub static ROUTES: &[Route] = &[
         routes::dcl_info
     ),
     route!("POST", "/v1/labels/{label}/issue", Admin, routes::issue),
+    route!("GET", "/v1/pending", Auditor, routes::held_list),
+    route!(
+        "POST",
+        "/v1/pending/{id}/approve",
+        Operator,
+        routes::held_approve
+    ),
+    route!(
+        "POST",
+        "/v1/pending/{id}/reject",
+        Operator,
+        routes::held_reject
+    ),
     route!("GET", "/v1/audit", Auditor, routes::audit_list),
     route!("GET", "/v1/audit/verify", Auditor, routes::audit_verify),
     route!("POST", "/v1/ledger/backup", Admin, routes::backup),

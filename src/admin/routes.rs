@@ -431,6 +431,91 @@ pub fn issue(ctx: &Ctx, caller: &Caller, p: &Params) -> Result<Value> {
     }))
 }
 
+// ---- manual approval (RFC 7030 §4.2.3, `approval`) ----
+
+pub fn held_list(ctx: &Ctx, caller: &Caller, p: &Params) -> Result<Value> {
+    let state = p.query("state");
+    if let Some(s) = state
+        && !["waiting", "approved", "rejected", "expired"].contains(&s)
+    {
+        return Err(Error::BadRequest(format!(
+            "state {s:?}: expected waiting, approved, rejected or expired"
+        )));
+    }
+    let label = p.query("label");
+    if let Some(l) = label {
+        caller.check_label(l)?;
+    }
+    let now = asn1::now();
+    let requests: Vec<Value> = ctx
+        .ledger()
+        .held_list()?
+        .iter()
+        .filter(|h| {
+            caller.may_see(&h.label)
+                && label.is_none_or(|l| h.label == l)
+                && state.is_none_or(|s| h.state_name(now) == s)
+        })
+        .map(|h| held_json(h, now))
+        .collect();
+    Ok(json!({ "requests": requests }))
+}
+
+pub fn held_approve(ctx: &Ctx, caller: &Caller, p: &Params) -> Result<Value> {
+    decide(ctx, caller, p, true)
+}
+
+pub fn held_reject(ctx: &Ctx, caller: &Caller, p: &Params) -> Result<Value> {
+    decide(ctx, caller, p, false)
+}
+
+/// Approves or rejects a held request the caller may see (another tenant's ids are 404).
+fn decide(ctx: &Ctx, caller: &Caller, p: &Params, approved: bool) -> Result<Value> {
+    let id = p.path(0);
+    let reason = match (approved, p.body_str("reason")?.map(str::trim)) {
+        (false, None | Some("")) => {
+            return Err(Error::BadRequest(
+                "reason: required to reject (the client is told it)".into(),
+            ));
+        }
+        (_, r) => r.filter(|r| !r.is_empty()).map(str::to_string),
+    };
+    if reason.as_ref().is_some_and(|r| r.len() > 500) {
+        return Err(Error::BadRequest("reason: at most 500 characters".into()));
+    }
+    let ledger = ctx.ledger();
+    ledger
+        .held(id)?
+        .filter(|h| caller.may_see(&h.label))
+        .ok_or_else(|| Error::NotFound(format!("no held request {id:?}")))?;
+    let decision = crate::store::Decision {
+        approved,
+        at: asn1::now(),
+        by: caller.identity.clone(),
+        reason,
+    };
+    let h = ledger.decide(id, &decision)?;
+    Ok(held_json(&h, decision.at))
+}
+
+fn held_json(h: &crate::store::HeldRequest, now: i64) -> Value {
+    let d = h.decision.as_ref();
+    json!({
+        "id": h.id,
+        "label": h.label,
+        "subject": h.subject,
+        "kind": h.kind,
+        "requester": h.requester,
+        "csrSha256": h.csr_sha256,
+        "requestedAt": asn1::format_time(h.requested_at),
+        "expiresAt": asn1::format_time(h.expires_at),
+        "state": h.state_name(now),
+        "decidedAt": d.map(|d| asn1::format_time(d.at)),
+        "decidedBy": d.map(|d| d.by.clone()),
+        "reason": d.and_then(|d| d.reason.clone()),
+    })
+}
+
 // ---- audit ----
 
 pub fn audit_list(ctx: &Ctx, caller: &Caller, p: &Params) -> Result<Value> {

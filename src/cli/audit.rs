@@ -39,8 +39,9 @@ pub enum AuditCommand {
         /// Only records about this label.
         #[arg(long)]
         label: Option<String>,
-        /// Event name: enrollment_granted, enrollment_refused, token_created, token_spent,
-        /// revocation, crl_issued, config_loaded.
+        /// Event name: enrollment_granted, enrollment_refused, enrollment_held,
+        /// request_approved, request_rejected, token_created, token_spent, revocation,
+        /// crl_issued, config_loaded.
         #[arg(long)]
         event: Option<String>,
         /// Records whose identity contains this text.

@@ -7,6 +7,7 @@ pub mod backend;
 pub mod certs;
 pub mod ops;
 pub mod pai;
+pub mod pending;
 pub mod pki;
 pub mod serve;
 pub mod tokens;

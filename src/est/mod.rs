@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
+use crate::approval;
 use crate::asn1;
 use crate::config::Limits;
 use crate::csr;
@@ -169,9 +170,12 @@ pub async fn handle(
     let status = reply.status.as_u16();
     // DESIGN.md "The operator plane": a refused enrollment is audited with the rule that
     // refused it (the message the client got) and who asked.
-    if let (Some(op @ ("simpleenroll" | "simplereenroll")), Some(rule)) =
-        (outcome.op, outcome.error.as_ref())
-    {
+    // A request held for approval (202) is no refusal: the ledger audited it as held.
+    if let (Some(op @ ("simpleenroll" | "simplereenroll")), Some(rule), false) = (
+        outcome.op,
+        outcome.error.as_ref(),
+        outcome.kind == Some(ErrorKind::Held),
+    ) {
         app.issuer.ledger().audit(AuditEvent::EnrollmentRefused {
             label: outcome.label.clone().unwrap_or_default(),
             identity: outcome.identity.clone(),
@@ -432,7 +436,6 @@ fn enroll(
                 Renewal::Renew { old, subject } => {
                     let requester = format!("dac:{}", asn1::hex(&old.serial));
                     *who = Some(requester.clone());
-                    app.rate_limits.take(name, &requester)?;
                     let opts = IssueOptions {
                         requester,
                         token: None,
@@ -440,7 +443,21 @@ fn enroll(
                         server_keygen: false,
                     };
                     let prepared = app.issuer.prepare_with(name, &req, &opts, |subject, _| {
-                        Policy::authorize_renewal(label, subject)
+                        Policy::authorize_renewal(label, subject)?;
+                        approval::gate(
+                            ledger,
+                            &approval::Asking {
+                                label: &label.config,
+                                approval: label.config.approval,
+                                request: &req,
+                                subject,
+                                requester: &opts.requester,
+                                kind: "renewal",
+                            },
+                            asn1::now(),
+                        )?;
+                        // Held renewals (202) take nothing from the rate limit either.
+                        app.rate_limits.take(name, &opts.requester)
                     })?;
                     Ok((prepared, None))
                 }
@@ -465,11 +482,24 @@ fn enroll(
                 .issuer
                 .prepare_with(name, &req, &opts, |subject, repeat| {
                     Policy::authorize(&enroller, name, subject, repeat)?;
-                    // A repeat is answered whatever the rate: it issues nothing.
-                    match repeat {
-                        Some(_) => Ok(()),
-                        None => app.rate_limits.take(name, &enroller.requester()),
+                    // A repeat is answered whatever the rate or approval: it issues nothing.
+                    if repeat.is_some() {
+                        return Ok(());
                     }
+                    // Held requests (202) take nothing from the rate limit.
+                    approval::gate(
+                        ledger,
+                        &approval::Asking {
+                            label: &label.config,
+                            approval: enroller.approval(&label.config),
+                            request: &req,
+                            subject,
+                            requester: &opts.requester,
+                            kind: "enrollment",
+                        },
+                        asn1::now(),
+                    )?;
+                    app.rate_limits.take(name, &enroller.requester())
                 })?;
             Ok((prepared, None))
         }
@@ -539,6 +569,7 @@ pub fn status_for(kind: ErrorKind) -> StatusCode {
         ErrorKind::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
         ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Held => StatusCode::ACCEPTED,
     }
 }
 
@@ -564,7 +595,8 @@ fn error_reply(e: &Error, outcome: &mut Outcome) -> Reply {
         Error::PayloadTooLarge { .. } => {
             Some((header::CONNECTION, HeaderValue::from_static("close")))
         }
-        // EST-WIRE.md "Status codes": 429 and 503 carry Retry-After.
+        // EST-WIRE.md "Status codes": 429 and 503 carry Retry-After; so does 202 (RFC 7030
+        // §4.2.3).
         e => e
             .retry_after()
             .map(|secs| (header::RETRY_AFTER, HeaderValue::from(secs))),

@@ -68,6 +68,27 @@ pub enum AuditEvent {
         serial: String,
         identity: String,
     },
+    /// An enrollment was held for an operator's approval (RFC 7030 §4.2.3); `id` is what the
+    /// operator approves or rejects.
+    EnrollmentHeld {
+        label: String,
+        identity: String,
+        id: String,
+        subject: String,
+    },
+    /// An operator approved a held enrollment (the client's retry is then issued).
+    RequestApproved {
+        label: String,
+        id: String,
+        identity: String,
+    },
+    /// An operator rejected a held enrollment; the client gets 403 with `reason`.
+    RequestRejected {
+        label: String,
+        id: String,
+        identity: String,
+        reason: String,
+    },
     /// `serve` started with this config file (its SHA-256).
     ConfigLoaded { path: String, sha256: String },
     /// An operator changed something through the admin API or the CLI (`action`: the route,
@@ -99,6 +120,9 @@ impl AuditEvent {
             AuditEvent::Revocation { .. } => "revocation",
             AuditEvent::CrlIssued { .. } => "crl_issued",
             AuditEvent::RekeyMarked { .. } => "rekey_marked",
+            AuditEvent::EnrollmentHeld { .. } => "enrollment_held",
+            AuditEvent::RequestApproved { .. } => "request_approved",
+            AuditEvent::RequestRejected { .. } => "request_rejected",
             AuditEvent::ConfigLoaded { .. } => "config_loaded",
             AuditEvent::AdminAction { .. } => "admin_action",
             AuditEvent::AdminRefused { .. } => "admin_refused",
@@ -115,7 +139,10 @@ impl AuditEvent {
             | AuditEvent::TokenRevoked { label, .. }
             | AuditEvent::Revocation { label, .. }
             | AuditEvent::CrlIssued { label, .. }
-            | AuditEvent::RekeyMarked { label, .. } => Some(label),
+            | AuditEvent::RekeyMarked { label, .. }
+            | AuditEvent::EnrollmentHeld { label, .. }
+            | AuditEvent::RequestApproved { label, .. }
+            | AuditEvent::RequestRejected { label, .. } => Some(label),
             AuditEvent::AdminAction { label, .. } => label.as_deref(),
             AuditEvent::ConfigLoaded { .. } | AuditEvent::AdminRefused { .. } => None,
         }
@@ -128,6 +155,9 @@ impl AuditEvent {
             | AuditEvent::Revocation { identity, .. }
             | AuditEvent::TokenRevoked { identity, .. }
             | AuditEvent::RekeyMarked { identity, .. }
+            | AuditEvent::EnrollmentHeld { identity, .. }
+            | AuditEvent::RequestApproved { identity, .. }
+            | AuditEvent::RequestRejected { identity, .. }
             | AuditEvent::AdminAction { identity, .. }
             | AuditEvent::AdminRefused { identity, .. } => Some(identity),
             AuditEvent::EnrollmentRefused {

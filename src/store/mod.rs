@@ -110,6 +110,73 @@ impl TokenRecord {
     }
 }
 
+/// An enrollment held for an operator's decision (manual approval, RFC 7030 §4.2.3). Nothing
+/// is signed for it; the client's retry with the same CSR is issued once it is approved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldRequest {
+    /// What it is known by: `crate::approval::held_id` of its label and CSR.
+    pub id: String,
+    pub label: String,
+    /// The DAC subject it asks for, as text (`CN=…,VID=…,PID=…`), for the operator.
+    pub subject: String,
+    /// SHA-256 of the CSR's DER, hex.
+    pub csr_sha256: String,
+    /// Who asked: client identity, token id, or the DAC being renewed (`dac:SERIAL`).
+    pub requester: String,
+    /// `enrollment` or `renewal`.
+    pub kind: String,
+    /// Unix seconds.
+    pub requested_at: i64,
+    /// Unix seconds after which an undecided request is refused as expired.
+    pub expires_at: i64,
+    /// The operator's decision, once made.
+    pub decision: Option<Decision>,
+}
+
+/// An operator's decision on a [`HeldRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    pub approved: bool,
+    /// Unix seconds.
+    pub at: i64,
+    /// The operator, as audited.
+    pub by: String,
+    /// Why it was rejected (required then; the client sees it).
+    pub reason: Option<String>,
+}
+
+/// Where a held request stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeldState {
+    Waiting,
+    Approved,
+    Rejected(String),
+    Expired,
+}
+
+impl HeldRequest {
+    /// Its state at `now`: a decision stands whenever it was made; an undecided request
+    /// expires at `expires_at`.
+    pub fn state(&self, now: i64) -> HeldState {
+        match &self.decision {
+            Some(d) if d.approved => HeldState::Approved,
+            Some(d) => HeldState::Rejected(d.reason.clone().unwrap_or_default()),
+            None if now >= self.expires_at => HeldState::Expired,
+            None => HeldState::Waiting,
+        }
+    }
+
+    /// The state's name, as the CLI and the admin API show it.
+    pub fn state_name(&self, now: i64) -> &'static str {
+        match self.state(now) {
+            HeldState::Waiting => "waiting",
+            HeldState::Approved => "approved",
+            HeldState::Rejected(_) => "rejected",
+            HeldState::Expired => "expired",
+        }
+    }
+}
+
 /// One revoked DAC of a label, as its CRL lists it (RFC 5280 §5.1.2.6).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RevokedEntry {
@@ -395,6 +462,22 @@ pub trait Ledger: Send + Sync {
     /// unknown id, a refusal for a spent or already revoked one (nothing changes).
     fn revoke_token(&self, id: &str, at: i64, by: &str) -> Result<TokenRecord>;
 
+    /// Manual approval (RFC 7030 §4.2.3): records `request` as held, unless a request with its
+    /// id is on record already, atomically; returns the one on record (the new one, or the
+    /// earlier one with its decision). A new one is audited (`enrollment_held`) in the same
+    /// transaction.
+    fn hold(&self, request: &HeldRequest) -> Result<HeldRequest>;
+    /// The held request with this id (decided or not).
+    fn held(&self, id: &str) -> Result<Option<HeldRequest>>;
+    /// Every held request (decided or not), by request time.
+    fn held_list(&self) -> Result<Vec<HeldRequest>>;
+    /// Records an operator's decision on held request `id`, atomically with the checks that
+    /// it is undecided and not expired at `decision.at`, and audits it (`request_approved` or
+    /// `request_rejected`, by `decision.by`). [`crate::Error::NotFound`] for an unknown id; a
+    /// decided or expired request is refused ([`crate::Error::BadRequest`]) and nothing
+    /// changes.
+    fn decide(&self, id: &str, decision: &Decision) -> Result<HeldRequest>;
+
     /// Finishes what was submitted and releases the ledger (another process may open it next).
     fn close(&self);
 
@@ -405,7 +488,18 @@ pub trait Ledger: Send + Sync {
 
 /// Opens the ledger the configuration names.
 pub fn open(config: &crate::config::Config) -> Result<std::sync::Arc<dyn Ledger>> {
-    Ok(std::sync::Arc::new(redb::RedbLedger::open(&config.ledger)?))
+    let fault = std::env::var_os(redb::DANGER_FAULT_ENV).map(std::path::PathBuf::from);
+    if let Some(trigger) = &fault {
+        tracing::warn!(
+            trigger = %trigger.display(),
+            "DANGER: {} is set: ledger writes fail with EIO while this file exists (tests only)",
+            redb::DANGER_FAULT_ENV
+        );
+    }
+    Ok(std::sync::Arc::new(redb::RedbLedger::open_with(
+        &config.ledger,
+        fault,
+    )?))
 }
 
 mod hex_bytes {

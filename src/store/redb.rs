@@ -5,16 +5,17 @@
 //! it durable, but many concurrent enrollments share one fsync. A single writer also makes the
 //! quota, uniqueness and token checks atomic with the insert.
 
-use std::path::Path;
-use std::sync::{Mutex, mpsc};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock, mpsc};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::audit::{self, AuditEvent, AuditRecord, Head};
 use super::{
-    Admission, CertPage, CertQuery, Committed, Completer, CrlRecord, DacRecord, Ledger, Pending,
-    RevokedEntry, Status, TokenRecord,
+    Admission, CertPage, CertQuery, Committed, Completer, CrlRecord, DacRecord, Decision,
+    HeldRequest, Ledger, Pending, RevokedEntry, Status, TokenRecord,
 };
 use crate::error::{Error, Result};
 use crate::revocation::RevocationReason;
@@ -55,6 +56,10 @@ const BY_LABEL: TableDefinition<&[u8], ()> = TableDefinition::new("by_label_time
 /// serial → when it was marked for re-key (8 bytes, big-endian) ‖ who marked it (UTF-8).
 const REKEY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("rekey");
 
+/// held request id → [`HeldRequest`] (JSON): enrollments waiting for, or given, an operator's
+/// decision (manual approval).
+const HELD: TableDefinition<&str, &[u8]> = TableDefinition::new("held");
+
 /// The audit chain (`store::audit`): sequence number → record (JSON), appended in the write
 /// transaction of the change it describes.
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
@@ -71,11 +76,62 @@ const MAX_GROUP: usize = 256;
 /// hot set here is the tail of the tables, so 16 MiB keeps lookups in memory and RSS flat.
 const CACHE_BYTES: usize = 16 * 1024 * 1024;
 
+/// The first wait between two attempts to reopen a ledger that failed an I/O operation; it
+/// doubles up to [`REOPEN_BACKOFF_MAX`]. Short, because a transient error (a stalled disk
+/// that recovers) should cost the line little.
+const REOPEN_BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// The longest wait between two reopen attempts. A full disk stays full until someone frees
+/// space; attempting every 5 s costs nothing and brings the line back within 5 s of that.
+const REOPEN_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// `Retry-After` (RFC 9110 §10.2.3) while the ledger is being reopened: one longest wait, by
+/// then the next attempt was made.
+pub const RETRY_AFTER_SECS: u64 = REOPEN_BACKOFF_MAX.as_secs();
+
+/// The environment variable of the danger switch that makes the ledger fail its writes with
+/// EIO while the file it names exists ([`faulty::FaultyFile`]). For tests of disk errors on a
+/// machine without device-mapper's `error` target; never set it in production.
+pub const DANGER_FAULT_ENV: &str = "MATTER_EST_DANGER_INJECT_LEDGER_EIO_WHILE";
+
 /// The embedded ledger.
+///
+/// Disk full and disk errors (issue 17 item 6): once a write fails with an I/O error, redb
+/// refuses every later operation ("Previous I/O error occurred") until the database is closed
+/// and opened again. The writer thread does that by itself: it takes the database out of
+/// service, waits for the reads in flight, drops it and reopens the file (redb's repair brings
+/// it back to its last durable commit), retrying with backoff until the disk lets it. Meanwhile
+/// every request gets [`Error::LedgerUnavailable`] (503 with `Retry-After`). A commit whose
+/// fsync failed was never acknowledged; if it reached the disk anyway, the client's retry finds
+/// its DAC on record (the repeat rule), so nothing is lost or duplicated.
 pub struct RedbLedger {
-    db: std::sync::Arc<Database>,
+    shared: Arc<Shared>,
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// What the writer and the readers share: the open database, or none while it is reopened.
+struct Shared {
+    path: PathBuf,
+    db: RwLock<Option<Arc<Database>>>,
+    /// [`DANGER_FAULT_ENV`]'s trigger file, if the switch is on.
+    fault: Option<PathBuf>,
+}
+
+impl Shared {
+    /// The database, unless it is out of service.
+    fn current(&self) -> Result<Arc<Database>> {
+        match self.db.read() {
+            Ok(db) => db.clone().ok_or_else(reopening),
+            Err(_) => Err(Error::Ledger("the ledger lock is poisoned".into())),
+        }
+    }
+}
+
+/// The refusal while the ledger is out of service.
+fn reopening() -> Error {
+    Error::LedgerUnavailable {
+        reason: "the ledger failed an I/O operation and is being reopened".into(),
+        retry_after_secs: RETRY_AFTER_SECS,
+    }
 }
 
 enum Op {
@@ -100,6 +156,8 @@ enum Op {
     },
     NextCrlNumber(String),
     PutCrl(String, Box<CrlRecord>),
+    Hold(Box<HeldRequest>),
+    Decide(String, Box<Decision>),
 }
 
 struct Job {
@@ -114,6 +172,7 @@ enum Reply {
     Record(Completer<DacRecord>),
     Number(Completer<u64>),
     Token(Completer<TokenRecord>),
+    Held(Completer<HeldRequest>),
 }
 
 /// A job's answer.
@@ -123,6 +182,7 @@ enum Outcome {
     Record(Box<DacRecord>),
     Number(u64),
     Token(Box<TokenRecord>),
+    Held(Box<HeldRequest>),
 }
 
 impl Reply {
@@ -156,6 +216,11 @@ impl Reply {
                 Ok(_) => mismatch(),
                 Err(e) => Err(e),
             }),
+            Reply::Held(c) => c.complete(match result {
+                Ok(Outcome::Held(v)) => Ok(*v),
+                Ok(_) => mismatch(),
+                Err(e) => Err(e),
+            }),
         }
     }
 
@@ -171,59 +236,29 @@ fn le(e: impl std::fmt::Display) -> Error {
 impl RedbLedger {
     /// Opens (or creates) the ledger file.
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with(path, None)
+    }
+
+    /// [`RedbLedger::open`], failing writes with EIO while `fault` exists when given (the
+    /// danger switch [`DANGER_FAULT_ENV`]; tests only).
+    pub fn open_with(path: &Path, fault: Option<PathBuf>) -> Result<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(path)
-            .map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => Error::Ledger(format!(
-                    "{} is in use by another matter-est process (a running `serve`?); stop it first",
-                    path.display()
-                )),
-                e => Error::Ledger(format!("{}: {e}", path.display())),
-            })?;
-        let txn = db.begin_write().map_err(le)?;
-        {
-            txn.open_table(RECORDS).map_err(le)?;
-            txn.open_table(SERIALS).map_err(le)?;
-            txn.open_table(SUBJECTS).map_err(le)?;
-            txn.open_table(COUNTS).map_err(le)?;
-            txn.open_table(TOKENS).map_err(le)?;
-            txn.open_table(TOKEN_IDS).map_err(le)?;
-            txn.open_table(REVOKED).map_err(le)?;
-            txn.open_table(CRL_NUMBERS).map_err(le)?;
-            txn.open_table(CRLS).map_err(le)?;
-            txn.open_table(AUDIT).map_err(le)?;
-            txn.open_table(AUDIT_HEAD).map_err(le)?;
-            txn.open_table(REKEY).map_err(le)?;
-            // A ledger made before the inventory indexes: build them once.
-            let records = txn.open_table(RECORDS).map_err(le)?;
-            let mut by_time = txn.open_table(BY_TIME).map_err(le)?;
-            let mut by_label = txn.open_table(BY_LABEL).map_err(le)?;
-            if by_time.len().map_err(le)? < records.len().map_err(le)? {
-                for entry in records.iter().map_err(le)? {
-                    let (seq, bytes) = entry.map_err(le)?;
-                    let r = codec::decode(bytes.value())?;
-                    let pos = position_key(r.issued_at, seq.value());
-                    by_time.insert(pos.as_slice(), ()).map_err(le)?;
-                    by_label
-                        .insert(label_key(&r.label, &pos).as_slice(), ())
-                        .map_err(le)?;
-                }
-            }
-        }
-        txn.commit().map_err(le)?;
-        let db = std::sync::Arc::new(db);
+        let db = open_database(path, fault.as_deref())?;
+        let shared = Arc::new(Shared {
+            path: path.to_path_buf(),
+            db: RwLock::new(Some(Arc::new(db))),
+            fault,
+        });
         let (tx, rx) = mpsc::channel::<Job>();
-        let writer_db = db.clone();
+        let writer_shared = shared.clone();
         let writer = std::thread::Builder::new()
             .name("ledger-writer".into())
-            .spawn(move || writer_loop(&writer_db, &rx))
+            .spawn(move || writer_loop(&writer_shared, &rx))
             .map_err(le)?;
         Ok(Self {
-            db,
+            shared,
             jobs: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
         })
@@ -278,7 +313,14 @@ impl RedbLedger {
         &self,
         f: impl FnOnce(&redb::ReadTransaction) -> std::result::Result<T, Error>,
     ) -> Result<T> {
-        let txn = self.db.begin_read().map_err(le)?;
+        let db = self.shared.current()?;
+        let txn = db.begin_read().map_err(|e| match e {
+            // The writer found the same and is reopening (or is about to).
+            redb::TransactionError::Storage(
+                redb::StorageError::PreviousIo | redb::StorageError::Io(_),
+            ) => reopening(),
+            e => le(e),
+        })?;
         f(&txn)
     }
 }
@@ -289,7 +331,62 @@ impl Drop for RedbLedger {
     }
 }
 
-fn writer_loop(db: &Database, rx: &mpsc::Receiver<Job>) {
+/// Opens (or creates) the database file and makes sure every table exists.
+fn open_database(path: &Path, fault: Option<&Path>) -> Result<Database> {
+    let builder = {
+        let mut b = Database::builder();
+        b.set_cache_size(CACHE_BYTES);
+        b
+    };
+    let opened = match fault {
+        None => builder.create(path),
+        Some(trigger) => faulty::FaultyFile::open(path, trigger)
+            .map_err(redb::DatabaseError::from)
+            .and_then(|backend| builder.create_with_backend(backend)),
+    };
+    let db = opened.map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => Error::Ledger(format!(
+            "{} is in use by another matter-est process (a running `serve`?); stop it first",
+            path.display()
+        )),
+        e => Error::Ledger(format!("{}: {e}", path.display())),
+    })?;
+    let txn = db.begin_write().map_err(le)?;
+    {
+        txn.open_table(RECORDS).map_err(le)?;
+        txn.open_table(SERIALS).map_err(le)?;
+        txn.open_table(SUBJECTS).map_err(le)?;
+        txn.open_table(COUNTS).map_err(le)?;
+        txn.open_table(TOKENS).map_err(le)?;
+        txn.open_table(TOKEN_IDS).map_err(le)?;
+        txn.open_table(REVOKED).map_err(le)?;
+        txn.open_table(CRL_NUMBERS).map_err(le)?;
+        txn.open_table(CRLS).map_err(le)?;
+        txn.open_table(AUDIT).map_err(le)?;
+        txn.open_table(AUDIT_HEAD).map_err(le)?;
+        txn.open_table(REKEY).map_err(le)?;
+        txn.open_table(HELD).map_err(le)?;
+        // A ledger made before the inventory indexes: build them once.
+        let records = txn.open_table(RECORDS).map_err(le)?;
+        let mut by_time = txn.open_table(BY_TIME).map_err(le)?;
+        let mut by_label = txn.open_table(BY_LABEL).map_err(le)?;
+        if by_time.len().map_err(le)? < records.len().map_err(le)? {
+            for entry in records.iter().map_err(le)? {
+                let (seq, bytes) = entry.map_err(le)?;
+                let r = codec::decode(bytes.value())?;
+                let pos = position_key(r.issued_at, seq.value());
+                by_time.insert(pos.as_slice(), ()).map_err(le)?;
+                by_label
+                    .insert(label_key(&r.label, &pos).as_slice(), ())
+                    .map_err(le)?;
+            }
+        }
+    }
+    txn.commit().map_err(le)?;
+    Ok(db)
+}
+
+fn writer_loop(shared: &Shared, rx: &mpsc::Receiver<Job>) {
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -298,8 +395,17 @@ fn writer_loop(db: &Database, rx: &mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
+        let db = match shared.current() {
+            Ok(db) => db,
+            Err(e) => {
+                for job in group {
+                    job.reply.fail(clone_error(&e));
+                }
+                continue;
+            }
+        };
         let start = std::time::Instant::now();
-        let outcome = apply_group(db, &group);
+        let outcome = apply_group(&db, &group);
         metrics::histogram!(crate::admin::metrics::LEDGER_COMMIT_DURATION)
             .record(start.elapsed().as_secs_f64());
         metrics::histogram!(crate::admin::metrics::LEDGER_COMMIT_GROUP_SIZE)
@@ -310,6 +416,18 @@ fn writer_loop(db: &Database, rx: &mpsc::Receiver<Job>) {
                     job.reply.complete(result);
                 }
             }
+            Err(e) if failed_io(&db) => {
+                // Nothing of this group was acknowledged: each client gets 503 and retries.
+                tracing::error!(error = %e, ledger = %shared.path.display(),
+                    "ledger write failed with an I/O error; reopening the ledger");
+                for job in group {
+                    job.reply.fail(reopening());
+                }
+                drop(db);
+                if !reopen(shared, rx) {
+                    return;
+                }
+            }
             Err(e) => {
                 let msg = e.to_string();
                 for job in group {
@@ -317,6 +435,95 @@ fn writer_loop(db: &Database, rx: &mpsc::Receiver<Job>) {
                 }
             }
         }
+    }
+}
+
+/// Whether `db` is refusing work after an I/O error (redb's `PreviousIo`), which only closing
+/// and reopening it clears.
+fn failed_io(db: &Database) -> bool {
+    match db.begin_write() {
+        Ok(txn) => {
+            let _ = txn.abort();
+            false
+        }
+        Err(redb::TransactionError::Storage(
+            redb::StorageError::PreviousIo | redb::StorageError::Io(_),
+        )) => true,
+        Err(_) => false,
+    }
+}
+
+/// Takes the database out of service, closes it and opens it again, with backoff, failing the
+/// jobs that arrive meanwhile. False when the ledger was closed meanwhile.
+fn reopen(shared: &Shared, rx: &mpsc::Receiver<Job>) -> bool {
+    let taken = match shared.db.write() {
+        Ok(mut db) => db.take(),
+        Err(_) => return false,
+    };
+    // redb keeps a file open once per process: the reads in flight (each holds the database
+    // for one transaction; a backup for its copy) must end before it can be opened again.
+    if let Some(mut db) = taken {
+        loop {
+            match Arc::try_unwrap(db) {
+                Ok(db) => break drop(db),
+                Err(still_shared) => {
+                    db = still_shared;
+                    if !refuse_for(rx, Duration::from_millis(5)) {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+    let started = Instant::now();
+    let mut backoff = REOPEN_BACKOFF_MIN;
+    loop {
+        match open_database(&shared.path, shared.fault.as_deref()) {
+            Ok(db) => {
+                if let Ok(mut slot) = shared.db.write() {
+                    *slot = Some(Arc::new(db));
+                }
+                tracing::warn!(ledger = %shared.path.display(),
+                    out_of_service_ms = started.elapsed().as_millis() as u64,
+                    "ledger reopened after an I/O error");
+                return true;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, ledger = %shared.path.display(),
+                    retry_in_ms = backoff.as_millis() as u64, "ledger reopen failed");
+            }
+        }
+        if !refuse_for(rx, backoff) {
+            return false;
+        }
+        backoff = (backoff * 2).min(REOPEN_BACKOFF_MAX);
+    }
+}
+
+/// Answers every job that arrives within `wait` with [`reopening`]; false if the ledger was
+/// closed.
+fn refuse_for(rx: &mpsc::Receiver<Job>, wait: Duration) -> bool {
+    let until = Instant::now() + wait;
+    loop {
+        match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+            Ok(job) => job.reply.fail(reopening()),
+            Err(mpsc::RecvTimeoutError::Timeout) => return true,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return false,
+        }
+    }
+}
+
+/// A copy of a ledger refusal for each job of a group.
+fn clone_error(e: &Error) -> Error {
+    match e {
+        Error::LedgerUnavailable {
+            reason,
+            retry_after_secs,
+        } => Error::LedgerUnavailable {
+            reason: reason.clone(),
+            retry_after_secs: *retry_after_secs,
+        },
+        e => Error::Ledger(e.to_string()),
     }
 }
 
@@ -338,6 +545,7 @@ fn apply_group(db: &Database, group: &[Job]) -> Result<Vec<Result<Outcome>>> {
         let mut by_time = txn.open_table(BY_TIME).map_err(le)?;
         let mut by_label = txn.open_table(BY_LABEL).map_err(le)?;
         let mut rekey = txn.open_table(REKEY).map_err(le)?;
+        let mut held = txn.open_table(HELD).map_err(le)?;
         let mut audit_table = txn.open_table(AUDIT).map_err(le)?;
         let mut audit_head = txn.open_table(AUDIT_HEAD).map_err(le)?;
         let kept_head = audit_head
@@ -634,6 +842,61 @@ fn apply_group(db: &Database, group: &[Job]) -> Result<Vec<Result<Outcome>>> {
                     Ok(Outcome::Record(Box::new(record)))
                 })(),
                 Op::Audit(event) => chain.append((**event).clone()).map(|_| Outcome::Flag(true)),
+                Op::Hold(request) => (|| {
+                    if let Some(kept) = held.get(request.id.as_str()).map_err(le)? {
+                        return Ok(Outcome::Held(Box::new(decode(kept.value())?)));
+                    }
+                    held.insert(request.id.as_str(), encode(request)?.as_slice())
+                        .map_err(le)?;
+                    chain.append(AuditEvent::EnrollmentHeld {
+                        label: request.label.clone(),
+                        identity: request.requester.clone(),
+                        id: request.id.clone(),
+                        subject: request.subject.clone(),
+                    })?;
+                    Ok(Outcome::Held(request.clone()))
+                })(),
+                Op::Decide(id, decision) => (|| {
+                    let mut request: HeldRequest = decode(
+                        held.get(id.as_str())
+                            .map_err(le)?
+                            .ok_or_else(|| Error::NotFound(format!("no held request {id}")))?
+                            .value(),
+                    )?;
+                    match request.state(decision.at) {
+                        super::HeldState::Waiting => {}
+                        super::HeldState::Expired => {
+                            return Err(Error::BadRequest(format!(
+                                "held request {id} expired at {}; the client must send a new CSR",
+                                crate::asn1::format_time(request.expires_at)
+                            )));
+                        }
+                        _ => {
+                            return Err(Error::BadRequest(format!(
+                                "held request {id} is already {}",
+                                request.state_name(decision.at)
+                            )));
+                        }
+                    }
+                    request.decision = Some((**decision).clone());
+                    held.insert(id.as_str(), encode(&request)?.as_slice())
+                        .map_err(le)?;
+                    chain.append(if decision.approved {
+                        AuditEvent::RequestApproved {
+                            label: request.label.clone(),
+                            id: id.clone(),
+                            identity: decision.by.clone(),
+                        }
+                    } else {
+                        AuditEvent::RequestRejected {
+                            label: request.label.clone(),
+                            id: id.clone(),
+                            identity: decision.by.clone(),
+                            reason: decision.reason.clone().unwrap_or_default(),
+                        }
+                    })?;
+                    Ok(Outcome::Held(Box::new(request)))
+                })(),
                 Op::PutToken(hash, token) => (|| {
                     if token_ids.get(token.id.as_str()).map_err(le)?.is_some() {
                         return Err(Error::Ledger(format!("token id {} exists", token.id)));
@@ -1059,6 +1322,45 @@ impl Ledger for RedbLedger {
         RedbLedger::close(self);
     }
 
+    fn hold(&self, request: &HeldRequest) -> Result<HeldRequest> {
+        let (reply, pending) = Pending::new();
+        self.submit_op(Op::Hold(Box::new(request.clone())), Reply::Held(reply));
+        pending.wait()
+    }
+
+    fn held(&self, id: &str) -> Result<Option<HeldRequest>> {
+        self.read(|txn| {
+            let t = txn.open_table(HELD).map_err(le)?;
+            t.get(id)
+                .map_err(le)?
+                .map(|v| decode(v.value()))
+                .transpose()
+        })
+    }
+
+    fn held_list(&self) -> Result<Vec<HeldRequest>> {
+        let mut out: Vec<HeldRequest> = self.read(|txn| {
+            let t = txn.open_table(HELD).map_err(le)?;
+            let mut out = Vec::new();
+            for entry in t.iter().map_err(le)? {
+                let (_, v) = entry.map_err(le)?;
+                out.push(decode(v.value())?);
+            }
+            Ok(out)
+        })?;
+        out.sort_by(|a, b| (a.requested_at, &a.id).cmp(&(b.requested_at, &b.id)));
+        Ok(out)
+    }
+
+    fn decide(&self, id: &str, decision: &Decision) -> Result<HeldRequest> {
+        let (reply, pending) = Pending::new();
+        self.submit_op(
+            Op::Decide(id.to_string(), Box::new(decision.clone())),
+            Reply::Held(reply),
+        );
+        pending.wait()
+    }
+
     fn backup_to(&self, to: &Path) -> Result<u64> {
         RedbLedger::backup_to(self, to)
     }
@@ -1241,7 +1543,8 @@ impl RedbLedger {
     /// [`RedbLedger::backup_to`]'s copy, table by table, from one snapshot.
     fn copy_into(&self, to: &Path) -> Result<u64> {
         let copy = Database::create(to).map_err(|e| Error::io(to, e))?;
-        let snapshot = self.db.begin_read().map_err(le)?;
+        let db = self.shared.current()?;
+        let snapshot = db.begin_read().map_err(le)?;
         let txn = copy.begin_write().map_err(le)?;
         copy_table(&snapshot, &txn, RECORDS)?;
         copy_table(&snapshot, &txn, SERIALS)?;
@@ -1255,6 +1558,7 @@ impl RedbLedger {
         copy_table(&snapshot, &txn, BY_TIME)?;
         copy_table(&snapshot, &txn, BY_LABEL)?;
         copy_table(&snapshot, &txn, REKEY)?;
+        copy_table(&snapshot, &txn, HELD)?;
         copy_table(&snapshot, &txn, AUDIT)?;
         copy_table(&snapshot, &txn, AUDIT_HEAD)?;
         // A table added to the ledger but not above would be lost silently: compare.
@@ -1287,6 +1591,115 @@ impl RedbLedger {
     }
 }
 
+/// The danger switch's storage: redb's own file backend, except that writes, length changes
+/// and syncs fail with EIO while a trigger file exists (`DANGER_FAULT_ENV`). Reads pass, as
+/// on a disk whose writes fail. Tests of disk errors use it where no device-mapper `error`
+/// target is available; it is off unless that environment variable is set.
+mod faulty {
+    use std::ops::Bound;
+    use std::path::{Path, PathBuf};
+
+    use redb::backends::FileBackend;
+    use redb::{BackendError, StorageBackend};
+
+    /// EIO on Linux (`errno.h`).
+    const EIO: i32 = 5;
+
+    #[derive(Debug)]
+    pub struct FaultyFile {
+        inner: FileBackend,
+        trigger: PathBuf,
+    }
+
+    impl FaultyFile {
+        /// Opens (or creates) the file at `path`.
+        pub fn open(path: &Path, trigger: &Path) -> std::io::Result<Self> {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)?;
+            Ok(Self {
+                inner: FileBackend::new(file).map_err(std::io::Error::other)?,
+                trigger: trigger.to_path_buf(),
+            })
+        }
+
+        fn check(&self) -> std::io::Result<()> {
+            if self.trigger.exists() {
+                return Err(std::io::Error::from_raw_os_error(EIO));
+            }
+            Ok(())
+        }
+    }
+
+    impl StorageBackend for FaultyFile {
+        fn len(&self) -> std::io::Result<u64> {
+            self.inner.len()
+        }
+
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            self.inner.read(offset, out)
+        }
+
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.check()?;
+            self.inner.set_len(len)
+        }
+
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.check()?;
+            self.inner.sync_data()
+        }
+
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.check()?;
+            self.inner.write(offset, data)
+        }
+
+        fn close(&self) -> std::io::Result<()> {
+            self.inner.close()
+        }
+
+        fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+            self.inner.try_lock_range(start, end)
+        }
+
+        fn try_lock_shared_range(
+            &self,
+            start: Bound<u64>,
+            end: Bound<u64>,
+        ) -> Result<bool, BackendError> {
+            self.inner.try_lock_shared_range(start, end)
+        }
+
+        fn lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+            self.inner.lock_range(start, end)
+        }
+
+        fn lock_shared_range(
+            &self,
+            start: Bound<u64>,
+            end: Bound<u64>,
+        ) -> Result<(), BackendError> {
+            self.inner.lock_shared_range(start, end)
+        }
+
+        fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+            self.inner.unlock_range(start, end)
+        }
+
+        fn query_lock_range(
+            &self,
+            start: Bound<u64>,
+            end: Bound<u64>,
+        ) -> Result<bool, BackendError> {
+            self.inner.query_lock_range(start, end)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1307,6 +1720,117 @@ mod tests {
             renews: None,
             server_keygen: false,
         }
+    }
+
+    #[test]
+    fn held_requests_are_kept_once_and_decided_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("l.redb");
+        let ledger = RedbLedger::open(&path).expect("open");
+        let req = HeldRequest {
+            id: "a1".into(),
+            label: "x".into(),
+            subject: "CN=d".into(),
+            csr_sha256: "00".into(),
+            requester: "client:cn:gw".into(),
+            kind: "enrollment".into(),
+            requested_at: 10,
+            expires_at: 20,
+            decision: None,
+        };
+        assert_eq!(ledger.hold(&req).expect("hold"), req);
+        let mut other = req.clone();
+        other.requester = "someone else".into();
+        assert_eq!(
+            ledger.hold(&other).expect("hold"),
+            req,
+            "the first one stays"
+        );
+        let decision = |approved: bool, at: i64| Decision {
+            approved,
+            at,
+            by: "cli:op".into(),
+            reason: (!approved).then(|| "no".to_string()),
+        };
+        assert!(matches!(
+            ledger.decide("a1", &decision(true, 20)),
+            Err(Error::BadRequest(m)) if m.contains("expired")
+        ));
+        let rejected = ledger.decide("a1", &decision(false, 15)).expect("reject");
+        assert_eq!(
+            rejected.state(100),
+            super::super::HeldState::Rejected("no".into())
+        );
+        assert!(matches!(
+            ledger.decide("a1", &decision(true, 16)),
+            Err(Error::BadRequest(m)) if m.contains("already rejected")
+        ));
+        assert!(matches!(
+            ledger.decide("zz", &decision(true, 16)),
+            Err(Error::NotFound(_))
+        ));
+        let names: Vec<&str> = ledger
+            .audit_records(0, 10)
+            .expect("audit")
+            .iter()
+            .map(|r| r.event.name())
+            .collect();
+        assert_eq!(names, ["enrollment_held", "request_rejected"]);
+        drop(ledger);
+        let ledger = RedbLedger::open(&path).expect("reopen");
+        assert_eq!(ledger.held("a1").expect("held"), Some(rejected.clone()));
+        assert_eq!(ledger.held_list().expect("list"), [rejected]);
+    }
+
+    /// EIO from the disk (the danger switch's backend): the commit is refused as unavailable,
+    /// the ledger is out of service until the error clears, then reopens by itself with every
+    /// record before the error intact.
+    #[test]
+    fn an_io_error_takes_the_ledger_out_of_service_until_it_reopens() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("l.redb");
+        let trigger = dir.path().join("eio");
+        let ledger = RedbLedger::open_with(&path, Some(trigger.clone())).expect("open");
+        let any = Admission::default();
+        ledger.commit(&record(1, "a", "x"), &any).expect("first");
+        std::fs::write(&trigger, b"").expect("trigger");
+        assert!(matches!(
+            ledger.commit(&record(2, "b", "x"), &any),
+            Err(Error::LedgerUnavailable {
+                retry_after_secs: RETRY_AFTER_SECS,
+                ..
+            })
+        ));
+        // While the disk fails, the reopen fails too: reads and writes are refused the same way.
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(matches!(
+            ledger.count("x"),
+            Err(Error::LedgerUnavailable { .. })
+        ));
+        assert!(matches!(
+            ledger.commit(&record(3, "c", "x"), &any),
+            Err(Error::LedgerUnavailable { .. })
+        ));
+        std::fs::remove_file(&trigger).expect("clear");
+        let start = Instant::now();
+        loop {
+            match ledger.commit(&record(4, "d", "x"), &any) {
+                Ok(_) => break,
+                Err(Error::LedgerUnavailable { .. }) => {
+                    assert!(start.elapsed() < Duration::from_secs(20), "never reopened");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let serials: Vec<u8> = ledger
+            .list(0, 10)
+            .expect("list")
+            .iter()
+            .map(|r| r.serial[0])
+            .collect();
+        assert_eq!(serials, [1, 4], "nothing unacknowledged is on record");
+        assert!(matches!(ledger.audit_verify(None), Ok(Ok(_))));
     }
 
     #[test]
