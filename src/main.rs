@@ -166,6 +166,11 @@ enum Command {
         #[command(subcommand)]
         command: cli::certs::CertsCommand,
     },
+    /// The dashboard on the admin HTTPS listener: mint a one-time login link for a browser.
+    Dashboard {
+        #[command(subcommand)]
+        command: cli::dashboard::DashboardCommand,
+    },
     /// The hash-chained audit log in the ledger: verify it, list it.
     Audit {
         #[command(subcommand)]
@@ -498,6 +503,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Crl(args) => cli::ops::crl(args),
         Command::Audit { command } => cli::audit::run(command),
         Command::Certs { command } => cli::certs::run(command),
+        Command::Dashboard { command } => cli::dashboard::run(command),
         Command::SampleCsr {
             out,
             key_out,

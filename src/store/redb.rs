@@ -1018,6 +1018,38 @@ impl Ledger for RedbLedger {
         })
     }
 
+    fn recent(&self, label: Option<&str>, limit: usize) -> Result<Vec<DacRecord>> {
+        self.read(|txn| {
+            let records = txn.open_table(RECORDS).map_err(le)?;
+            let (from, to) = match label {
+                Some(label) => {
+                    let mut end = label.as_bytes().to_vec();
+                    end.push(1);
+                    (label_key(label, &[]), end)
+                }
+                None => (Vec::new(), vec![0xff; 17]),
+            };
+            let index = txn
+                .open_table(if label.is_some() { BY_LABEL } else { BY_TIME })
+                .map_err(le)?;
+            let mut out = Vec::with_capacity(limit.min(16_384));
+            for entry in index
+                .range(from.as_slice()..to.as_slice())
+                .map_err(le)?
+                .rev()
+                .take(limit)
+            {
+                let (k, _) = entry.map_err(le)?;
+                let pos = key_position(k.value())?;
+                let Some(bytes) = records.get(pos.seq).map_err(le)? else {
+                    return Err(Error::Ledger("dangling inventory index".into()));
+                };
+                out.push(codec::decode(bytes.value())?);
+            }
+            Ok(out)
+        })
+    }
+
     fn count(&self, label: &str) -> Result<u64> {
         self.read(|txn| {
             let t = txn.open_table(COUNTS).map_err(le)?;
