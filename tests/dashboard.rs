@@ -97,34 +97,38 @@ impl Driver {
             self.port,
             body.len()
         )?;
+        // Read the head, then exactly the body (chromedriver may keep the connection open).
         let mut raw = Vec::new();
-        s.read_to_end(&mut raw)?;
-        let text = String::from_utf8_lossy(&raw);
-        let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let mut buf = [0u8; 8192];
+        let head_end = loop {
+            if let Some(at) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                return Err(std::io::Error::other("connection closed in the head"));
+            }
+            raw.extend_from_slice(&buf[..n]);
+        };
+        let head = String::from_utf8_lossy(&raw[..head_end]).to_ascii_lowercase();
         let status = head
             .split(' ')
             .nth(1)
             .and_then(|c| c.parse().ok())
             .unwrap_or(0);
-        // chromedriver answers with Content-Length; a chunked answer is undone here.
-        let body = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            let mut out = String::new();
-            let mut rest = rest;
-            while let Some((size, tail)) = rest.split_once("\r\n") {
-                let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-                if n == 0 {
-                    break;
-                }
-                out.push_str(&tail[..n]);
-                rest = &tail[n + 2..];
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| std::io::Error::other("no Content-Length"))?;
+        while raw.len() < head_end + length {
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                return Err(std::io::Error::other("connection closed in the body"));
             }
-            out
-        } else {
-            rest.to_string()
-        };
+            raw.extend_from_slice(&buf[..n]);
+        }
+        let body = String::from_utf8_lossy(&raw[head_end..head_end + length]).to_string();
         Ok((status, serde_json::from_str(&body).unwrap_or(Value::Null)))
     }
 

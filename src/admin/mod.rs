@@ -71,7 +71,7 @@ pub struct Ctx {
     issuer: IssuerSource,
     crls: OnceLock<Arc<CrlService>>,
     /// The dashboard's login links and sessions (in memory).
-    dashboard: dashboard::Sessions,
+    dashboard: Arc<dashboard::Sessions>,
 }
 
 enum IssuerSource {
@@ -99,7 +99,7 @@ impl Ctx {
             ledger,
             issuer: IssuerSource::Serving(issuer),
             crls: cell,
-            dashboard: dashboard::Sessions::default(),
+            dashboard: Arc::default(),
         }
     }
 
@@ -121,7 +121,7 @@ impl Ctx {
             ledger,
             issuer: IssuerSource::Local { loaded, danger_dev },
             crls: OnceLock::new(),
-            dashboard: dashboard::Sessions::default(),
+            dashboard: Arc::default(),
         }
     }
 

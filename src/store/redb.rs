@@ -1342,6 +1342,24 @@ mod tests {
     }
 
     #[test]
+    fn recent_reads_newest_first_within_a_label_and_a_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ledger = RedbLedger::open(&dir.path().join("l.redb")).expect("open");
+        // Issue times out of serial order, two labels.
+        for (serial, at, label) in [(1, 30, "x"), (2, 10, "y"), (3, 20, "x"), (4, 40, "y")] {
+            let mut r = record(serial, &format!("s{serial}"), label);
+            r.issued_at = at;
+            ledger.commit(&r, &Admission::default()).expect("commit");
+        }
+        let serials = |rs: Vec<DacRecord>| rs.iter().map(|r| r.serial[0]).collect::<Vec<_>>();
+        assert_eq!(serials(ledger.recent(None, 10).expect("all")), [4, 1, 3, 2]);
+        assert_eq!(serials(ledger.recent(None, 2).expect("two")), [4, 1]);
+        assert_eq!(serials(ledger.recent(Some("x"), 10).expect("x")), [1, 3]);
+        assert_eq!(serials(ledger.recent(Some("y"), 1).expect("y")), [4]);
+        assert!(ledger.recent(Some("z"), 10).expect("none").is_empty());
+    }
+
+    #[test]
     fn uniqueness_quota_and_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("l.redb");

@@ -308,7 +308,7 @@ pub const SECURITY_HEADERS: &[(&str, &str)] = &[
          frame-ancestors 'none'; base-uri 'none'",
     ),
     ("x-content-type-options", "nosniff"),
-    ("referrer-policy", "no-referrer"),
+    ("referrer-policy", "same-origin"),
     ("x-frame-options", "DENY"),
 ];
 

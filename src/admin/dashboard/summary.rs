@@ -105,7 +105,7 @@ pub fn gather(
             for l in &s.labels {
                 all.extend(ledger.recent(Some(&l.name), WINDOW)?);
             }
-            all.sort_by(|a, b| b.issued_at.cmp(&a.issued_at));
+            all.sort_by_key(|r| std::cmp::Reverse(r.issued_at));
             all
         }
     };
