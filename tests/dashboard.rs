@@ -715,6 +715,41 @@ fn the_dashboard_in_headless_chromium() {
         "{headers}"
     );
 
+    // Login links never widen: an operator of dev cannot mint role admin, nor label other.
+    let mint = |who: &str, body: &str| {
+        let out = Command::new("curl")
+            .args(["-sS", "-w", "\n%{http_code}", "--cacert"])
+            .arg(env.path(dev::files::TLS_CA_CERT))
+            .arg("--cert")
+            .arg(env.path(&format!("clients/{who}.pem")))
+            .arg("--key")
+            .arg(env.path(&format!("clients/{who}.key")))
+            .args(["-H", "Content-Type: application/json", "--data", body])
+            .arg(format!("https://localhost:{admin_port}/v1/dashboard/login"))
+            .output()
+            .unwrap();
+        let text = stdout(&out);
+        let (body, code) = text.trim_end().rsplit_once('\n').unwrap();
+        (
+            code.to_string(),
+            serde_json::from_str::<Value>(body).unwrap(),
+        )
+    };
+    let (code, v) = mint("operator", r#"{"role":"admin"}"#);
+    assert_eq!(code, "403", "{v}");
+    let (code, v) = mint("operator", r#"{"labels":["other"]}"#);
+    assert_eq!(code, "403", "{v}");
+    let (code, v) = mint("operator", r#"{"sessionSecs":5}"#);
+    assert_eq!(code, "400", "{v}");
+    let (code, v) = mint("operator", "{}");
+    assert_eq!(code, "200", "{v}");
+    assert_eq!(
+        (v["role"].as_str(), &v["labels"]),
+        (Some("operator"), &json!(["dev"]))
+    );
+    let (code, v) = mint("auditor", r#"{"role":"auditor"}"#);
+    assert_eq!(code, "200", "{v}");
+
     let _ = server.kill();
     let _ = server.wait();
 }

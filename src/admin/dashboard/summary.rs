@@ -14,9 +14,9 @@ use crate::store::audit::AuditEvent;
 use crate::store::{DacRecord, Ledger, TokenRecord, TokenState};
 
 /// DACs read per visible label for the charts and the recent enrollments.
-pub const WINDOW: usize = 10_000;
+pub const WINDOW: usize = 5_000;
 /// Audit records read (newest first) for refusals and revocations.
-pub const AUDIT_WINDOW: u64 = 10_000;
+pub const AUDIT_WINDOW: u64 = 5_000;
 /// Rows of the "recent" tables.
 pub const RECENT_ROWS: usize = 20;
 /// Days of the per-day chart (the newest ones present in the window).
