@@ -1,12 +1,17 @@
 //! `certs list` on a 1,000,000-record ledger (issue 14 "Speed": one page in under 50 ms). Fills
 //! a ledger in a temporary directory (~1 GB, a minute or two), then times pages: the first, a
 //! label's, label + PID, from a date, one deep in through the cursor, and a filter no index
-//! serves. Run: `cargo bench --bench inventory`.
+//! serves. Then the dashboard's overview (issue 15 item 3: under 200 ms on 1,000,000 records):
+//! its data gathered from the ledger's counters and bounded windows, and the page rendered, for
+//! an identity of every label and one of a single label. Run: `cargo bench --bench inventory`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // reason: benchmark harness
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use matter_est::admin::Caller;
+use matter_est::admin::dashboard::{html, render_overview, summary};
+use matter_est::config::AdminRole;
 use matter_est::store::redb::RedbLedger;
 use matter_est::store::{Admission, CertQuery, DacRecord, Ledger, Status};
 
@@ -122,6 +127,41 @@ fn main() {
         times.sort_by(f64::total_cmp);
         println!(
             "{name:<52} {n:>3} records: median {:>8.2} ms (min {:.2}, max {:.2})",
+            times[2], times[0], times[4]
+        );
+    }
+
+    let labels: Vec<(String, Option<u64>)> = (0..10)
+        .map(|l| (format!("label-{l}"), Some(200_000)))
+        .collect();
+    let callers = [
+        (
+            "dashboard overview, every label",
+            Caller::local("bench".into()),
+        ),
+        (
+            "dashboard overview, label-3 only",
+            Caller {
+                identity: "bench".into(),
+                role: AdminRole::Operator,
+                labels: Some(["label-3".to_string()].into()),
+            },
+        ),
+    ];
+    for (name, caller) in callers {
+        let mut times = Vec::new();
+        let mut bytes = 0;
+        for _ in 0..5 {
+            let start = Instant::now();
+            let now = matter_est::asn1::now();
+            let sum = summary::gather(ledger.as_ref(), &labels, &caller, now).unwrap();
+            let page = html::page("Overview", &caller, "csrf", &render_overview(&sum, &caller));
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+            bytes = page.len();
+        }
+        times.sort_by(f64::total_cmp);
+        println!(
+            "{name:<52} {bytes:>6} bytes: median {:>8.2} ms (min {:.2}, max {:.2})",
             times[2], times[0], times[4]
         );
     }

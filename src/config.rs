@@ -93,6 +93,16 @@ impl AdminRole {
             AdminRole::Admin => "admin",
         }
     }
+
+    /// `admin`, `operator` or `auditor`.
+    pub fn parse(text: &str) -> std::result::Result<Self, String> {
+        match text {
+            "admin" => Ok(AdminRole::Admin),
+            "operator" => Ok(AdminRole::Operator),
+            "auditor" => Ok(AdminRole::Auditor),
+            other => Err(format!("{other:?}: expected admin, operator or auditor")),
+        }
+    }
 }
 
 /// The default of [`Config::token_expiry`].
@@ -927,17 +937,7 @@ fn admin_config(
     for (i, id) in raw.identities.iter().enumerate() {
         let key = format!("admin.identities[{i}]");
         let matcher = parse_match(&id.matcher).map_err(|p| err(&format!("{key}.match"), p))?;
-        let role = match id.role.as_str() {
-            "admin" => AdminRole::Admin,
-            "operator" => AdminRole::Operator,
-            "auditor" => AdminRole::Auditor,
-            other => {
-                return Err(err(
-                    &format!("{key}.role"),
-                    format!("{other:?}: expected admin, operator or auditor"),
-                ));
-            }
-        };
+        let role = AdminRole::parse(&id.role).map_err(|p| err(&format!("{key}.role"), p))?;
         let seen = match &id.labels {
             None => None,
             Some(names) => {

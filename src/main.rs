@@ -172,6 +172,11 @@ enum Command {
         #[command(subcommand)]
         command: cli::pending::PendingCommand,
     },
+    /// The dashboard on the admin HTTPS listener: mint a one-time login link for a browser.
+    Dashboard {
+        #[command(subcommand)]
+        command: cli::dashboard::DashboardCommand,
+    },
     /// The hash-chained audit log in the ledger: verify it, list it.
     Audit {
         #[command(subcommand)]
@@ -505,6 +510,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Audit { command } => cli::audit::run(command),
         Command::Pending { command } => cli::pending::run(command),
         Command::Certs { command } => cli::certs::run(command),
+        Command::Dashboard { command } => cli::dashboard::run(command),
         Command::SampleCsr {
             out,
             key_out,

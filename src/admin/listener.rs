@@ -104,7 +104,8 @@ pub async fn start(config: &Config, ctx: Ctx) -> Result<AdminServer> {
         let bound = listener
             .local_addr()
             .map_err(|e| Error::Internal(e.to_string()))?;
-        tracing::info!(addr = %bound, "admin API (HTTPS, mutual TLS)");
+        tracing::info!(addr = %bound, "admin API (HTTPS, mutual TLS) and dashboard (/dashboard)");
+        shared.ctx.dashboard.set_addr(bound);
         addr = Some(bound);
         tasks.push(tokio::spawn(tls_loop(
             listener,
@@ -302,6 +303,10 @@ async fn answer(
     if let Some(resp) = answer_probe(&shared, &door, &method, req.uri().path()).await {
         return Ok(resp);
     }
+    let path = req.uri().path();
+    if path == "/dashboard" || path.starts_with("/dashboard/") {
+        return Ok(answer_dashboard(shared, door, method, target, req).await);
+    }
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => {
@@ -341,6 +346,76 @@ async fn answer(
         (500, serde_json::json!({ "error": "internal error" }))
     });
     Ok(json_response(status, &value))
+}
+
+/// `/dashboard…` on the HTTPS door ([`super::dashboard`]); the socket has no browser.
+async fn answer_dashboard(
+    shared: Arc<Shared>,
+    door: Arc<Door>,
+    method: String,
+    target: String,
+    req: HttpRequest<Incoming>,
+) -> Response<Full<Bytes>> {
+    if let Door::Socket(_) = *door {
+        return json_response(
+            404,
+            &serde_json::json!({ "error": "the dashboard is on the HTTPS admin listener" }),
+        );
+    }
+    let header = |name: header::HeaderName| {
+        req.headers()
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let some = |v: String| (!v.is_empty()).then_some(v);
+    let mut web = super::dashboard::WebRequest {
+        method,
+        target,
+        cookie: some(header(header::COOKIE)),
+        origin: some(header(header::ORIGIN)),
+        host: some(header(header::HOST)),
+        sec_fetch_site: some(header(header::HeaderName::from_static("sec-fetch-site"))),
+        content_type: some(header(header::CONTENT_TYPE)),
+        body: Vec::new(),
+    };
+    web.body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes().to_vec(),
+        Err(_) => {
+            let e = Error::PayloadTooLarge { limit: MAX_BODY };
+            return json_response(413, &serde_json::json!({ "error": e.to_string() }));
+        }
+    };
+    let answered = tokio::task::spawn_blocking(move || {
+        let cert = match &*door {
+            Door::Tls(Some(_)) => Some(caller(&shared, &door)),
+            _ => None,
+        };
+        super::dashboard::answer(&shared.ctx, cert, &web)
+    })
+    .await;
+    let page = match answered {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "dashboard task failed");
+            return json_response(500, &serde_json::json!({ "error": "internal error" }));
+        }
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(page.body)));
+    *resp.status_mut() =
+        StatusCode::from_u16(page.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = resp.headers_mut();
+    for (name, value) in super::dashboard::SECURITY_HEADERS {
+        headers.insert(*name, HeaderValue::from_static(value));
+    }
+    for (name, value) in page.headers {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.append(name, v);
+        }
+    }
+    resp
 }
 
 /// The routes outside the JSON API: `GET /metrics` (Prometheus text format; role auditor or

@@ -6,6 +6,7 @@
 //! Every route is in [`ROUTES`] with the least role it needs; `docs/admin-api.json` (OpenAPI)
 //! documents each one, and a test holds the two to each other. `admin` knows nothing of keys.
 
+pub mod dashboard;
 pub mod health;
 pub mod listener;
 pub mod metrics;
@@ -69,6 +70,8 @@ pub struct Ctx {
     ledger: Arc<dyn Ledger>,
     issuer: IssuerSource,
     crls: OnceLock<Arc<CrlService>>,
+    /// The dashboard's login links and sessions (in memory).
+    dashboard: Arc<dashboard::Sessions>,
 }
 
 enum IssuerSource {
@@ -96,6 +99,7 @@ impl Ctx {
             ledger,
             issuer: IssuerSource::Serving(issuer),
             crls: cell,
+            dashboard: Arc::default(),
         }
     }
 
@@ -117,6 +121,7 @@ impl Ctx {
             ledger,
             issuer: IssuerSource::Local { loaded, danger_dev },
             crls: OnceLock::new(),
+            dashboard: Arc::default(),
         }
     }
 
@@ -334,6 +339,12 @@ pub static ROUTES: &[Route] = &[
     route!("GET", "/v1/audit", Auditor, routes::audit_list),
     route!("GET", "/v1/audit/verify", Auditor, routes::audit_verify),
     route!("POST", "/v1/ledger/backup", Admin, routes::backup),
+    route!(
+        "POST",
+        "/v1/dashboard/login",
+        Auditor,
+        dashboard::login_link
+    ),
 ];
 
 /// The route for `method` and `path` and its path parameters; 404 when no route has the path,

@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod backend;
 pub mod certs;
+pub mod dashboard;
 pub mod ops;
 pub mod pai;
 pub mod pending;

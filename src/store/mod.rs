@@ -409,6 +409,9 @@ pub trait Ledger: Send + Sync {
     fn list(&self, skip: usize, limit: usize) -> Result<Vec<DacRecord>>;
     /// One page of DACs matching `query` (see [`CertQuery`] for what is indexed).
     fn list_page(&self, query: &CertQuery) -> Result<CertPage>;
+    /// The newest DACs (of `label`, or of every label), newest first, at most `limit`: a
+    /// bounded window read backwards along the inventory's time index (the dashboard's charts).
+    fn recent(&self, label: Option<&str>, limit: usize) -> Result<Vec<DacRecord>>;
     /// How many DACs `label` has issued.
     fn count(&self, label: &str) -> Result<u64>;
     /// Marks a DAC revoked and lists it among its label's revoked DACs; returns the record as

@@ -1281,6 +1281,38 @@ impl Ledger for RedbLedger {
         })
     }
 
+    fn recent(&self, label: Option<&str>, limit: usize) -> Result<Vec<DacRecord>> {
+        self.read(|txn| {
+            let records = txn.open_table(RECORDS).map_err(le)?;
+            let (from, to) = match label {
+                Some(label) => {
+                    let mut end = label.as_bytes().to_vec();
+                    end.push(1);
+                    (label_key(label, &[]), end)
+                }
+                None => (Vec::new(), vec![0xff; 17]),
+            };
+            let index = txn
+                .open_table(if label.is_some() { BY_LABEL } else { BY_TIME })
+                .map_err(le)?;
+            let mut out = Vec::with_capacity(limit.min(16_384));
+            for entry in index
+                .range(from.as_slice()..to.as_slice())
+                .map_err(le)?
+                .rev()
+                .take(limit)
+            {
+                let (k, _) = entry.map_err(le)?;
+                let pos = key_position(k.value())?;
+                let Some(bytes) = records.get(pos.seq).map_err(le)? else {
+                    return Err(Error::Ledger("dangling inventory index".into()));
+                };
+                out.push(codec::decode(bytes.value())?);
+            }
+            Ok(out)
+        })
+    }
+
     fn count(&self, label: &str) -> Result<u64> {
         self.read(|txn| {
             let t = txn.open_table(COUNTS).map_err(le)?;
@@ -1831,6 +1863,24 @@ mod tests {
             .collect();
         assert_eq!(serials, [1, 4], "nothing unacknowledged is on record");
         assert!(matches!(ledger.audit_verify(None), Ok(Ok(_))));
+    }
+
+    #[test]
+    fn recent_reads_newest_first_within_a_label_and_a_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ledger = RedbLedger::open(&dir.path().join("l.redb")).expect("open");
+        // Issue times out of serial order, two labels.
+        for (serial, at, label) in [(1, 30, "x"), (2, 10, "y"), (3, 20, "x"), (4, 40, "y")] {
+            let mut r = record(serial, &format!("s{serial}"), label);
+            r.issued_at = at;
+            ledger.commit(&r, &Admission::default()).expect("commit");
+        }
+        let serials = |rs: Vec<DacRecord>| rs.iter().map(|r| r.serial[0]).collect::<Vec<_>>();
+        assert_eq!(serials(ledger.recent(None, 10).expect("all")), [4, 1, 3, 2]);
+        assert_eq!(serials(ledger.recent(None, 2).expect("two")), [4, 1]);
+        assert_eq!(serials(ledger.recent(Some("x"), 10).expect("x")), [1, 3]);
+        assert_eq!(serials(ledger.recent(Some("y"), 1).expect("y")), [4]);
+        assert!(ledger.recent(Some("z"), 10).expect("none").is_empty());
     }
 
     #[test]
