@@ -172,6 +172,14 @@ pub enum Error {
     },
     #[error("ledger: {0}")]
     Ledger(String),
+    /// The shared ledger (PostgreSQL) is unreachable or refused for a reason that passes (down,
+    /// restarting, a lock conflict): nothing was recorded, or what was is looked up before an
+    /// answer; the client should retry (503 with `Retry-After`).
+    #[error("the ledger is unavailable: {reason}; retry in {retry_after_secs} s")]
+    LedgerUnavailable {
+        reason: String,
+        retry_after_secs: u64,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -212,7 +220,7 @@ impl Error {
             | Pkcs11 { .. }
             | Ledger(_)
             | Internal(_) => ErrorKind::Internal,
-            SignerUnavailable { .. } => ErrorKind::Unavailable,
+            SignerUnavailable { .. } | LedgerUnavailable { .. } => ErrorKind::Unavailable,
             Api { status, .. } => match status {
                 400 => ErrorKind::BadRequest,
                 401 => ErrorKind::Unauthenticated,
@@ -238,6 +246,11 @@ impl Error {
                 } => {
                     format!("the signer is temporarily unavailable; retry in {retry_after_secs} s")
                 }
+                Error::LedgerUnavailable {
+                    retry_after_secs, ..
+                } => {
+                    format!("the ledger is temporarily unavailable; retry in {retry_after_secs} s")
+                }
                 _ => "temporarily unavailable; retry later".into(),
             },
             _ => self.to_string(),
@@ -252,6 +265,9 @@ impl Error {
             }
             // Until the signer's next reconnection attempt.
             Error::SignerUnavailable {
+                retry_after_secs, ..
+            }
+            | Error::LedgerUnavailable {
                 retry_after_secs, ..
             } => Some(*retry_after_secs),
             _ => None,

@@ -584,7 +584,7 @@ fn serve(
             crl = %crl_addr,
             admin = %admin_addr,
             config = %config.path.display(),
-            ledger = %config.ledger.display(),
+            ledger = %config.store.describe(),
             "matter-est serving"
         );
         log_labels(&running, &config.default_label);
@@ -603,8 +603,8 @@ fn serve(
                 _ = hangup.recv() => {
                     let reloaded = Config::load(&config_path).and_then(|mut new| {
                         new.server.listen = config.server.listen;
-                        if new.ledger != config.ledger {
-                            tracing::warn!("the ledger path changed: it takes effect at the next start");
+                        if new.store != config.store {
+                            tracing::warn!("the ledger ([store], ledger) changed: it takes effect at the next start");
                         }
                         let labels = Issuer::load(&new)?;
                         labels.refuse_development_pki(&new, danger_dev)?;

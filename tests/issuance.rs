@@ -296,8 +296,9 @@ fn key_file_readable_by_others_is_refused() {
     )
     .unwrap();
     let config = env.config();
-    let ledger =
-        std::sync::Arc::new(matter_est::store::redb::RedbLedger::open(&config.ledger).unwrap());
+    let ledger = std::sync::Arc::new(
+        matter_est::store::redb::RedbLedger::open(config.store.redb_path().unwrap()).unwrap(),
+    );
     let err = matter_est::issuance::Issuer::new(&config, ledger)
         .err()
         .unwrap();
@@ -308,8 +309,9 @@ fn key_file_readable_by_others_is_refused() {
 fn key_that_does_not_match_the_pai_is_refused() {
     let env = DevEnv::new(|t| t.replace("file = \"pki/pai.key\"", "file = \"pki/paa.key\""));
     let config = env.config();
-    let ledger =
-        std::sync::Arc::new(matter_est::store::redb::RedbLedger::open(&config.ledger).unwrap());
+    let ledger = std::sync::Arc::new(
+        matter_est::store::redb::RedbLedger::open(config.store.redb_path().unwrap()).unwrap(),
+    );
     let err = matter_est::issuance::Issuer::new(&config, ledger)
         .err()
         .unwrap();
@@ -349,8 +351,9 @@ fn encrypted_key_loads_with_its_passphrase_from_a_file_or_env() {
     };
     private("pki/pai-enc.key");
     let config = env.config();
-    let ledger =
-        std::sync::Arc::new(matter_est::store::redb::RedbLedger::open(&config.ledger).unwrap());
+    let ledger = std::sync::Arc::new(
+        matter_est::store::redb::RedbLedger::open(config.store.redb_path().unwrap()).unwrap(),
+    );
     std::fs::write(env.path("pki/pass"), "wrong\n").unwrap();
     private("pki/pass");
     let err = matter_est::issuance::Issuer::new(&config, ledger.clone())

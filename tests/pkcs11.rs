@@ -91,7 +91,7 @@ fn start_is_refused_with_a_message_naming_module_token_and_key() {
             format!("{}{}{}", &text[..start], signer_keys, &text[end..])
         });
         let config = env.config();
-        let ledger = Arc::new(RedbLedger::open(&config.ledger).unwrap());
+        let ledger = Arc::new(RedbLedger::open(config.store.redb_path().unwrap()).unwrap());
         let err = Issuer::new(&config, ledger)
             .err()
             .expect("refused")

@@ -1,13 +1,15 @@
 //! The ledger: every DAC we issue, on record before it leaves (DESIGN.md step 7).
 //!
-//! [`Ledger`] is the seam; [`redb::RedbLedger`] is the embedded default. A shared PostgreSQL
-//! ledger for several nodes implements the same trait. The ledger itself enforces the rules
+//! [`Ledger`] is the seam; [`redb::RedbLedger`] is the embedded default,
+//! [`postgres::PgLedger`] the shared ledger of several nodes; both run the same test suite
+//! (tests/ledger.rs). The ledger itself enforces the rules
 //! that must hold under concurrency: unique serials, unique subjects per issuer (Matter Core
 //! §6.2.2.3 via MATTER.md "DAC"), quotas per label, and one-time tokens.
 //!
 //! `store` knows nothing of HTTP.
 
 pub mod audit;
+pub mod postgres;
 pub mod redb;
 
 use serde::{Deserialize, Serialize};
@@ -405,7 +407,19 @@ pub trait Ledger: Send + Sync {
 
 /// Opens the ledger the configuration names.
 pub fn open(config: &crate::config::Config) -> Result<std::sync::Arc<dyn Ledger>> {
-    Ok(std::sync::Arc::new(redb::RedbLedger::open(&config.ledger)?))
+    open_store(&config.store)
+}
+
+/// Opens the ledger `store` names (`ledger migrate` opens two).
+pub fn open_store(store: &crate::config::StoreConfig) -> Result<std::sync::Arc<dyn Ledger>> {
+    Ok(match store {
+        crate::config::StoreConfig::Redb(path) => {
+            std::sync::Arc::new(redb::RedbLedger::open(path)?)
+        }
+        crate::config::StoreConfig::Postgres(pg) => {
+            std::sync::Arc::new(postgres::PgLedger::open(pg)?)
+        }
+    })
 }
 
 mod hex_bytes {

@@ -37,7 +37,7 @@ impl TestServer {
         let text = std::fs::read_to_string(&path).unwrap();
         std::fs::write(&path, text.replace("127.0.0.1:8443", "127.0.0.1:0")).unwrap();
         let config = env.config();
-        let ledger = Arc::new(RedbLedger::open(&config.ledger).unwrap());
+        let ledger = Arc::new(RedbLedger::open(config.store.redb_path().unwrap()).unwrap());
         let issuer = Arc::new(matter_est::issuance::Issuer::new(&config, ledger.clone()).unwrap());
         let running = server::start(&config, issuer).await.unwrap();
         let addr = running.addr;

@@ -43,6 +43,8 @@ impl DevEnv {
             .unwrap()
             .replace("listen = \"127.0.0.1:8444\"", "listen = \"127.0.0.1:0\"")
             .replace("listen = \"127.0.0.1:8445\"", "listen = \"127.0.0.1:0\"");
+        // Run by pg::rerun_on_postgres: the ledger in a fresh database.
+        let text = pg::adopt(text, dir.path());
         std::fs::write(&path, edit(dir.path(), text)).unwrap();
         Self { dir }
     }
@@ -57,7 +59,7 @@ impl DevEnv {
 
     pub fn issuer(&self) -> (Issuer, Arc<RedbLedger>) {
         let config = self.config();
-        let ledger = Arc::new(RedbLedger::open(&config.ledger).unwrap());
+        let ledger = Arc::new(RedbLedger::open(config.store.redb_path().unwrap()).unwrap());
         (Issuer::new(&config, ledger.clone()).unwrap(), ledger)
     }
 
@@ -222,6 +224,7 @@ pub fn write_pem(path: &Path, der: &[u8]) {
 }
 pub mod est;
 pub mod hsm;
+pub mod pg;
 
 /// Asserts that a command (openssl, curl, the CLI) exited 0, showing what it printed if not.
 pub fn assert_success(out: &Output) {
