@@ -9,7 +9,6 @@ use std::sync::Arc;
 use common::est::{ALL, Client, TestServer, identity_from_files, pkcs7_certs};
 use common::{assert_matter_dac, csr, subject};
 use matter_est::profile::dev;
-use matter_est::store::Ledger;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

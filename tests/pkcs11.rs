@@ -13,7 +13,6 @@ use common::hsm::{self, Hsm};
 use common::{DevEnv, assert_matter_dac, csr, openssl_verify, subject};
 use matter_est::issuance::{IssueOptions, Issuer};
 use matter_est::profile::dev;
-use matter_est::store::Ledger;
 use matter_est::store::redb::RedbLedger;
 
 const TOKEN: &str = "pai-token";

@@ -13,7 +13,7 @@ use matter_est::config::Config;
 use matter_est::issuance::Issuer;
 use matter_est::profile::dev;
 use matter_est::signer::{self, KeySigner};
-use matter_est::store::redb::RedbLedger;
+use matter_est::store::Ledger;
 use x509_cert::Certificate;
 
 pub struct DevEnv {
@@ -57,9 +57,9 @@ impl DevEnv {
         Config::load(&self.path(dev::files::CONFIG)).unwrap()
     }
 
-    pub fn issuer(&self) -> (Issuer, Arc<RedbLedger>) {
+    pub fn issuer(&self) -> (Issuer, Arc<dyn Ledger>) {
         let config = self.config();
-        let ledger = Arc::new(RedbLedger::open(config.store.redb_path().unwrap()).unwrap());
+        let ledger = matter_est::store::open(&config).unwrap();
         (Issuer::new(&config, ledger.clone()).unwrap(), ledger)
     }
 

@@ -293,6 +293,12 @@ pub fn adopt(config: String, dir: &Path) -> String {
         return config;
     };
     let db = handle.create_database();
+    adopt_to(config, dir, handle.port, &db)
+}
+
+/// Rewrites an `init-dev` config to keep its ledger in database `db` on the server at `port`,
+/// its admin socket in `dir`.
+pub fn adopt_to(config: String, dir: &Path, port: u16, db: &str) -> String {
     let line = config
         .lines()
         .find(|l| l.starts_with("ledger = "))
@@ -308,6 +314,6 @@ pub fn adopt(config: String, dir: &Path) -> String {
     }
     // A table of its own at the end: the top-level keys stay above every table.
     text.push('\n');
-    text.push_str(&store_toml(handle.port, &db, dir));
+    text.push_str(&store_toml(port, db, dir));
     text
 }
