@@ -41,6 +41,12 @@ fn check_enrolled(server: &TestServer, reply: &common::est::Reply) -> Vec<u8> {
 }
 use der::Decode;
 
+/// This file's tests again with the ledger on PostgreSQL (tests/common/pg.rs).
+#[test]
+fn on_postgres() {
+    common::pg::rerun_on_postgres("on_postgres", &[]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cacerts_without_client_certificate() {
     let server = TestServer::start(|t| t).await;

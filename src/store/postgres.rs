@@ -444,7 +444,8 @@ impl PgLedger {
         pending.wait()
     }
 
-    /// Finishes what was queued, then closes the pool and stops the runtime.
+    /// Finishes what was queued and stops the writer: further writes fail; reads go on (as the
+    /// redb ledger's) until the ledger is dropped.
     pub fn close(&self) {
         if let Ok(mut jobs) = self.jobs.lock() {
             jobs.take();
@@ -452,16 +453,17 @@ impl PgLedger {
         if let Some(done) = self.writer_done.lock().ok().and_then(|mut w| w.take()) {
             let _ = done.wait();
         }
-        self.pool.close();
-        if let Some(runtime) = self.runtime.lock().ok().and_then(|mut r| r.take()) {
-            runtime.shutdown_background();
-        }
     }
 }
 
 impl Drop for PgLedger {
+    /// Closes, then the pool's connections and the runtime.
     fn drop(&mut self) {
         self.close();
+        self.pool.close();
+        if let Some(runtime) = self.runtime.lock().ok().and_then(|mut r| r.take()) {
+            runtime.shutdown_background();
+        }
     }
 }
 
