@@ -19,7 +19,8 @@ use common::pg;
 
 #[test]
 fn on_postgres() {
-    pg::rerun_on_postgres("on_postgres", &[]);
+    // The migration test starts its own server and moves between backends itself.
+    pg::rerun_on_postgres("on_postgres", &["migrate_"]);
 }
 
 /// A fresh ledger (its directory kept alive with it) and a second node on the same one.
@@ -497,4 +498,105 @@ fn refusals_and_config_loads_are_audited_in_order() {
     beyond.seq += 3;
     assert!(u.a.audit_verify(Some(beyond)).unwrap().is_err());
     drop(u.store);
+}
+
+/// `matter-est ledger migrate`: redb → PostgreSQL → redb gives back every record (same counts
+/// and digest), the audit chain verifies on each copy, and a non-empty target is refused.
+#[test]
+fn migrate_redb_to_postgres_and_back() {
+    use std::process::Command;
+    let env = common::DevEnv::new(|t| t);
+    let (issuer, ledger) = env.issuer();
+    let mut serials = Vec::new();
+    for i in 0..6 {
+        let (der, _) = common::csr(&common::subject(
+            Some(&format!("m-{i}")),
+            Some("FFF1"),
+            Some("8000"),
+        ));
+        let req = matter_est::csr::parse(&der).unwrap();
+        let opts = matter_est::issuance::IssueOptions {
+            requester: "test".into(),
+            ..Default::default()
+        };
+        serials.push(issuer.issue("dev", &req, &opts).unwrap().dac.serial);
+    }
+    ledger
+        .revoke(&serials[0], RevocationReason::KeyCompromise, 5, "op")
+        .unwrap();
+    ledger.mark_rekey(&serials[1], 6, "op").unwrap();
+    matter_est::policy::create_token(ledger.as_ref(), "dev", None).unwrap();
+    let n = ledger.next_crl_number("dev").unwrap();
+    ledger
+        .put_crl(
+            "dev",
+            &CrlRecord {
+                number: n,
+                this_update: 1,
+                next_update: 2,
+                entries: 1,
+                der: vec![0x30, 0],
+            },
+        )
+        .unwrap();
+    let source = store::migrate::summarize(&ledger.export().unwrap());
+    assert_eq!(source.dacs, 6);
+    assert!(source.audit >= 10, "{source:?}");
+    ledger.close();
+    drop((issuer, ledger));
+
+    let server = pg::PgServer::start();
+    let db = server.create_database();
+    let a = env.path(matter_est::profile::dev::files::CONFIG);
+    let text = std::fs::read_to_string(&a).unwrap();
+    let b = env.path("on-postgres.toml");
+    std::fs::write(
+        &b,
+        pg::adopt_to(text.clone(), env.dir.path(), server.port, &db),
+    )
+    .unwrap();
+    let c = env.path("back.toml");
+    std::fs::write(&c, text.replace("ledger.redb", "back.redb")).unwrap();
+    let migrate = |from: &std::path::Path, to: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_matter-est"))
+            .args(["ledger", "migrate", "--from"])
+            .arg(from)
+            .arg("--to")
+            .arg(to)
+            .output()
+            .unwrap()
+    };
+    for (from, to) in [(&a, &b), (&b, &c)] {
+        let out = migrate(from, to);
+        common::assert_success(&out);
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            said.contains(&format!("digest {}", source.digest)),
+            "{said}"
+        );
+        assert!(said.contains("6 DACs"), "{said}");
+        let out = Command::new(env!("CARGO_BIN_EXE_matter-est"))
+            .args(["audit", "verify", "--config"])
+            .arg(to)
+            .output()
+            .unwrap();
+        common::assert_success(&out);
+    }
+    // Into a ledger that holds records: refused, nothing changes.
+    let out = migrate(&a, &b);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
+    for config in [&b, &c] {
+        let config = matter_est::config::Config::load(config).unwrap();
+        let copy = store::open(&config).unwrap();
+        assert_eq!(store::migrate::summarize(&copy.export().unwrap()), source);
+        // The copy works as a ledger: it goes on where the source stopped.
+        assert_eq!(copy.next_crl_number("dev").unwrap(), n + 1);
+        assert!(matches!(
+            copy.revoke(&serials[0], RevocationReason::Superseded, 9, "op"),
+            Err(Error::AlreadyRevoked { .. })
+        ));
+        assert!(copy.rekey_mark(&serials[1]).unwrap().is_some());
+        copy.close();
+    }
 }

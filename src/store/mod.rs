@@ -9,6 +9,7 @@
 //! `store` knows nothing of HTTP.
 
 pub mod audit;
+pub mod migrate;
 pub mod postgres;
 pub mod redb;
 
@@ -403,6 +404,14 @@ pub trait Ledger: Send + Sync {
     /// Writes a consistent copy of the whole ledger to a new file at `to` (never overwriting),
     /// while it keeps serving; returns the DACs copied.
     fn backup_to(&self, to: &std::path::Path) -> Result<u64>;
+
+    /// Every record, from one snapshot (`ledger migrate`): DACs in issue order, then subject
+    /// holders, quota counts, tokens, re-key marks, cRLNumbers, CRLs, the audit chain in order
+    /// and its head. Held in memory.
+    fn export(&self) -> Result<Vec<migrate::Item>>;
+    /// Writes `items` (an [`Ledger::export`]) into this ledger in one transaction; refused,
+    /// changing nothing, unless the ledger is empty (no DAC, token or audit record).
+    fn import(&self, items: &[migrate::Item]) -> Result<()>;
 }
 
 /// Opens the ledger the configuration names.

@@ -35,6 +35,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row};
 
 use super::audit::{self, AuditEvent, AuditRecord, Head};
+use super::migrate::Item;
 use super::{
     Admission, CertPage, CertQuery, Committed, Completer, CrlRecord, DacRecord, Ledger, Pending,
     Position, RevokedEntry, Status, TokenRecord,
@@ -1571,6 +1572,275 @@ impl Ledger for PgLedger {
 
     fn close(&self) {
         PgLedger::close(self);
+    }
+
+    fn export(&self) -> Result<Vec<Item>> {
+        self.read(|pool| async move {
+            let mut client = pool.get().await.map_err(pool_err)?;
+            // One snapshot of every table.
+            let txn = client
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await
+                .map_err(pg_err)?;
+            let q = |sql: &'static str| {
+                let txn = &txn;
+                async move { txn.query(sql, &[]).await.map_err(pg_err) }
+            };
+            let mut out = Vec::new();
+            for r in q(concat!(
+                "SELECT ",
+                dac_cols!(),
+                " FROM dacs d ORDER BY d.seq"
+            ))
+            .await?
+            {
+                out.push(Item::Dac(Box::new(dac_from_row(&r)?.1)));
+            }
+            for r in q(
+                "SELECT s.issuer_key, s.subject_der, d.serial FROM subjects s \
+                        JOIN dacs d ON d.seq = s.holder",
+            )
+            .await?
+            {
+                out.push(Item::Holder {
+                    issuer_key: get(&r, 0)?,
+                    subject_der: get(&r, 1)?,
+                    serial: get(&r, 2)?,
+                });
+            }
+            for r in q("SELECT label, used FROM labels").await? {
+                out.push(Item::Count {
+                    label: get(&r, 0)?,
+                    used: get::<i64>(&r, 1)? as u64,
+                });
+            }
+            for r in q(concat!(
+                "SELECT ",
+                token_cols!(),
+                ", secret_hash FROM tokens"
+            ))
+            .await?
+            {
+                out.push(Item::Token {
+                    secret_hash: get::<Vec<u8>>(&r, 8)?
+                        .try_into()
+                        .map_err(|_| Error::Ledger("a token hash is not 32 bytes".into()))?,
+                    record: token_from_row(&r)?,
+                });
+            }
+            for r in q("SELECT serial, marked_at, marked_by FROM rekey").await? {
+                out.push(Item::Rekey {
+                    serial: get(&r, 0)?,
+                    at: get(&r, 1)?,
+                    by: get(&r, 2)?,
+                });
+            }
+            for r in q("SELECT label, last FROM crl_numbers").await? {
+                out.push(Item::CrlNumber {
+                    label: get(&r, 0)?,
+                    last: get::<i64>(&r, 1)? as u64,
+                });
+            }
+            for r in
+                q("SELECT number, this_update, next_update, entries, der, label FROM crls").await?
+            {
+                out.push(Item::Crl {
+                    label: get(&r, 5)?,
+                    record: crl_from_row(&r)?,
+                });
+            }
+            for r in q("SELECT seq, bytes FROM audit ORDER BY seq").await? {
+                out.push(Item::Audit {
+                    seq: get::<i64>(&r, 0)? as u64,
+                    bytes: get(&r, 1)?,
+                });
+            }
+            let head = q("SELECT next, prev FROM audit_head WHERE id = 1").await?;
+            if let Some(h) = head.first().map(head_from_row).transpose()?.flatten() {
+                out.push(Item::AuditHead(h));
+            }
+            txn.commit().await.map_err(pg_err)?;
+            Ok(out)
+        })
+    }
+
+    fn import(&self, items: &[Item]) -> Result<()> {
+        let items = items.to_vec();
+        self.read(|pool| async move {
+            let mut client = pool.get().await.map_err(pool_err)?;
+            let txn = client.transaction().await.map_err(pg_err)?;
+            // The chain head first: every writer of any node waits for this import.
+            let head = txn
+                .query_one("SELECT next FROM audit_head WHERE id = 1 FOR UPDATE", &[])
+                .await
+                .map_err(pg_err)?;
+            let used = txn
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM dacs) OR EXISTS (SELECT 1 FROM tokens)",
+                    &[],
+                )
+                .await
+                .map_err(pg_err)?;
+            if get::<i64>(&head, 0)? != 0 || get::<bool>(&used, 0)? {
+                return Err(Error::BadRequest(
+                    "the target ledger is not empty: a migration copies into an empty one".into(),
+                ));
+            }
+            let insert_dac = txn
+                .prepare(
+                    "INSERT INTO dacs (serial, label, issuer_key, subject, subject_der, vid, pid, \
+                     requester, issued_at, der, revoked_at, revoked_reason, revoked_code, renews, \
+                     server_keygen) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
+                     $13, $14, $15)",
+                )
+                .await
+                .map_err(pg_err)?;
+            let mut audit_seqs: Vec<i64> = Vec::new();
+            let mut audit_bytes: Vec<Vec<u8>> = Vec::new();
+            for item in &items {
+                match item {
+                    Item::Dac(r) => {
+                        let (at, reason, code) = match &r.status {
+                            Status::Issued => (None, None, None),
+                            Status::Revoked { at, reason } => (
+                                Some(*at),
+                                Some(reason.clone()),
+                                Some(i16::from(RevocationReason::parse(reason)?.code())),
+                            ),
+                        };
+                        txn.execute(
+                            &insert_dac,
+                            &[
+                                &r.serial,
+                                &r.label,
+                                &r.issuer_key,
+                                &r.subject,
+                                &r.subject_der,
+                                &i32::from(r.vid),
+                                &i32::from(r.pid),
+                                &r.requester,
+                                &r.issued_at,
+                                &r.der,
+                                &at,
+                                &reason,
+                                &code,
+                                &r.renews,
+                                &r.server_keygen,
+                            ],
+                        )
+                        .await
+                        .map_err(pg_err)?;
+                    }
+                    Item::Holder {
+                        issuer_key,
+                        subject_der,
+                        serial,
+                    } => {
+                        let n = txn
+                            .execute(
+                                "INSERT INTO subjects (issuer_key, subject_der, holder) \
+                                 SELECT $1, $2, seq FROM dacs WHERE serial = $3",
+                                &[issuer_key, subject_der, serial],
+                            )
+                            .await
+                            .map_err(pg_err)?;
+                        if n != 1 {
+                            return Err(Error::Ledger(format!(
+                                "subject holder {} is not among the DACs",
+                                crate::asn1::hex(serial)
+                            )));
+                        }
+                    }
+                    Item::Count { label, used } => {
+                        txn.execute(
+                            "INSERT INTO labels (label, used) VALUES ($1, $2)",
+                            &[label, &(*used as i64)],
+                        )
+                        .await
+                        .map_err(pg_err)?;
+                    }
+                    Item::Token {
+                        secret_hash,
+                        record,
+                    } => {
+                        txn.execute(
+                            "INSERT INTO tokens (secret_hash, id, label, pid, created_at, \
+                             spent_by, expires_at, cn, revoked_at) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                            &[
+                                &secret_hash.as_slice(),
+                                &record.id,
+                                &record.label,
+                                &record.pid.map(i32::from),
+                                &record.created_at,
+                                &record.spent_by,
+                                &record.expires_at,
+                                &record.cn,
+                                &record.revoked_at,
+                            ],
+                        )
+                        .await
+                        .map_err(pg_err)?;
+                    }
+                    Item::Rekey { serial, at, by } => {
+                        txn.execute(
+                            "INSERT INTO rekey (serial, marked_at, marked_by) VALUES ($1, $2, $3)",
+                            &[serial, at, by],
+                        )
+                        .await
+                        .map_err(pg_err)?;
+                    }
+                    Item::CrlNumber { label, last } => {
+                        txn.execute(
+                            "INSERT INTO crl_numbers (label, last) VALUES ($1, $2)",
+                            &[label, &(*last as i64)],
+                        )
+                        .await
+                        .map_err(pg_err)?;
+                    }
+                    Item::Crl { label, record } => {
+                        txn.execute(
+                            "INSERT INTO crls (label, number, this_update, next_update, \
+                             entries, der) VALUES ($1, $2, $3, $4, $5, $6)",
+                            &[
+                                label,
+                                &(record.number as i64),
+                                &record.this_update,
+                                &record.next_update,
+                                &(record.entries as i64),
+                                &record.der,
+                            ],
+                        )
+                        .await
+                        .map_err(pg_err)?;
+                    }
+                    Item::Audit { seq, bytes } => {
+                        audit_seqs.push(*seq as i64);
+                        audit_bytes.push(bytes.clone());
+                    }
+                    Item::AuditHead(head) => {
+                        txn.execute(
+                            "UPDATE audit_head SET next = $1, prev = $2 WHERE id = 1",
+                            &[&(head.seq as i64 + 1), &head.hash.as_slice()],
+                        )
+                        .await
+                        .map_err(pg_err)?;
+                    }
+                }
+            }
+            for (seqs, bytes) in audit_seqs.chunks(1000).zip(audit_bytes.chunks(1000)) {
+                txn.execute(
+                    "INSERT INTO audit (seq, bytes) SELECT * FROM unnest($1::bigint[], $2::bytea[])",
+                    &[&seqs, &bytes],
+                )
+                .await
+                .map_err(pg_err)?;
+            }
+            txn.commit().await.map_err(pg_err)
+        })
     }
 
     fn backup_to(&self, _to: &std::path::Path) -> Result<u64> {
