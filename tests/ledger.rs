@@ -19,8 +19,8 @@ use common::pg;
 
 #[test]
 fn on_postgres() {
-    // The migration test starts its own server and moves between backends itself.
-    pg::rerun_on_postgres("on_postgres", &["migrate_"]);
+    // The migration and schema tests start their own servers.
+    pg::rerun_on_postgres("on_postgres", &["migrate_", "schema_"]);
 }
 
 /// A fresh ledger (its directory kept alive with it) and a second node on the same one.
@@ -599,4 +599,190 @@ fn migrate_redb_to_postgres_and_back() {
         assert!(copy.rekey_mark(&serials[1]).unwrap().is_some());
         copy.close();
     }
+}
+
+/// Nodes starting together apply the schema once (under the advisory lock); a node refuses a
+/// database whose schema is newer than it knows.
+#[test]
+fn schema_is_migrated_once_and_a_newer_one_refused() {
+    let server = pg::PgServer::start();
+    let db = server.create_database();
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}\n[labels.x]\npai = \"p.pem\"\nsigner = {{ file = \"k.pem\" }}\n",
+        pg::store_toml(server.port, &db, dir.path())
+    );
+    let config = matter_est::config::Config::parse(&dir.path().join("c.toml"), &text).unwrap();
+    let barrier = Arc::new(Barrier::new(4));
+    let nodes: Vec<_> = (0..4)
+        .map(|_| {
+            let store = config.store.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                store::open_store(&store).unwrap()
+            })
+        })
+        .collect();
+    let nodes: Vec<_> = nodes.into_iter().map(|n| n.join().unwrap()).collect();
+    assert_eq!(
+        server.psql(&db, "SELECT count(*), max(version) FROM matter_est_schema"),
+        format!(
+            "1|{}",
+            matter_est::store::postgres::PgLedger::known_schema_version()
+        )
+    );
+    nodes[0]
+        .commit(&record(1, "a", "x"), &Admission::default())
+        .unwrap();
+    drop(nodes);
+    server.psql(&db, "INSERT INTO matter_est_schema (version) VALUES (999)");
+    let refused = store::open_store(&config.store).err().expect("refused");
+    assert!(
+        refused
+            .to_string()
+            .contains("schema is version 999, newer than this matter-est knows"),
+        "{refused}"
+    );
+}
+
+/// `tls = "verify-full"`: the server's certificate must chain to `ca_file` and name the URL's
+/// host; a login over TLS works, another CA or another name is refused with the reason.
+#[test]
+fn schema_over_tls_verify_full() {
+    use std::process::Command;
+    let openssl = |dir: &std::path::Path, args: &[&str]| {
+        let out = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .unwrap();
+        common::assert_success(&out);
+    };
+    let certs = |dir: &std::path::Path, name: &str| {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &format!("{name}-ca.key"),
+                "-out",
+                &format!("{name}-ca.pem"),
+                "-subj",
+                &format!("/CN={name} test CA"),
+                "-days",
+                "2",
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+        );
+        std::fs::write(
+            dir.join("ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                &format!("{name}-ca.pem"),
+                "-CAkey",
+                &format!("{name}-ca.key"),
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.pem"),
+                "-days",
+                "2",
+                "-extfile",
+                "ext",
+            ],
+        );
+    };
+    let server = pg::PgServer::start_with(|dir| {
+        certs(dir, "db");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.join("db.key"), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
+        format!(
+            "-c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+            dir.join("db.pem").display(),
+            dir.join("db.key").display()
+        )
+    });
+    let db = server.create_database();
+    let dir = tempfile::tempdir().unwrap();
+    certs(dir.path(), "other");
+    std::fs::copy(
+        server.dir.path().join("db-ca.pem"),
+        dir.path().join("db-ca.pem"),
+    )
+    .unwrap();
+    let open = |host: &str, ca: &str| {
+        let text = format!(
+            "{}\n[labels.x]\npai = \"p.pem\"\nsigner = {{ file = \"k.pem\" }}\n",
+            pg::store_toml(server.port, &db, dir.path())
+                .replace(
+                    "tls = \"disable\"",
+                    &format!("tls = \"verify-full\"\nca_file = \"{ca}\"")
+                )
+                .replace("@127.0.0.1:", &format!("@{host}:"))
+        );
+        let config = matter_est::config::Config::parse(&dir.path().join("c.toml"), &text).unwrap();
+        store::open_store(&config.store)
+    };
+    let ledger = open("127.0.0.1", "db-ca.pem").unwrap();
+    ledger
+        .commit(&record(1, "a", "x"), &Admission::default())
+        .unwrap();
+    assert_eq!(ledger.count("x").unwrap(), 1);
+    // The connection really is TLS.
+    assert_eq!(
+        server
+            .psql(
+                &db,
+                "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE s.ssl AND a.application_name = 'matter-est'"
+            )
+            .parse::<u32>()
+            .unwrap()
+            .min(1),
+        1
+    );
+    drop(ledger);
+    // Refused for good (not "unavailable, retry"), with rustls's reason.
+    let wrong_ca = open("127.0.0.1", "other-ca.pem").err().expect("refused");
+    assert!(
+        matches!(&wrong_ca, Error::Ledger(m) if m.contains("UnknownIssuer")),
+        "{wrong_ca}"
+    );
+    let wrong_name = open("localhost", "db-ca.pem").err().expect("refused");
+    assert!(
+        matches!(&wrong_name, Error::Ledger(m) if m.contains("not valid for name \"localhost\"")),
+        "{wrong_name}"
+    );
 }

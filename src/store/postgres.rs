@@ -193,20 +193,37 @@ fn transient(code: &SqlState) -> bool {
         .contains(code)
 }
 
+/// The error and its causes, `: `-separated (the driver's own text names only the step).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}
+
 /// One classification of a driver error.
 fn pg_err(e: tokio_postgres::Error) -> Error {
+    let io = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<std::io::Error>());
     match e.code() {
-        Some(code) if transient(code) => unavailable(&e),
-        Some(_) => Error::Ledger(format!("PostgreSQL: {e}")),
+        Some(code) if transient(code) => unavailable(chain(&e)),
+        Some(_) => Error::Ledger(format!("PostgreSQL: {}", chain(&e))),
+        // A TLS handshake that failed on the certificate: the operator's to fix, not passing.
+        None if io.is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData) => {
+            Error::Ledger(format!("PostgreSQL: {}", chain(&e)))
+        }
         // No SQLSTATE: the connection is closed, an I/O error or a timeout, unless it is a
         // conversion of ours.
-        None if e.is_closed()
-            || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>())
-            || e.to_string().contains("timed out") =>
-        {
-            unavailable(&e)
+        None if e.is_closed() || io.is_some() || e.to_string().contains("timed out") => {
+            unavailable(chain(&e))
         }
-        None => Error::Ledger(format!("PostgreSQL: {e}")),
+        None => Error::Ledger(format!("PostgreSQL: {}", chain(&e))),
     }
 }
 
@@ -219,7 +236,7 @@ fn pool_err(e: deadpool_postgres::PoolError) -> Error {
             }
             _ => pg_err(e),
         },
-        e => unavailable(e),
+        e => unavailable(chain(&e)),
     }
 }
 

@@ -73,15 +73,25 @@ pub struct PgServer {
     pub dir: tempfile::TempDir,
     pub port: u16,
     bin: PathBuf,
+    /// More `-c` settings (TLS).
+    extra: String,
 }
 
 impl PgServer {
     /// initdb, then start on a free loopback port.
     pub fn start() -> Self {
+        Self::start_with(|_| String::new())
+    }
+
+    /// As [`PgServer::start`], with more server options: `options` is given the data
+    /// directory's parent (owned by the server's user) to put files in, and returns options
+    /// such as `-c ssl=on`.
+    pub fn start_with(options: impl FnOnce(&Path) -> String) -> Self {
         let bin = bin_dir();
         let dir = tempfile::tempdir().unwrap();
         let pwfile = dir.path().join("pw");
         std::fs::write(&pwfile, PASSWORD).unwrap();
+        let extra = options(dir.path());
         if is_root() {
             check(
                 Command::new("chown")
@@ -113,7 +123,12 @@ impl PgServer {
             .local_addr()
             .unwrap()
             .port();
-        let server = Self { dir, port, bin };
+        let server = Self {
+            dir,
+            port,
+            bin,
+            extra,
+        };
         server.start_again();
         server
     }
@@ -121,9 +136,10 @@ impl PgServer {
     /// (Re)starts the server on the same data directory and port; returns when it accepts.
     pub fn start_again(&self) {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 {}",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            self.extra
         );
         check(
             as_db_user(&self.bin.join("pg_ctl"))
