@@ -786,3 +786,124 @@ fn schema_over_tls_verify_full() {
         "{wrong_name}"
     );
 }
+
+/// A proxy between the ledger and PostgreSQL that, once armed, cuts the connection carrying
+/// the next `COMMIT`: after passing it on (the database commits, the answer is lost) or before
+/// (the database never sees it).
+struct CommitCutter {
+    port: u16,
+    armed: Arc<std::sync::Mutex<Option<bool>>>,
+    cut: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CommitCutter {
+    fn start(upstream: u16) -> Self {
+        use std::io::{Read, Write};
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let armed: Arc<std::sync::Mutex<Option<bool>>> = Arc::default();
+        let cut = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (armed2, cut2) = (armed.clone(), cut.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let server = TcpStream::connect(("127.0.0.1", upstream)).unwrap();
+                let (mut c_in, mut s_out) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (mut s_in, mut c_out) = (server, client);
+                let (armed, cut) = (armed2.clone(), cut2.clone());
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 65536];
+                    // The simple-query message `COMMIT` (Q, length 11).
+                    let commit = b"Q\0\0\0\x0bCOMMIT\0";
+                    while let Ok(n) = c_in.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        let chunk = &buf[..n];
+                        let hit = chunk.windows(commit.len()).any(|w| w == commit);
+                        let mode = if hit {
+                            armed.lock().unwrap().take()
+                        } else {
+                            None
+                        };
+                        match mode {
+                            Some(after) => {
+                                // The client's side first: no answer reaches it.
+                                cut.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                let _ = c_in.shutdown(Shutdown::Both);
+                                if after {
+                                    let _ = s_out.write_all(chunk);
+                                    std::thread::sleep(Duration::from_millis(300));
+                                }
+                                let _ = s_out.shutdown(Shutdown::Both);
+                                return;
+                            }
+                            None => {
+                                if s_out.write_all(chunk).is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    let _ = s_out.shutdown(Shutdown::Both);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut s_in, &mut c_out);
+                    let _ = c_out.shutdown(Shutdown::Both);
+                });
+            }
+        });
+        Self { port, armed, cut }
+    }
+}
+
+use std::time::Duration;
+
+/// The connection lost after `COMMIT` was sent: the ledger looks the serial up and answers
+/// what happened — recorded when the database committed, unavailable (nothing recorded) when
+/// it never saw the COMMIT — never a guess.
+#[test]
+fn schema_commit_outcome_unknown_is_looked_up() {
+    let server = pg::PgServer::start();
+    let db = server.create_database();
+    let proxy = CommitCutter::start(server.port);
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}\n[labels.x]\npai = \"p.pem\"\nsigner = {{ file = \"k.pem\" }}\n",
+        pg::store_toml(proxy.port, &db, dir.path())
+    );
+    let config = matter_est::config::Config::parse(&dir.path().join("c.toml"), &text).unwrap();
+    let ledger = store::open_store(&config.store).unwrap();
+    ledger
+        .commit(&record(1, "a", "x"), &Admission::default())
+        .unwrap();
+
+    // Cut after COMMIT reached the database: it committed; the answer says so.
+    *proxy.armed.lock().unwrap() = Some(true);
+    assert_eq!(
+        ledger
+            .commit(&record(2, "b", "x"), &Admission::default())
+            .unwrap(),
+        Committed::Recorded
+    );
+    assert_eq!(proxy.cut.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(ledger.by_serial(&[2]).unwrap().is_some());
+
+    // Cut before: the database rolled back; the answer is "unavailable", nothing recorded, and
+    // the same request then succeeds.
+    *proxy.armed.lock().unwrap() = Some(false);
+    let lost = ledger.commit(&record(3, "c", "x"), &Admission::default());
+    assert!(
+        matches!(lost, Err(Error::LedgerUnavailable { .. })),
+        "{lost:?}"
+    );
+    assert_eq!(proxy.cut.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert!(ledger.by_serial(&[3]).unwrap().is_none());
+    ledger
+        .commit(&record(3, "c", "x"), &Admission::default())
+        .unwrap();
+    assert_eq!(ledger.count("x").unwrap(), 3);
+    assert!(ledger.audit_verify(None).unwrap().is_ok());
+}

@@ -616,7 +616,9 @@ async fn apply_group(pool: &Pool, group: &[Op]) -> Vec<Result<Outcome>> {
 
 /// Whether a group whose `COMMIT` got no answer was committed: its first recorded DAC's serial
 /// (with the same certificate) or else its first audit record (the same bytes) is on record.
-/// Retries the lookup until [`RESOLVE_FOR`] passes.
+/// The lookup first takes the audit chain's head lock, which the interrupted transaction held
+/// until it ended: so it sees that transaction's outcome, never the moment before it. Retries
+/// until [`RESOLVE_FOR`] passes.
 async fn resolve(
     pool: &Pool,
     group: &[Op],
@@ -627,32 +629,44 @@ async fn resolve(
         (Op::Commit(record, _), Ok(Outcome::Commit(Committed::Recorded))) => Some(record),
         _ => None,
     });
+    let Some((seq, bytes)) = &first_audit else {
+        // Only cRLNumbers taken (no head lock, nothing to look up): not answered as done.
+        return Err(unavailable(
+            "the outcome of a commit that took only cRLNumbers is unknown",
+        ));
+    };
     let deadline = Instant::now() + RESOLVE_FOR;
     loop {
         let attempt = async {
-            let client = pool.get().await.map_err(pool_err)?;
-            if let Some(record) = probe_dac {
-                let row = client
-                    .query_opt("SELECT der FROM dacs WHERE serial = $1", &[&record.serial])
-                    .await
-                    .map_err(pg_err)?;
-                return Ok(match row {
-                    Some(row) => get::<Vec<u8>>(&row, 0)? == record.der,
-                    None => false,
-                });
-            }
-            if let Some((seq, bytes)) = &first_audit {
-                let row = client
-                    .query_opt("SELECT bytes FROM audit WHERE seq = $1", &[seq])
-                    .await
-                    .map_err(pg_err)?;
-                return Ok(match row {
-                    Some(row) => get::<Vec<u8>>(&row, 0)? == *bytes,
-                    None => false,
-                });
-            }
-            // Nothing to look up (only cRLNumbers taken): not answered as done.
-            Ok(false)
+            let mut client = pool.get().await.map_err(pool_err)?;
+            let txn = client.transaction().await.map_err(pg_err)?;
+            txn.query_one("SELECT next FROM audit_head WHERE id = 1 FOR UPDATE", &[])
+                .await
+                .map_err(pg_err)?;
+            let committed = match probe_dac {
+                Some(record) => {
+                    let row = txn
+                        .query_opt("SELECT der FROM dacs WHERE serial = $1", &[&record.serial])
+                        .await
+                        .map_err(pg_err)?;
+                    match row {
+                        Some(row) => get::<Vec<u8>>(&row, 0)? == record.der,
+                        None => false,
+                    }
+                }
+                None => {
+                    let row = txn
+                        .query_opt("SELECT bytes FROM audit WHERE seq = $1", &[seq])
+                        .await
+                        .map_err(pg_err)?;
+                    match row {
+                        Some(row) => get::<Vec<u8>>(&row, 0)? == *bytes,
+                        None => false,
+                    }
+                }
+            };
+            txn.rollback().await.map_err(pg_err)?;
+            Ok::<bool, Error>(committed)
         }
         .await;
         match attempt {
