@@ -281,6 +281,57 @@ fn two_nodes_enforce_quota_subject_and_token_together() {
         Some(6),
         "{listed}"
     );
+
+    // The admin API answers the same on either node: a DAC revoked through node 2's socket is
+    // revoked on node 1's; a backup is refused on PostgreSQL with the reason.
+    let api = |node: usize, method: &str, path: &str, body: &str| {
+        let socket = env.path(if node == 0 {
+            "admin.sock"
+        } else {
+            "admin2.sock"
+        });
+        let out = Command::new("curl")
+            .args(["-sS", "-w", "\n%{http_code}", "--unix-socket"])
+            .arg(&socket)
+            .args(["-X", method, "-H", "Content-Type: application/json"])
+            .args(if body.is_empty() {
+                vec![]
+            } else {
+                vec!["--data", body]
+            })
+            .arg(format!("http://localhost{path}"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (json, code) = text.rsplit_once('\n').unwrap();
+        (
+            code.parse::<u16>().unwrap(),
+            serde_json::from_str::<serde_json::Value>(json).unwrap_or_default(),
+        )
+    };
+    let serial = listed["records"][0]["serial"].as_str().unwrap().to_string();
+    let (code, v) = api(
+        1,
+        "POST",
+        &format!("/v1/certs/{serial}/revoke"),
+        r#"{"reason":"keyCompromise"}"#,
+    );
+    assert_eq!(code, 200, "{v}");
+    let (code, v) = api(0, "GET", &format!("/v1/certs/{serial}"), "");
+    assert_eq!(code, 200, "{v}");
+    assert!(v.to_string().contains("keyCompromise"), "{v}");
+    let (code, v) = api(0, "GET", "/v1/certs/stats", "");
+    assert_eq!(code, 200, "{v}");
+    let (code, v) = api(1, "GET", "/v1/audit/verify", "");
+    assert_eq!(code, 200, "{v}");
+    let (code, v) = api(
+        0,
+        "POST",
+        "/v1/ledger/backup",
+        r#"{"out":"/tmp/never.redb"}"#,
+    );
+    assert_eq!(code, 400, "{v}");
+    assert!(v.to_string().contains("pg_dump"), "{v}");
     drop(nodes);
 }
 
