@@ -136,7 +136,7 @@ impl PgServer {
     /// (Re)starts the server on the same data directory and port; returns when it accepts.
     pub fn start_again(&self) {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 {}",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 -c shared_buffers=16MB {}",
             self.port,
             self.dir.path().display(),
             self.extra
