@@ -115,7 +115,7 @@ fn main() {
         time_verify(&|| signer::verify(label.pai.public_key(), &p.tbs_der, p.signature()));
     println!("  DAC signature verification: PAI key tables {fixed:.1} µs, ring {general:.1} µs");
 
-    let ledger = Arc::new(RedbLedger::open(&config.ledger).unwrap());
+    let ledger = Arc::new(RedbLedger::open(config.store.redb_path().unwrap()).unwrap());
     let issuer = Arc::new(Issuer::new(&config, ledger.clone()).unwrap());
     let opts = IssueOptions {
         requester: "bench".into(),

@@ -95,7 +95,12 @@ fn main() -> Result<()> {
 
     // client_cert: every certificate of the development PKI, and a DAC.
     let config = Config::load(&config_path)?;
-    let ledger = std::sync::Arc::new(RedbLedger::open(&config.ledger)?);
+    let ledger = std::sync::Arc::new(RedbLedger::open(
+        config
+            .store
+            .redb_path()
+            .ok_or("the dev config keeps a redb ledger")?,
+    )?);
     let issuer = Issuer::new(&config, ledger)?;
     let pem = |rel: &str| matter_est::issuance::read_cert(&pki.path().join(rel));
     let pai = pem(dev::files::PAI_CERT)?;

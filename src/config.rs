@@ -30,8 +30,8 @@ pub const OPERATIONS: [&str; 5] = [
 pub struct Config {
     /// The file it came from.
     pub path: PathBuf,
-    /// The embedded ledger file.
-    pub ledger: PathBuf,
+    /// Where the ledger is (`ledger` and `[store]`).
+    pub store: StoreConfig,
     /// The label served on the unlabeled EST path.
     pub default_label: String,
     /// The operator accepts development material (test VIDs) in this deployment.
@@ -49,6 +49,64 @@ pub struct Config {
     pub admin: AdminConfig,
     pub labels: BTreeMap<String, LabelConfig>,
 }
+
+/// The ledger's backend (`[store] kind`, DESIGN.md "Storage").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// The embedded ledger file (`ledger`), held by one process.
+    Redb(PathBuf),
+    /// A PostgreSQL database that several nodes share.
+    Postgres(Box<PostgresConfig>),
+}
+
+impl StoreConfig {
+    /// The redb file, when the ledger is one.
+    pub fn redb_path(&self) -> Option<&Path> {
+        match self {
+            StoreConfig::Redb(p) => Some(p),
+            StoreConfig::Postgres(_) => None,
+        }
+    }
+
+    /// Where the ledger is, for logs and answers (never a password: the URL holds none).
+    pub fn describe(&self) -> String {
+        match self {
+            StoreConfig::Redb(p) => p.display().to_string(),
+            StoreConfig::Postgres(pg) => pg.url.clone(),
+        }
+    }
+}
+
+/// `[store]` with `kind = "postgres"`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PostgresConfig {
+    /// `store.url`: a libpq URL or key=value string, without a password.
+    pub url: String,
+    /// Where the password comes from (`store.password_env` or `store.password_file`).
+    pub password: Option<PassphraseSource>,
+    /// `store.pool_size`: most connections this node opens. Default 16.
+    pub pool_size: usize,
+    /// `store.statement_timeout_ms`: the server cancels a statement running longer. Default 5000.
+    pub statement_timeout: Duration,
+    /// `store.connect_timeout_ms`: how long to wait for a connection. Default 5000.
+    pub connect_timeout: Duration,
+    /// `store.tls` and `store.ca_file`.
+    pub tls: PostgresTls,
+}
+
+/// TLS to the database.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PostgresTls {
+    /// `tls = "disable"`: plain TCP (a Unix socket or a trusted link only).
+    Disable,
+    /// `tls = "verify-full"`: TLS, the server's certificate chained to `ca_file` and naming the
+    /// URL's host.
+    VerifyFull { ca_file: PathBuf },
+}
+
+const DEFAULT_POOL_SIZE: usize = 16;
+const DEFAULT_STATEMENT_TIMEOUT_MS: u64 = 5_000;
+const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 
 /// `[admin]` (DESIGN.md "The operator plane").
 #[derive(Clone, Debug, Default)]
@@ -694,14 +752,14 @@ impl Config {
             }
             Some(s) => Duration::from_secs(s),
         };
-        let ledger = resolve(&raw.ledger);
-        let admin = admin_config(raw.admin.as_ref(), &labels, &ledger, &resolve, &err)?;
+        let store = store_config(raw.ledger.as_deref(), raw.store.as_ref(), &resolve, &err)?;
+        let admin = admin_config(raw.admin.as_ref(), &labels, &store, &resolve, &err)?;
         Ok(Config {
             token_expiry,
             crl_listen,
             admin,
             path: path.to_path_buf(),
-            ledger,
+            store,
             default_label,
             danger_development_pki: raw.danger_development_pki,
             server: ServerConfig {
@@ -854,7 +912,8 @@ fn parse_match(text: &str) -> std::result::Result<IdentityMatch, String> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    ledger: PathBuf,
+    ledger: Option<PathBuf>,
+    store: Option<RawStore>,
     default_label: Option<String>,
     #[serde(default)]
     danger_development_pki: bool,
@@ -865,6 +924,179 @@ struct RawConfig {
     #[serde(default)]
     labels: BTreeMap<String, RawLabel>,
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    kind: Option<String>,
+    url: Option<String>,
+    password_env: Option<String>,
+    password_file: Option<PathBuf>,
+    pool_size: Option<usize>,
+    statement_timeout_ms: Option<u64>,
+    connect_timeout_ms: Option<u64>,
+    tls: Option<String>,
+    ca_file: Option<PathBuf>,
+}
+
+/// `ledger` and `[store]`, checked: redb needs `ledger`; postgres needs `store.url` without a
+/// password in it (the password comes from `password_env` or `password_file`, never the file).
+fn store_config(
+    ledger: Option<&Path>,
+    raw: Option<&RawStore>,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+    err: &dyn Fn(&str, String) -> Error,
+) -> Result<StoreConfig> {
+    let kind = raw.and_then(|r| r.kind.as_deref()).unwrap_or("redb");
+    match kind {
+        "redb" => {
+            if let Some(raw) = raw {
+                let pg_only = [
+                    ("store.url", raw.url.is_some()),
+                    ("store.password_env", raw.password_env.is_some()),
+                    ("store.password_file", raw.password_file.is_some()),
+                    ("store.pool_size", raw.pool_size.is_some()),
+                    (
+                        "store.statement_timeout_ms",
+                        raw.statement_timeout_ms.is_some(),
+                    ),
+                    ("store.connect_timeout_ms", raw.connect_timeout_ms.is_some()),
+                    ("store.tls", raw.tls.is_some()),
+                    ("store.ca_file", raw.ca_file.is_some()),
+                ];
+                if let Some((key, _)) = pg_only.iter().find(|(_, set)| *set) {
+                    return Err(err(
+                        key,
+                        "only for kind = \"postgres\" (this ledger is redb)".into(),
+                    ));
+                }
+            }
+            let path = ledger.ok_or_else(|| {
+                err(
+                    "ledger",
+                    "required: the embedded ledger file (or [store] kind = \"postgres\")".into(),
+                )
+            })?;
+            Ok(StoreConfig::Redb(resolve(path)))
+        }
+        "postgres" => {
+            let raw = raw.ok_or_else(|| err("store", "required".into()))?;
+            if ledger.is_some() {
+                return Err(err(
+                    "ledger",
+                    "the redb ledger file; with [store] kind = \"postgres\" leave it out".into(),
+                ));
+            }
+            let url = raw
+                .url
+                .clone()
+                .ok_or_else(|| err("store.url", "required with kind = \"postgres\"".into()))?;
+            let parsed: tokio_postgres::Config = url.parse().map_err(|e| {
+                err(
+                    "store.url",
+                    format!(
+                        "{e}; expected e.g. \"postgresql://matter_est@db.example:5432/matter_est\""
+                    ),
+                )
+            })?;
+            if parsed.get_password().is_some() {
+                return Err(err(
+                    "store.url",
+                    "holds a password; a configuration file never does: put it in the environment \
+                     variable store.password_env names, or in store.password_file (mode 0600)"
+                        .into(),
+                ));
+            }
+            if parsed.get_user().is_none() {
+                return Err(err(
+                    "store.url",
+                    "names no user; e.g. \"postgresql://matter_est@db.example/matter_est\"".into(),
+                ));
+            }
+            let password = match (&raw.password_env, &raw.password_file) {
+                (Some(_), Some(_)) => {
+                    return Err(err(
+                        "store.password_file",
+                        "give password_env or password_file, not both".into(),
+                    ));
+                }
+                (Some(var), None) if var.is_empty() => {
+                    return Err(err("store.password_env", "empty variable name".into()));
+                }
+                (Some(var), None) => Some(PassphraseSource::Env(var.clone())),
+                (None, Some(file)) => Some(PassphraseSource::File(resolve(file))),
+                (None, None) => None,
+            };
+            let pool_size = raw.pool_size.unwrap_or(DEFAULT_POOL_SIZE);
+            if !(1..=1024).contains(&pool_size) {
+                return Err(err("store.pool_size", "must be 1 to 1024".into()));
+            }
+            let ms = |key: &str, v: Option<u64>, default: u64| match v.unwrap_or(default) {
+                0 => Err(err(key, "must be at least 1 ms".into())),
+                v => Ok(Duration::from_millis(v)),
+            };
+            let statement_timeout = ms(
+                "store.statement_timeout_ms",
+                raw.statement_timeout_ms,
+                DEFAULT_STATEMENT_TIMEOUT_MS,
+            )?;
+            let connect_timeout = ms(
+                "store.connect_timeout_ms",
+                raw.connect_timeout_ms,
+                DEFAULT_CONNECT_TIMEOUT_MS,
+            )?;
+            let tls = match raw.tls.as_deref() {
+                None => {
+                    return Err(err(
+                        "store.tls",
+                        "required with kind = \"postgres\": \"verify-full\" (with ca_file) or \
+                         \"disable\""
+                            .into(),
+                    ));
+                }
+                Some("disable") => {
+                    if raw.ca_file.is_some() {
+                        return Err(err(
+                            "store.ca_file",
+                            "only with tls = \"verify-full\"".into(),
+                        ));
+                    }
+                    PostgresTls::Disable
+                }
+                Some("verify-full") => PostgresTls::VerifyFull {
+                    ca_file: resolve(raw.ca_file.as_deref().ok_or_else(|| {
+                        err(
+                            "store.ca_file",
+                            "required with tls = \"verify-full\"".into(),
+                        )
+                    })?),
+                },
+                Some(other) => {
+                    return Err(err(
+                        "store.tls",
+                        format!("{other:?}: expected \"verify-full\" or \"disable\""),
+                    ));
+                }
+            };
+            Ok(StoreConfig::Postgres(Box::new(PostgresConfig {
+                url,
+                password,
+                pool_size,
+                statement_timeout,
+                connect_timeout,
+                tls,
+            })))
+        }
+        other => Err(err(
+            "store.kind",
+            format!("{other:?}: expected \"redb\" or \"postgres\""),
+        )),
+    }
+}
+
+/// The admin socket's default on PostgreSQL, where there is no ledger file to sit beside: the
+/// runtime directory systemd makes for the unit (`RuntimeDirectory=matter-est`).
+pub const POSTGRES_DEFAULT_SOCKET: &str = "/run/matter-est/admin.sock";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -890,13 +1122,19 @@ struct RawAdminIdentity {
 fn admin_config(
     raw: Option<&RawAdmin>,
     labels: &BTreeMap<String, LabelConfig>,
-    ledger: &Path,
+    store: &StoreConfig,
     resolve: &dyn Fn(&Path) -> PathBuf,
     err: &dyn Fn(&str, String) -> Error,
 ) -> Result<AdminConfig> {
     // Beside the ledger: the server writes there anyway (its state directory), where a config
-    // directory may be read-only to it (deploy/matter-est.service).
-    let default_socket = || Some(ledger.with_file_name("admin.sock"));
+    // directory may be read-only to it (deploy/matter-est.service). On PostgreSQL: the unit's
+    // runtime directory.
+    let default_socket = || {
+        Some(match store {
+            StoreConfig::Redb(ledger) => ledger.with_file_name("admin.sock"),
+            StoreConfig::Postgres(_) => PathBuf::from(POSTGRES_DEFAULT_SOCKET),
+        })
+    };
     let Some(raw) = raw else {
         return Ok(AdminConfig {
             socket: default_socket(),
@@ -1423,6 +1661,77 @@ signer = { file = "pai.key" }
     }
 
     #[test]
+    fn store_keys_are_checked() {
+        let pg = |keys: &str| {
+            parse(&format!(
+                "{}[store]\nkind = \"postgres\"\n{keys}\n",
+                MINIMAL.replace("ledger = \"l.redb\"\n", "")
+            ))
+        };
+        let problem = |keys: &str| match pg(keys) {
+            Err(Error::Config { key, problem, .. }) => format!("{key}: {problem}"),
+            other => panic!("{other:?}"),
+        };
+        let c = pg(
+            "url = \"postgresql://me@db.example/m\"\npassword_file = \"db.pw\"\n\
+                    tls = \"verify-full\"\nca_file = \"db-ca.pem\"",
+        )
+        .expect("valid");
+        let StoreConfig::Postgres(p) = &c.store else {
+            panic!("{:?}", c.store)
+        };
+        assert_eq!(p.pool_size, 16);
+        assert_eq!(p.statement_timeout, Duration::from_millis(5000));
+        assert_eq!(
+            p.password,
+            Some(PassphraseSource::File("/etc/matter-est/db.pw".into()))
+        );
+        assert_eq!(
+            p.tls,
+            PostgresTls::VerifyFull {
+                ca_file: "/etc/matter-est/db-ca.pem".into()
+            }
+        );
+        assert_eq!(c.admin.socket, Some(PathBuf::from(POSTGRES_DEFAULT_SOCKET)));
+        assert!(
+            problem("url = \"postgresql://me:secret@db/m\"\ntls = \"disable\"")
+                .starts_with("store.url: holds a password")
+        );
+        assert!(
+            problem("url = \"host=db user=me password=secret\"\ntls = \"disable\"")
+                .starts_with("store.url: holds a password")
+        );
+        assert!(problem("url = \"postgresql://me@db/m\"").starts_with("store.tls: required"));
+        assert!(
+            problem("url = \"postgresql://me@db/m\"\ntls = \"verify-full\"")
+                .starts_with("store.ca_file: required")
+        );
+        assert!(
+            problem("url = \"postgresql://me@db/m\"\ntls = \"disable\"\npool_size = 0")
+                .starts_with("store.pool_size")
+        );
+        assert!(
+            problem(
+                "url = \"postgresql://me@db/m\"\ntls = \"disable\"\npassword_env = \"A\"\n\
+                 password_file = \"b\""
+            )
+            .starts_with("store.password_file")
+        );
+        assert!(problem("tls = \"disable\"").starts_with("store.url: required"));
+        // redb: pg keys refused, `ledger` required; postgres: `ledger` refused.
+        let redb = parse(&format!("{MINIMAL}[store]\nkind = \"redb\"\nurl = \"x\"\n"));
+        assert!(matches!(redb, Err(Error::Config { key, .. }) if key == "store.url"));
+        let no_ledger = parse(&MINIMAL.replace("ledger = \"l.redb\"\n", ""));
+        assert!(matches!(no_ledger, Err(Error::Config { key, .. }) if key == "ledger"));
+        let both = parse(&format!(
+            "{MINIMAL}[store]\nkind = \"postgres\"\nurl = \"postgresql://me@db/m\"\ntls = \"disable\"\n"
+        ));
+        assert!(matches!(both, Err(Error::Config { key, .. }) if key == "ledger"));
+        let kind = parse(&format!("{MINIMAL}[store]\nkind = \"sqlite\"\n"));
+        assert!(matches!(kind, Err(Error::Config { key, .. }) if key == "store.kind"));
+    }
+
+    #[test]
     fn admin_keys_are_checked() {
         let c = parse(&MINIMAL.replace("l.redb", "/var/lib/m/l.redb")).expect("valid");
         assert_eq!(
@@ -1475,7 +1784,10 @@ signer = { file = "pai.key" }
     fn minimal_config_gets_defaults() {
         let c = parse(MINIMAL).expect("valid");
         assert_eq!(c.default_label, "a");
-        assert_eq!(c.ledger, PathBuf::from("/etc/matter-est/l.redb"));
+        assert_eq!(
+            c.store,
+            StoreConfig::Redb(PathBuf::from("/etc/matter-est/l.redb"))
+        );
         let l = c.label("a").expect("label");
         assert_eq!(l.pids, PidPolicy::Any);
         assert_eq!(l.validity, Validity::NoExpiry);

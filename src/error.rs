@@ -195,7 +195,10 @@ pub enum Error {
     },
     #[error("ledger: {0}")]
     Ledger(String),
-    /// The ledger cannot write for now (disk full, I/O error) and is being reopened.
+    /// The ledger cannot serve for now: the embedded one cannot write (disk full, I/O error) and
+    /// is being reopened, or the shared one (PostgreSQL) is unreachable or refused for a reason
+    /// that passes (down, restarting, a lock conflict). Nothing was recorded, or what was is
+    /// looked up before an answer; the client should retry (503 with `Retry-After`).
     #[error("the ledger is unavailable: {reason}; retry in {retry_after_secs} s")]
     LedgerUnavailable {
         reason: String,

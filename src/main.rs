@@ -214,6 +214,18 @@ enum LedgerCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Copy the whole ledger (every DAC, token, re-key mark, CRL, count and the audit chain)
+    /// from the ledger one configuration names to the empty ledger another names — redb to
+    /// PostgreSQL or back — then verify the copy by counts and a digest over every record.
+    /// Stop the servers of both first: records written meanwhile would not be copied.
+    Migrate {
+        /// The configuration whose ledger is copied.
+        #[arg(long)]
+        from: PathBuf,
+        /// The configuration whose (empty) ledger receives the copy.
+        #[arg(long)]
+        to: PathBuf,
+    },
 }
 
 /// Threads for the CPU part of issuance (CSR verification, signing, self-check). They never wait
@@ -455,6 +467,40 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Ledger {
+            command: LedgerCommand::Migrate { from, to },
+        } => {
+            let (source, target) = (Config::load(&from)?, Config::load(&to)?);
+            if source.store == target.store {
+                return Err(Error::BadRequest(format!(
+                    "--from and --to name the same ledger ({})",
+                    source.store.describe()
+                )));
+            }
+            let from_ledger = store::open_store(&source.store)?;
+            let to_ledger = store::open_store(&target.store)?;
+            let copied = store::migrate::migrate(from_ledger.as_ref(), to_ledger.as_ref());
+            from_ledger.close();
+            to_ledger.close();
+            let s = copied?;
+            println!(
+                "copied {} to {}: {} DACs, {} subjects, {} quota counts, {} tokens, {} re-key \
+                 marks, {} cRLNumbers, {} CRLs, {} audit records, {} held requests; verified: digest {}",
+                source.store.describe(),
+                target.store.describe(),
+                s.dacs,
+                s.holders,
+                s.counts,
+                s.tokens,
+                s.rekeys,
+                s.crl_numbers,
+                s.crls,
+                s.audit,
+                s.held,
+                s.digest
+            );
+            Ok(())
+        }
+        Command::Ledger {
             command: LedgerCommand::Backup { target, out },
         } => {
             // The server writes the file when it runs: give it an absolute path.
@@ -597,7 +643,7 @@ fn serve(
             crl = %crl_addr,
             admin = %admin_addr,
             config = %config.path.display(),
-            ledger = %config.ledger.display(),
+            ledger = %config.store.describe(),
             "matter-est serving"
         );
         log_labels(&running, &config.default_label);
@@ -616,8 +662,8 @@ fn serve(
                 _ = hangup.recv() => {
                     let reloaded = Config::load(&config_path).and_then(|mut new| {
                         new.server.listen = config.server.listen;
-                        if new.ledger != config.ledger {
-                            tracing::warn!("the ledger path changed: it takes effect at the next start");
+                        if new.store != config.store {
+                            tracing::warn!("the ledger ([store], ledger) changed: it takes effect at the next start");
                         }
                         let labels = Issuer::load(&new)?;
                         labels.refuse_development_pki(&new, danger_dev)?;

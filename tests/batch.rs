@@ -11,7 +11,6 @@ use std::process::Command;
 use common::{DevEnv, assert_matter_dac, assert_success};
 use matter_est::batch::ManifestEntry;
 use matter_est::profile::dev;
-use matter_est::store::Ledger;
 use sha2::{Digest, Sha256};
 
 fn batch(env: &DevEnv, out: &Path, extra: &[&str]) -> std::process::Output {

@@ -21,7 +21,6 @@ use base64::Engine;
 use common::est::{ALL, Client, client_config, identity_from_files, issued, pkcs7_certs};
 use common::{DevEnv, csr, subject};
 use matter_est::profile::dev;
-use matter_est::store::Ledger;
 
 /// Devices in the run: half enrolled by gateways, half with a one-time token each.
 const DEVICES: usize = 600;

@@ -10,7 +10,6 @@ use std::process::Output;
 use common::assert_success;
 use common::est::TestServer;
 use matter_est::profile::dev;
-use matter_est::store::Ledger;
 
 async fn run(dir: &Path, args: &[&str]) -> Output {
     let dir = dir.to_path_buf();

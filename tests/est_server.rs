@@ -9,7 +9,6 @@ use std::sync::Arc;
 use common::est::{ALL, Client, TestServer, identity_from_files, pkcs7_certs};
 use common::{assert_matter_dac, csr, subject};
 use matter_est::profile::dev;
-use matter_est::store::Ledger;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -41,6 +40,12 @@ fn check_enrolled(server: &TestServer, reply: &common::est::Reply) -> Vec<u8> {
     dac_der
 }
 use der::Decode;
+
+/// This file's tests again with the ledger on PostgreSQL (tests/common/pg.rs).
+#[test]
+fn on_postgres() {
+    common::pg::rerun_on_postgres("on_postgres", &[]);
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cacerts_without_client_certificate() {

@@ -14,7 +14,7 @@ use matter_est::asn1::{self, oid, tag};
 use matter_est::profile::cert::{self, CertFields, key_usage};
 use matter_est::profile::dev;
 use matter_est::signer::{self, KeySigner};
-use matter_est::store::{Admission, DacRecord, Ledger, Status};
+use matter_est::store::{Admission, DacRecord, Status};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 const ENROLL: &str = "/.well-known/est/dev/simpleenroll";

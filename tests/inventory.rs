@@ -88,7 +88,7 @@ fn cli(env: &DevEnv, args: &[&str]) -> Output {
 fn filters_return_exactly_the_matching_records_of_100000() {
     let env = DevEnv::new(|t| t);
     let config = env.config();
-    let ledger = Arc::new(RedbLedger::open(&config.ledger).unwrap());
+    let ledger = Arc::new(RedbLedger::open(config.store.redb_path().unwrap()).unwrap());
     let l = ledger.clone();
     // Records are committed concurrently, so the issue order (sequence numbers) is only
     // roughly the i order: the queries are compared as sets of i.

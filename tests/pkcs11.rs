@@ -13,7 +13,6 @@ use common::hsm::{self, Hsm};
 use common::{DevEnv, assert_matter_dac, csr, openssl_verify, subject};
 use matter_est::issuance::{IssueOptions, Issuer};
 use matter_est::profile::dev;
-use matter_est::store::Ledger;
 use matter_est::store::redb::RedbLedger;
 
 const TOKEN: &str = "pai-token";
@@ -91,7 +90,7 @@ fn start_is_refused_with_a_message_naming_module_token_and_key() {
             format!("{}{}{}", &text[..start], signer_keys, &text[end..])
         });
         let config = env.config();
-        let ledger = Arc::new(RedbLedger::open(&config.ledger).unwrap());
+        let ledger = Arc::new(RedbLedger::open(config.store.redb_path().unwrap()).unwrap());
         let err = Issuer::new(&config, ledger)
             .err()
             .expect("refused")

@@ -6,7 +6,6 @@ mod common;
 
 use common::est::{Client, TestServer};
 use common::{csr, subject};
-use matter_est::store::Ledger;
 
 const ENROLL: &str = "/.well-known/est/dev/simpleenroll";
 

@@ -11,7 +11,6 @@ use common::est::{ALL, Client, TestServer};
 use common::{assert_success, subject};
 use der::Decode;
 use matter_est::profile::dev;
-use matter_est::store::Ledger;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 const ENROLL: &str = "/.well-known/est/dev/simpleenroll";

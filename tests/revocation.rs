@@ -189,6 +189,12 @@ print(json.dumps({
     serde_json::from_str(&stdout(&out)).unwrap()
 }
 
+/// This file's tests again with the ledger on PostgreSQL (tests/common/pg.rs).
+#[test]
+fn on_postgres() {
+    common::pg::rerun_on_postgres("on_postgres", &[]);
+}
+
 #[test]
 fn revoke_lists_the_dac_in_a_matter_crl_served_over_http_and_blocks_renewal() {
     let env = DevEnv::new(|t| t.replace("127.0.0.1:8443", "127.0.0.1:0"));

@@ -10,6 +10,12 @@ use std::process::{Command, Stdio};
 use common::{DevEnv, csr, subject};
 use matter_est::profile::dev;
 
+/// This file's tests again with the ledger on PostgreSQL (tests/common/pg.rs).
+#[test]
+fn on_postgres() {
+    common::pg::rerun_on_postgres("on_postgres", &["the_same_tests_over_the_pkcs11_signer"]);
+}
+
 #[test]
 fn serve_logs_json_and_stops_on_sigterm() {
     let env = DevEnv::new(|t| t.replace("127.0.0.1:8443", "127.0.0.1:0"));
@@ -24,12 +30,15 @@ fn serve_logs_json_and_stops_on_sigterm() {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     // A line says where it listens (after the signer's and the CRL publisher's start-up lines).
     let first = next_message(&mut lines, "matter-est serving");
-    assert!(
-        first["fields"]["ledger"]
-            .as_str()
-            .unwrap()
-            .ends_with("ledger.redb")
-    );
+    let ledger = first["fields"]["ledger"].as_str().unwrap();
+    if common::pg::suite().is_some() {
+        assert!(
+            ledger.starts_with("postgresql://matter_est@127.0.0.1:"),
+            "{ledger}"
+        );
+    } else {
+        assert!(ledger.ends_with("ledger.redb"), "{ledger}");
+    }
     let addr = first["fields"]["addr"].as_str().unwrap().to_string();
     let port = addr.rsplit(':').next().unwrap();
     // Then one line per label: what it serves.

@@ -11,7 +11,6 @@ use common::{assert_matter_dac, subject};
 use der::Decode;
 use matter_est::asn1::{self, tag};
 use matter_est::signer::{self, KeySigner, Signer};
-use matter_est::store::Ledger;
 
 const KEYGEN: &str = "/.well-known/est/dev/serverkeygen";
 

@@ -42,6 +42,12 @@ fn create(env: &DevEnv, extra: &[&str]) -> (String, String) {
     )
 }
 
+/// This file's tests again with the ledger on PostgreSQL (tests/common/pg.rs).
+#[test]
+fn on_postgres() {
+    common::pg::rerun_on_postgres("on_postgres", &[]);
+}
+
 #[test]
 fn tokens_expire_bind_a_cn_are_revoked_and_listed() {
     let env = DevEnv::new(|t| t.replace("127.0.0.1:8443", "127.0.0.1:0"));

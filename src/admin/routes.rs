@@ -614,7 +614,7 @@ pub fn backup(ctx: &Ctx, _: &Caller, p: &Params) -> Result<Value> {
     }
     let records = ctx.ledger().backup_to(out)?;
     Ok(json!({
-        "ledger": ctx.config().ledger.display().to_string(),
+        "ledger": ctx.config().store.describe(),
         "out": out.display().to_string(),
         "records": records,
     }))

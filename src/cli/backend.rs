@@ -80,7 +80,12 @@ impl Backend {
             .as_deref()
             .ok_or_else(|| Error::BadRequest("give --config FILE or --server URL".into()))?;
         let config = Config::load(path)?;
-        if let Some(socket) = &config.admin.socket
+        // The embedded ledger is one process's file: while `serve` holds it, through its
+        // socket. PostgreSQL is shared: always on the database directly (DESIGN.md "One
+        // command, either way"), so no server needs stopping and none needs to be running.
+        let shared = matches!(config.store, matter_est::config::StoreConfig::Postgres(_));
+        if !shared
+            && let Some(socket) = &config.admin.socket
             && UnixStream::connect(socket).is_ok()
         {
             return Ok(Backend::Socket(socket.clone()));

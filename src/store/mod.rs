@@ -1,13 +1,16 @@
 //! The ledger: every DAC we issue, on record before it leaves (DESIGN.md step 7).
 //!
-//! [`Ledger`] is the seam; [`redb::RedbLedger`] is the embedded default. A shared PostgreSQL
-//! ledger for several nodes implements the same trait. The ledger itself enforces the rules
+//! [`Ledger`] is the seam; [`redb::RedbLedger`] is the embedded default,
+//! [`postgres::PgLedger`] the shared ledger of several nodes; both run the same test suite
+//! (tests/ledger.rs). The ledger itself enforces the rules
 //! that must hold under concurrency: unique serials, unique subjects per issuer (Matter Core
 //! §6.2.2.3 via MATTER.md "DAC"), quotas per label, and one-time tokens.
 //!
 //! `store` knows nothing of HTTP.
 
 pub mod audit;
+pub mod migrate;
+pub mod postgres;
 pub mod redb;
 
 use serde::{Deserialize, Serialize};
@@ -487,22 +490,39 @@ pub trait Ledger: Send + Sync {
     /// Writes a consistent copy of the whole ledger to a new file at `to` (never overwriting),
     /// while it keeps serving; returns the DACs copied.
     fn backup_to(&self, to: &std::path::Path) -> Result<u64>;
+
+    /// Every record, from one snapshot (`ledger migrate`): DACs in issue order, then subject
+    /// holders, quota counts, tokens, re-key marks, cRLNumbers, CRLs, the audit chain in order
+    /// and its head. Held in memory.
+    fn export(&self) -> Result<Vec<migrate::Item>>;
+    /// Writes `items` (an [`Ledger::export`]) into this ledger in one transaction; refused,
+    /// changing nothing, unless the ledger is empty (no DAC, token or audit record).
+    fn import(&self, items: &[migrate::Item]) -> Result<()>;
 }
 
 /// Opens the ledger the configuration names.
 pub fn open(config: &crate::config::Config) -> Result<std::sync::Arc<dyn Ledger>> {
-    let fault = std::env::var_os(redb::DANGER_FAULT_ENV).map(std::path::PathBuf::from);
-    if let Some(trigger) = &fault {
-        tracing::warn!(
-            trigger = %trigger.display(),
-            "DANGER: {} is set: ledger writes fail with EIO while this file exists (tests only)",
-            redb::DANGER_FAULT_ENV
-        );
-    }
-    Ok(std::sync::Arc::new(redb::RedbLedger::open_with(
-        &config.ledger,
-        fault,
-    )?))
+    open_store(&config.store)
+}
+
+/// Opens the ledger `store` names (`ledger migrate` opens two).
+pub fn open_store(store: &crate::config::StoreConfig) -> Result<std::sync::Arc<dyn Ledger>> {
+    Ok(match store {
+        crate::config::StoreConfig::Redb(path) => {
+            let fault = std::env::var_os(redb::DANGER_FAULT_ENV).map(std::path::PathBuf::from);
+            if let Some(trigger) = &fault {
+                tracing::warn!(
+                    trigger = %trigger.display(),
+                    "DANGER: {} is set: ledger writes fail with EIO while this file exists (tests only)",
+                    redb::DANGER_FAULT_ENV
+                );
+            }
+            std::sync::Arc::new(redb::RedbLedger::open_with(path, fault)?)
+        }
+        crate::config::StoreConfig::Postgres(pg) => {
+            std::sync::Arc::new(postgres::PgLedger::open(pg)?)
+        }
+    })
 }
 
 mod hex_bytes {

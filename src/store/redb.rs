@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::audit::{self, AuditEvent, AuditRecord, Head};
+use super::migrate::Item;
 use super::{
     Admission, CertPage, CertQuery, Committed, Completer, CrlRecord, DacRecord, Decision,
     HeldRequest, Ledger, Pending, RevokedEntry, Status, TokenRecord,
@@ -1395,6 +1396,223 @@ impl Ledger for RedbLedger {
 
     fn backup_to(&self, to: &Path) -> Result<u64> {
         RedbLedger::backup_to(self, to)
+    }
+
+    fn export(&self) -> Result<Vec<Item>> {
+        self.read(|txn| {
+            let mut out = Vec::new();
+            let records = txn.open_table(RECORDS).map_err(le)?;
+            for entry in records.iter().map_err(le)? {
+                let (_, bytes) = entry.map_err(le)?;
+                out.push(Item::Dac(Box::new(codec::decode(bytes.value())?)));
+            }
+            for entry in txn.open_table(SUBJECTS).map_err(le)?.iter().map_err(le)? {
+                let (_, seq) = entry.map_err(le)?;
+                let holder = records
+                    .get(seq.value())
+                    .map_err(le)?
+                    .ok_or_else(|| Error::Ledger("dangling subject index".into()))?;
+                let holder = codec::decode(holder.value())?;
+                out.push(Item::Holder {
+                    issuer_key: holder.issuer_key,
+                    subject_der: holder.subject_der,
+                    serial: holder.serial,
+                });
+            }
+            for entry in txn.open_table(COUNTS).map_err(le)?.iter().map_err(le)? {
+                let (label, used) = entry.map_err(le)?;
+                out.push(Item::Count {
+                    label: label.value().to_string(),
+                    used: used.value(),
+                });
+            }
+            for entry in txn.open_table(TOKENS).map_err(le)?.iter().map_err(le)? {
+                let (hash, token) = entry.map_err(le)?;
+                out.push(Item::Token {
+                    secret_hash: hash
+                        .value()
+                        .try_into()
+                        .map_err(|_| Error::Ledger("a token hash is not 32 bytes".into()))?,
+                    record: decode(token.value())?,
+                });
+            }
+            for entry in txn.open_table(REKEY).map_err(le)?.iter().map_err(le)? {
+                let (serial, v) = entry.map_err(le)?;
+                let v = v.value();
+                let at: [u8; 8] = v
+                    .get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| Error::Ledger("malformed re-key mark".into()))?;
+                out.push(Item::Rekey {
+                    serial: serial.value().to_vec(),
+                    at: i64::from_be_bytes(at),
+                    by: String::from_utf8_lossy(&v[8..]).into_owned(),
+                });
+            }
+            for entry in txn
+                .open_table(CRL_NUMBERS)
+                .map_err(le)?
+                .iter()
+                .map_err(le)?
+            {
+                let (label, last) = entry.map_err(le)?;
+                out.push(Item::CrlNumber {
+                    label: label.value().to_string(),
+                    last: last.value(),
+                });
+            }
+            for entry in txn.open_table(CRLS).map_err(le)?.iter().map_err(le)? {
+                let (label, crl) = entry.map_err(le)?;
+                out.push(Item::Crl {
+                    label: label.value().to_string(),
+                    record: decode_crl(crl.value())?,
+                });
+            }
+            for entry in txn.open_table(AUDIT).map_err(le)?.iter().map_err(le)? {
+                let (seq, bytes) = entry.map_err(le)?;
+                out.push(Item::Audit {
+                    seq: seq.value(),
+                    bytes: bytes.value().to_vec(),
+                });
+            }
+            if let Some(head) = txn
+                .open_table(AUDIT_HEAD)
+                .map_err(le)?
+                .get(HEAD_KEY)
+                .map_err(le)?
+                .and_then(|v| Head::from_bytes(v.value()))
+            {
+                out.push(Item::AuditHead(head));
+            }
+            for entry in txn.open_table(HELD).map_err(le)?.iter().map_err(le)? {
+                let (_, v) = entry.map_err(le)?;
+                out.push(Item::Held(Box::new(decode(v.value())?)));
+            }
+            Ok(out)
+        })
+    }
+
+    fn import(&self, items: &[Item]) -> Result<()> {
+        // Through the writer's lock: one write transaction at a time.
+        let _jobs = self
+            .jobs
+            .lock()
+            .map_err(|_| Error::Ledger("the ledger lock is poisoned".into()))?;
+        let db = self.shared.current()?;
+        let txn = db.begin_write().map_err(le)?;
+        {
+            let mut records = txn.open_table(RECORDS).map_err(le)?;
+            let mut serials = txn.open_table(SERIALS).map_err(le)?;
+            let mut subjects = txn.open_table(SUBJECTS).map_err(le)?;
+            let mut counts = txn.open_table(COUNTS).map_err(le)?;
+            let mut tokens = txn.open_table(TOKENS).map_err(le)?;
+            let mut token_ids = txn.open_table(TOKEN_IDS).map_err(le)?;
+            let mut revoked = txn.open_table(REVOKED).map_err(le)?;
+            let mut crl_numbers = txn.open_table(CRL_NUMBERS).map_err(le)?;
+            let mut held = txn.open_table(HELD).map_err(le)?;
+            let mut crls = txn.open_table(CRLS).map_err(le)?;
+            let mut by_time = txn.open_table(BY_TIME).map_err(le)?;
+            let mut by_label = txn.open_table(BY_LABEL).map_err(le)?;
+            let mut rekey = txn.open_table(REKEY).map_err(le)?;
+            let mut audit_table = txn.open_table(AUDIT).map_err(le)?;
+            let mut audit_head = txn.open_table(AUDIT_HEAD).map_err(le)?;
+            if !records.is_empty().map_err(le)?
+                || !tokens.is_empty().map_err(le)?
+                || !audit_table.is_empty().map_err(le)?
+            {
+                return Err(Error::BadRequest(
+                    "the target ledger is not empty: a migration copies into an empty one".into(),
+                ));
+            }
+            let mut next_seq = 0u64;
+            for item in items {
+                match item {
+                    Item::Dac(r) => {
+                        records
+                            .insert(next_seq, codec::encode(r).as_slice())
+                            .map_err(le)?;
+                        serials.insert(r.serial.as_slice(), next_seq).map_err(le)?;
+                        let pos = position_key(r.issued_at, next_seq);
+                        by_time.insert(pos.as_slice(), ()).map_err(le)?;
+                        by_label
+                            .insert(label_key(&r.label, &pos).as_slice(), ())
+                            .map_err(le)?;
+                        if let Status::Revoked { at, reason } = &r.status {
+                            let mut value = at.to_be_bytes().to_vec();
+                            value.push(RevocationReason::parse(reason)?.code());
+                            revoked
+                                .insert(
+                                    revoked_key(&r.label, &r.serial).as_slice(),
+                                    value.as_slice(),
+                                )
+                                .map_err(le)?;
+                        }
+                        next_seq += 1;
+                    }
+                    Item::Holder {
+                        issuer_key,
+                        subject_der,
+                        serial,
+                    } => {
+                        let seq = serials
+                            .get(serial.as_slice())
+                            .map_err(le)?
+                            .map(|v| v.value())
+                            .ok_or_else(|| {
+                                Error::Ledger(format!(
+                                    "subject holder {} is not among the DACs",
+                                    crate::asn1::hex(serial)
+                                ))
+                            })?;
+                        subjects
+                            .insert(subject_key(issuer_key, subject_der).as_slice(), seq)
+                            .map_err(le)?;
+                    }
+                    Item::Count { label, used } => {
+                        counts.insert(label.as_str(), *used).map_err(le)?;
+                    }
+                    Item::Token {
+                        secret_hash,
+                        record,
+                    } => {
+                        tokens
+                            .insert(secret_hash.as_slice(), encode(record)?.as_slice())
+                            .map_err(le)?;
+                        token_ids
+                            .insert(record.id.as_str(), secret_hash.as_slice())
+                            .map_err(le)?;
+                    }
+                    Item::Rekey { serial, at, by } => {
+                        let mut value = at.to_be_bytes().to_vec();
+                        value.extend_from_slice(by.as_bytes());
+                        rekey
+                            .insert(serial.as_slice(), value.as_slice())
+                            .map_err(le)?;
+                    }
+                    Item::CrlNumber { label, last } => {
+                        crl_numbers.insert(label.as_str(), *last).map_err(le)?;
+                    }
+                    Item::Crl { label, record } => {
+                        crls.insert(label.as_str(), encode_crl(record).as_slice())
+                            .map_err(le)?;
+                    }
+                    Item::Audit { seq, bytes } => {
+                        audit_table.insert(*seq, bytes.as_slice()).map_err(le)?;
+                    }
+                    Item::AuditHead(head) => {
+                        audit_head
+                            .insert(HEAD_KEY, head.to_bytes().as_slice())
+                            .map_err(le)?;
+                    }
+                    Item::Held(request) => {
+                        held.insert(request.id.as_str(), encode(request.as_ref())?.as_slice())
+                            .map_err(le)?;
+                    }
+                }
+            }
+        }
+        txn.commit().map_err(le)?;
+        Ok(())
     }
 
     fn revoke_token(&self, id: &str, at: i64, by: &str) -> Result<TokenRecord> {

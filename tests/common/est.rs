@@ -9,7 +9,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use matter_est::profile::dev;
 use matter_est::server::{self, Running};
-use matter_est::store::redb::RedbLedger;
+use matter_est::store::Ledger;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::TcpStream;
@@ -19,7 +19,7 @@ use super::DevEnv;
 
 pub struct TestServer {
     pub env: DevEnv,
-    pub ledger: Arc<RedbLedger>,
+    pub ledger: Arc<dyn Ledger>,
     pub running: Option<Running>,
     pub addr: SocketAddr,
 }
@@ -37,7 +37,7 @@ impl TestServer {
         let text = std::fs::read_to_string(&path).unwrap();
         std::fs::write(&path, text.replace("127.0.0.1:8443", "127.0.0.1:0")).unwrap();
         let config = env.config();
-        let ledger = Arc::new(RedbLedger::open(&config.ledger).unwrap());
+        let ledger = matter_est::store::open(&config).unwrap();
         let issuer = Arc::new(matter_est::issuance::Issuer::new(&config, ledger.clone()).unwrap());
         let running = server::start(&config, issuer).await.unwrap();
         let addr = running.addr;

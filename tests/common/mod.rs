@@ -13,7 +13,7 @@ use matter_est::config::Config;
 use matter_est::issuance::Issuer;
 use matter_est::profile::dev;
 use matter_est::signer::{self, KeySigner};
-use matter_est::store::redb::RedbLedger;
+use matter_est::store::Ledger;
 use x509_cert::Certificate;
 
 pub struct DevEnv {
@@ -43,6 +43,8 @@ impl DevEnv {
             .unwrap()
             .replace("listen = \"127.0.0.1:8444\"", "listen = \"127.0.0.1:0\"")
             .replace("listen = \"127.0.0.1:8445\"", "listen = \"127.0.0.1:0\"");
+        // Run by pg::rerun_on_postgres: the ledger in a fresh database.
+        let text = pg::adopt(text, dir.path());
         std::fs::write(&path, edit(dir.path(), text)).unwrap();
         Self { dir }
     }
@@ -55,9 +57,9 @@ impl DevEnv {
         Config::load(&self.path(dev::files::CONFIG)).unwrap()
     }
 
-    pub fn issuer(&self) -> (Issuer, Arc<RedbLedger>) {
+    pub fn issuer(&self) -> (Issuer, Arc<dyn Ledger>) {
         let config = self.config();
-        let ledger = Arc::new(RedbLedger::open(&config.ledger).unwrap());
+        let ledger = matter_est::store::open(&config).unwrap();
         (Issuer::new(&config, ledger.clone()).unwrap(), ledger)
     }
 
@@ -222,6 +224,7 @@ pub fn write_pem(path: &Path, der: &[u8]) {
 }
 pub mod est;
 pub mod hsm;
+pub mod pg;
 
 /// Asserts that a command (openssl, curl, the CLI) exited 0, showing what it printed if not.
 pub fn assert_success(out: &Output) {

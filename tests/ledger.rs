@@ -1,0 +1,909 @@
+//! The ledger suite: every rule of the `Ledger` trait, on the embedded redb ledger here and on
+//! a real PostgreSQL (tests/common/pg.rs) in the child of `on_postgres`, where the "two nodes"
+//! of a test are two `PgLedger`s on one database (on redb, one ledger: one node).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // reason: tests
+
+mod common;
+
+use std::sync::{Arc, Barrier};
+
+use matter_est::Error;
+use matter_est::config::StoreConfig;
+use matter_est::revocation::RevocationReason;
+use matter_est::store::{
+    self, Admission, CertQuery, Committed, CrlRecord, DacRecord, Ledger, Position, RevokedEntry,
+    Status, TokenRecord, TokenState,
+};
+
+use common::pg;
+
+#[test]
+fn on_postgres() {
+    // The migration and schema tests start their own servers.
+    pg::rerun_on_postgres("on_postgres", &["migrate_", "schema_"]);
+}
+
+/// A fresh ledger (its directory kept alive with it) and a second node on the same one.
+struct Under {
+    _dir: tempfile::TempDir,
+    a: Arc<dyn Ledger>,
+    b: Arc<dyn Ledger>,
+    store: StoreConfig,
+}
+
+fn ledger() -> Under {
+    let dir = tempfile::tempdir().unwrap();
+    let store = match pg::suite() {
+        None => StoreConfig::Redb(dir.path().join("l.redb")),
+        Some(server) => {
+            let db = server.create_database();
+            let text = format!(
+                "{}\n[labels.x]\npai = \"p.pem\"\nsigner = {{ file = \"k.pem\" }}\n",
+                pg::store_toml(server.port, &db, dir.path())
+            );
+            matter_est::config::Config::parse(&dir.path().join("c.toml"), &text)
+                .unwrap()
+                .store
+        }
+    };
+    let a = store::open_store(&store).unwrap();
+    let b = match &store {
+        StoreConfig::Redb(_) => a.clone(),
+        StoreConfig::Postgres(_) => store::open_store(&store).unwrap(),
+    };
+    Under {
+        _dir: dir,
+        a,
+        b,
+        store,
+    }
+}
+
+fn record(serial: u8, subject: &str, label: &str) -> DacRecord {
+    keyed(vec![serial], subject, label, serial)
+}
+
+/// A record whose DER carries a P-256 key made of `key` bytes (the repeat rule compares keys).
+fn keyed(serial: Vec<u8>, subject: &str, label: &str, key: u8) -> DacRecord {
+    let mut der = vec![0x30, 0];
+    der.extend_from_slice(&matter_est::asn1::p256_spki(&[key; 65]));
+    DacRecord {
+        serial,
+        label: label.into(),
+        issuer_key: vec![9; 20],
+        subject: subject.into(),
+        subject_der: subject.as_bytes().to_vec(),
+        vid: 0xfff1,
+        pid: 0x8000,
+        requester: "test".into(),
+        issued_at: 1,
+        der,
+        status: Status::Issued,
+        renews: None,
+        server_keygen: false,
+    }
+}
+
+fn quota(n: u64) -> Admission {
+    Admission {
+        quota: Some(n),
+        ..Admission::default()
+    }
+}
+
+#[test]
+fn uniqueness_quota_renewal_revocation_and_crl() {
+    let u = ledger();
+    let ledger = &u.a;
+    ledger.commit(&record(1, "a", "x"), &quota(2)).unwrap();
+    assert!(matches!(
+        ledger.commit(&record(1, "b", "x"), &quota(2)),
+        Err(Error::Ledger(m)) if m.contains("serial")
+    ));
+    assert!(matches!(
+        ledger.commit(&record(2, "a", "x"), &quota(2)),
+        Err(Error::SubjectTaken { .. })
+    ));
+    // A renewal of another DAC does not take a subject it does not hold.
+    let mut wrong = record(5, "a", "x");
+    wrong.renews = Some(vec![77]);
+    assert!(matches!(
+        ledger.commit(&wrong, &quota(2)),
+        Err(Error::SubjectTaken { .. })
+    ));
+    let mut renewal = record(3, "a", "x");
+    renewal.renews = Some(vec![1]);
+    assert_eq!(
+        ledger.commit(&renewal, &quota(2)).unwrap(),
+        Committed::Recorded
+    );
+    assert!(matches!(
+        ledger.commit(&record(4, "c", "x"), &quota(2)),
+        Err(Error::QuotaExhausted { quota: 2, .. })
+    ));
+    // Refusals changed nothing.
+    assert_eq!(ledger.count("x").unwrap(), 2);
+    assert!(ledger.by_serial(&[2]).unwrap().is_none());
+    assert!(ledger.by_serial(&[4]).unwrap().is_none());
+    assert!(ledger.by_serial(&[5]).unwrap().is_none());
+    // An uncounted renewal does not use the quota but is refused past a full one.
+    let mut uncounted = record(6, "d", "y");
+    uncounted.renews = None;
+    let free = Admission {
+        quota: Some(1),
+        uncounted: true,
+        ..Admission::default()
+    };
+    ledger.commit(&uncounted, &free).unwrap();
+    assert_eq!(ledger.count("y").unwrap(), 0);
+
+    let revoked = ledger
+        .revoke(&[1], RevocationReason::KeyCompromise, 5, "test")
+        .unwrap();
+    assert_eq!(revoked.serial, [1]);
+    assert!(matches!(revoked.status, Status::Revoked { at: 5, .. }));
+    assert!(matches!(
+        u.b.revoke(&[1], RevocationReason::Superseded, 6, "test"),
+        Err(Error::AlreadyRevoked { .. })
+    ));
+    assert!(matches!(
+        ledger.revoke(&[99], RevocationReason::Superseded, 6, "test"),
+        Err(Error::NotFound(_))
+    ));
+    assert_eq!(
+        ledger.revoked("x").unwrap(),
+        [RevokedEntry {
+            serial: vec![1],
+            at: 5,
+            reason: RevocationReason::KeyCompromise
+        }]
+    );
+    assert!(ledger.revoked("y").unwrap().is_empty());
+
+    // cRLNumbers only grow, across nodes too.
+    assert_eq!(ledger.next_crl_number("x").unwrap(), 1);
+    assert_eq!(u.b.next_crl_number("x").unwrap(), 2);
+    assert_eq!(ledger.next_crl_number("y").unwrap(), 1);
+    let crl = CrlRecord {
+        number: 2,
+        this_update: 1,
+        next_update: 2,
+        entries: 1,
+        der: vec![0x30, 0],
+    };
+    ledger.put_crl("x", &crl).unwrap();
+    assert!(u.b.put_crl("x", &crl).is_err(), "not newer");
+    assert_eq!(u.b.crl("x").unwrap(), Some(crl));
+    assert_eq!(ledger.crl("y").unwrap(), None);
+
+    let list = u.b.list(0, 10).unwrap();
+    assert_eq!(
+        list.iter().map(|r| r.serial[0]).collect::<Vec<_>>(),
+        [1, 3, 6]
+    );
+    assert_eq!(u.b.list(1, 1).unwrap()[0].serial, [3]);
+    assert!(matches!(list[0].status, Status::Revoked { .. }));
+    let holder = u.b.by_subject(&[9; 20], b"a").unwrap();
+    assert_eq!(holder.map(|r| r.serial), Some(vec![3]));
+    assert_eq!(u.b.by_subject(&[8; 20], b"a").unwrap(), None);
+
+    // Re-key marks: once, never on a revoked DAC, unknown serials not found.
+    assert!(ledger.rekey_mark(&[3]).unwrap().is_none());
+    ledger.mark_rekey(&[3], 7, "op").unwrap();
+    assert_eq!(u.b.rekey_mark(&[3]).unwrap(), Some((7, "op".to_string())));
+    assert!(matches!(
+        u.b.mark_rekey(&[3], 8, "op"),
+        Err(Error::BadRequest(_))
+    ));
+    assert!(matches!(
+        ledger.mark_rekey(&[1], 8, "op"),
+        Err(Error::BadRequest(_))
+    ));
+    assert!(matches!(
+        ledger.mark_rekey(&[42], 8, "op"),
+        Err(Error::NotFound(_))
+    ));
+
+    // The audit chain holds every change, in order, and verifies.
+    let (count, head) = ledger.audit_verify(None).unwrap().expect("intact");
+    let events: Vec<String> = ledger
+        .audit_records(0, 100)
+        .unwrap()
+        .iter()
+        .map(|r| r.event.name().to_string())
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "enrollment_granted",
+            "enrollment_granted",
+            "enrollment_granted",
+            "revocation",
+            "crl_issued",
+            "rekey_marked"
+        ]
+    );
+    assert_eq!(count, 6);
+    assert_eq!(head, ledger.audit_head().unwrap());
+    assert_eq!(head.map(|h| h.seq), Some(5));
+}
+
+#[test]
+fn a_repeat_gets_the_dac_on_record_from_either_node() {
+    let u = ledger();
+    let first = keyed(vec![1, 1], "CN=r", "x", 7);
+    u.a.commit(&first, &quota(5)).unwrap();
+    // The same key asking again (a new serial, as a retry signs anew): the DAC on record.
+    let again = keyed(vec![1, 2], "CN=r", "x", 7);
+    for node in [&u.a, &u.b] {
+        match node.commit(&again, &quota(5)).unwrap() {
+            Committed::AlreadyOnRecord(r) => assert_eq!(*r, first),
+            other => panic!("{other:?}"),
+        }
+    }
+    // Another key: refused.
+    assert!(matches!(
+        u.b.commit(&keyed(vec![1, 3], "CN=r", "x", 8), &quota(5)),
+        Err(Error::SubjectTaken { .. })
+    ));
+    assert_eq!(u.a.count("x").unwrap(), 1);
+    assert!(u.a.by_serial(&[1, 2]).unwrap().is_none());
+}
+
+#[test]
+fn tokens_are_spent_once_and_revoked_once() {
+    let u = ledger();
+    let token = |id: &str, expires_at: Option<i64>| TokenRecord {
+        id: id.into(),
+        label: "x".into(),
+        pid: Some(0x8000),
+        created_at: 1,
+        spent_by: None,
+        expires_at,
+        cn: Some("dev-1".into()),
+        revoked_at: None,
+    };
+    u.a.put_token(&[1; 32], &token("t1", None)).unwrap();
+    u.a.put_token(&[2; 32], &token("t2", Some(1))).unwrap();
+    u.a.put_token(&[3; 32], &token("t3", None)).unwrap();
+    assert!(
+        u.b.put_token(&[4; 32], &token("t1", None)).is_err(),
+        "id taken"
+    );
+    assert_eq!(u.b.token(&[1; 32]).unwrap(), Some(token("t1", None)));
+    assert_eq!(u.b.token(&[9; 32]).unwrap(), None);
+    let spend = |id: &str| Admission {
+        token: Some(id.into()),
+        ..Admission::default()
+    };
+    u.a.commit(&record(1, "a", "x"), &spend("t1")).unwrap();
+    assert!(matches!(
+        u.b.commit(&record(2, "b", "x"), &spend("t1")),
+        Err(Error::Unauthenticated(m)) if m.contains("already used")
+    ));
+    assert!(matches!(
+        u.b.commit(&record(3, "c", "x"), &spend("t2")),
+        Err(Error::Unauthenticated(m)) if m.contains("expired")
+    ));
+    assert!(matches!(
+        u.b.commit(&record(4, "d", "x"), &spend("nope")),
+        Err(Error::Unauthenticated(m)) if m.contains("unknown")
+    ));
+    // Revoked: once; a spent one is not revoked; unknown ids are not found.
+    assert_eq!(u.b.revoke_token("t3", 9, "op").unwrap().revoked_at, Some(9));
+    assert!(matches!(
+        u.a.revoke_token("t3", 9, "op"),
+        Err(Error::BadRequest(_))
+    ));
+    assert!(
+        matches!(u.a.revoke_token("t1", 9, "op"), Err(Error::BadRequest(m)) if m.contains("spent"))
+    );
+    assert!(matches!(
+        u.a.revoke_token("zz", 9, "op"),
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        u.a.commit(&record(5, "e", "x"), &spend("t3")),
+        Err(Error::Unauthenticated(m)) if m.contains("revoked")
+    ));
+    let tokens = u.b.tokens().unwrap();
+    assert_eq!(
+        tokens.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+        ["t1", "t2", "t3"]
+    );
+    assert_eq!(tokens[0].state(5), TokenState::Spent(vec![1]));
+    assert_eq!(tokens[1].state(5), TokenState::Expired);
+    assert_eq!(tokens[2].state(5), TokenState::Revoked);
+    assert_eq!(u.a.count("x").unwrap(), 1);
+    assert!(u.a.audit_verify(None).unwrap().is_ok());
+}
+
+/// Many threads on two nodes for the last slots of a quota, one subject, and one token: the
+/// ledger admits exactly what its rules allow, and the chain stays one sequence.
+#[test]
+fn concurrent_commits_on_two_nodes_keep_every_rule() {
+    let u = ledger();
+    // 5 slots left of 25.
+    for i in 0..20u8 {
+        u.a.commit(&record(i, &format!("pre-{i}"), "x"), &quota(25))
+            .unwrap();
+    }
+    u.a.put_token(
+        &[7; 32],
+        &TokenRecord {
+            id: "tok".into(),
+            label: "y".into(),
+            pid: None,
+            created_at: 1,
+            spent_by: None,
+            expires_at: None,
+            cn: None,
+            revoked_at: None,
+        },
+    )
+    .unwrap();
+    let threads = 60;
+    let barrier = Arc::new(Barrier::new(threads));
+    let handles: Vec<_> = (0..threads)
+        .map(|i| {
+            let node = if i % 2 == 0 { u.a.clone() } else { u.b.clone() };
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                let serial = |k: u8| vec![k, i as u8, 0xaa];
+                // The quota: distinct subjects.
+                let quota_result =
+                    node.commit(&keyed(serial(1), &format!("q-{i}"), "x", 1), &quota(25));
+                // One subject, a different key each.
+                let subject_result = node.commit(
+                    &keyed(serial(2), "CN=one", "z", (i % 250) as u8 + 2),
+                    &Admission::default(),
+                );
+                // One token.
+                let token_result = node.commit(
+                    &keyed(serial(3), &format!("t-{i}"), "y", 1),
+                    &Admission {
+                        token: Some("tok".into()),
+                        ..Admission::default()
+                    },
+                );
+                (quota_result, subject_result, token_result)
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let ok = |r: &matter_est::Result<Committed>| matches!(r, Ok(Committed::Recorded));
+    assert_eq!(results.iter().filter(|r| ok(&r.0)).count(), 5, "quota");
+    assert!(
+        results
+            .iter()
+            .all(|r| ok(&r.0) || matches!(r.0, Err(Error::QuotaExhausted { quota: 25, .. })))
+    );
+    assert_eq!(results.iter().filter(|r| ok(&r.1)).count(), 1, "subject");
+    assert!(
+        results
+            .iter()
+            .all(|r| ok(&r.1) || matches!(r.1, Err(Error::SubjectTaken { .. })))
+    );
+    assert_eq!(results.iter().filter(|r| ok(&r.2)).count(), 1, "token");
+    assert!(
+        results
+            .iter()
+            .all(|r| ok(&r.2) || matches!(r.2, Err(Error::Unauthenticated(_))))
+    );
+    assert_eq!(u.b.count("x").unwrap(), 25);
+    assert_eq!(u.b.count("z").unwrap(), 1);
+    assert_eq!(u.b.count("y").unwrap(), 1);
+    // The chain: one sequence with every grant (20 + 5 + 1 + 1, and token_created and
+    // token_spent), verified from either node.
+    let (count, head) = u.b.audit_verify(None).unwrap().expect("intact");
+    assert_eq!(count, 20 + 1 + 5 + 1 + 1 + 1);
+    assert_eq!(u.a.audit_verify(head).unwrap().expect("intact").0, count);
+}
+
+#[test]
+fn inventory_pages_and_filters() {
+    let u = ledger();
+    for i in 0..30u8 {
+        let mut r = record(
+            i,
+            &format!("CN=dev-{i:02}"),
+            if i % 3 == 0 { "a" } else { "b" },
+        );
+        r.issued_at = 100 + i64::from(i / 2);
+        r.pid = 0x8000 + u16::from(i % 2);
+        u.a.commit(&r, &Admission::default()).unwrap();
+    }
+    u.a.revoke(&[4], RevocationReason::Unspecified, 1, "t")
+        .unwrap();
+    let all = |q: CertQuery| {
+        let mut out = Vec::new();
+        let mut q = q;
+        loop {
+            let page = u.b.list_page(&q).unwrap();
+            out.extend(page.records.iter().map(|(_, r)| r.serial[0]));
+            match page.next {
+                Some(next) => q.after = Some(next),
+                None => return out,
+            }
+        }
+    };
+    let page = |limit| CertQuery {
+        limit,
+        ..CertQuery::default()
+    };
+    assert_eq!(all(page(7)), (0..30).collect::<Vec<u8>>());
+    assert_eq!(
+        all(CertQuery {
+            label: Some("a".into()),
+            ..page(4)
+        }),
+        (0..30).filter(|i| i % 3 == 0).collect::<Vec<u8>>()
+    );
+    assert_eq!(
+        all(CertQuery {
+            since: Some(105),
+            until: Some(107),
+            pid: Some(0x8001),
+            ..page(2)
+        }),
+        [11, 13]
+    );
+    assert_eq!(
+        all(CertQuery {
+            revoked: Some(true),
+            ..page(3)
+        }),
+        [4]
+    );
+    assert_eq!(
+        all(CertQuery {
+            contains: Some("dev-2".into()),
+            label: Some("b".into()),
+            ..page(3)
+        }),
+        [20, 22, 23, 25, 26, 28, 29]
+    );
+    // A cursor in the middle of a time (two records per second).
+    let first = u.b.list_page(&page(3)).unwrap();
+    assert_eq!(
+        first.next,
+        Some(Position {
+            time: 101,
+            seq: first.records[2].0
+        })
+    );
+}
+
+#[test]
+fn refusals_and_config_loads_are_audited_in_order() {
+    let u = ledger();
+    for i in 0..5 {
+        let node = if i % 2 == 0 { &u.a } else { &u.b };
+        node.audit(matter_est::store::audit::AuditEvent::ConfigLoaded {
+            path: format!("/c{i}"),
+            sha256: "00".into(),
+        });
+        // A write waits for what was queued before it on that node.
+        node.commit(&record(i, &format!("s{i}"), "x"), &Admission::default())
+            .unwrap();
+    }
+    let records = u.a.audit_records(0, 100).unwrap();
+    assert_eq!(records.len(), 10);
+    assert!(records.iter().enumerate().all(|(i, r)| r.seq == i as u64));
+    assert_eq!(u.a.audit_records(8, 100).unwrap().len(), 2);
+    assert!(u.b.audit_verify(None).unwrap().is_ok());
+    // A head the chain does not reach is named.
+    let mut beyond = u.a.audit_head().unwrap().unwrap();
+    beyond.seq += 3;
+    assert!(u.a.audit_verify(Some(beyond)).unwrap().is_err());
+    drop(u.store);
+}
+
+/// `matter-est ledger migrate`: redb → PostgreSQL → redb gives back every record (same counts
+/// and digest), the audit chain verifies on each copy, and a non-empty target is refused.
+#[test]
+fn migrate_redb_to_postgres_and_back() {
+    use std::process::Command;
+    let env = common::DevEnv::new(|t| t);
+    let (issuer, ledger) = env.issuer();
+    let mut serials = Vec::new();
+    for i in 0..6 {
+        let (der, _) = common::csr(&common::subject(
+            Some(&format!("m-{i}")),
+            Some("FFF1"),
+            Some("8000"),
+        ));
+        let req = matter_est::csr::parse(&der).unwrap();
+        let opts = matter_est::issuance::IssueOptions {
+            requester: "test".into(),
+            ..Default::default()
+        };
+        serials.push(issuer.issue("dev", &req, &opts).unwrap().dac.serial);
+    }
+    ledger
+        .revoke(&serials[0], RevocationReason::KeyCompromise, 5, "op")
+        .unwrap();
+    ledger.mark_rekey(&serials[1], 6, "op").unwrap();
+    matter_est::policy::create_token(ledger.as_ref(), "dev", None).unwrap();
+    let n = ledger.next_crl_number("dev").unwrap();
+    ledger
+        .put_crl(
+            "dev",
+            &CrlRecord {
+                number: n,
+                this_update: 1,
+                next_update: 2,
+                entries: 1,
+                der: vec![0x30, 0],
+            },
+        )
+        .unwrap();
+    let source = store::migrate::summarize(&ledger.export().unwrap());
+    assert_eq!(source.dacs, 6);
+    assert!(source.audit >= 10, "{source:?}");
+    ledger.close();
+    drop((issuer, ledger));
+
+    let server = pg::PgServer::start();
+    let db = server.create_database();
+    let a = env.path(matter_est::profile::dev::files::CONFIG);
+    let text = std::fs::read_to_string(&a).unwrap();
+    let b = env.path("on-postgres.toml");
+    std::fs::write(
+        &b,
+        pg::adopt_to(text.clone(), env.dir.path(), server.port, &db),
+    )
+    .unwrap();
+    let c = env.path("back.toml");
+    std::fs::write(&c, text.replace("ledger.redb", "back.redb")).unwrap();
+    let migrate = |from: &std::path::Path, to: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_matter-est"))
+            .args(["ledger", "migrate", "--from"])
+            .arg(from)
+            .arg("--to")
+            .arg(to)
+            .output()
+            .unwrap()
+    };
+    for (from, to) in [(&a, &b), (&b, &c)] {
+        let out = migrate(from, to);
+        common::assert_success(&out);
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            said.contains(&format!("digest {}", source.digest)),
+            "{said}"
+        );
+        assert!(said.contains("6 DACs"), "{said}");
+        let out = Command::new(env!("CARGO_BIN_EXE_matter-est"))
+            .args(["audit", "verify", "--config"])
+            .arg(to)
+            .output()
+            .unwrap();
+        common::assert_success(&out);
+    }
+    // Into a ledger that holds records: refused, nothing changes.
+    let out = migrate(&a, &b);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
+    for config in [&b, &c] {
+        let config = matter_est::config::Config::load(config).unwrap();
+        let copy = store::open(&config).unwrap();
+        assert_eq!(store::migrate::summarize(&copy.export().unwrap()), source);
+        // The copy works as a ledger: it goes on where the source stopped.
+        assert_eq!(copy.next_crl_number("dev").unwrap(), n + 1);
+        assert!(matches!(
+            copy.revoke(&serials[0], RevocationReason::Superseded, 9, "op"),
+            Err(Error::AlreadyRevoked { .. })
+        ));
+        assert!(copy.rekey_mark(&serials[1]).unwrap().is_some());
+        copy.close();
+    }
+}
+
+/// Nodes starting together apply the schema once (under the advisory lock); a node refuses a
+/// database whose schema is newer than it knows.
+#[test]
+fn schema_is_migrated_once_and_a_newer_one_refused() {
+    let server = pg::PgServer::start();
+    let db = server.create_database();
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}\n[labels.x]\npai = \"p.pem\"\nsigner = {{ file = \"k.pem\" }}\n",
+        pg::store_toml(server.port, &db, dir.path())
+    );
+    let config = matter_est::config::Config::parse(&dir.path().join("c.toml"), &text).unwrap();
+    let barrier = Arc::new(Barrier::new(4));
+    let nodes: Vec<_> = (0..4)
+        .map(|_| {
+            let store = config.store.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                store::open_store(&store).unwrap()
+            })
+        })
+        .collect();
+    let nodes: Vec<_> = nodes.into_iter().map(|n| n.join().unwrap()).collect();
+    assert_eq!(
+        server.psql(&db, "SELECT count(*), max(version) FROM matter_est_schema"),
+        format!(
+            "1|{}",
+            matter_est::store::postgres::PgLedger::known_schema_version()
+        )
+    );
+    nodes[0]
+        .commit(&record(1, "a", "x"), &Admission::default())
+        .unwrap();
+    drop(nodes);
+    server.psql(&db, "INSERT INTO matter_est_schema (version) VALUES (999)");
+    let refused = store::open_store(&config.store).err().expect("refused");
+    assert!(
+        refused
+            .to_string()
+            .contains("schema is version 999, newer than this matter-est knows"),
+        "{refused}"
+    );
+}
+
+/// `tls = "verify-full"`: the server's certificate must chain to `ca_file` and name the URL's
+/// host; a login over TLS works, another CA or another name is refused with the reason.
+#[test]
+fn schema_over_tls_verify_full() {
+    use std::process::Command;
+    let openssl = |dir: &std::path::Path, args: &[&str]| {
+        let out = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .unwrap();
+        common::assert_success(&out);
+    };
+    let certs = |dir: &std::path::Path, name: &str| {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &format!("{name}-ca.key"),
+                "-out",
+                &format!("{name}-ca.pem"),
+                "-subj",
+                &format!("/CN={name} test CA"),
+                "-days",
+                "2",
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+        );
+        std::fs::write(
+            dir.join("ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                &format!("{name}-ca.pem"),
+                "-CAkey",
+                &format!("{name}-ca.key"),
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.pem"),
+                "-days",
+                "2",
+                "-extfile",
+                "ext",
+            ],
+        );
+    };
+    let server = pg::PgServer::start_with(|dir| {
+        certs(dir, "db");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.join("db.key"), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
+        format!(
+            "-c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+            dir.join("db.pem").display(),
+            dir.join("db.key").display()
+        )
+    });
+    let db = server.create_database();
+    let dir = tempfile::tempdir().unwrap();
+    certs(dir.path(), "other");
+    std::fs::copy(
+        server.dir.path().join("db-ca.pem"),
+        dir.path().join("db-ca.pem"),
+    )
+    .unwrap();
+    let open = |host: &str, ca: &str| {
+        let text = format!(
+            "{}\n[labels.x]\npai = \"p.pem\"\nsigner = {{ file = \"k.pem\" }}\n",
+            pg::store_toml(server.port, &db, dir.path())
+                .replace(
+                    "tls = \"disable\"",
+                    &format!("tls = \"verify-full\"\nca_file = \"{ca}\"")
+                )
+                .replace("@127.0.0.1:", &format!("@{host}:"))
+        );
+        let config = matter_est::config::Config::parse(&dir.path().join("c.toml"), &text).unwrap();
+        store::open_store(&config.store)
+    };
+    let ledger = open("127.0.0.1", "db-ca.pem").unwrap();
+    ledger
+        .commit(&record(1, "a", "x"), &Admission::default())
+        .unwrap();
+    assert_eq!(ledger.count("x").unwrap(), 1);
+    // The connection really is TLS.
+    assert_eq!(
+        server
+            .psql(
+                &db,
+                "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE s.ssl AND a.application_name = 'matter-est'"
+            )
+            .parse::<u32>()
+            .unwrap()
+            .min(1),
+        1
+    );
+    drop(ledger);
+    // Refused for good (not "unavailable, retry"), with rustls's reason.
+    let wrong_ca = open("127.0.0.1", "other-ca.pem").err().expect("refused");
+    assert!(
+        matches!(&wrong_ca, Error::Ledger(m) if m.contains("UnknownIssuer")),
+        "{wrong_ca}"
+    );
+    let wrong_name = open("localhost", "db-ca.pem").err().expect("refused");
+    assert!(
+        matches!(&wrong_name, Error::Ledger(m) if m.contains("not valid for name \"localhost\"")),
+        "{wrong_name}"
+    );
+}
+
+/// A proxy between the ledger and PostgreSQL that, once armed, cuts the connection carrying
+/// the next `COMMIT`: after passing it on (the database commits, the answer is lost) or before
+/// (the database never sees it).
+struct CommitCutter {
+    port: u16,
+    armed: Arc<std::sync::Mutex<Option<bool>>>,
+    cut: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CommitCutter {
+    fn start(upstream: u16) -> Self {
+        use std::io::{Read, Write};
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let armed: Arc<std::sync::Mutex<Option<bool>>> = Arc::default();
+        let cut = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (armed2, cut2) = (armed.clone(), cut.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let server = TcpStream::connect(("127.0.0.1", upstream)).unwrap();
+                let (mut c_in, mut s_out) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (mut s_in, mut c_out) = (server, client);
+                let (armed, cut) = (armed2.clone(), cut2.clone());
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 65536];
+                    // The simple-query message `COMMIT` (Q, length 11).
+                    let commit = b"Q\0\0\0\x0bCOMMIT\0";
+                    while let Ok(n) = c_in.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        let chunk = &buf[..n];
+                        let hit = chunk.windows(commit.len()).any(|w| w == commit);
+                        let mode = if hit {
+                            armed.lock().unwrap().take()
+                        } else {
+                            None
+                        };
+                        match mode {
+                            Some(after) => {
+                                // The client's side first: no answer reaches it.
+                                cut.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                let _ = c_in.shutdown(Shutdown::Both);
+                                if after {
+                                    let _ = s_out.write_all(chunk);
+                                    std::thread::sleep(Duration::from_millis(300));
+                                }
+                                let _ = s_out.shutdown(Shutdown::Both);
+                                return;
+                            }
+                            None => {
+                                if s_out.write_all(chunk).is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    let _ = s_out.shutdown(Shutdown::Both);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut s_in, &mut c_out);
+                    let _ = c_out.shutdown(Shutdown::Both);
+                });
+            }
+        });
+        Self { port, armed, cut }
+    }
+}
+
+use std::time::Duration;
+
+/// The connection lost after `COMMIT` was sent: the ledger looks the serial up and answers
+/// what happened — recorded when the database committed, unavailable (nothing recorded) when
+/// it never saw the COMMIT — never a guess.
+#[test]
+fn schema_commit_outcome_unknown_is_looked_up() {
+    let server = pg::PgServer::start();
+    let db = server.create_database();
+    let proxy = CommitCutter::start(server.port);
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}\n[labels.x]\npai = \"p.pem\"\nsigner = {{ file = \"k.pem\" }}\n",
+        pg::store_toml(proxy.port, &db, dir.path())
+    );
+    let config = matter_est::config::Config::parse(&dir.path().join("c.toml"), &text).unwrap();
+    let ledger = store::open_store(&config.store).unwrap();
+    ledger
+        .commit(&record(1, "a", "x"), &Admission::default())
+        .unwrap();
+
+    // Cut after COMMIT reached the database: it committed; the answer says so.
+    *proxy.armed.lock().unwrap() = Some(true);
+    assert_eq!(
+        ledger
+            .commit(&record(2, "b", "x"), &Admission::default())
+            .unwrap(),
+        Committed::Recorded
+    );
+    assert_eq!(proxy.cut.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(ledger.by_serial(&[2]).unwrap().is_some());
+
+    // Cut before: the database rolled back; the answer is "unavailable", nothing recorded, and
+    // the same request then succeeds.
+    *proxy.armed.lock().unwrap() = Some(false);
+    let lost = ledger.commit(&record(3, "c", "x"), &Admission::default());
+    assert!(
+        matches!(lost, Err(Error::LedgerUnavailable { .. })),
+        "{lost:?}"
+    );
+    assert_eq!(proxy.cut.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert!(ledger.by_serial(&[3]).unwrap().is_none());
+    ledger
+        .commit(&record(3, "c", "x"), &Admission::default())
+        .unwrap();
+    assert_eq!(ledger.count("x").unwrap(), 3);
+    assert!(ledger.audit_verify(None).unwrap().is_ok());
+}
