@@ -12,7 +12,6 @@ use common::est::TestServer;
 use est_client::matter::{self, DeviceSubject};
 use est_client::{Client, ClientConfig, Enrolled, Error};
 use matter_est::profile::dev;
-use matter_est::store::Ledger;
 
 fn config(server: &TestServer, identity: Option<(&Path, &Path)>) -> ClientConfig {
     ClientConfig::new(
