@@ -11,8 +11,8 @@ use matter_est::Error;
 use matter_est::config::StoreConfig;
 use matter_est::revocation::RevocationReason;
 use matter_est::store::{
-    self, Admission, CertQuery, Committed, CrlRecord, DacRecord, Ledger, Position, RevokedEntry,
-    Status, TokenRecord, TokenState,
+    self, Admission, CertQuery, Committed, CrlRecord, DacRecord, Decision, HeldRequest, HeldState,
+    Ledger, Position, RevokedEntry, Status, TokenRecord, TokenState,
 };
 
 use common::pg;
@@ -248,6 +248,110 @@ fn a_repeat_gets_the_dac_on_record_from_either_node() {
     ));
     assert_eq!(u.a.count("x").unwrap(), 1);
     assert!(u.a.by_serial(&[1, 2]).unwrap().is_none());
+}
+
+fn held(id: &str, requester: &str) -> HeldRequest {
+    HeldRequest {
+        id: id.into(),
+        label: "x".into(),
+        subject: "CN=held".into(),
+        csr_sha256: "00".into(),
+        requester: requester.into(),
+        kind: "enrollment".into(),
+        requested_at: 10,
+        expires_at: 20,
+        decision: None,
+    }
+}
+
+fn decision(approved: bool, at: i64, by: &str) -> Decision {
+    Decision {
+        approved,
+        at,
+        by: by.into(),
+        reason: (!approved).then(|| "not on the line plan".to_string()),
+    }
+}
+
+/// Manual approval (RFC 7030 §4.2.3): a request is held once (the first one stays), decided
+/// once, even by two operators on two nodes at the same moment, and never after it expired.
+#[test]
+fn held_requests_are_kept_once_and_decided_once_on_either_node() {
+    let u = ledger();
+    let req = held("h1", "client:cn:gw");
+    assert_eq!(u.a.hold(&req).unwrap(), req);
+    assert_eq!(u.b.hold(&held("h1", "someone else")).unwrap(), req);
+    assert!(matches!(
+        u.b.decide("h1", &decision(true, 20, "op")),
+        Err(Error::BadRequest(m)) if m.contains("expired")
+    ));
+    assert!(matches!(
+        u.a.decide("nope", &decision(true, 11, "op")),
+        Err(Error::NotFound(_))
+    ));
+    // Two operators, one on each node, at once: one decision stands.
+    let barrier = Arc::new(Barrier::new(2));
+    let outcomes: Vec<_> = [(u.a.clone(), true, "op-a"), (u.b.clone(), false, "op-b")]
+        .into_iter()
+        .map(|(node, approved, by)| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                node.decide("h1", &decision(approved, 12, by))
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    let stood: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().ok()).collect();
+    assert_eq!(stood.len(), 1, "{outcomes:?}");
+    let refused = outcomes.iter().find_map(|o| o.as_ref().err()).unwrap();
+    assert!(
+        matches!(refused, Error::BadRequest(m) if m.contains("already")),
+        "{refused}"
+    );
+    let kept = u.a.held("h1").unwrap().unwrap();
+    assert_eq!(&kept, stood[0]);
+    assert!(matches!(
+        kept.state(100),
+        HeldState::Approved | HeldState::Rejected(_)
+    ));
+    u.b.hold(&HeldRequest {
+        requested_at: 5,
+        ..held("h0", "client:cn:gw")
+    })
+    .unwrap();
+    let ids: Vec<String> = u.b.held_list().unwrap().into_iter().map(|h| h.id).collect();
+    assert_eq!(ids, ["h0", "h1"], "oldest first");
+    let names: Vec<&str> =
+        u.a.audit_records(0, 10)
+            .unwrap()
+            .iter()
+            .map(|r| r.event.name())
+            .collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert_eq!(names[0], "enrollment_held");
+    assert!(["request_approved", "request_rejected"].contains(&names[1]));
+    assert_eq!(names[2], "enrollment_held");
+}
+
+/// The dashboard's window: the newest DACs, of a label or of all, newest first.
+#[test]
+fn recent_reads_newest_first_from_either_node() {
+    let u = ledger();
+    for (serial, at, label) in [(1, 30, "x"), (2, 10, "y"), (3, 20, "x"), (4, 40, "y")] {
+        let mut r = record(serial, &format!("CN=s{serial}"), label);
+        r.issued_at = at;
+        u.a.commit(&r, &Admission::default()).unwrap();
+    }
+    let serials = |rs: Vec<DacRecord>| rs.iter().map(|r| r.serial[0]).collect::<Vec<_>>();
+    for node in [&u.a, &u.b] {
+        assert_eq!(serials(node.recent(None, 10).unwrap()), [4, 1, 3, 2]);
+        assert_eq!(serials(node.recent(None, 2).unwrap()), [4, 1]);
+        assert_eq!(serials(node.recent(Some("x"), 10).unwrap()), [1, 3]);
+        assert!(node.recent(Some("z"), 10).unwrap().is_empty());
+    }
 }
 
 #[test]
@@ -539,8 +643,19 @@ fn migrate_redb_to_postgres_and_back() {
             },
         )
         .unwrap();
+    ledger.hold(&held("waiting", "client:cn:gw")).unwrap();
+    ledger
+        .hold(&HeldRequest {
+            requested_at: 11,
+            ..held("decided", "token:t1")
+        })
+        .unwrap();
+    ledger
+        .decide("decided", &decision(false, 12, "op"))
+        .unwrap();
     let source = store::migrate::summarize(&ledger.export().unwrap());
     assert_eq!(source.dacs, 6);
+    assert_eq!(source.held, 2);
     assert!(source.audit >= 10, "{source:?}");
     ledger.close();
     drop((issuer, ledger));
@@ -597,6 +712,14 @@ fn migrate_redb_to_postgres_and_back() {
             Err(Error::AlreadyRevoked { .. })
         ));
         assert!(copy.rekey_mark(&serials[1]).unwrap().is_some());
+        assert!(matches!(
+            copy.held("decided").unwrap().unwrap().state(13),
+            HeldState::Rejected(_)
+        ));
+        assert!(matches!(
+            copy.decide("decided", &decision(true, 13, "op")),
+            Err(Error::BadRequest(_))
+        ));
         copy.close();
     }
 }
@@ -627,10 +750,11 @@ fn schema_is_migrated_once_and_a_newer_one_refused() {
     let nodes: Vec<_> = nodes.into_iter().map(|n| n.join().unwrap()).collect();
     assert_eq!(
         server.psql(&db, "SELECT count(*), max(version) FROM matter_est_schema"),
-        format!(
-            "1|{}",
-            matter_est::store::postgres::PgLedger::known_schema_version()
-        )
+        {
+            // One row per migration, each applied once.
+            let v = matter_est::store::postgres::PgLedger::known_schema_version();
+            format!("{v}|{v}")
+        }
     );
     nodes[0]
         .commit(&record(1, "a", "x"), &Admission::default())
