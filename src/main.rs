@@ -436,8 +436,18 @@ fn run(cli: Cli) -> Result<()> {
                 eprintln!("device {}: {kind}: {}", f.device_id, f.reason);
             }
             let s = &report.summary;
+            let permanent = report.failures.iter().filter(|f| f.permanent).count();
+            let retryable = report.failures.len() - permanent;
+            let not_attempted = s
+                .requested
+                .saturating_sub(s.count)
+                .saturating_sub(report.failures.len() as u64);
+            // One line, in the form of `est-client gateway`'s summary.
             println!(
-                "batch {}: label {} VID {} PID {}: {} of {} devices ({} made now at {:.0}/s, {} recovered), serials {} .. {}, keys {}",
+                "batch {}: label {} VID {} PID {}: {} of {} devices ({} made now at {:.0}/s, {} \
+                 recovered), {} failed ({permanent} permanent, {retryable} retryable), \
+                 {not_attempted} not attempted, in {secs:.1} s; serials {} .. {}, keys {}; \
+                 manifest {} is durable",
                 s.status,
                 s.label,
                 s.vid,
@@ -447,13 +457,13 @@ fn run(cli: Cli) -> Result<()> {
                 report.made,
                 report.made as f64 / secs.max(1e-9),
                 report.recovered,
+                report.failures.len(),
                 s.first_serial.as_deref().unwrap_or("-"),
                 s.last_serial.as_deref().unwrap_or("-"),
                 s.key_encryption,
+                out.join("manifest.jsonl").display(),
             );
             println!("output: {}", out.display());
-            let permanent = report.failures.iter().filter(|f| f.permanent).count();
-            let retryable = report.failures.len() - permanent;
             match (permanent, retryable) {
                 (0, 0) => Ok(()),
                 (p, 0) => Err(Error::BadRequest(format!(

@@ -105,6 +105,32 @@ fn a_batch_of_ten_thousand() {
     );
     let entries = manifest(&out);
     assert_eq!(entries.len(), 10_000);
+    // The one-line summary, in the form of `est-client gateway`'s (issue 15 item 4).
+    let line = String::from_utf8_lossy(&run.stdout)
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    let (head, tail) = line.split_once(" made now at ").unwrap();
+    assert_eq!(
+        head,
+        "batch complete: label dev VID FFF1 PID 8000: 10000 of 10000 devices (10000"
+    );
+    let (_, tail) = tail.split_once("/s, ").unwrap();
+    let (counts, tail) = tail.split_once(" s; serials ").unwrap();
+    let (counts, secs) = counts.rsplit_once(", in ").unwrap();
+    assert_eq!(
+        counts,
+        "0 recovered), 0 failed (0 permanent, 0 retryable), 0 not attempted"
+    );
+    assert!(secs.parse::<f64>().unwrap() > 0.0, "{line}");
+    assert!(
+        tail.ends_with(&format!(
+            ", keys none; manifest {} is durable",
+            out.join("manifest.jsonl").display()
+        )),
+        "{line}"
+    );
     let subjects: HashSet<_> = entries.iter().map(|e| e.subject.clone()).collect();
     assert_eq!(subjects.len(), 10_000, "subjects unique");
     check_files(&env, &out, &entries, true);

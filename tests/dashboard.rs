@@ -570,16 +570,6 @@ fn the_dashboard_in_headless_chromium() {
     let origin = format!("https://localhost:{admin_port}");
     let form = format!("csrf={csrf}&serial={}&reason=keyCompromise", dev_serials[0]);
     assert_eq!(post(&session, &form, &origin), "403", "an auditor's POST");
-    // Without the CSRF token, or from another origin, nobody's POST goes through.
-    assert_eq!(
-        post(
-            &session,
-            &format!("serial={}&reason=keyCompromise", dev_serials[0]),
-            &origin
-        ),
-        "403"
-    );
-    assert_eq!(post(&session, &form, "https://evil.example"), "403");
     let (_, shown) = socket_api(&socket, "GET", &format!("/v1/certs/{}", dev_serials[0]));
     assert_eq!(shown["status"], "issued", "nothing changed");
     // A login link is good once.
@@ -607,6 +597,37 @@ fn the_dashboard_in_headless_chromium() {
     assert_eq!(b.attr(&b.one("#error"), "data-status"), "403");
     b.go(&format!("{base}/dashboard/revoke?serial={other_serial}"));
     assert_eq!(b.attr(&b.one("#error"), "data-status"), "404");
+    // The operator's own session: without its CSRF token, or from another origin, its POST is
+    // refused too, and nothing changes.
+    b.go(&format!("{base}/dashboard"));
+    let csrf = b.attr(&b.one("header form input[name=csrf]"), "value");
+    let session = b.cookie("matter_est_session")["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let victim = &dev_serials[2];
+    let form = format!("csrf={csrf}&serial={victim}&reason=keyCompromise");
+    assert_eq!(
+        post(
+            &session,
+            &format!("serial={victim}&reason=keyCompromise"),
+            &origin
+        ),
+        "403",
+        "no CSRF token"
+    );
+    assert_eq!(
+        post(&session, &form.replace(&csrf, "x"), &origin),
+        "403",
+        "another CSRF token"
+    );
+    assert_eq!(
+        post(&session, &form, "https://evil.example"),
+        "403",
+        "another origin"
+    );
+    let (_, shown) = socket_api(&socket, "GET", &format!("/v1/certs/{victim}"));
+    assert_eq!(shown["status"], "issued", "nothing changed");
     // Revoke in the page: the button, the confirmation, the reason, confirm.
     b.go(&format!("{base}/dashboard/certs"));
     let page = b.source();

@@ -297,8 +297,9 @@ impl WebResponse {
     }
 }
 
-/// The headers every dashboard answer carries: no caching, no framing, no scripts, nothing
-/// leaves in a Referer (login links carry a code).
+/// The headers every dashboard answer carries: no caching, no framing, no scripts, no Referer
+/// to other sites (login links carry a code). `same-origin`, not `no-referrer`: with the
+/// latter Chromium sends `Origin: null` on our own form posts, which `check_post` refuses.
 pub const SECURITY_HEADERS: &[(&str, &str)] = &[
     ("content-type", "text/html; charset=utf-8"),
     ("cache-control", "no-store"),
