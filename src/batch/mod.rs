@@ -75,6 +75,9 @@ pub struct BatchOptions {
     pub progress: bool,
     /// Also write the finished batch as one archive, `<out>.tar` (mode 0600).
     pub archive: bool,
+    /// Set (by a Ctrl-C or SIGTERM handler) to stop: no new device is started; the ones under
+    /// way are finished, recorded and in the manifest before the run returns.
+    pub stop: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// One line of the manifest.
@@ -481,6 +484,13 @@ fn produce(
         let feeder = scope.spawn(move || -> Result<()> {
             let mut chunk = Vec::with_capacity(CHUNK);
             for (i, item) in todo.enumerate() {
+                if opts
+                    .stop
+                    .as_ref()
+                    .is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
+                {
+                    break;
+                }
                 chunk.push((first_index + i as u64, item?));
                 if chunk.len() == CHUNK && job_tx.send(std::mem::take(&mut chunk)).is_err() {
                     return Ok(());
