@@ -355,13 +355,19 @@ pub fn run_with(engine: &Engine, opts: &BatchOptions) -> Result<Report> {
     let left = requested.saturating_sub(done.len() as u64);
 
     let progress = if opts.progress {
+        // As `est-client gateway`'s bar: devices done, whole devices a second, ETA, failures.
         let bar = indicatif::ProgressBar::new(left);
+        let rate = |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = write!(w, "{:.0}/s", s.per_sec());
+        };
         bar.set_style(
             indicatif::ProgressStyle::with_template(
-                "{bar:40} {pos}/{len} DACs  {per_sec}  ETA {eta}",
+                "{bar:40} {pos}/{len} devices  {rate}  ETA {eta}  {msg}",
             )
-            .map_err(|e| Error::Internal(e.to_string()))?,
+            .map_err(|e| Error::Internal(e.to_string()))?
+            .with_key("rate", rate),
         );
+        bar.set_message("0 failed");
         bar
     } else {
         indicatif::ProgressBar::hidden()
@@ -521,6 +527,7 @@ fn produce(
                             Err((id, e)) => {
                                 progress.inc(1);
                                 failures.push(Failure::new(id, &e));
+                                progress.set_message(format!("{} failed", failures.len()));
                             }
                         }
                     }
@@ -545,6 +552,7 @@ fn produce(
                 let finished = publish(previous, &devices_dir, manifest, &mut failures)?;
                 made += finished;
                 progress.inc(finished);
+                progress.set_message(format!("{} failed", failures.len()));
                 summary.count = manifest.entries_written;
             }
             if all_in && in_flight.is_none() {
