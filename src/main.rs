@@ -408,6 +408,9 @@ fn run(cli: Cli) -> Result<()> {
                 // A running server holds it: one CSR per device through its admin API.
                 None => batch::Engine::Remote(&backend),
             };
+            // Ctrl-C or SIGTERM: stop starting devices, finish and record those under way.
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let signal = stop_on_signal(stop.clone())?;
             let start = std::time::Instant::now();
             let report = batch::run_with(
                 &engine,
@@ -420,8 +423,10 @@ fn run(cli: Cli) -> Result<()> {
                     encrypt_to,
                     progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
                     archive,
+                    stop: Some(stop.clone()),
                 },
             );
+            let stopped_by = signal.stopped_by();
             // The issuer holds the ledger too: release it before the ledger closes.
             drop(issuer);
             backend.close();
@@ -443,12 +448,16 @@ fn run(cli: Cli) -> Result<()> {
                 .saturating_sub(s.count)
                 .saturating_sub(report.failures.len() as u64);
             // One line, in the form of `est-client gateway`'s summary.
+            let status = match (stopped_by, s.status.as_str()) {
+                (Some(_), "partial") => "stopped",
+                (_, status) => status,
+            };
             println!(
                 "batch {}: label {} VID {} PID {}: {} of {} devices ({} made now at {:.0}/s, {} \
                  recovered), {} failed ({permanent} permanent, {retryable} retryable), \
                  {not_attempted} not attempted, in {secs:.1} s; serials {} .. {}, keys {}; \
                  manifest {} is durable",
-                s.status,
+                status,
                 s.label,
                 s.vid,
                 s.pid,
@@ -464,6 +473,16 @@ fn run(cli: Cli) -> Result<()> {
                 out.join("manifest.jsonl").display(),
             );
             println!("output: {}", out.display());
+            if let Some((name, exit)) = stopped_by
+                && status == "stopped"
+            {
+                // Everything above is durable and the ledger is closed.
+                eprintln!(
+                    "matter-est: stopped by {name}: the devices in the manifest are on record \
+                     and their files complete; rerun the same command to continue"
+                );
+                std::process::exit(exit);
+            }
             match (permanent, retryable) {
                 (0, 0) => Ok(()),
                 (p, 0) => Err(Error::BadRequest(format!(
@@ -837,6 +856,62 @@ Try it from another terminal, in a scratch directory (mkdir -p /tmp/try && cd /t
 
 "#
     );
+}
+
+/// Which signal stopped a long command, once one did.
+struct SignalWatch(Arc<std::sync::OnceLock<(&'static str, i32)>>);
+
+impl SignalWatch {
+    /// The signal's name and the exit code it calls for (130 for SIGINT, 143 for SIGTERM).
+    fn stopped_by(&self) -> Option<(&'static str, i32)> {
+        self.0.get().copied()
+    }
+}
+
+/// From now on, SIGINT (Ctrl-C) and SIGTERM set `stop` instead of killing the process, so that
+/// a long command stops cleanly; returns once the handlers are in place.
+fn stop_on_signal(stop: Arc<std::sync::atomic::AtomicBool>) -> Result<SignalWatch> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let seen = Arc::new(std::sync::OnceLock::new());
+    let watch = SignalWatch(seen.clone());
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = ready_tx.send(Err(e.to_string()));
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            let (mut int, mut term) = match (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) {
+                (Ok(i), Ok(t)) => (i, t),
+                (Err(e), _) | (_, Err(e)) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(Ok(()));
+            let got = tokio::select! {
+                _ = int.recv() => ("SIGINT", 130),
+                _ = term.recv() => ("SIGTERM", 143),
+            };
+            let _ = seen.set(got);
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            eprintln!("matter-est: {}: finishing the devices under way", got.0);
+        });
+    });
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(watch),
+        Ok(Err(e)) => Err(Error::Internal(format!("signal handlers: {e}"))),
+        Err(_) => Err(Error::Internal("signal handlers: thread ended".into())),
+    }
 }
 
 #[cfg(test)]

@@ -584,3 +584,67 @@ fn resume_adds_recorded_devices_and_deletes_unrecorded_ones() {
 fn the_same_tests_over_the_pkcs11_signer() {
     common::hsm::rerun_over_pkcs11("the_same_tests_over_the_pkcs11_signer", &[]);
 }
+
+/// Issue 15 item 4: Ctrl-C (SIGINT) stops a batch cleanly: no new device is started, the ones
+/// under way are recorded and in the manifest, the summary line says `stopped` and what is
+/// durable, the exit code is 130, and the rerun has nothing to repair.
+#[test]
+fn ctrl_c_stops_a_batch_cleanly_with_a_summary() {
+    let env = DevEnv::new(|t| t);
+    let out = env.path("interrupted");
+    let child = Command::new(env!("CARGO_BIN_EXE_matter-est"))
+        .args(["batch", "--config"])
+        .arg(env.path(dev::files::CONFIG))
+        .args([
+            "--label", "dev", "--pid", "8000", "--count", "100000", "--out",
+        ])
+        .arg(&out)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let manifest_path = out.join("manifest.jsonl");
+    for _ in 0..2000 {
+        if std::fs::metadata(&manifest_path)
+            .map(|m| m.len() > 10_000)
+            .unwrap_or(false)
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let done = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&done.stdout);
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert_eq!(done.status.code(), Some(130), "{stdout}\n{stderr}");
+    assert!(stderr.contains("stopped by SIGINT"), "{stderr}");
+    let entries = manifest(&out);
+    let n = entries.len();
+    assert!(n > 0 && n < 100_000, "{n}");
+    let line = stdout.lines().next().unwrap();
+    assert!(
+        line.starts_with(&format!(
+            "batch stopped: label dev VID FFF1 PID 8000: {n} of 100000 devices ({n} made now at "
+        )),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!(
+            ", 0 recovered), 0 failed (0 permanent, 0 retryable), {} not attempted, in ",
+            100_000 - n
+        )),
+        "{line}"
+    );
+    assert!(line.ends_with(" is durable"), "{line}");
+    // Exactly the manifest's devices are on record, each with its files.
+    check_files(&env, &out, &entries, false);
+    let (_issuer, ledger) = env.issuer();
+    assert_eq!(ledger.count("dev").unwrap(), n as u64);
+    let files = std::fs::read_dir(out.join("devices")).unwrap().count();
+    assert_eq!(files, 3 * n, "no files of devices left unrecorded");
+}

@@ -75,6 +75,9 @@ pub struct BatchOptions {
     pub progress: bool,
     /// Also write the finished batch as one archive, `<out>.tar` (mode 0600).
     pub archive: bool,
+    /// Set (by a Ctrl-C or SIGTERM handler) to stop: no new device is started; the ones under
+    /// way are finished, recorded and in the manifest before the run returns.
+    pub stop: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// One line of the manifest.
@@ -352,13 +355,19 @@ pub fn run_with(engine: &Engine, opts: &BatchOptions) -> Result<Report> {
     let left = requested.saturating_sub(done.len() as u64);
 
     let progress = if opts.progress {
+        // As `est-client gateway`'s bar: devices done, whole devices a second, ETA, failures.
         let bar = indicatif::ProgressBar::new(left);
+        let rate = |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = write!(w, "{:.0}/s", s.per_sec());
+        };
         bar.set_style(
             indicatif::ProgressStyle::with_template(
-                "{bar:40} {pos}/{len} DACs  {per_sec}  ETA {eta}",
+                "{bar:40} {pos}/{len} devices  {rate}  ETA {eta}  {msg}",
             )
-            .map_err(|e| Error::Internal(e.to_string()))?,
+            .map_err(|e| Error::Internal(e.to_string()))?
+            .with_key("rate", rate),
         );
+        bar.set_message("0 failed");
         bar
     } else {
         indicatif::ProgressBar::hidden()
@@ -481,6 +490,13 @@ fn produce(
         let feeder = scope.spawn(move || -> Result<()> {
             let mut chunk = Vec::with_capacity(CHUNK);
             for (i, item) in todo.enumerate() {
+                if opts
+                    .stop
+                    .as_ref()
+                    .is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
+                {
+                    break;
+                }
                 chunk.push((first_index + i as u64, item?));
                 if chunk.len() == CHUNK && job_tx.send(std::mem::take(&mut chunk)).is_err() {
                     return Ok(());
@@ -511,6 +527,7 @@ fn produce(
                             Err((id, e)) => {
                                 progress.inc(1);
                                 failures.push(Failure::new(id, &e));
+                                progress.set_message(format!("{} failed", failures.len()));
                             }
                         }
                     }
@@ -535,6 +552,7 @@ fn produce(
                 let finished = publish(previous, &devices_dir, manifest, &mut failures)?;
                 made += finished;
                 progress.inc(finished);
+                progress.set_message(format!("{} failed", failures.len()));
                 summary.count = manifest.entries_written;
             }
             if all_in && in_flight.is_none() {
