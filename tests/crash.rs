@@ -1,5 +1,5 @@
-//! Issue 17: the crash harness. `matter-est serve` (a real process, the embedded ledger) is
-//! killed with SIGKILL at random moments while gateways and token-holding devices enroll, and
+//! Issue 17: the crash harness. `matter-est serve` (a real process, on the embedded ledger, and
+//! again on a PostgreSQL ledger in the child of `on_postgres`) is killed with SIGKILL at random moments while gateways and token-holding devices enroll, and
 //! restarted on the same ledger, again and again. Afterwards: every DAC any client received is on
 //! record, no serial appears twice, the quota was not overrun, no token was spent twice, and
 //! every client that retried (the same CSR, as after a lost response) got its DAC, the same one
@@ -119,6 +119,13 @@ async fn enroll_some(
         }
     }
     got
+}
+
+/// The same harness with the ledger on a real PostgreSQL server (tests/common/pg.rs): the server
+/// process dies with transactions open; the database must keep only what was committed.
+#[test]
+fn on_postgres() {
+    common::pg::rerun_on_postgres("on_postgres", &[]);
 }
 
 #[test]
