@@ -740,6 +740,19 @@ fn write_dac(files: &DeviceFiles, der: &[u8]) -> Result<()> {
     write_private(&files.dac_pem, pem.as_bytes())
 }
 
+/// Writes a device's DAC files again: an interrupted run may have left them torn or half
+/// written (a DAC file not named in the manifest was never handed out).
+fn replace_dac(files: &DeviceFiles, der: &[u8]) -> Result<()> {
+    for path in [&files.dac_der, &files.dac_pem] {
+        match fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(path, e)),
+        }
+    }
+    write_dac(files, der)
+}
+
 /// Waits for a group's commit, then publishes each recorded device (its manifest line).
 fn publish(
     in_flight: InFlight,
@@ -831,7 +844,7 @@ fn recover(engine: &Engine, label: &str, out: &Path, manifest: &mut Manifest) ->
             // Its key and CSR were durable before the CSR was sent: send it again (the DAC
             // on record for this key and subject comes back if it had been issued).
             match engine.issue_csr(label, &csr) {
-                Ok(der) => write_dac(&files, &der)?,
+                Ok(der) => replace_dac(&files, &der)?,
                 Err(e) if Failure::new(id.clone(), &e).permanent => {
                     files.remove()?;
                     continue;
@@ -843,6 +856,11 @@ fn recover(engine: &Engine, label: &str, out: &Path, manifest: &mut Manifest) ->
             // Never recorded: the key was never certified; nothing is lost by removing it.
             files.remove()?;
             continue;
+        } else {
+            // On record: the run may have died between the DER and the PEM file; both are
+            // written again from the DER that parsed.
+            let der = fs::read(&files.dac_der).map_err(|e| Error::io(&files.dac_der, e))?;
+            replace_dac(&files, &der)?;
         }
         let entry = entry_from_files(&files, &id, manifest.next_index())?;
         manifest.append(entry)?;
