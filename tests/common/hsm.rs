@@ -79,7 +79,10 @@ pub fn rerun_over_pkcs11(this_test: &str, skip: &[&str]) {
     }
     let tmp = tempfile::tempdir().unwrap();
     let conf = make_softhsm_dir(tmp.path(), &[SUITE_TOKEN]);
-    let mut args = vec!["--skip", this_test];
+    // One test at a time: each test adds a key to the suite's token, which rewrites the token's
+    // file, and a server another test starts at that moment finds no token ("tokens present:
+    // none": SoftHSM2 skips a token whose file it cannot read).
+    let mut args = vec!["--skip", this_test, "--test-threads=1"];
     for s in skip {
         args.extend(["--skip", s]);
     }
@@ -183,11 +186,7 @@ pub fn make_softhsm_dir(dir: &Path, tokens: &[&str]) -> PathBuf {
 
 fn run_child(args: &[&str], conf: &Path, dir: &Path, env: &[(&str, &str)], expect: Option<&str>) {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    // One test at a time: each test adds a key to the suite's token, which rewrites the token's
-    // file, and a server another test starts at that moment finds no token ("tokens present:
-    // none": SoftHSM2 skips a token whose file it cannot read).
     cmd.args(args)
-        .arg("--test-threads=1")
         .env("SOFTHSM2_CONF", conf)
         .env(CHILD_DIR, dir);
     for (k, v) in env {
