@@ -540,7 +540,7 @@ fn run(cli: Cli) -> Result<()> {
                     .map_err(|e| Error::io(".", e))?
                     .join(out)
             };
-            let v = cli::certs::call(
+            let v = cli::backend::call(
                 &target,
                 matter_est::admin::Request::post(
                     "/v1/ledger/backup",

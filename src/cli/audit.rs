@@ -7,9 +7,7 @@ use serde_json::Value;
 use matter_est::admin::Request;
 use matter_est::{Error, Result, asn1};
 
-use super::backend::Target;
-use super::certs::call;
-use super::tokens::list;
+use super::backend::{Target, call, filters, list};
 
 /// `matter-est audit …`.
 #[derive(Subcommand)]
@@ -93,17 +91,13 @@ pub fn run(command: AuditCommand) -> Result<()> {
             json,
         } => {
             let mut query = vec![("limit".to_string(), limit.to_string())];
-            for (k, v) in [
+            query.extend(filters([
                 ("since", since),
                 ("until", until),
                 ("label", label),
                 ("event", event),
                 ("identity", identity),
-            ] {
-                if let Some(v) = v {
-                    query.push((k.to_string(), v));
-                }
-            }
+            ]));
             let v = call(&target, Request::get("/v1/audit", query))?;
             for r in list(&v, "records") {
                 print_record(r, json);

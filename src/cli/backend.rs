@@ -156,6 +156,35 @@ impl Backend {
     }
 }
 
+/// One request on the backend `target` names, closed after.
+pub fn call(target: &Target, req: Request) -> Result<Value> {
+    let backend = Backend::open(target)?;
+    let result = backend.call(req);
+    backend.close();
+    result
+}
+
+/// The query of a listing: the filters given, by name.
+pub fn filters<const N: usize>(given: [(&str, Option<String>); N]) -> Vec<(String, String)> {
+    given
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.to_string(), v?)))
+        .collect()
+}
+
+/// The array `field` of `v` (empty when missing).
+pub fn list<'a>(v: &'a Value, field: &str) -> &'a [Value] {
+    v.get(field)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+}
+
+/// The string `field` of `v` ("" when missing or null).
+pub fn text<'a>(v: &'a Value, field: &str) -> &'a str {
+    v.get(field).and_then(Value::as_str).unwrap_or_default()
+}
+
 /// `--server https://HOST:PORT` with the admin certificate and the server's CA.
 fn remote(url: &str, target: &Target) -> Result<Backend> {
     let bad = || Error::BadRequest(format!("--server {url:?}: expected https://HOST:PORT"));

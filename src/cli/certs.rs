@@ -7,8 +7,7 @@ use serde_json::Value;
 use matter_est::Result;
 use matter_est::admin::Request;
 
-use super::backend::{Backend, Target};
-use super::tokens::{list, text};
+use super::backend::{Target, call, filters, list, text};
 
 /// Records per page by default. 50 fills a terminal; `--limit` takes up to 10,000.
 const DEFAULT_PAGE: usize = 50;
@@ -107,7 +106,7 @@ pub fn run(command: CertsCommand) -> Result<()> {
             format,
         } => {
             let mut query = vec![("limit".to_string(), limit.to_string())];
-            for (k, v) in [
+            query.extend(filters([
                 ("label", label),
                 ("vid", vid),
                 ("pid", pid),
@@ -117,11 +116,7 @@ pub fn run(command: CertsCommand) -> Result<()> {
                 ("contains", contains),
                 ("requester", requester),
                 ("after", after),
-            ] {
-                if let Some(v) = v {
-                    query.push((k.to_string(), v));
-                }
-            }
+            ]));
             let page = call(&target, Request::get("/v1/certs", query))?;
             let records = list(&page, "records");
             match format {
@@ -254,14 +249,6 @@ pub fn run(command: CertsCommand) -> Result<()> {
             Ok(())
         }
     }
-}
-
-/// One request on the backend `target` names, closed after.
-pub fn call(target: &Target, req: Request) -> Result<Value> {
-    let backend = Backend::open(target)?;
-    let result = backend.call(req);
-    backend.close();
-    result
 }
 
 /// A CSV field (RFC 4180): quoted when it holds a comma, quote or line break.

@@ -7,8 +7,7 @@ use serde_json::{Value, json};
 use matter_est::Result;
 use matter_est::admin::Request;
 
-use super::backend::Target;
-use super::certs::call;
+use super::backend::{Target, call};
 
 /// `matter-est dashboard …`.
 #[derive(Subcommand)]

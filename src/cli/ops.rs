@@ -9,9 +9,7 @@ use serde_json::json;
 use matter_est::admin::Request;
 use matter_est::{Error, Result, revocation};
 
-use super::backend::Target;
-use super::certs::call;
-use super::tokens::text;
+use super::backend::{Target, call, text};
 
 /// `matter-est revoke`.
 #[derive(Args)]

@@ -8,8 +8,7 @@ use serde_json::{Value, json};
 use matter_est::Result;
 use matter_est::admin::Request;
 
-use super::backend::{Backend, Target};
-use super::tokens::{list, text};
+use super::backend::{Target, call, filters, list, text};
 
 /// `matter-est pending …`.
 #[derive(Subcommand)]
@@ -64,17 +63,8 @@ pub fn run(command: PendingCommand) -> Result<()> {
             state,
             json,
         } => {
-            let mut query = Vec::new();
-            if let Some(l) = label {
-                query.push(("label".to_string(), l));
-            }
-            if let Some(s) = state {
-                query.push(("state".to_string(), s));
-            }
-            let backend = Backend::open(&target)?;
-            let result = backend.call(Request::get("/v1/pending", query));
-            backend.close();
-            let held = result?;
+            let query = filters([("label", label), ("state", state)]);
+            let held = call(&target, Request::get("/v1/pending", query))?;
             if !json {
                 println!(
                     "{:<32} {:<12} {:<9} {:<20} {:<20} {:<28} SUBJECT",
@@ -99,10 +89,10 @@ pub fn run(command: PendingCommand) -> Result<()> {
 }
 
 fn decide(target: &Target, id: &str, verb: &str, body: Value, json: bool) -> Result<()> {
-    let backend = Backend::open(target)?;
-    let result = backend.call(Request::post(&format!("/v1/pending/{id}/{verb}"), body));
-    backend.close();
-    let h = result?;
+    let h = call(
+        target,
+        Request::post(&format!("/v1/pending/{id}/{verb}"), body),
+    )?;
     if json {
         println!("{h}");
     } else {

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use matter_est::admin::Request;
 use matter_est::{Error, Result};
 
-use super::backend::{Backend, Target};
+use super::backend::{Target, call, filters, list, text};
 
 /// `matter-est token …`.
 #[derive(Subcommand)]
@@ -77,19 +77,19 @@ pub fn run(command: TokenCommand) -> Result<()> {
             json,
         } => {
             let secs = expires_in.as_deref().map(parse_duration).transpose()?;
-            let backend = Backend::open(&target)?;
-            let result = backend.call(Request::post(
-                "/v1/tokens",
-                json!({
-                    "label": label,
-                    "pid": pid,
-                    "cn": cn,
-                    "count": count,
-                    "expiresInSecs": secs,
-                }),
-            ));
-            backend.close();
-            let created = result?;
+            let created = call(
+                &target,
+                Request::post(
+                    "/v1/tokens",
+                    json!({
+                        "label": label,
+                        "pid": pid,
+                        "cn": cn,
+                        "count": count,
+                        "expiresInSecs": secs,
+                    }),
+                ),
+            )?;
             if !json {
                 println!("# token id (HTTP Basic user) and secret (password); shown only once");
             }
@@ -108,17 +108,8 @@ pub fn run(command: TokenCommand) -> Result<()> {
             state,
             json,
         } => {
-            let mut query = Vec::new();
-            if let Some(l) = label {
-                query.push(("label".to_string(), l));
-            }
-            if let Some(s) = state {
-                query.push(("state".to_string(), s));
-            }
-            let backend = Backend::open(&target)?;
-            let result = backend.call(Request::get("/v1/tokens", query));
-            backend.close();
-            let tokens = result?;
+            let query = filters([("label", label), ("state", state)]);
+            let tokens = call(&target, Request::get("/v1/tokens", query))?;
             if !json {
                 println!(
                     "{:<16} {:<12} {:<6} {:<20} {:<20} {:<8} STATE",
@@ -131,11 +122,8 @@ pub fn run(command: TokenCommand) -> Result<()> {
             Ok(())
         }
         TokenCommand::Revoke { target, id, json } => {
-            let backend = Backend::open(&target)?;
             let path = format!("/v1/tokens/{id}/revoke");
-            let result = backend.call(Request::post(&path, Value::Null));
-            backend.close();
-            let t = result?;
+            let t = call(&target, Request::post(&path, Value::Null))?;
             if json {
                 print_token(&t, true);
             } else {
@@ -148,19 +136,6 @@ pub fn run(command: TokenCommand) -> Result<()> {
             Ok(())
         }
     }
-}
-
-/// The array `field` of `v` (empty when missing).
-pub fn list<'a>(v: &'a Value, field: &str) -> &'a [Value] {
-    v.get(field)
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-}
-
-/// The string `field` of `v` ("" when missing or null).
-pub fn text<'a>(v: &'a Value, field: &str) -> &'a str {
-    v.get(field).and_then(Value::as_str).unwrap_or_default()
 }
 
 fn print_token(t: &Value, json: bool) {

@@ -9,13 +9,14 @@
 //! `store` knows nothing of HTTP.
 
 pub mod audit;
+mod job;
 pub mod migrate;
 pub mod postgres;
 pub mod redb;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::revocation::RevocationReason;
 
 /// Status of a DAC on record.
@@ -176,6 +177,27 @@ impl HeldRequest {
             HeldState::Approved => "approved",
             HeldState::Rejected(_) => "rejected",
             HeldState::Expired => "expired",
+        }
+    }
+
+    /// Records `decision`: only a waiting request can be decided, once (an operator who comes
+    /// second, or after it expired, is told why). Both backends call this under their lock.
+    pub fn decide(&mut self, decision: &Decision) -> Result<()> {
+        match self.state(decision.at) {
+            HeldState::Waiting => {
+                self.decision = Some(decision.clone());
+                Ok(())
+            }
+            HeldState::Expired => Err(Error::BadRequest(format!(
+                "held request {} expired at {}; the client must send a new CSR",
+                self.id,
+                crate::asn1::format_time(self.expires_at)
+            ))),
+            _ => Err(Error::BadRequest(format!(
+                "held request {} is already {}",
+                self.id,
+                self.state_name(decision.at)
+            ))),
         }
     }
 }

@@ -35,10 +35,11 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row};
 
 use super::audit::{self, AuditEvent, AuditRecord, Head};
+use super::job::{Job, Op, Outcome, Reply};
 use super::migrate::Item;
 use super::{
     Admission, CertPage, CertQuery, Committed, Completer, CrlRecord, DacRecord, Decision,
-    HeldRequest, HeldState, Ledger, Pending, Position, RevokedEntry, Status, TokenRecord,
+    HeldRequest, Ledger, Pending, Position, RevokedEntry, Status, TokenRecord,
 };
 use crate::config::{PostgresConfig, PostgresTls};
 use crate::error::{Error, Result};
@@ -91,95 +92,6 @@ pub struct PgLedger {
     pool: Pool,
     jobs: Mutex<Option<mpsc::UnboundedSender<Job>>>,
     writer_done: Mutex<Option<Pending<bool>>>,
-}
-
-enum Op {
-    Commit(Box<DacRecord>, Admission),
-    Revoke {
-        serial: Vec<u8>,
-        reason: RevocationReason,
-        at: i64,
-        by: String,
-    },
-    Audit(Box<AuditEvent>),
-    MarkRekey {
-        serial: Vec<u8>,
-        at: i64,
-        by: String,
-    },
-    PutToken([u8; 32], TokenRecord),
-    RevokeToken {
-        id: String,
-        at: i64,
-        by: String,
-    },
-    NextCrlNumber(String),
-    PutCrl(String, Box<CrlRecord>),
-    Hold(Box<HeldRequest>),
-    Decide(String, Box<Decision>),
-}
-
-struct Job {
-    op: Op,
-    reply: Reply,
-}
-
-enum Reply {
-    Commit(Completer<Committed>),
-    Flag(Completer<bool>),
-    Record(Completer<DacRecord>),
-    Number(Completer<u64>),
-    Token(Completer<TokenRecord>),
-    Held(Completer<HeldRequest>),
-}
-
-enum Outcome {
-    Commit(Committed),
-    Flag(bool),
-    Record(Box<DacRecord>),
-    Number(u64),
-    Token(Box<TokenRecord>),
-    Held(Box<HeldRequest>),
-}
-
-impl Reply {
-    fn complete(self, result: Result<Outcome>) {
-        fn mismatch<T>() -> Result<T> {
-            Err(Error::Internal("ledger reply mismatch".into()))
-        }
-        match self {
-            Reply::Commit(c) => c.complete(match result {
-                Ok(Outcome::Commit(v)) => Ok(v),
-                Ok(_) => mismatch(),
-                Err(e) => Err(e),
-            }),
-            Reply::Flag(c) => c.complete(match result {
-                Ok(Outcome::Flag(v)) => Ok(v),
-                Ok(_) => mismatch(),
-                Err(e) => Err(e),
-            }),
-            Reply::Record(c) => c.complete(match result {
-                Ok(Outcome::Record(v)) => Ok(*v),
-                Ok(_) => mismatch(),
-                Err(e) => Err(e),
-            }),
-            Reply::Number(c) => c.complete(match result {
-                Ok(Outcome::Number(v)) => Ok(v),
-                Ok(_) => mismatch(),
-                Err(e) => Err(e),
-            }),
-            Reply::Token(c) => c.complete(match result {
-                Ok(Outcome::Token(v)) => Ok(*v),
-                Ok(_) => mismatch(),
-                Err(e) => Err(e),
-            }),
-            Reply::Held(c) => c.complete(match result {
-                Ok(Outcome::Held(v)) => Ok(*v),
-                Ok(_) => mismatch(),
-                Err(e) => Err(e),
-            }),
-        }
-    }
 }
 
 /// The database could not be used for a reason that passes.
@@ -1059,22 +971,7 @@ async fn apply_job(
             let mut request = held_row(client, id, true)
                 .await?
                 .ok_or_else(|| Error::NotFound(format!("no held request {id}")))?;
-            match request.state(decision.at) {
-                HeldState::Waiting => {}
-                HeldState::Expired => {
-                    return Err(Error::BadRequest(format!(
-                        "held request {id} expired at {}; the client must send a new CSR",
-                        crate::asn1::format_time(request.expires_at)
-                    )));
-                }
-                _ => {
-                    return Err(Error::BadRequest(format!(
-                        "held request {id} is already {}",
-                        request.state_name(decision.at)
-                    )));
-                }
-            }
-            request.decision = Some((**decision).clone());
+            request.decide(decision)?;
             let decided = exec(
                 client,
                 "UPDATE held SET approved = $2, body = $3 WHERE id = $1 AND approved IS NULL",
@@ -1142,55 +1039,13 @@ async fn commit_dac(
     events: &mut Vec<AuditEvent>,
 ) -> Result<(Outcome, bool)> {
     let serial_hex = crate::asn1::hex(&record.serial);
-    let (revoked_at, revoked_reason, revoked_code) = match &record.status {
-        Status::Issued => (None, None, None),
-        Status::Revoked { at, reason } => (
-            Some(*at),
-            Some(reason.clone()),
-            RevocationReason::parse(reason)
-                .ok()
-                .map(|r| i16::from(r.code())),
-        ),
-    };
-    let stmt = client
-        .prepare_cached(
-            "INSERT INTO dacs (serial, label, issuer_key, subject, subject_der, vid, pid, \
-             requester, issued_at, der, revoked_at, revoked_reason, revoked_code, renews, \
-             server_keygen) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
-             $14, $15) RETURNING seq",
-        )
-        .await
-        .map_err(pg_err)?;
-    let row = client
-        .query_one(
-            &stmt,
-            &[
-                &record.serial,
-                &record.label,
-                &record.issuer_key,
-                &record.subject,
-                &record.subject_der,
-                &i32::from(record.vid),
-                &i32::from(record.pid),
-                &record.requester,
-                &record.issued_at,
-                &record.der,
-                &revoked_at,
-                &revoked_reason,
-                &revoked_code,
-                &record.renews,
-                &record.server_keygen,
-            ],
-        )
-        .await
-        .map_err(|e| {
-            if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
-                Error::Ledger(format!("serial {serial_hex} is already on record"))
-            } else {
-                pg_err(e)
-            }
-        })?;
-    let seq: i64 = get(&row, 0)?;
+    let seq = insert_dac(client, record).await.map_err(|e| {
+        if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+            Error::Ledger(format!("serial {serial_hex} is already on record"))
+        } else {
+            pg_err(e)
+        }
+    })?;
     // The subject's row: inserted, or held by another DAC (a concurrent holder's transaction is
     // waited for by the insert; its row is then seen by the select).
     let claimed = exec(
@@ -1324,6 +1179,68 @@ async fn commit_dac(
         subject: record.subject.clone(),
     });
     Ok((Outcome::Commit(Committed::Recorded), true))
+}
+
+/// A read-only transaction that sees one snapshot of every table.
+async fn snapshot(
+    client: &mut deadpool_postgres::Object,
+) -> Result<deadpool_postgres::Transaction<'_>> {
+    client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(pg_err)
+}
+
+/// Inserts a DAC row, returning its sequence number; the `dacs.serial` unique key refuses a
+/// serial already on record.
+async fn insert_dac(
+    client: &impl deadpool_postgres::GenericClient,
+    record: &DacRecord,
+) -> std::result::Result<i64, tokio_postgres::Error> {
+    let (revoked_at, revoked_reason, revoked_code) = match &record.status {
+        Status::Issued => (None, None, None),
+        Status::Revoked { at, reason } => (
+            Some(*at),
+            Some(reason.clone()),
+            RevocationReason::parse(reason)
+                .ok()
+                .map(|r| i16::from(r.code())),
+        ),
+    };
+    let stmt = client
+        .prepare_cached(
+            "INSERT INTO dacs (serial, label, issuer_key, subject, subject_der, vid, pid, \
+             requester, issued_at, der, revoked_at, revoked_reason, revoked_code, renews, \
+             server_keygen) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+             $14, $15) RETURNING seq",
+        )
+        .await?;
+    let row = client
+        .query_one(
+            &stmt,
+            &[
+                &record.serial,
+                &record.label,
+                &record.issuer_key,
+                &record.subject,
+                &record.subject_der,
+                &i32::from(record.vid),
+                &i32::from(record.pid),
+                &record.requester,
+                &record.issued_at,
+                &record.der,
+                &revoked_at,
+                &revoked_reason,
+                &revoked_code,
+                &record.renews,
+                &record.server_keygen,
+            ],
+        )
+        .await?;
+    row.try_get(0)
 }
 
 /// `list_page`'s index range: from the later of the cursor and `since`.
@@ -1574,14 +1491,7 @@ impl Ledger for PgLedger {
 
     fn audit(&self, event: AuditEvent) {
         let name = event.name();
-        self.submit_op(
-            Op::Audit(Box::new(event)),
-            Reply::Flag(Completer::new(move |r| {
-                if let Err(e) = r {
-                    tracing::error!(event = name, error = %e, "audit record not appended");
-                }
-            })),
-        );
+        self.submit_op(Op::Audit(Box::new(event)), Reply::logged(name));
     }
 
     fn audit_records(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>> {
@@ -1622,13 +1532,7 @@ impl Ledger for PgLedger {
         self.read(|pool| async move {
             let mut client = pool.get().await.map_err(pool_err)?;
             // One snapshot: the kept head and the records it names.
-            let txn = client
-                .build_transaction()
-                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await
-                .map_err(pg_err)?;
+            let txn = snapshot(&mut client).await?;
             let mut heads = Vec::new();
             let row = txn
                 .query_one("SELECT next, prev FROM audit_head WHERE id = 1", &[])
@@ -1795,13 +1699,7 @@ impl Ledger for PgLedger {
         self.read(|pool| async move {
             let mut client = pool.get().await.map_err(pool_err)?;
             // One snapshot of every table.
-            let txn = client
-                .build_transaction()
-                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await
-                .map_err(pg_err)?;
+            let txn = snapshot(&mut client).await?;
             let q = |sql: &'static str| {
                 let txn = &txn;
                 async move { txn.query(sql, &[]).await.map_err(pg_err) }
@@ -1911,50 +1809,12 @@ impl Ledger for PgLedger {
                     "the target ledger is not empty: a migration copies into an empty one".into(),
                 ));
             }
-            let insert_dac = txn
-                .prepare(
-                    "INSERT INTO dacs (serial, label, issuer_key, subject, subject_der, vid, pid, \
-                     requester, issued_at, der, revoked_at, revoked_reason, revoked_code, renews, \
-                     server_keygen) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
-                     $13, $14, $15)",
-                )
-                .await
-                .map_err(pg_err)?;
-            let mut audit_seqs: Vec<i64> = Vec::new();
+let mut audit_seqs: Vec<i64> = Vec::new();
             let mut audit_bytes: Vec<Vec<u8>> = Vec::new();
             for item in &items {
                 match item {
                     Item::Dac(r) => {
-                        let (at, reason, code) = match &r.status {
-                            Status::Issued => (None, None, None),
-                            Status::Revoked { at, reason } => (
-                                Some(*at),
-                                Some(reason.clone()),
-                                Some(i16::from(RevocationReason::parse(reason)?.code())),
-                            ),
-                        };
-                        txn.execute(
-                            &insert_dac,
-                            &[
-                                &r.serial,
-                                &r.label,
-                                &r.issuer_key,
-                                &r.subject,
-                                &r.subject_der,
-                                &i32::from(r.vid),
-                                &i32::from(r.pid),
-                                &r.requester,
-                                &r.issued_at,
-                                &r.der,
-                                &at,
-                                &reason,
-                                &code,
-                                &r.renews,
-                                &r.server_keygen,
-                            ],
-                        )
-                        .await
-                        .map_err(pg_err)?;
+                        insert_dac(&txn, r).await.map_err(pg_err)?;
                     }
                     Item::Holder {
                         issuer_key,

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::audit::{self, AuditEvent, AuditRecord, Head};
+use super::job::{Job, Op, Outcome, Reply};
 use super::migrate::Item;
 use super::{
     Admission, CertPage, CertQuery, Committed, Completer, CrlRecord, DacRecord, Decision,
@@ -132,101 +133,6 @@ fn reopening() -> Error {
     Error::LedgerUnavailable {
         reason: "the ledger failed an I/O operation and is being reopened".into(),
         retry_after_secs: RETRY_AFTER_SECS,
-    }
-}
-
-enum Op {
-    Commit(Box<DacRecord>, Admission),
-    Revoke {
-        serial: Vec<u8>,
-        reason: RevocationReason,
-        at: i64,
-        by: String,
-    },
-    Audit(Box<AuditEvent>),
-    MarkRekey {
-        serial: Vec<u8>,
-        at: i64,
-        by: String,
-    },
-    PutToken([u8; 32], TokenRecord),
-    RevokeToken {
-        id: String,
-        at: i64,
-        by: String,
-    },
-    NextCrlNumber(String),
-    PutCrl(String, Box<CrlRecord>),
-    Hold(Box<HeldRequest>),
-    Decide(String, Box<Decision>),
-}
-
-struct Job {
-    op: Op,
-    reply: Reply,
-}
-
-/// Where a job's answer goes.
-enum Reply {
-    Commit(Completer<Committed>),
-    Flag(Completer<bool>),
-    Record(Completer<DacRecord>),
-    Number(Completer<u64>),
-    Token(Completer<TokenRecord>),
-    Held(Completer<HeldRequest>),
-}
-
-/// A job's answer.
-enum Outcome {
-    Commit(Committed),
-    Flag(bool),
-    Record(Box<DacRecord>),
-    Number(u64),
-    Token(Box<TokenRecord>),
-    Held(Box<HeldRequest>),
-}
-
-impl Reply {
-    fn complete(self, result: Result<Outcome>) {
-        fn mismatch<T>() -> Result<T> {
-            Err(Error::Internal("ledger reply mismatch".into()))
-        }
-        match self {
-            Reply::Commit(c) => c.complete(match result {
-                Ok(Outcome::Commit(v)) => Ok(v),
-                Ok(_) => mismatch(),
-                Err(e) => Err(e),
-            }),
-            Reply::Flag(c) => c.complete(match result {
-                Ok(Outcome::Flag(v)) => Ok(v),
-                Ok(_) => mismatch(),
-                Err(e) => Err(e),
-            }),
-            Reply::Record(c) => c.complete(match result {
-                Ok(Outcome::Record(v)) => Ok(*v),
-                Ok(_) => mismatch(),
-                Err(e) => Err(e),
-            }),
-            Reply::Number(c) => c.complete(match result {
-                Ok(Outcome::Number(v)) => Ok(v),
-                Ok(_) => mismatch(),
-                Err(e) => Err(e),
-            }),
-            Reply::Token(c) => c.complete(match result {
-                Ok(Outcome::Token(v)) => Ok(*v),
-                Ok(_) => mismatch(),
-                Err(e) => Err(e),
-            }),
-            Reply::Held(c) => c.complete(match result {
-                Ok(Outcome::Held(v)) => Ok(*v),
-                Ok(_) => mismatch(),
-                Err(e) => Err(e),
-            }),
-        }
-    }
-
-    fn fail(self, e: Error) {
-        self.complete(Err(e));
     }
 }
 
@@ -864,22 +770,7 @@ fn apply_group(db: &Database, group: &[Job]) -> Result<Vec<Result<Outcome>>> {
                             .ok_or_else(|| Error::NotFound(format!("no held request {id}")))?
                             .value(),
                     )?;
-                    match request.state(decision.at) {
-                        super::HeldState::Waiting => {}
-                        super::HeldState::Expired => {
-                            return Err(Error::BadRequest(format!(
-                                "held request {id} expired at {}; the client must send a new CSR",
-                                crate::asn1::format_time(request.expires_at)
-                            )));
-                        }
-                        _ => {
-                            return Err(Error::BadRequest(format!(
-                                "held request {id} is already {}",
-                                request.state_name(decision.at)
-                            )));
-                        }
-                    }
-                    request.decision = Some((**decision).clone());
+                    request.decide(decision)?;
                     held.insert(id.as_str(), encode(&request)?.as_slice())
                         .map_err(le)?;
                     chain.append(if decision.approved {
@@ -1630,14 +1521,7 @@ impl Ledger for RedbLedger {
 
     fn audit(&self, event: AuditEvent) {
         let name = event.name();
-        self.submit_op(
-            Op::Audit(Box::new(event)),
-            Reply::Flag(Completer::new(move |r| {
-                if let Err(e) = r {
-                    tracing::error!(event = name, error = %e, "audit record not appended");
-                }
-            })),
-        );
+        self.submit_op(Op::Audit(Box::new(event)), Reply::logged(name));
     }
 
     fn audit_records(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>> {
@@ -1972,66 +1856,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn held_requests_are_kept_once_and_decided_once() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("l.redb");
-        let ledger = RedbLedger::open(&path).expect("open");
-        let req = HeldRequest {
-            id: "a1".into(),
-            label: "x".into(),
-            subject: "CN=d".into(),
-            csr_sha256: "00".into(),
-            requester: "client:cn:gw".into(),
-            kind: "enrollment".into(),
-            requested_at: 10,
-            expires_at: 20,
-            decision: None,
-        };
-        assert_eq!(ledger.hold(&req).expect("hold"), req);
-        let mut other = req.clone();
-        other.requester = "someone else".into();
-        assert_eq!(
-            ledger.hold(&other).expect("hold"),
-            req,
-            "the first one stays"
-        );
-        let decision = |approved: bool, at: i64| Decision {
-            approved,
-            at,
-            by: "cli:op".into(),
-            reason: (!approved).then(|| "no".to_string()),
-        };
-        assert!(matches!(
-            ledger.decide("a1", &decision(true, 20)),
-            Err(Error::BadRequest(m)) if m.contains("expired")
-        ));
-        let rejected = ledger.decide("a1", &decision(false, 15)).expect("reject");
-        assert_eq!(
-            rejected.state(100),
-            super::super::HeldState::Rejected("no".into())
-        );
-        assert!(matches!(
-            ledger.decide("a1", &decision(true, 16)),
-            Err(Error::BadRequest(m)) if m.contains("already rejected")
-        ));
-        assert!(matches!(
-            ledger.decide("zz", &decision(true, 16)),
-            Err(Error::NotFound(_))
-        ));
-        let names: Vec<&str> = ledger
-            .audit_records(0, 10)
-            .expect("audit")
-            .iter()
-            .map(|r| r.event.name())
-            .collect();
-        assert_eq!(names, ["enrollment_held", "request_rejected"]);
-        drop(ledger);
-        let ledger = RedbLedger::open(&path).expect("reopen");
-        assert_eq!(ledger.held("a1").expect("held"), Some(rejected.clone()));
-        assert_eq!(ledger.held_list().expect("list"), [rejected]);
-    }
-
     /// EIO from the disk (the danger switch's backend): the commit is refused as unavailable,
     /// the ledger is out of service until the error clears, then reopens by itself with every
     /// record before the error intact.
@@ -2081,24 +1905,6 @@ mod tests {
             .collect();
         assert_eq!(serials, [1, 4], "nothing unacknowledged is on record");
         assert!(matches!(ledger.audit_verify(None), Ok(Ok(_))));
-    }
-
-    #[test]
-    fn recent_reads_newest_first_within_a_label_and_a_limit() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ledger = RedbLedger::open(&dir.path().join("l.redb")).expect("open");
-        // Issue times out of serial order, two labels.
-        for (serial, at, label) in [(1, 30, "x"), (2, 10, "y"), (3, 20, "x"), (4, 40, "y")] {
-            let mut r = record(serial, &format!("s{serial}"), label);
-            r.issued_at = at;
-            ledger.commit(&r, &Admission::default()).expect("commit");
-        }
-        let serials = |rs: Vec<DacRecord>| rs.iter().map(|r| r.serial[0]).collect::<Vec<_>>();
-        assert_eq!(serials(ledger.recent(None, 10).expect("all")), [4, 1, 3, 2]);
-        assert_eq!(serials(ledger.recent(None, 2).expect("two")), [4, 1]);
-        assert_eq!(serials(ledger.recent(Some("x"), 10).expect("x")), [1, 3]);
-        assert_eq!(serials(ledger.recent(Some("y"), 1).expect("y")), [4]);
-        assert!(ledger.recent(Some("z"), 10).expect("none").is_empty());
     }
 
     #[test]
