@@ -11,28 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::est::{ALL, Client, client_config, identity_from_files};
-use matter_est::asn1::oid;
 use matter_est::profile::dev;
-use matter_est::signer::{self, KeySigner};
 
 const ENROLL: &str = "/.well-known/est/dev/simpleenroll";
-
-fn bodies(n: usize, tag: &str) -> Vec<Vec<u8>> {
-    (0..n)
-        .map(|i| {
-            let (pkcs8, _) = signer::generate_p256().unwrap();
-            let key = KeySigner::from_pkcs8(&pkcs8).unwrap();
-            let cn = format!("load-{tag}-{i}");
-            let name = dev::name(&[
-                (oid::COMMON_NAME, &cn),
-                (oid::MATTER_VID, "FFF1"),
-                (oid::MATTER_PID, "8000"),
-            ]);
-            let der = matter_est::csr::build(&name, &key).unwrap();
-            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der).into_bytes()
-        })
-        .collect()
-}
 
 async fn post(c: &mut Client, body: Vec<u8>) {
     let r = c
@@ -213,7 +194,9 @@ fn main() {
 
     // 1. New connection per enrollment (full TLS 1.3 handshake with a client certificate).
     let (n_new, conc_new) = (if run("new") { 4000 } else { 0 }, 32);
-    let work = Arc::new(std::sync::Mutex::new(bodies(n_new, "new")));
+    let work = Arc::new(std::sync::Mutex::new(common::enroll_bodies(
+        n_new, "load-new",
+    )));
     let start = Instant::now();
     rt.block_on(async {
         let tasks: Vec<_> = (0..conc_new)
@@ -241,7 +224,9 @@ fn main() {
 
     // 2. Keep-alive: 64 connections, back to back.
     let (n_ka, conns) = (if run("keepalive") { 40_000 } else { 0 }, 64);
-    let work = Arc::new(std::sync::Mutex::new(bodies(n_ka, "ka")));
+    let work = Arc::new(std::sync::Mutex::new(common::enroll_bodies(
+        n_ka, "load-ka",
+    )));
     let cpu_before = cpu_secs(child.0.id());
     let own_before = cpu_secs(std::process::id());
     let io_before = writer_io(child.0.id());
@@ -306,7 +291,7 @@ fn main() {
     let interval = Duration::from_secs_f64(conns as f64 / target.max(1.0));
     // One more body per connection for its untimed first request.
     let sets: Vec<Vec<Vec<u8>>> = (0..conns)
-        .map(|i| bodies(per_conn + 1, &format!("lat{i}")))
+        .map(|i| common::enroll_bodies(per_conn + 1, &format!("load-lat{i}")))
         .collect();
     let all_ready = Arc::new(tokio::sync::Barrier::new(conns));
     let latencies = rt.block_on(async {

@@ -15,9 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::est::{ALL, Client, client_config, identity_from_files};
-use matter_est::asn1::oid;
 use matter_est::profile::dev;
-use matter_est::signer::{self, KeySigner};
 
 const ENROLL: &str = "/.well-known/est/dev/simpleenroll";
 
@@ -78,23 +76,6 @@ fn start(config: &Path, socket: &Path) -> Node {
     Node(child, addr, socket.to_path_buf())
 }
 
-fn bodies(n: usize, tag: &str) -> Vec<Vec<u8>> {
-    (0..n)
-        .map(|i| {
-            let (pkcs8, _) = signer::generate_p256().unwrap();
-            let key = KeySigner::from_pkcs8(&pkcs8).unwrap();
-            let cn = format!("b-{tag}-{i}");
-            let name = dev::name(&[
-                (oid::COMMON_NAME, &cn),
-                (oid::MATTER_VID, "FFF1"),
-                (oid::MATTER_PID, "8000"),
-            ]);
-            let der = matter_est::csr::build(&name, &key).unwrap();
-            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der).into_bytes()
-        })
-        .collect()
-}
-
 /// Cumulative bucket counts of the commit-duration histogram on `socket`'s /metrics.
 fn commit_buckets(socket: &Path) -> Vec<(f64, u64)> {
     let out = Command::new("curl")
@@ -140,7 +121,7 @@ fn load(nodes: &[&Node], env: &Path, conns: usize, n: usize, tag: &str) -> f64 {
         &env.join(dev::files::GATEWAY_KEY),
     );
     let tls = client_config(&env.join(dev::files::TLS_CA_CERT), Some(identity), ALL);
-    let all = bodies(n, tag);
+    let all = common::enroll_bodies(n, &format!("b-{tag}"));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -157,7 +138,7 @@ fn load(nodes: &[&Node], env: &Path, conns: usize, n: usize, tag: &str) -> f64 {
             );
         }
         // Warm-up: one enrollment per connection is not counted.
-        let warm = bodies(conns, &format!("{tag}-warm"));
+        let warm = common::enroll_bodies(conns, &format!("b-{tag}-warm"));
         let mut tasks = Vec::new();
         for (mut c, body) in clients.into_iter().zip(warm) {
             tasks.push(tokio::spawn(async move {

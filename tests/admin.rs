@@ -4,41 +4,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // reason: tests
 
 mod common;
+#[path = "common/serve.rs"]
+mod serve;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
-use common::{DevEnv, assert_success};
+use common::{DevEnv, assert_success, curl_json as curl, stdout};
 use matter_est::profile::dev;
 use matter_est::store::Ledger as _;
-
-fn matter_est(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_matter-est"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn stdout(out: &Output) -> String {
-    assert_success(out);
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-/// curl's (status, JSON body).
-fn curl(args: &[&str]) -> (u16, serde_json::Value) {
-    let out = Command::new("curl")
-        .args(["-sS", "-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .unwrap();
-    let text = stdout(&out);
-    let (body, code) = text.trim_end().rsplit_once('\n').unwrap();
-    (
-        code.parse().unwrap(),
-        serde_json::from_str(body).unwrap_or_default(),
-    )
-}
+use serve::matter_est;
 
 #[test]
 fn operator_commands_and_the_admin_api_while_serve_runs() {

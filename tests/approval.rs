@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::est::{ALL, Client, client_config, identity_from_files, issued, pkcs7_certs};
-use common::{DevEnv, csr, subject};
+use common::{DevEnv, csr, curl_json as curl, subject};
 use matter_est::profile::dev;
 use serve::{Server, cli, serial_of, serials_on_record};
 
@@ -357,22 +357,6 @@ fn an_undecided_request_expires() {
     assert!(!approve.status.success(), "an expired request was approved");
     assert!(String::from_utf8_lossy(&approve.stderr).contains("expired"));
     assert!(serials_on_record(&env).is_empty());
-}
-
-/// curl's (status, JSON body).
-fn curl(args: &[&str]) -> (u16, serde_json::Value) {
-    let out = Command::new("curl")
-        .args(["-sS", "-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .unwrap();
-    common::assert_success(&out);
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.trim_end().rsplit_once('\n').unwrap();
-    (
-        code.parse().unwrap(),
-        serde_json::from_str(body).unwrap_or_default(),
-    )
 }
 
 #[test]

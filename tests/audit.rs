@@ -5,6 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // reason: tests
 
 mod common;
+#[path = "common/serve.rs"]
+mod serve;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -13,18 +15,10 @@ use std::process::{Command, Output, Stdio};
 use common::{DevEnv, assert_success};
 use matter_est::profile::dev;
 use redb::{ReadableTable, TableDefinition};
+use serve::cli;
 
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const AUDIT_HEAD: TableDefinition<&str, &[u8]> = TableDefinition::new("audit_head");
-
-fn cli(env: &DevEnv, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_matter-est"))
-        .args(args)
-        .arg("--config")
-        .arg(env.path(dev::files::CONFIG))
-        .output()
-        .unwrap()
-}
 
 fn sh(dir: &Path, script: &str) -> String {
     let out = Command::new("bash")

@@ -8,32 +8,23 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // reason: tests
 
 mod common;
+#[path = "common/serve.rs"]
+mod serve;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::{DevEnv, assert_success};
+use common::{DevEnv, stdout};
 use matter_est::profile::dev;
 use serde_json::{Value, json};
+use serve::matter_est;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
-
-fn matter_est(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_matter-est"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn stdout(out: &Output) -> String {
-    assert_success(out);
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
 
 // --- A small WebDriver client (W3C WebDriver over HTTP/1.1 to chromedriver on loopback) ---
 

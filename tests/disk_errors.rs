@@ -169,6 +169,54 @@ async fn retry_until_issued(
     }
 }
 
+/// `n` enrollments on one connection (devices `PREFIX-i`), every one issued: the DACs.
+async fn enroll_ok(
+    addr: std::net::SocketAddr,
+    tls: &Arc<rustls::ClientConfig>,
+    pai: &[u8],
+    prefix: &str,
+    n: usize,
+) -> Vec<Vec<u8>> {
+    let mut c = Client::connect(addr, tls.clone()).await.unwrap();
+    let mut dacs = Vec::new();
+    for i in 0..n {
+        let r = c
+            .enroll(ENROLL, &device_csr(&format!("{prefix}-{i}")))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        dacs.push(issued(&pkcs7_certs(&r.body), pai));
+    }
+    dacs
+}
+
+/// Once the fault has cleared: the refused device's retry is issued, then three new devices
+/// are; their DACs join `received`. How long the retry took.
+async fn recover(
+    addr: std::net::SocketAddr,
+    tls: &Arc<rustls::ClientConfig>,
+    pai: &[u8],
+    refused: &[u8],
+    received: &mut Vec<Vec<u8>>,
+) -> Duration {
+    let (dac, recovered_in) = retry_until_issued(addr, tls.clone(), refused, pai).await;
+    received.push(dac);
+    received.extend(enroll_ok(addr, tls, pai, "after", 3).await);
+    recovered_in
+}
+
+/// Exactly the DACs clients received are on record, each once, and the audit chain is whole:
+/// how many.
+fn exactly_received(env: &DevEnv, received: &[Vec<u8>]) -> usize {
+    let on_record = ledger_checks(env);
+    let got: BTreeSet<String> = received.iter().map(|d| serial_of(d)).collect();
+    assert_eq!(got.len(), received.len());
+    assert_eq!(
+        on_record, got,
+        "on record must be exactly what clients received"
+    );
+    on_record.len()
+}
+
 /// Every serial on record, checking none appears twice, and that `audit verify` passes.
 fn ledger_checks(env: &DevEnv) -> BTreeSet<String> {
     let serials = serials_on_record(env);
@@ -209,15 +257,7 @@ fn fill_and_recover(kind: &str, mount: &Mount) {
     let server = Server::start(&env, &[]);
     let (addr, tls, pai) = (server.addr, gateway(&env), env.pai_der());
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut received: Vec<Vec<u8>> = Vec::new();
-    rt.block_on(async {
-        let mut c = Client::connect(addr, tls.clone()).await.unwrap();
-        for i in 0..5 {
-            let r = c.enroll(ENROLL, &device_csr(&format!("before-{i}"))).await;
-            assert_eq!(r.status, 200, "{}", r.text());
-            received.push(issued(&pkcs7_certs(&r.body), &pai));
-        }
-    });
+    let mut received = rt.block_on(enroll_ok(addr, &tls, &pai, "before", 5));
 
     // Fill the file system, then enroll new devices until the ledger cannot grow.
     let mut filler = std::fs::File::create(mount.0.join("filler")).unwrap();
@@ -265,32 +305,14 @@ fn fill_and_recover(kind: &str, mount: &Mount) {
     // Space back: the same process issues again; the refused device's retry gets its DAC.
     drop(filler);
     std::fs::remove_file(mount.0.join("filler")).unwrap();
-    let (dac, recovered_in) =
-        rt.block_on(retry_until_issued(addr, tls.clone(), &refused_csr, &pai));
-    received.push(dac);
-    rt.block_on(async {
-        let mut c = Client::connect(addr, tls.clone()).await.unwrap();
-        for i in 0..3 {
-            let r = c.enroll(ENROLL, &device_csr(&format!("after-{i}"))).await;
-            assert_eq!(r.status, 200, "{}", r.text());
-            received.push(issued(&pkcs7_certs(&r.body), &pai));
-        }
-    });
-
-    // Exactly the DACs clients received are on record, each once; the audit chain is whole.
-    let on_record = ledger_checks(&env);
-    let got: BTreeSet<String> = received.iter().map(|d| serial_of(d)).collect();
-    assert_eq!(got.len(), received.len());
-    assert_eq!(
-        on_record, got,
-        "on record must be exactly what clients received"
-    );
+    let recovered_in = rt.block_on(recover(addr, &tls, &pai, &refused_csr, &mut received));
+    let on_record = exactly_received(&env, &received);
     println!(
         "disk full ({kind}): {free_after_fill} bytes free after filling, {issued_while_filling} DACs \
          issued before the first 503 (enrollment {sent}), {refused_while_full} of 6 refused \
          while full, recovered {recovered_in:?} after space \
          was freed; {} DACs on record",
-        on_record.len()
+        on_record
     );
     drop(server);
 }
@@ -303,16 +325,7 @@ fn injected_eio_gets_503_and_the_server_recovers_when_the_error_clears() {
     let server = Server::start(&env, &[(FAULT_ENV, &trigger)]);
     let (addr, tls, pai) = (server.addr, gateway(&env), env.pai_der());
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut received: Vec<Vec<u8>> = Vec::new();
-
-    rt.block_on(async {
-        let mut c = Client::connect(addr, tls.clone()).await.unwrap();
-        for i in 0..5 {
-            let r = c.enroll(ENROLL, &device_csr(&format!("before-{i}"))).await;
-            assert_eq!(r.status, 200, "{}", r.text());
-            received.push(issued(&pkcs7_certs(&r.body), &pai));
-        }
-    });
+    let mut received = rt.block_on(enroll_ok(addr, &tls, &pai, "before", 5));
 
     // The disk starts failing: every write (and fsync) gets EIO.
     std::fs::write(&trigger, b"").unwrap();
@@ -343,27 +356,11 @@ fn injected_eio_gets_503_and_the_server_recovers_when_the_error_clears() {
 
     // The error clears: the same process reopens its ledger and issues again.
     std::fs::remove_file(&trigger).unwrap();
-    let (dac, recovered_in) = rt.block_on(retry_until_issued(addr, tls.clone(), &refused, &pai));
-    received.push(dac);
-    rt.block_on(async {
-        let mut c = Client::connect(addr, tls.clone()).await.unwrap();
-        for i in 0..3 {
-            let r = c.enroll(ENROLL, &device_csr(&format!("after-{i}"))).await;
-            assert_eq!(r.status, 200, "{}", r.text());
-            received.push(issued(&pkcs7_certs(&r.body), &pai));
-        }
-    });
-
-    let on_record = ledger_checks(&env);
-    let got: BTreeSet<String> = received.iter().map(|d| serial_of(d)).collect();
-    assert_eq!(got.len(), received.len());
-    assert_eq!(
-        on_record, got,
-        "on record must be exactly what clients received"
-    );
+    let recovered_in = rt.block_on(recover(addr, &tls, &pai, &refused, &mut received));
+    let on_record = exactly_received(&env, &received);
     println!(
         "EIO: recovered {recovered_in:?} after the error cleared; {} DACs on record",
-        on_record.len()
+        on_record
     );
     drop(server);
 }

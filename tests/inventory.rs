@@ -4,15 +4,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // reason: tests
 
 mod common;
+#[path = "common/serve.rs"]
+mod serve;
 
-use std::process::{Command, Output};
 use std::sync::Arc;
 
 use common::{DevEnv, assert_success};
-use matter_est::profile::dev;
 use matter_est::revocation::RevocationReason;
 use matter_est::store::redb::RedbLedger;
 use matter_est::store::{Admission, CertQuery, DacRecord, Ledger, Status};
+use serve::cli;
 
 const N: u64 = 100_000;
 const THREADS: u64 = 16;
@@ -73,15 +74,6 @@ fn all_pages(ledger: &RedbLedger, mut query: CertQuery) -> Vec<u64> {
             None => return seen,
         }
     }
-}
-
-fn cli(env: &DevEnv, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_matter-est"))
-        .args(args)
-        .arg("--config")
-        .arg(env.path(dev::files::CONFIG))
-        .output()
-        .unwrap()
 }
 
 #[test]

@@ -6,16 +6,19 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // reason: tests
 
 mod common;
+#[path = "common/serve.rs"]
+mod serve;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::hsm::{self, Hsm};
 use common::{DevEnv, assert_success};
 use matter_est::profile::dev;
+use serve::cli;
 
 // --- A strict parser of the Prometheus text exposition format (0.0.4) ---
 
@@ -282,15 +285,6 @@ impl Serve {
         );
         assert!(self.child.wait().unwrap().success());
     }
-}
-
-fn cli(env: &DevEnv, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_matter-est"))
-        .args(args)
-        .arg("--config")
-        .arg(env.path(dev::files::CONFIG))
-        .output()
-        .unwrap()
 }
 
 fn token(env: &DevEnv) -> (String, String) {

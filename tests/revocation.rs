@@ -4,6 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // reason: tests
 
 mod common;
+#[path = "common/serve.rs"]
+mod serve;
 
 use std::io::{BufRead, BufReader, Lines};
 use std::path::Path;
@@ -12,6 +14,7 @@ use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use common::{DevEnv, assert_success, label_keys};
 use der::Decode;
 use matter_est::profile::dev;
+use serve::cli;
 use x509_cert::Certificate;
 
 /// A `serve` process and what its first log lines say.
@@ -65,15 +68,6 @@ impl Serve {
         );
         assert!(self.child.wait().unwrap().success());
     }
-}
-
-fn cli(env: &DevEnv, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_matter-est"))
-        .args(args)
-        .arg("--config")
-        .arg(env.path(dev::files::CONFIG))
-        .output()
-        .unwrap()
 }
 
 fn sh(dir: &Path, script: &str) -> Output {

@@ -4,21 +4,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // reason: tests
 
 mod common;
+#[path = "common/serve.rs"]
+mod serve;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 
 use common::{DevEnv, assert_success};
 use matter_est::profile::dev;
-
-fn cli(env: &DevEnv, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_matter-est"))
-        .args(args)
-        .arg("--config")
-        .arg(env.path(dev::files::CONFIG))
-        .output()
-        .unwrap()
-}
+use serve::cli;
 
 fn json_lines(out: &Output) -> Vec<serde_json::Value> {
     assert_success(out);

@@ -228,10 +228,12 @@ fn decoders_accept_libest_and_globalsign_shapes() {
     );
 }
 
-fn gateway_cmd(server: &TestServer, devices: &Path, out: &Path) -> Command {
+/// `est-client SUBCOMMAND` against `server`'s label dev as the development gateway, for VID
+/// FFF1 and PID 8000; the caller adds what the subcommand needs.
+fn as_gateway(server: &TestServer, subcommand: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_est-client"));
     cmd.args([
-        "gateway",
+        subcommand,
         "--server",
         &server.url(""),
         "--label",
@@ -243,10 +245,13 @@ fn gateway_cmd(server: &TestServer, devices: &Path, out: &Path) -> Command {
     .arg(server.env.path(dev::files::GATEWAY_CERT))
     .arg("--key")
     .arg(server.env.path(dev::files::GATEWAY_KEY))
-    .args(["--vid", "FFF1", "--pid", "8000", "--devices"])
-    .arg(devices)
-    .arg("--out")
-    .arg(out);
+    .args(["--vid", "FFF1", "--pid", "8000"]);
+    cmd
+}
+
+fn gateway_cmd(server: &TestServer, devices: &Path, out: &Path) -> Command {
+    let mut cmd = as_gateway(server, "gateway");
+    cmd.arg("--devices").arg(devices).arg("--out").arg(out);
     cmd
 }
 
@@ -729,30 +734,8 @@ async fn serverkeygen_writes_the_key_the_server_made_and_its_dac() {
     let server = TestServer::start(|t| common::label_keys(t, "serverkeygen = true")).await;
     let dir = tempfile::tempdir().unwrap();
     let keygen = |out: &Path| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_est-client"));
-        cmd.args([
-            "serverkeygen",
-            "--server",
-            &server.url(""),
-            "--label",
-            "dev",
-            "--cacert",
-        ])
-        .arg(server.env.path(dev::files::TLS_CA_CERT))
-        .arg("--cert")
-        .arg(server.env.path(dev::files::GATEWAY_CERT))
-        .arg("--key")
-        .arg(server.env.path(dev::files::GATEWAY_KEY))
-        .args([
-            "--vid",
-            "FFF1",
-            "--pid",
-            "8000",
-            "--device-id",
-            "kg-0001",
-            "--out",
-        ])
-        .arg(out);
+        let mut cmd = as_gateway(&server, "serverkeygen");
+        cmd.args(["--device-id", "kg-0001", "--out"]).arg(out);
         cmd
     };
     let out = dir.path().join("kg-0001");
@@ -799,30 +782,8 @@ async fn enroll_rerun_after_a_lost_response_gets_the_dac_on_record() {
     let dir = tempfile::tempdir().unwrap();
     let prefix = dir.path().join("lost-1");
     let enroll = || {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_est-client"));
-        cmd.args([
-            "enroll",
-            "--server",
-            &server.url(""),
-            "--label",
-            "dev",
-            "--cacert",
-        ])
-        .arg(server.env.path(dev::files::TLS_CA_CERT))
-        .arg("--cert")
-        .arg(server.env.path(dev::files::GATEWAY_CERT))
-        .arg("--key")
-        .arg(server.env.path(dev::files::GATEWAY_KEY))
-        .args([
-            "--vid",
-            "FFF1",
-            "--pid",
-            "8000",
-            "--device-id",
-            "lost-1",
-            "--out",
-        ])
-        .arg(&prefix);
+        let mut cmd = as_gateway(&server, "enroll");
+        cmd.args(["--device-id", "lost-1", "--out"]).arg(&prefix);
         cmd
     };
     let run = |mut cmd: Command| async move {

@@ -106,6 +106,18 @@ pub fn csr(subject: &[u8]) -> (Vec<u8>, KeySigner) {
     (matter_est::csr::build(subject, &key).unwrap(), key)
 }
 
+/// `n` simpleenroll bodies (base64 DER CSRs, fresh keys) for devices `PREFIX-i` of VID FFF1,
+/// PID 8000.
+pub fn enroll_bodies(n: usize, prefix: &str) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let cn = format!("{prefix}-{i}");
+            let (der, _) = csr(&subject(Some(&cn), Some("FFF1"), Some("8000")));
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der).into_bytes()
+        })
+        .collect()
+}
+
 fn find(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -225,6 +237,27 @@ pub fn write_pem(path: &Path, der: &[u8]) {
 pub mod est;
 pub mod hsm;
 pub mod pg;
+
+/// A command's standard output, once it exited 0.
+pub fn stdout(out: &Output) -> String {
+    assert_success(out);
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// curl's (status, JSON body) for `ARGS`; panics if curl itself fails.
+pub fn curl_json(args: &[&str]) -> (u16, serde_json::Value) {
+    let out = Command::new("curl")
+        .args(["-sS", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    let (body, code) = text.trim_end().rsplit_once('\n').unwrap();
+    (
+        code.parse().unwrap(),
+        serde_json::from_str(body).unwrap_or_default(),
+    )
+}
 
 /// Asserts that a command (openssl, curl, the CLI) exited 0, showing what it printed if not.
 pub fn assert_success(out: &Output) {

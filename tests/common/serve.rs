@@ -13,6 +13,25 @@ use matter_est::profile::dev;
 
 use crate::common::DevEnv;
 
+/// `matter-est ARGS`.
+pub fn matter_est(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_matter-est"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// `matter-est ARGS --config CONFIG` of `env` (through the running server's socket, when one
+/// runs).
+pub fn cli(env: &DevEnv, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_matter-est"))
+        .args(args)
+        .arg("--config")
+        .arg(env.path(dev::files::CONFIG))
+        .output()
+        .unwrap()
+}
+
 pub struct Server {
     pub child: Child,
     pub addr: std::net::SocketAddr,
@@ -56,16 +75,6 @@ impl Drop for Server {
             .status();
         let _ = self.child.wait();
     }
-}
-
-/// `matter-est ARGS --config CONFIG` (through the running server's socket, when one runs).
-pub fn cli(env: &DevEnv, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_matter-est"))
-        .args(args)
-        .arg("--config")
-        .arg(env.path(dev::files::CONFIG))
-        .output()
-        .unwrap()
 }
 
 /// The serial numbers on record for label `dev` (`certs list --format json`), uppercase hex,
