@@ -392,6 +392,16 @@ impl std::fmt::Display for IdentityMatch {
 }
 
 impl Config {
+    /// `KEY (line N)` as this config's file has it, for an error found after loading (a
+    /// signer that will not open); `KEY` alone if the file no longer says it.
+    pub fn locate(&self, key: &str) -> String {
+        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+        match line_of(&text, key) {
+            Some(line) => format!("{key} (line {line})"),
+            None => key.to_string(),
+        }
+    }
+
     /// Reads and checks `path`. Relative paths in it are relative to its directory.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;

@@ -163,7 +163,17 @@ impl Issuer {
     pub fn load(config: &Config) -> Result<Labels> {
         let mut labels = BTreeMap::new();
         for (name, lc) in &config.labels {
-            labels.insert(name.clone(), Arc::new(load_label(lc)?));
+            let label = load_label(lc).map_err(|e| match e {
+                // Issue 18 item 3: a token that will not open names the key to fix, not only
+                // the module, token and key it tried.
+                Error::Pkcs11 { .. } => Error::Config {
+                    file: config.path.clone(),
+                    key: config.locate(&format!("labels.{name}.signer")),
+                    problem: e.to_string(),
+                },
+                e => e,
+            })?;
+            labels.insert(name.clone(), Arc::new(label));
         }
         Ok(Labels(labels))
     }

@@ -96,6 +96,8 @@ fn start_is_refused_with_a_message_naming_module_token_and_key() {
             .expect("refused")
             .to_string();
         println!("refused: {err}");
+        // The config key to fix, with its line (issue 18 item 3).
+        assert!(err.contains("labels.dev.signer (line "), "{err}");
         err
     };
     let module = hsm.module.display().to_string();
