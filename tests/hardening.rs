@@ -539,6 +539,100 @@ async fn client_certificate_validity_is_checked_per_request() {
     assert_eq!(server.ledger.count("dev").unwrap(), 1);
 }
 
+/// Item 3, the DAC case: a DAC with a finite validity that expires during a keep-alive
+/// connection stops authorising its renewal from that moment, and a resumed session does not
+/// revive it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dac_validity_is_checked_per_request() {
+    let server = TestServer::start(|t| t).await;
+    // A DAC of label dev that expires in 4 s (no profile issues one that short: validity is
+    // in days), signed by the PAI's key and put on record as the server would have.
+    let label =
+        matter_est::issuance::load_label(server.env.config().label("dev").unwrap()).unwrap();
+    let (key, point) = signer::generate_p256().unwrap();
+    let keep = matter_est::profile::DacSubject {
+        cn: "short-lived".into(),
+        vid: matter_est::matter::Vid::new(0xFFF1).unwrap(),
+        pid: matter_est::matter::Pid::new(0x8000).unwrap(),
+    };
+    let expires = asn1::now() + 4;
+    let serial = matter_est::profile::random_serial().unwrap();
+    let der = cert::build_and_sign(
+        &CertFields {
+            serial: &serial,
+            issuer: &label.pai.subject_der,
+            not_before: asn1::now() - 60,
+            not_after: expires,
+            subject: &keep.to_der(),
+            public_key: &point,
+            extensions: &[
+                cert::basic_constraints_ext(None),
+                cert::key_usage_ext(key_usage::DIGITAL_SIGNATURE),
+                cert::subject_key_id_ext(&cert::key_id(&point)),
+                cert::authority_key_id_ext(&label.pai.skid),
+            ],
+        },
+        label.signer.as_ref(),
+    )
+    .unwrap();
+    let dac = (serial_of(&der), der);
+    server
+        .ledger
+        .commit(
+            &DacRecord {
+                serial: dac.0,
+                label: "dev".into(),
+                issuer_key: label.pai.skid.clone(),
+                subject: keep.to_string(),
+                subject_der: keep.to_der(),
+                vid: 0xFFF1,
+                pid: 0x8000,
+                requester: "test".into(),
+                issued_at: asn1::now(),
+                der: dac.1.clone(),
+                status: Status::Issued,
+                renews: None,
+                server_keygen: false,
+            },
+            &Admission::default(),
+        )
+        .unwrap();
+    let config = server.client_config(
+        Some((
+            vec![CertificateDer::from(dac.1)],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.clone())),
+        )),
+        ALL,
+    );
+    // Before it expires, it authorises its renewal (to a new key: the same key and subject
+    // would be answered with the DAC on record).
+    let mut c = Client::connect(server.addr, config.clone()).await.unwrap();
+    let (new_key, _) = signer::generate_p256().unwrap();
+    dac_of(
+        &server,
+        &c.enroll(REENROLL, &csr_with(&new_key, "short-lived", "8000"))
+            .await,
+    );
+    let (later_key, _) = signer::generate_p256().unwrap();
+    let csr = csr_with(&later_key, "short-lived", "8000");
+    // It expires while the keep-alive connection stays open.
+    while asn1::now() <= expires {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let r = c.enroll(REENROLL, &csr).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("expired at"), "{}", r.text());
+    let mut resumed = Client::connect(server.addr, config).await.unwrap();
+    let r = resumed.enroll(REENROLL, &csr).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("expired at"), "{}", r.text());
+    assert_eq!(
+        server.ledger.count("dev").unwrap(),
+        2,
+        "nothing after the expiry"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_rules_match_the_name_type_they_say() {
     let server = TestServer::start(|t| {
