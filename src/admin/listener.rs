@@ -421,8 +421,9 @@ async fn answer_dashboard(
 }
 
 /// The routes outside the JSON API: `GET /metrics` (Prometheus text format; role auditor or
-/// above on the TLS door; 404 when `[admin] metrics = false`), `GET /healthz` and `GET /readyz` (no client certificate needed, so
-/// a load balancer can probe them). `None` for every other request.
+/// above on the TLS door; 404 when `[admin] metrics = false`), `GET /healthz` and `GET /readyz`
+/// (no client certificate needed, so a load balancer can probe them). `None` for every other
+/// request.
 async fn answer_probe(
     shared: &Arc<Shared>,
     door: &Arc<Door>,
