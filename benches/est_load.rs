@@ -1,7 +1,9 @@
 //! Load benchmark of `matter-est serve` (issue 3): a real server process on loopback and a load
 //! generator in this process, on the same machine. Prints new-connection and keep-alive
 //! enrollments/s, p50/p99 latency at 2,500/s (half the 5,000/s target), and the RSS with 1,000
-//! open keep-alive connections. Run: `cargo bench --bench est_load`.
+//! open keep-alive connections. Run: `cargo bench --bench est_load`. Phase `metrics` (issue 15,
+//! not in the default set: `EST_LOAD_PHASES=metrics`) compares the keep-alive rate of a server
+//! with metrics on and one with `[admin] metrics = false`, alternately, in the same run.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)] // reason: benchmark harness; shares test helpers
 
 #[path = "../tests/common/mod.rs"]
@@ -116,7 +118,20 @@ fn pkcs11_signer(dir: &std::path::Path, config: &std::path::Path) -> std::path::
     conf
 }
 
-fn main() {
+/// A `matter-est serve` on a fresh development PKI, on a free port of loopback, and the
+/// client configurations to reach it.
+struct Setup {
+    dir: tempfile::TempDir,
+    child: Server,
+    addr: std::net::SocketAddr,
+    /// As the development gateway (mutual TLS).
+    tls: Arc<rustls::ClientConfig>,
+    /// Without a client certificate.
+    anon: Arc<rustls::ClientConfig>,
+}
+
+/// Starts a server; `edit` may change its config text.
+fn start_server(edit: impl FnOnce(String) -> String) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     dev::init(dir.path(), false).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -130,14 +145,16 @@ fn main() {
     // the 1,000 keep-alive connections of the RSS phase.
     std::fs::write(
         &config,
-        text.replace("127.0.0.1:8443", &format!("127.0.0.1:{port}"))
-            .replace(
-                "tls_key = \"tls/server.key\"",
-                "tls_key = \"tls/server.key\"\nmax_connections_per_peer = 2048",
-            )
-            // The CRL listener on any free port.
-            .replace("listen = \"127.0.0.1:8444\"", "listen = \"127.0.0.1:0\"")
-            .replace("listen = \"127.0.0.1:8445\"", "listen = \"127.0.0.1:0\""),
+        edit(
+            text.replace("127.0.0.1:8443", &format!("127.0.0.1:{port}"))
+                .replace(
+                    "tls_key = \"tls/server.key\"",
+                    "tls_key = \"tls/server.key\"\nmax_connections_per_peer = 2048",
+                )
+                // The CRL and admin listeners on any free port.
+                .replace("listen = \"127.0.0.1:8444\"", "listen = \"127.0.0.1:0\"")
+                .replace("listen = \"127.0.0.1:8445\"", "listen = \"127.0.0.1:0\""),
+        ),
     )
     .unwrap();
     // EST_LOAD_SIGNER=pkcs11 keeps the PAI key in a SoftHSM2 token (the PKCS#11 signer).
@@ -175,22 +192,153 @@ fn main() {
         ALL,
     );
     let anon = client_config(&dir.path().join(dev::files::TLS_CA_CERT), None, ALL);
+    Setup {
+        dir,
+        child,
+        addr,
+        tls,
+        anon,
+    }
+}
+
+/// Enrolls `bodies` over `conns` keep-alive connections, back to back: enrollments/s.
+fn keepalive(
+    rt: &tokio::runtime::Runtime,
+    addr: std::net::SocketAddr,
+    tls: &Arc<rustls::ClientConfig>,
+    bodies: Vec<Vec<u8>>,
+    conns: usize,
+) -> f64 {
+    let n = bodies.len();
+    let work = Arc::new(std::sync::Mutex::new(bodies));
+    let start = Instant::now();
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..conns)
+            .map(|_| {
+                let (work, tls) = (work.clone(), tls.clone());
+                tokio::spawn(async move {
+                    let mut c = Client::connect(addr, tls).await.unwrap();
+                    loop {
+                        let Some(body) = work.lock().unwrap().pop() else {
+                            break;
+                        };
+                        post(&mut c, body).await;
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len().is_multiple_of(2) {
+        (v[mid - 1] + v[mid]) / 2.0
+    } else {
+        v[mid]
+    }
+}
+
+/// Issue 15: keep-alive enrollments/s with metrics on and off (`[admin] metrics = false`) in
+/// the same run. Two servers run side by side; each round loads one, then the other (the order
+/// flips every round, so neither always goes first into a quieter or busier minute), with fresh
+/// CSRs each time. Prints every rate and the server's CPU per enrollment, the medians, and the
+/// difference in %. `EST_LOAD_METRICS_ROUNDS` (default 5, at least 3) and `EST_LOAD_METRICS_N`
+/// (enrollments per server and round, default 10,000) change the amounts.
+fn metrics_on_vs_off(rt: &tokio::runtime::Runtime) {
+    let env_num = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let rounds = env_num("EST_LOAD_METRICS_ROUNDS", 5).max(3);
+    let n = env_num("EST_LOAD_METRICS_N", 10_000).max(100);
+    let conns = 64;
+    let on = start_server(|text| text);
+    let off = start_server(|text| {
+        let edited = text.replace("[admin]\n", "[admin]\nmetrics = false\n");
+        assert_ne!(edited, text, "no [admin] table to turn metrics off in");
+        edited
+    });
+    let servers = [("on", &on), ("off", &off)];
+    println!(
+        "metrics on vs off (issue 15): {rounds} rounds of {n} keep-alive enrollments over {conns} connections on each of two servers, alternating"
+    );
+    // Warm-up, not counted: the first connections' handshakes, page cache, allocator arenas.
+    for (name, s) in servers {
+        let bodies = common::enroll_bodies(n / 10, &format!("metrics-warm-{name}"));
+        keepalive(rt, s.addr, &s.tls, bodies, conns);
+    }
+    let mut rates = [Vec::new(), Vec::new()];
+    let mut cpus = [Vec::new(), Vec::new()];
+    for round in 0..rounds {
+        let order = if round.is_multiple_of(2) {
+            [0, 1]
+        } else {
+            [1, 0]
+        };
+        let mut line = format!("  round {}:", round + 1);
+        for i in order {
+            let (name, s) = servers[i];
+            let bodies = common::enroll_bodies(n, &format!("metrics-{name}-{round}"));
+            let cpu_before = cpu_secs(s.child.0.id());
+            let rate = keepalive(rt, s.addr, &s.tls, bodies, conns);
+            let cpu_us = (cpu_secs(s.child.0.id()) - cpu_before) * 1e6 / n as f64;
+            line.push_str(&format!(" {name} {rate:>5.0} /s ({cpu_us:.0} µs CPU);"));
+            rates[i].push(rate);
+            cpus[i].push(cpu_us);
+        }
+        println!("{}", line.trim_end_matches(';'));
+    }
+    let (rate_on, rate_off) = (median(&rates[0]), median(&rates[1]));
+    let (cpu_on, cpu_off) = (median(&cpus[0]), median(&cpus[1]));
+    println!(
+        "  medians: on {rate_on:.0} /s, off {rate_off:.0} /s: on is {:+.1} % against off (server CPU per enrollment: on {cpu_on:.0} µs, off {cpu_off:.0} µs, {:+.1} %)",
+        (rate_on - rate_off) * 100.0 / rate_off,
+        (cpu_on - cpu_off) * 100.0 / cpu_off
+    );
+}
+
+fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
+    // EST_LOAD_PHASES=keepalive (say) runs only the named phases: new, keepalive, latency, rss,
+    // and metrics (not in the default set).
+    let phases =
+        std::env::var("EST_LOAD_PHASES").unwrap_or_else(|_| "new,keepalive,latency,rss".into());
+    let run = |p: &str| phases.split(',').any(|x| x == p);
     let cores = std::thread::available_parallelism()
         .map(|p| p.get())
         .unwrap_or(1);
     println!(
         "machine: {cores} cores shared by the server and this load generator; release build; info logs to /dev/null"
     );
-
-    // EST_LOAD_PHASES=keepalive (say) runs only the named phases: new, keepalive, latency, rss.
-    let phases =
-        std::env::var("EST_LOAD_PHASES").unwrap_or_else(|_| "new,keepalive,latency,rss".into());
-    let run = |p: &str| phases.split(',').any(|x| x == p);
+    if run("metrics") {
+        metrics_on_vs_off(&rt);
+    }
+    if !["new", "keepalive", "latency", "rss"]
+        .iter()
+        .any(|p| run(p))
+    {
+        return;
+    }
+    let Setup {
+        dir: _dir,
+        child,
+        addr,
+        tls,
+        anon,
+    } = start_server(|text| text);
 
     // 1. New connection per enrollment (full TLS 1.3 handshake with a client certificate).
     let (n_new, conc_new) = (if run("new") { 4000 } else { 0 }, 32);
@@ -224,33 +372,15 @@ fn main() {
 
     // 2. Keep-alive: 64 connections, back to back.
     let (n_ka, conns) = (if run("keepalive") { 40_000 } else { 0 }, 64);
-    let work = Arc::new(std::sync::Mutex::new(common::enroll_bodies(
-        n_ka, "load-ka",
-    )));
+    let bodies = common::enroll_bodies(n_ka, "load-ka");
     let cpu_before = cpu_secs(child.0.id());
     let own_before = cpu_secs(std::process::id());
     let io_before = writer_io(child.0.id());
-    let start = Instant::now();
-    rt.block_on(async {
-        let tasks: Vec<_> = (0..conns)
-            .map(|_| {
-                let (work, tls) = (work.clone(), tls.clone());
-                tokio::spawn(async move {
-                    let mut c = Client::connect(addr, tls).await.unwrap();
-                    loop {
-                        let Some(body) = work.lock().unwrap().pop() else {
-                            break;
-                        };
-                        post(&mut c, body).await;
-                    }
-                })
-            })
-            .collect();
-        for t in tasks {
-            t.await.unwrap();
-        }
-    });
-    let ka_rate = n_ka as f64 / start.elapsed().as_secs_f64();
+    let ka_rate = if n_ka > 0 {
+        keepalive(&rt, addr, &tls, bodies, conns)
+    } else {
+        0.0
+    };
     println!("keep-alive enrollments:      {ka_rate:>7.0} /s  ({n_ka} over {conns} connections)");
     // The server's CPU per enrollment: steadier than the rate on a VM with busy neighbours.
     if n_ka > 0 {

@@ -109,7 +109,7 @@ const DEFAULT_STATEMENT_TIMEOUT_MS: u64 = 5_000;
 const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 
 /// `[admin]` (DESIGN.md "The operator plane").
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct AdminConfig {
     /// The admin API over HTTPS with mutual TLS against `client_ca`; `None` = no listener (the
     /// default: the API is then on the local socket only).
@@ -121,6 +121,21 @@ pub struct AdminConfig {
     pub socket: Option<PathBuf>,
     /// Who may use the HTTPS listener, first match wins.
     pub identities: Vec<AdminIdentity>,
+    /// Prometheus metrics (`GET /metrics` on both doors). Default on; off installs no recorder,
+    /// so nothing is counted, and `/metrics` answers 404 saying so.
+    pub metrics: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            client_ca: None,
+            socket: None,
+            identities: Vec::new(),
+            metrics: true,
+        }
+    }
 }
 
 /// One `[[admin.identities]]` entry.
@@ -1116,6 +1131,12 @@ struct RawAdmin {
     socket: Option<PathBuf>,
     #[serde(default)]
     identities: Vec<RawAdminIdentity>,
+    #[serde(default = "metrics_on")]
+    metrics: bool,
+}
+
+fn metrics_on() -> bool {
+    true
 }
 
 #[derive(Deserialize)]
@@ -1227,6 +1248,7 @@ fn admin_config(
         client_ca,
         socket,
         identities,
+        metrics: raw.metrics,
     })
 }
 
@@ -1755,8 +1777,24 @@ signer = { file = "pai.key" }
             "beside the ledger"
         );
         assert!(c.admin.listen.is_none());
+        assert!(c.admin.metrics, "metrics are on by default");
         let with = |admin: &str| parse(&format!("{MINIMAL}[admin]\n{admin}\n"));
-        assert_eq!(with("socket = \"\"").expect("valid").admin.socket, None);
+        let c = with("socket = \"\"").expect("valid");
+        assert_eq!(c.admin.socket, None);
+        assert!(c.admin.metrics, "on unless [admin] turns them off");
+        assert!(!with("metrics = false").expect("valid").admin.metrics);
+        assert!(with("metrics = true").expect("valid").admin.metrics);
+        // A value that is not a boolean names the key and its line; a misspelt key is refused.
+        let msg = with("metrics = \"off\"").expect_err("a string").to_string();
+        assert!(
+            msg.contains("admin.metrics (line 7)") && msg.contains("expected a boolean"),
+            "{msg}"
+        );
+        let msg = with("metric = false").expect_err("unknown").to_string();
+        assert!(
+            msg.contains("metric") && msg.contains("unknown field"),
+            "{msg}"
+        );
         let c = with(
             "listen = \"127.0.0.1:9443\"\nclient_ca = \"ca.pem\"\n[[admin.identities]]\n\
              match = \"cn:x\"\nrole = \"operator\"\nlabels = [\"a\"]",

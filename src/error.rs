@@ -137,6 +137,12 @@ pub enum Error {
         at: String,
     },
 
+    /// `GET /metrics` on a server whose configuration turned metrics off.
+    #[error(
+        "metrics are off on this server ([admin] metrics = false); set [admin] metrics = true (or remove the key) and restart it to serve /metrics"
+    )]
+    MetricsOff,
+
     /// A running server's admin API refused or failed the request (the CLI over its socket or
     /// `--server`): its status and message, kept so the exit is the same as on the ledger.
     #[error("{message}")]
@@ -234,7 +240,7 @@ impl Error {
             AwaitingApproval { .. } => ErrorKind::Held,
             SubjectTaken { .. } | AlreadyRevoked { .. } => ErrorKind::Conflict,
             QuotaExhausted { .. } => ErrorKind::QuotaExhausted,
-            UnknownLabel(_) | NotFound(_) => ErrorKind::NotFound,
+            UnknownLabel(_) | NotFound(_) | MetricsOff => ErrorKind::NotFound,
             Unauthenticated(_) => ErrorKind::Unauthenticated,
             MethodNotAllowed { .. } => ErrorKind::MethodNotAllowed,
             PayloadTooLarge { .. } => ErrorKind::PayloadTooLarge,

@@ -218,6 +218,8 @@ struct Serve {
     child: Child,
     port: String,
     socket: PathBuf,
+    /// The messages logged up to "matter-est serving".
+    startup: Vec<String>,
 }
 
 impl Serve {
@@ -230,9 +232,11 @@ impl Serve {
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut startup = Vec::new();
         let port = loop {
             let line = lines.next().expect("serve exited").unwrap();
             let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            startup.extend(v["fields"]["message"].as_str().map(str::to_string));
             if v["fields"]["message"] == "matter-est serving" {
                 break v["fields"]["addr"]
                     .as_str()
@@ -251,6 +255,7 @@ impl Serve {
             child,
             port,
             socket,
+            startup,
         }
     }
 
@@ -324,6 +329,11 @@ fn metrics_count_enrollments_refusals_and_handshake_failures() {
     let env = DevEnv::new(|t| t.replace("127.0.0.1:8443", "127.0.0.1:0"));
     let (good, spare) = (token(&env), token(&env));
     let server = Serve::start(&env.path(dev::files::CONFIG));
+    assert!(
+        !server.startup.iter().any(|m| m.starts_with("metrics off")),
+        "{:?}",
+        server.startup
+    );
 
     let before = server.scrape();
     assert_eq!(
@@ -431,6 +441,57 @@ fn metrics_count_enrollments_refusals_and_handshake_failures() {
         "{body}"
     );
     server.stop();
+}
+
+/// `[admin] metrics = false`, as an operator would run it: the start-up log says metrics are
+/// off, the server issues, `GET /metrics` answers 404 with what turns them on, and the health
+/// checks still answer.
+#[test]
+fn with_metrics_off_metrics_answers_404_naming_the_key_and_the_server_still_issues() {
+    let env = DevEnv::new(|t| {
+        t.replace("127.0.0.1:8443", "127.0.0.1:0")
+            .replace("[admin]\n", "[admin]\nmetrics = false\n")
+    });
+    assert!(!env.config().admin.metrics);
+    let (first, second) = (token(&env), token(&env));
+    let server = Serve::start(&env.path(dev::files::CONFIG));
+    let off = server
+        .startup
+        .iter()
+        .find(|m| m.starts_with("metrics off"))
+        .unwrap_or_else(|| panic!("no metrics-off line in {:?}", server.startup));
+    assert!(off.contains("[admin] metrics = true"), "{off}");
+
+    assert_eq!(enroll(&env, &server.port, &first, "metrics-off-1"), "200");
+    let (status, body) = server.admin_get("/metrics");
+    assert_eq!(status, 404, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let error = v["error"].as_str().unwrap_or_else(|| panic!("{body}"));
+    assert!(
+        error.contains("metrics are off") && error.contains("set [admin] metrics = true"),
+        "{error}"
+    );
+    assert!(!body.contains("matter_est_"), "{body}");
+
+    let (status, body) = server.admin_get("/healthz");
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+    let (status, body) = server.admin_get("/readyz");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"], "ready", "{body}");
+
+    // Still issuing after the refused scrape, and both DACs are on record.
+    assert_eq!(enroll(&env, &server.port, &second, "metrics-off-2"), "200");
+    let (status, body) = server.admin_get("/metrics");
+    assert_eq!(status, 404, "{body}");
+    server.stop();
+    let out = cli(&env, &["certs", "list", "--format", "csv"]);
+    assert_success(&out);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed.contains("metrics-off-1") && listed.contains("metrics-off-2"),
+        "{listed}"
+    );
 }
 
 const TOKEN: &str = "pai-token";

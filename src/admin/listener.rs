@@ -77,7 +77,9 @@ struct Shared {
 
 /// Opens the doors `config.admin` names.
 pub async fn start(config: &Config, ctx: Ctx) -> Result<AdminServer> {
-    super::metrics::install();
+    if config.admin.metrics {
+        super::metrics::install();
+    }
     let admin = config.admin.clone();
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -419,8 +421,9 @@ async fn answer_dashboard(
 }
 
 /// The routes outside the JSON API: `GET /metrics` (Prometheus text format; role auditor or
-/// above on the TLS door), `GET /healthz` and `GET /readyz` (no client certificate needed, so
-/// a load balancer can probe them). `None` for every other request.
+/// above on the TLS door; 404 when `[admin] metrics = false`), `GET /healthz` and `GET /readyz`
+/// (no client certificate needed, so a load balancer can probe them). `None` for every other
+/// request.
 async fn answer_probe(
     shared: &Arc<Shared>,
     door: &Arc<Door>,
@@ -446,6 +449,13 @@ async fn answer_probe(
         "/readyz" => Err(super::health::readyz(&shared.ctx)),
         // Every identity has a role, auditor or above, and every role may read metrics.
         _ => match caller(&shared, &door) {
+            Ok(_) if !shared.config.metrics => {
+                let e = Error::MetricsOff;
+                Err((
+                    crate::est::status_for(e.kind()).as_u16(),
+                    serde_json::json!({ "error": e.to_string() }),
+                ))
+            }
             Ok(_) => Ok(super::metrics::render(&shared.ctx)),
             Err((presented, e)) => Err(super::refuse(
                 &shared.ctx,

@@ -34,6 +34,10 @@ const SECONDS_BUCKETS: &[f64] = &[
 /// Group commit sizes (the writer groups at most `MAX_GROUP` records).
 const GROUP_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
+/// How often histogram samples are folded into their buckets between scrapes (the exporter's own
+/// default).
+const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the process's recorder (once; later calls are no-ops) and records build info.
@@ -60,6 +64,21 @@ pub fn install() -> Option<&'static PrometheusHandle> {
             if let Err(e) = metrics::set_global_recorder(recorder) {
                 tracing::warn!(error = %e, "metrics recorder not installed");
                 return None;
+            }
+            // The recorder keeps every histogram sample until upkeep folds it into the buckets,
+            // and with `build_recorder` upkeep is ours to run: at each scrape, and at intervals
+            // here, so that a server nobody scrapes does not pile up samples without end.
+            let upkeep = handle.clone();
+            if let Err(e) = std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(UPKEEP_INTERVAL);
+                        upkeep.run_upkeep();
+                    }
+                })
+            {
+                tracing::warn!(error = %e, "metrics upkeep thread not started");
             }
             metrics::gauge!("matter_est_build_info", "version" => env!("CARGO_PKG_VERSION"))
                 .set(1.0);

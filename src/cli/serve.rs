@@ -83,8 +83,16 @@ pub fn serve(
         .max_blocking_threads(issuing_threads())
         .build()
         .map_err(|e| Error::Internal(e.to_string()))?;
-    // Before anything is counted (GET /metrics on the admin listener).
-    matter_est::admin::metrics::install();
+    // Before anything is counted (GET /metrics on the admin listener). With `[admin] metrics =
+    // false` no recorder is installed: the macros on the request path then record nothing.
+    if config.admin.metrics {
+        matter_est::admin::metrics::install();
+    } else {
+        tracing::info!(
+            "metrics off ([admin] metrics = false): nothing is counted and GET /metrics answers \
+             404; set [admin] metrics = true and restart to turn them on"
+        );
+    }
     // Labels first: a refused configuration opens (and creates) nothing.
     let labels = Issuer::load(&config)?;
     labels.refuse_development_pki(&config, danger_dev)?;
@@ -135,6 +143,9 @@ pub fn serve(
                         new.server.listen = config.server.listen;
                         if new.store != config.store {
                             tracing::warn!("the ledger ([store], ledger) changed: it takes effect at the next start");
+                        }
+                        if new.admin.metrics != config.admin.metrics {
+                            tracing::warn!("[admin] metrics changed: it takes effect at the next start");
                         }
                         let labels = Issuer::load(&new)?;
                         labels.refuse_development_pki(&new, danger_dev)?;
