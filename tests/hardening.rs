@@ -54,6 +54,35 @@ fn device(cn: Option<&str>, pid: &str) -> (Vec<u8>, Vec<u8>) {
     (pkcs8, der)
 }
 
+/// Puts `der`, a DAC for `keep` (VID FFF1, PID 8000) made outside the server, on record as
+/// `label`'s, as the server would have.
+fn put_on_record(
+    server: &TestServer,
+    label: &matter_est::issuance::Label,
+    keep: &matter_est::profile::DacSubject,
+    der: &[u8],
+) {
+    let record = DacRecord {
+        serial: serial_of(der),
+        label: label.config.name.clone(),
+        issuer_key: label.pai.skid.clone(),
+        subject: keep.to_string(),
+        subject_der: keep.to_der(),
+        vid: 0xFFF1,
+        pid: 0x8000,
+        requester: "test".into(),
+        issued_at: asn1::now(),
+        der: der.to_vec(),
+        status: Status::Issued,
+        renews: None,
+        server_keygen: false,
+    };
+    server
+        .ledger
+        .commit(&record, &Admission::default())
+        .unwrap();
+}
+
 /// A CSR for `cn`/PID with the key `pkcs8`.
 fn csr_with(pkcs8: &[u8], cn: &str, pid: &str) -> Vec<u8> {
     let key = KeySigner::from_pkcs8(pkcs8).unwrap();
@@ -136,27 +165,7 @@ async fn a_renewal_belongs_to_the_label_that_issued_the_dac_and_its_current_poli
             asn1::now(),
         )
         .unwrap();
-    server
-        .ledger
-        .commit(
-            &DacRecord {
-                serial: old.serial.clone(),
-                label: "narrow".into(),
-                issuer_key: label.pai.skid.clone(),
-                subject: keep.to_string(),
-                subject_der: keep.to_der(),
-                vid: 0xFFF1,
-                pid: 0x8000,
-                requester: "test".into(),
-                issued_at: asn1::now(),
-                der: old.der.clone(),
-                status: Status::Issued,
-                renews: None,
-                server_keygen: false,
-            },
-            &Admission::default(),
-        )
-        .unwrap();
+    put_on_record(&server, &label, &keep, &old.der);
     let mut c = as_identity(&server, vec![old.der.clone()], &old_key).await;
     let r = c
         .enroll(
@@ -575,31 +584,10 @@ async fn dac_validity_is_checked_per_request() {
         label.signer.as_ref(),
     )
     .unwrap();
-    let dac = (serial_of(&der), der);
-    server
-        .ledger
-        .commit(
-            &DacRecord {
-                serial: dac.0,
-                label: "dev".into(),
-                issuer_key: label.pai.skid.clone(),
-                subject: keep.to_string(),
-                subject_der: keep.to_der(),
-                vid: 0xFFF1,
-                pid: 0x8000,
-                requester: "test".into(),
-                issued_at: asn1::now(),
-                der: dac.1.clone(),
-                status: Status::Issued,
-                renews: None,
-                server_keygen: false,
-            },
-            &Admission::default(),
-        )
-        .unwrap();
+    put_on_record(&server, &label, &keep, &der);
     let config = server.client_config(
         Some((
-            vec![CertificateDer::from(dac.1)],
+            vec![CertificateDer::from(der)],
             PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.clone())),
         )),
         ALL,

@@ -292,6 +292,16 @@ impl Serve {
     }
 }
 
+/// A test that fails leaves no server behind.
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn token(env: &DevEnv) -> (String, String) {
     let out = cli(env, &["token", "create", "--label", "dev", "--json"]);
     assert_success(&out);

@@ -220,6 +220,7 @@ fn the_set_up_commands_run_and_the_servers_hints_work() {
         .process_group(0)
         .spawn()
         .unwrap();
+    let _stop = KillGroup(server.id());
     // Lines as they come, so the hint can be read while the server runs.
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     let stdout = server.stdout.take().unwrap();
@@ -302,4 +303,17 @@ fn the_set_up_commands_run_and_the_servers_hints_work() {
     let out = reader.join().unwrap();
     assert!(status.success(), "{status}\n{out}");
     assert!(out.contains("ledger closed"), "{out}");
+}
+
+/// Kills a process group when dropped, so that a failed assertion leaves no server holding
+/// port 8443 for the next run (after a clean stop there is nothing left to kill).
+struct KillGroup(u32);
+
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0)])
+            .stderr(Stdio::null())
+            .status();
+    }
 }
