@@ -12,7 +12,12 @@
 //! As in the redb ledger, writes are queued to one writer task per node that applies whatever
 //! is queued in one transaction (group commit), each job inside its own savepoint so that one
 //! refusal leaves the others; the head of the audit chain is locked last, after the group's
-//! own row locks, so that two nodes never wait on each other through it.
+//! own row locks, so that two nodes never wait on each other through it. An issuance is one
+//! call of the schema's `matter_est_commit_dac` function (migration 3), which runs the same
+//! constraints and conditional updates inside its own exception block (the savepoint); the
+//! calls of a group are pipelined (sent together, answered in order), as are the audit
+//! append and `COMMIT`, so that a group costs a few round trips instead of several per
+//! issuance (issue 16).
 //!
 //! Faults: a database that is down, restarting or unreachable gives
 //! [`Error::LedgerUnavailable`] (503 with `Retry-After`); the pool opens new connections by
@@ -50,6 +55,7 @@ use crate::revocation::RevocationReason;
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("postgres/migrations/0001_ledger.sql")),
     (2, include_str!("postgres/migrations/0002_held.sql")),
+    (3, include_str!("postgres/migrations/0003_commit_dac.sql")),
 ];
 
 /// The advisory lock key under which migrations run ("matter-e" in ASCII), so that nodes
@@ -604,108 +610,318 @@ async fn resolve(
     }
 }
 
-/// One transaction for the group: each job in its savepoint, then the audit records of the
-/// jobs that succeeded appended under the chain head's row lock, then `COMMIT`.
+/// The audit chain's head, locked until the transaction ends (rule: one sequence across nodes).
+const HEAD_LOCK: &str = "SELECT next, prev FROM audit_head WHERE id = 1 FOR UPDATE";
+
+/// One issuance (schema 3, `matter_est_commit_dac`): the DAC, its subject, the quota count and
+/// the token in one call, inside the function's own exception block (the job's savepoint); the
+/// holder's columns in [`dac_from_row`]'s order (NULL unless the subject is held), then the
+/// outcome and, for `failed`, the error's SQLSTATE and text.
+const COMMIT_DAC: &str = concat!(
+    "SELECT ",
+    dac_cols!(),
+    ", c.outcome, c.error_state, c.error_message \
+     FROM matter_est_commit_dac($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
+     $15, $16, $17, $18) c, LATERAL (SELECT (c.holder_dac).*) d"
+);
+
+/// Polls `futures` together and gives their outputs in order. tokio-postgres sends a request
+/// when its future is first polled and answers them in order, so requests polled together go
+/// to the database at once (pipelined) instead of one round trip each.
+async fn pipelined<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut waiting = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *output = Some(v),
+                    std::task::Poll::Pending => waiting = true,
+                }
+            }
+        }
+        if waiting {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
+
+/// One transaction for the group. A run of issuances is one pipelined batch of
+/// `matter_est_commit_dac` calls (with the group's `BEGIN` when it opens the group, and the
+/// audit head lock when it ends it); any other job runs in its own savepoint. Then the audit
+/// records of the jobs that succeeded are appended under the head's row lock — taken last,
+/// after the group's own row locks — and the insert, head update and `COMMIT` are sent
+/// together.
 async fn group_transaction(
     client: &deadpool_postgres::Object,
     group: &[Op],
 ) -> std::result::Result<Vec<Result<Outcome>>, GroupFailure> {
     let broken = |e: tokio_postgres::Error| GroupFailure::NotCommitted(pg_err(e));
-    client.batch_execute("BEGIN").await.map_err(broken)?;
+    // Prepared once per connection (the driver's cache), so that they can be pipelined.
+    let begin = client.prepare_cached("BEGIN").await.map_err(broken)?;
+    let head_lock = client.prepare_cached(HEAD_LOCK).await.map_err(broken)?;
+    // Every job but a cRLNumber's may append to the audit chain.
+    let appends = group.iter().any(|op| !matches!(op, Op::NextCrlNumber(_)));
+    let mut begun = false;
+    let mut head = None;
     let mut results = Vec::with_capacity(group.len());
     let mut events = Vec::new();
-    for op in group {
-        client
-            .batch_execute("SAVEPOINT job")
-            .await
-            .map_err(broken)?;
-        let mut job_events = Vec::new();
-        match apply_job(client, op, &mut job_events).await {
-            Ok((outcome, true)) => {
-                client
-                    .batch_execute("RELEASE SAVEPOINT job")
-                    .await
-                    .map_err(broken)?;
+    let mut at = 0;
+    while at < group.len() {
+        let run: Vec<(&DacRecord, &Admission)> = group[at..]
+            .iter()
+            .map_while(|op| match op {
+                Op::Commit(record, admission) => Some((&**record, admission)),
+                _ => None,
+            })
+            .collect();
+        if run.is_empty() {
+            if !begun {
+                client.batch_execute("BEGIN").await.map_err(broken)?;
+                begun = true;
+            }
+            let op = &group[at];
+            client
+                .batch_execute("SAVEPOINT job")
+                .await
+                .map_err(broken)?;
+            let mut job_events = Vec::new();
+            match apply_job(client, op, &mut job_events).await {
+                Ok((outcome, true)) => {
+                    client
+                        .batch_execute("RELEASE SAVEPOINT job")
+                        .await
+                        .map_err(broken)?;
+                    events.extend(job_events);
+                    results.push(Ok(outcome));
+                }
+                Ok((outcome, false)) => {
+                    client
+                        .batch_execute("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job")
+                        .await
+                        .map_err(broken)?;
+                    results.push(Ok(outcome));
+                }
+                Err(e) => {
+                    // A lost connection fails here too, and with it the group.
+                    client
+                        .batch_execute("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job")
+                        .await
+                        .map_err(broken)?;
+                    results.push(Err(e));
+                }
+            }
+            at += 1;
+            continue;
+        }
+        at += run.len();
+        let lock_head = at == group.len() && appends;
+        let commit_dac = client.prepare_cached(COMMIT_DAC).await.map_err(broken)?;
+        let params: Vec<CommitParams> = run
+            .iter()
+            .map(|(record, admission)| CommitParams::new(record, admission))
+            .collect();
+        let args: Vec<_> = params.iter().map(CommitParams::refs).collect();
+        let mut requests = Vec::with_capacity(run.len() + 2);
+        if !begun {
+            requests.push(client.query(&begin, &[]));
+        }
+        for a in &args {
+            requests.push(client.query(&commit_dac, a));
+        }
+        if lock_head {
+            requests.push(client.query(&head_lock, &[]));
+        }
+        let mut answers = pipelined(requests).await.into_iter();
+        if !begun {
+            answers.next().transpose().map_err(broken)?;
+            begun = true;
+        }
+        for (record, admission) in &run {
+            // The function answers every refusal itself: an error here (a lost connection,
+            // a cancelled statement) has aborted the transaction, and the group with it.
+            let rows = answers
+                .next()
+                .transpose()
+                .map_err(broken)?
+                .unwrap_or_default();
+            let row = rows.first().ok_or_else(|| {
+                GroupFailure::NotCommitted(Error::Ledger(
+                    "matter_est_commit_dac returned no row".into(),
+                ))
+            })?;
+            let mut job_events = Vec::new();
+            let result = commit_outcome(record, admission, row, &mut job_events);
+            if matches!(result, Ok((_, true))) {
                 events.extend(job_events);
-                results.push(Ok(outcome));
             }
-            Ok((outcome, false)) => {
-                client
-                    .batch_execute("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job")
-                    .await
-                    .map_err(broken)?;
-                results.push(Ok(outcome));
-            }
+            results.push(result.map(|(outcome, _)| outcome));
+        }
+        if lock_head {
+            let rows = answers
+                .next()
+                .transpose()
+                .map_err(broken)?
+                .unwrap_or_default();
+            head = rows.into_iter().next();
+        }
+    }
+    let (answers, first_audit) = if events.is_empty() {
+        (vec![client.batch_execute("COMMIT").await], None)
+    } else {
+        append_and_commit(client, &head_lock, head, events).await?
+    };
+    // An error the server answered means it did not commit (a `COMMIT` after a failed
+    // statement rolls back); an answer lost with the connection after `COMMIT` was sent leaves
+    // the outcome unknown, to be looked up.
+    let mut lost = None;
+    for answer in answers {
+        match answer {
+            Ok(()) => {}
+            Err(e) if e.code().is_some() => return Err(GroupFailure::NotCommitted(pg_err(e))),
             Err(e) => {
-                // A lost connection fails here too, and with it the group.
-                client
-                    .batch_execute("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job")
-                    .await
-                    .map_err(broken)?;
-                results.push(Err(e));
+                lost.get_or_insert(e);
             }
         }
     }
-    let mut first_audit = None;
-    if !events.is_empty() {
-        let head = client
-            .query_one(
-                "SELECT next, prev FROM audit_head WHERE id = 1 FOR UPDATE",
-                &[],
-            )
-            .await
-            .map_err(broken)?;
-        let mut next: i64 = get(&head, 0).map_err(GroupFailure::NotCommitted)?;
-        let prev: Vec<u8> = get(&head, 1).map_err(GroupFailure::NotCommitted)?;
-        let mut prev: [u8; 32] = prev.try_into().map_err(|_| {
-            GroupFailure::NotCommitted(Error::Ledger(
-                "the audit head's hash is not 32 bytes".into(),
-            ))
-        })?;
-        let time = crate::asn1::now();
-        let mut seqs = Vec::with_capacity(events.len());
-        let mut blobs = Vec::with_capacity(events.len());
-        for event in events {
-            let bytes = AuditRecord {
-                seq: next as u64,
-                time,
-                event,
-                prev: crate::asn1::hex(&prev),
-            }
-            .encode();
-            prev = audit::hash(&bytes);
-            seqs.push(next);
-            blobs.push(bytes);
-            next += 1;
-        }
-        first_audit = Some((seqs[0], blobs[0].clone()));
-        let stmt = client
-            .prepare_cached(
-                "INSERT INTO audit (seq, bytes) SELECT * FROM unnest($1::bigint[], $2::bytea[])",
-            )
-            .await
-            .map_err(broken)?;
-        client
-            .execute(&stmt, &[&seqs, &blobs])
-            .await
-            .map_err(broken)?;
-        client
-            .execute(
-                "UPDATE audit_head SET next = $1, prev = $2 WHERE id = 1",
-                &[&next, &prev.as_slice()],
-            )
-            .await
-            .map_err(broken)?;
-    }
-    match client.batch_execute("COMMIT").await {
-        Ok(()) => Ok(results),
-        // The server answered: it did not commit.
-        Err(e) if e.code().is_some() => Err(GroupFailure::NotCommitted(pg_err(e))),
-        Err(e) => Err(GroupFailure::Unknown {
+    match lost {
+        None => Ok(results),
+        Some(e) => Err(GroupFailure::Unknown {
             error: pg_err(e),
             results,
             first_audit,
         }),
+    }
+}
+
+/// Appends the audit records of `events` after the chain's head (`head`, the locked head row
+/// when the group's last pipeline took it, else locked here), then sends the records' insert,
+/// the head's update and `COMMIT` together: their answers in that order, and the group's first
+/// record (for the lookup of an unknown outcome).
+async fn append_and_commit(
+    client: &deadpool_postgres::Object,
+    head_lock: &tokio_postgres::Statement,
+    head: Option<Row>,
+    events: Vec<AuditEvent>,
+) -> std::result::Result<
+    (
+        Vec<std::result::Result<(), tokio_postgres::Error>>,
+        Option<(i64, Vec<u8>)>,
+    ),
+    GroupFailure,
+> {
+    let broken = |e: tokio_postgres::Error| GroupFailure::NotCommitted(pg_err(e));
+    let head = match head {
+        Some(row) => row,
+        None => client.query_one(head_lock, &[]).await.map_err(broken)?,
+    };
+    let mut next: i64 = get(&head, 0).map_err(GroupFailure::NotCommitted)?;
+    let prev: Vec<u8> = get(&head, 1).map_err(GroupFailure::NotCommitted)?;
+    let mut prev: [u8; 32] = prev.try_into().map_err(|_| {
+        GroupFailure::NotCommitted(Error::Ledger(
+            "the audit head's hash is not 32 bytes".into(),
+        ))
+    })?;
+    let time = crate::asn1::now();
+    let mut seqs = Vec::with_capacity(events.len());
+    let mut blobs = Vec::with_capacity(events.len());
+    for event in events {
+        let bytes = AuditRecord {
+            seq: next as u64,
+            time,
+            event,
+            prev: crate::asn1::hex(&prev),
+        }
+        .encode();
+        prev = audit::hash(&bytes);
+        seqs.push(next);
+        blobs.push(bytes);
+        next += 1;
+    }
+    let first_audit = Some((seqs[0], blobs[0].clone()));
+    let insert = client
+        .prepare_cached(
+            "INSERT INTO audit (seq, bytes) SELECT * FROM unnest($1::bigint[], $2::bytea[])",
+        )
+        .await
+        .map_err(broken)?;
+    let update = client
+        .prepare_cached("UPDATE audit_head SET next = $1, prev = $2 WHERE id = 1")
+        .await
+        .map_err(broken)?;
+    let prev = prev.as_slice();
+    let insert_args: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&seqs, &blobs];
+    let update_args: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&next, &prev];
+    // biased: first polled, so sent, in this order.
+    let (inserted, updated, committed) = tokio::join!(
+        biased;
+        client.execute(&insert, &insert_args),
+        client.execute(&update, &update_args),
+        client.batch_execute("COMMIT"),
+    );
+    Ok((
+        vec![inserted.map(drop), updated.map(drop), committed],
+        first_audit,
+    ))
+}
+
+/// The arguments of one `matter_est_commit_dac` call, owned (the call borrows them).
+struct CommitParams<'a> {
+    record: &'a DacRecord,
+    vid: i32,
+    pid: i32,
+    revoked_at: Option<i64>,
+    revoked_reason: Option<String>,
+    revoked_code: Option<i16>,
+    quota: Option<i64>,
+    uncounted: bool,
+    token: Option<&'a str>,
+}
+
+impl<'a> CommitParams<'a> {
+    fn new(record: &'a DacRecord, admission: &'a Admission) -> Self {
+        let (revoked_at, revoked_reason, revoked_code) = revoked_columns(&record.status);
+        Self {
+            record,
+            vid: i32::from(record.vid),
+            pid: i32::from(record.pid),
+            revoked_at,
+            revoked_reason,
+            revoked_code,
+            quota: admission.quota.map(|q| q as i64),
+            uncounted: admission.uncounted,
+            token: admission.token.as_deref(),
+        }
+    }
+
+    /// In the function's parameter order.
+    fn refs(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 18] {
+        let r = self.record;
+        [
+            &r.serial,
+            &r.label,
+            &r.issuer_key,
+            &r.subject,
+            &r.subject_der,
+            &self.vid,
+            &self.pid,
+            &r.requester,
+            &r.issued_at,
+            &r.der,
+            &self.revoked_at,
+            &self.revoked_reason,
+            &self.revoked_code,
+            &r.renews,
+            &r.server_keygen,
+            &self.quota,
+            &self.uncounted,
+            &self.token,
+        ]
     }
 }
 
@@ -736,7 +952,10 @@ async fn apply_job(
     events: &mut Vec<AuditEvent>,
 ) -> Result<(Outcome, bool)> {
     match op {
-        Op::Commit(record, admission) => commit_dac(client, record, admission, events).await,
+        // Issuances are pipelined calls of matter_est_commit_dac (group_transaction).
+        Op::Commit(..) => Err(Error::Internal(
+            "an issuance outside the writer's pipelined calls".into(),
+        )),
         Op::Revoke {
             serial,
             reason,
@@ -1029,137 +1248,88 @@ async fn held_row(
         .transpose()
 }
 
-/// An issuance: the serial's unique key, the subject's row (taken, repeated, or taken over by a
-/// renewal), the quota's conditional update and the token's, in that order (as the redb
-/// ledger checks them).
-async fn commit_dac(
-    client: &deadpool_postgres::Object,
+/// An issuance's answer from `matter_est_commit_dac` (a [`COMMIT_DAC`] row), mapped to the
+/// same outcomes and errors as the redb ledger's, with its audit events in `events`. The
+/// function checks the serial's unique key, the subject's row (taken, or taken over by a
+/// renewal), the quota's conditional update and the token's, in that order (as the redb ledger
+/// checks them); a subject held by another DAC comes back here for the repeat rule.
+fn commit_outcome(
     record: &DacRecord,
     admission: &Admission,
+    row: &Row,
     events: &mut Vec<AuditEvent>,
 ) -> Result<(Outcome, bool)> {
     let serial_hex = crate::asn1::hex(&record.serial);
-    let seq = insert_dac(client, record).await.map_err(|e| {
-        if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
-            Error::Ledger(format!("serial {serial_hex} is already on record"))
-        } else {
-            pg_err(e)
+    let outcome: String = get(row, 15)?;
+    match outcome.as_str() {
+        "recorded" => {}
+        // Unique serial: the dacs.serial unique key refused it.
+        "serial" => {
+            return Err(Error::Ledger(format!(
+                "serial {serial_hex} is already on record"
+            )));
         }
-    })?;
-    // The subject's row: inserted, or held by another DAC (a concurrent holder's transaction is
-    // waited for by the insert; its row is then seen by the select).
-    let claimed = exec(
-        client,
-        "INSERT INTO subjects (issuer_key, subject_der, holder) VALUES ($1, $2, $3) \
-         ON CONFLICT (issuer_key, subject_der) DO NOTHING",
-        &[&record.issuer_key, &record.subject_der, &seq],
-    )
-    .await?;
-    if claimed == 0 {
-        let row = query_opt(
-            client,
-            concat!(
-                "SELECT ",
-                dac_cols!(),
-                " FROM subjects s JOIN dacs d ON d.seq = s.holder \
-                 WHERE s.issuer_key = $1 AND s.subject_der = $2 FOR UPDATE OF s"
-            ),
-            &[&record.issuer_key, &record.subject_der],
-        )
-        .await?
-        .ok_or_else(|| Error::Ledger("the subject's holder vanished".into()))?;
-        let (holder_seq, holder) = dac_from_row(&row)?;
-        // A repeat: the same key asking again for the same subject, or, for a renewal, the
-        // same renewal retried while the first was committing (possibly on another node).
-        if same_request(&holder, record)
-            && (record.renews.is_none() || holder.renews == record.renews)
-        {
-            return Ok((
-                Outcome::Commit(Committed::AlreadyOnRecord(Box::new(holder))),
-                false,
-            ));
-        }
-        // RFC 7030 §4.2.2 renewal: only the link to the holder is exempt.
-        let taken_over = record.renews.as_deref() == Some(holder.serial.as_slice())
-            && exec(
-                client,
-                "UPDATE subjects SET holder = $3 \
-                 WHERE issuer_key = $1 AND subject_der = $2 AND holder = $4",
-                &[
-                    &record.issuer_key,
-                    &record.subject_der,
-                    &seq,
-                    &(holder_seq as i64),
-                ],
-            )
-            .await?
-                == 1;
-        if !taken_over {
+        "held" => {
+            let (_, holder) = dac_from_row(row)?;
+            // A repeat: the same key asking again for the same subject, or, for a renewal,
+            // the same renewal retried while the first was committing (possibly on another
+            // node). Nothing was written.
+            if same_request(&holder, record)
+                && (record.renews.is_none() || holder.renews == record.renews)
+            {
+                return Ok((
+                    Outcome::Commit(Committed::AlreadyOnRecord(Box::new(holder))),
+                    false,
+                ));
+            }
+            // One holder per subject and issuer; a renewal of the holder took it over in the
+            // function instead.
             return Err(Error::SubjectTaken {
                 subject: record.subject.clone(),
                 label: record.label.clone(),
             });
         }
-    }
-    let quota = admission.quota.map(|q| q as i64);
-    let quota_full = || Error::QuotaExhausted {
-        label: record.label.clone(),
-        quota: admission.quota.unwrap_or_default(),
-    };
-    if admission.uncounted {
-        // Not counted, but not past a full quota either (as the redb ledger).
-        if let Some(q) = quota {
-            let used = query_opt(
-                client,
-                "SELECT used FROM labels WHERE label = $1",
-                &[&record.label],
-            )
-            .await?
-            .map(|r| get::<i64>(&r, 0))
-            .transpose()?
-            .unwrap_or(0);
-            if used >= q {
-                return Err(quota_full());
-            }
+        "vanished" => return Err(Error::Ledger("the subject's holder vanished".into())),
+        "quota" => {
+            return Err(Error::QuotaExhausted {
+                label: record.label.clone(),
+                quota: admission.quota.unwrap_or_default(),
+            });
         }
-    } else {
-        let counted = exec(
-            client,
-            "INSERT INTO labels (label, used) SELECT $1, 1 WHERE $2::bigint IS NULL OR $2 > 0 \
-             ON CONFLICT (label) DO UPDATE SET used = labels.used + 1 \
-             WHERE $2::bigint IS NULL OR labels.used < $2",
-            &[&record.label, &quota],
-        )
-        .await?;
-        if counted == 0 {
-            return Err(quota_full());
+        "token unknown" => return Err(Error::Unauthenticated("unknown token".into())),
+        "token spent" => {
+            return Err(Error::Unauthenticated(
+                "this enrollment token was already used".into(),
+            ));
+        }
+        "token revoked" => {
+            return Err(Error::Unauthenticated(
+                "this enrollment token was revoked".into(),
+            ));
+        }
+        "token expired" => {
+            return Err(Error::Unauthenticated(
+                "this enrollment token has expired".into(),
+            ));
+        }
+        "failed" => {
+            let state: Option<String> = get(row, 16)?;
+            let message: Option<String> = get(row, 17)?;
+            let state = state.unwrap_or_default();
+            let text = format!("{} ({state})", message.unwrap_or_default());
+            return Err(if transient(&SqlState::from_code(&state)) {
+                unavailable(text)
+            } else {
+                Error::Ledger(format!("PostgreSQL: {text}"))
+            });
+        }
+        other => {
+            return Err(Error::Ledger(format!(
+                "matter_est_commit_dac answered {other:?}"
+            )));
         }
     }
     if let Some(id) = &admission.token {
-        let spent = exec(
-            client,
-            "UPDATE tokens SET spent_by = $2 WHERE id = $1 AND spent_by IS NULL \
-             AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $3)",
-            &[id, &record.serial, &record.issued_at],
-        )
-        .await?;
-        if spent == 0 {
-            let held = query_opt(
-                client,
-                concat!("SELECT ", token_cols!(), " FROM tokens WHERE id = $1"),
-                &[id],
-            )
-            .await?;
-            return Err(Error::Unauthenticated(
-                match held.as_ref().map(token_from_row).transpose()? {
-                    None => "unknown token",
-                    Some(t) if t.spent_by.is_some() => "this enrollment token was already used",
-                    Some(t) if t.revoked_at.is_some() => "this enrollment token was revoked",
-                    Some(_) => "this enrollment token has expired",
-                }
-                .into(),
-            ));
-        }
         events.push(AuditEvent::TokenSpent {
             label: record.label.clone(),
             token: id.clone(),
@@ -1194,13 +1364,9 @@ async fn snapshot(
         .map_err(pg_err)
 }
 
-/// Inserts a DAC row, returning its sequence number; the `dacs.serial` unique key refuses a
-/// serial already on record.
-async fn insert_dac(
-    client: &impl deadpool_postgres::GenericClient,
-    record: &DacRecord,
-) -> std::result::Result<i64, tokio_postgres::Error> {
-    let (revoked_at, revoked_reason, revoked_code) = match &record.status {
+/// A DAC's status as its `revoked_at`, `revoked_reason` and `revoked_code` columns.
+fn revoked_columns(status: &Status) -> (Option<i64>, Option<String>, Option<i16>) {
+    match status {
         Status::Issued => (None, None, None),
         Status::Revoked { at, reason } => (
             Some(*at),
@@ -1209,7 +1375,16 @@ async fn insert_dac(
                 .ok()
                 .map(|r| i16::from(r.code())),
         ),
-    };
+    }
+}
+
+/// Inserts a DAC row, returning its sequence number; the `dacs.serial` unique key refuses a
+/// serial already on record.
+async fn insert_dac(
+    client: &impl deadpool_postgres::GenericClient,
+    record: &DacRecord,
+) -> std::result::Result<i64, tokio_postgres::Error> {
+    let (revoked_at, revoked_reason, revoked_code) = revoked_columns(&record.status);
     let stmt = client
         .prepare_cached(
             "INSERT INTO dacs (serial, label, issuer_key, subject, subject_der, vid, pid, \
