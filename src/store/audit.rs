@@ -109,6 +109,33 @@ pub enum AuditEvent {
 }
 
 impl AuditEvent {
+    /// What a recorded issuance appends, in order: the token it spent (if any), then the
+    /// grant. Both ledgers append these in the transaction that records the DAC.
+    pub fn issued(record: &super::DacRecord, token: Option<&str>) -> Vec<AuditEvent> {
+        let serial = asn1::hex(&record.serial);
+        let mut events = Vec::with_capacity(2);
+        if let Some(token) = token {
+            events.push(AuditEvent::TokenSpent {
+                label: record.label.clone(),
+                token: token.to_string(),
+                serial: serial.clone(),
+            });
+        }
+        events.push(AuditEvent::EnrollmentGranted {
+            label: record.label.clone(),
+            identity: record.requester.clone(),
+            kind: if record.renews.is_some() {
+                "renewal"
+            } else {
+                "enrollment"
+            }
+            .into(),
+            serial,
+            subject: record.subject.clone(),
+        });
+        events
+    }
+
     /// The event's name (its serde tag).
     pub fn name(&self) -> &'static str {
         match self {

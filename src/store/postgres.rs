@@ -1329,25 +1329,7 @@ fn commit_outcome(
             )));
         }
     }
-    if let Some(id) = &admission.token {
-        events.push(AuditEvent::TokenSpent {
-            label: record.label.clone(),
-            token: id.clone(),
-            serial: serial_hex.clone(),
-        });
-    }
-    events.push(AuditEvent::EnrollmentGranted {
-        label: record.label.clone(),
-        identity: record.requester.clone(),
-        kind: if record.renews.is_some() {
-            "renewal"
-        } else {
-            "enrollment"
-        }
-        .into(),
-        serial: serial_hex,
-        subject: record.subject.clone(),
-    });
+    events.extend(AuditEvent::issued(record, admission.token.as_deref()));
     Ok((Outcome::Commit(Committed::Recorded), true))
 }
 

@@ -573,26 +573,9 @@ fn apply_group(db: &Database, group: &[Job]) -> Result<Vec<Result<Outcome>>> {
                             .insert(record.label.as_str(), issued + 1)
                             .map_err(le)?;
                     }
-                    let serial = crate::asn1::hex(&record.serial);
-                    if let Some(token) = &admission.token {
-                        chain.append(AuditEvent::TokenSpent {
-                            label: record.label.clone(),
-                            token: token.clone(),
-                            serial: serial.clone(),
-                        })?;
+                    for event in AuditEvent::issued(record, admission.token.as_deref()) {
+                        chain.append(event)?;
                     }
-                    chain.append(AuditEvent::EnrollmentGranted {
-                        label: record.label.clone(),
-                        identity: record.requester.clone(),
-                        kind: if record.renews.is_some() {
-                            "renewal"
-                        } else {
-                            "enrollment"
-                        }
-                        .into(),
-                        serial,
-                        subject: record.subject.clone(),
-                    })?;
                     Ok(Outcome::Commit(Committed::Recorded))
                 })(),
                 Op::Revoke {
