@@ -3,7 +3,13 @@
 //! enrollments/s, p50/p99 latency at 2,500/s (half the 5,000/s target), and the RSS with 1,000
 //! open keep-alive connections. Run: `cargo bench --bench est_load`. Phase `metrics` (issue 15,
 //! not in the default set: `EST_LOAD_PHASES=metrics`) compares the keep-alive rate of a server
-//! with metrics on and one with `[admin] metrics = false`, alternately, in the same run.
+//! with metrics on and one with `[admin] metrics = false`, alternately, in the same run. Phase
+//! `builds` (`EST_LOAD_PHASES=builds EST_LOAD_BASELINE_BIN=path/to/other/matter-est`) compares
+//! this build's server with another build's the same way (issue 14: the audit chain's cost).
+//! Phase `pkcs11` (`EST_LOAD_PHASES=pkcs11`; `EST_LOAD_PKCS11_SESSIONS` sets the session pool)
+//! measures SoftHSM2's raw `C_Sign` rate and compares a PKCS#11-signer server with a
+//! file-signer server the same way, in one run (issue 13). `EST_LOAD_ROUNDS` and `EST_LOAD_N`
+//! set the rounds and the enrollments per round of these alternating phases.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)] // reason: benchmark harness; shares test helpers
 
 #[path = "../tests/common/mod.rs"]
@@ -85,7 +91,11 @@ fn writer_io(pid: u32) -> (u64, u64) {
 /// Moves the development PAI onto a key generated in a fresh SoftHSM2 token under `dir`
 /// (`matter-est pai keygen` in a process whose `SOFTHSM2_CONF` names it), and points the
 /// config's signer at it. Returns the `softhsm2.conf` to give the server.
-fn pkcs11_signer(dir: &std::path::Path, config: &std::path::Path) -> std::path::PathBuf {
+fn pkcs11_signer(
+    dir: &std::path::Path,
+    config: &std::path::Path,
+    sessions: usize,
+) -> std::path::PathBuf {
     let hsm_dir = dir.join("softhsm");
     std::fs::create_dir(&hsm_dir).unwrap();
     let conf = common::hsm::make_softhsm_dir(&hsm_dir, &["load"]);
@@ -104,7 +114,6 @@ fn pkcs11_signer(dir: &std::path::Path, config: &std::path::Path) -> std::path::
     let (_, spki) = der::pem::decode_vec(std::fs::read(&public).unwrap().as_slice()).unwrap();
     let point: [u8; 65] = spki[spki.len() - 65..].try_into().unwrap();
     dev::reissue_pai(dir, &point).unwrap();
-    let sessions = 2 * std::thread::available_parallelism().map_or(1, |n| n.get());
     let text = std::fs::read_to_string(config).unwrap().replace(
         "file = \"pki/pai.key\"\n",
         &format!(
@@ -130,10 +139,64 @@ struct Setup {
     anon: Arc<rustls::ClientConfig>,
 }
 
-/// Starts a server; `edit` may change its config text.
+/// Where the server's PAI key is.
+#[derive(Clone, Copy, PartialEq)]
+enum Key {
+    File,
+    /// In a SoftHSM2 token, used through this many sessions.
+    Pkcs11 {
+        sessions: usize,
+    },
+}
+
+/// `EST_LOAD_PKCS11_SESSIONS` (default two per core): the PKCS#11 signer's session pool.
+fn pkcs11_sessions() -> usize {
+    std::env::var("EST_LOAD_PKCS11_SESSIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2 * std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Starts this build's server; `edit` may change its config text.
 fn start_server(edit: impl FnOnce(String) -> String) -> Setup {
+    // EST_LOAD_SIGNER=pkcs11 keeps the PAI key in a SoftHSM2 token (the PKCS#11 signer).
+    let key = match std::env::var("EST_LOAD_SIGNER").as_deref() {
+        Ok("pkcs11") => Key::Pkcs11 {
+            sessions: pkcs11_sessions(),
+        },
+        _ => Key::File,
+    };
+    // EST_LOAD_SERVER_BIN=path runs another build of the server instead (to compare builds).
+    match std::env::var_os("EST_LOAD_SERVER_BIN") {
+        Some(bin) => start_server_of(Some(std::path::Path::new(&bin)), key, edit),
+        None => start_server_of(None, key, edit),
+    }
+}
+
+/// Starts a server: this build's, or the binary `other` (another build, which makes its
+/// development PKI with its own `init-dev`, so that its config is one it accepts). The start
+/// fails at once, with the end of the server's log, if the server exits instead of listening.
+fn start_server_of(
+    other: Option<&std::path::Path>,
+    key: Key,
+    edit: impl FnOnce(String) -> String,
+) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    dev::init(dir.path(), false).unwrap();
+    let server_bin = match other {
+        Some(bin) => {
+            let out = std::process::Command::new(bin)
+                .args(["init-dev", "--dir"])
+                .arg(dir.path())
+                .output()
+                .unwrap();
+            common::assert_success(&out);
+            bin.to_path_buf()
+        }
+        None => {
+            dev::init(dir.path(), false).unwrap();
+            env!("CARGO_BIN_EXE_matter-est").into()
+        }
+    };
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -157,28 +220,36 @@ fn start_server(edit: impl FnOnce(String) -> String) -> Setup {
         ),
     )
     .unwrap();
-    // EST_LOAD_SIGNER=pkcs11 keeps the PAI key in a SoftHSM2 token (the PKCS#11 signer).
-    let softhsm_conf = (std::env::var("EST_LOAD_SIGNER").as_deref() == Ok("pkcs11"))
-        .then(|| pkcs11_signer(dir.path(), &config));
-    // EST_LOAD_SERVER_BIN=path runs another build of the server (to compare two builds).
-    let server_bin = std::env::var_os("EST_LOAD_SERVER_BIN")
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_matter-est").into());
-    let mut command = std::process::Command::new(server_bin);
+    let softhsm_conf = match key {
+        Key::File => None,
+        Key::Pkcs11 { sessions } => Some(pkcs11_signer(dir.path(), &config, sessions)),
+    };
+    let mut command = std::process::Command::new(&server_bin);
     if let Some(conf) = &softhsm_conf {
         command.env("SOFTHSM2_CONF", conf);
     }
-    let child = Server(
+    let log = dir.path().join("serve.log");
+    let mut child = Server(
         command
             .args(["serve", "--config"])
             .arg(&config)
             .env("RUST_LOG", "info")
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap(),
     );
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     while std::net::TcpStream::connect(addr).is_err() {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(20).collect();
+            panic!(
+                "{} serve exited ({status}) instead of listening on {addr}; its log ends:\n{}",
+                server_bin.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
 
@@ -234,6 +305,29 @@ fn keepalive(
     n as f64 / start.elapsed().as_secs_f64()
 }
 
+/// The mean ledger commit group of a server since it started, from its metrics on the admin
+/// socket (`None` for a build without them, or with metrics off).
+fn mean_commit_group(s: &Setup) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut socket =
+        std::os::unix::net::UnixStream::connect(s.dir.path().join("admin.sock")).ok()?;
+    socket
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    socket.read_to_string(&mut text).ok()?;
+    let value = |suffix: &str| -> Option<f64> {
+        let name = format!(
+            "{}{suffix} ",
+            matter_est::admin::metrics::LEDGER_COMMIT_GROUP_SIZE
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix(&name))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    Some(value("_sum")? / value("_count")?)
+}
+
 fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
@@ -245,35 +339,39 @@ fn median(values: &[f64]) -> f64 {
     }
 }
 
-/// Issue 15: keep-alive enrollments/s with metrics on and off (`[admin] metrics = false`) in
-/// the same run. Two servers run side by side; each round loads one, then the other (the order
-/// flips every round, so neither always goes first into a quieter or busier minute), with fresh
-/// CSRs each time. Prints every rate and the server's CPU per enrollment, the medians, and the
-/// difference in %. `EST_LOAD_METRICS_ROUNDS` (default 5, at least 3) and `EST_LOAD_METRICS_N`
-/// (enrollments per server and round, default 10,000) change the amounts.
-fn metrics_on_vs_off(rt: &tokio::runtime::Runtime) {
-    let env_num = |name: &str, default: usize| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
+/// `EST_LOAD_ROUNDS` (default 5, at least 3) and `EST_LOAD_N` (enrollments per server and
+/// round, default 10,000) for the alternating phases (`EST_LOAD_METRICS_ROUNDS` and
+/// `EST_LOAD_METRICS_N` are still read, for the runs written in docs/performance.md).
+fn rounds_and_n() -> (usize, usize) {
+    let env_num = |names: [&str; 2], default: usize| {
+        names
+            .iter()
+            .find_map(|name| std::env::var(name).ok().and_then(|v| v.parse().ok()))
             .unwrap_or(default)
     };
-    let rounds = env_num("EST_LOAD_METRICS_ROUNDS", 5).max(3);
-    let n = env_num("EST_LOAD_METRICS_N", 10_000).max(100);
+    (
+        env_num(["EST_LOAD_ROUNDS", "EST_LOAD_METRICS_ROUNDS"], 5).max(3),
+        env_num(["EST_LOAD_N", "EST_LOAD_METRICS_N"], 10_000).max(100),
+    )
+}
+
+/// Keep-alive enrollments/s of two servers in the same run: each round loads one, then the
+/// other (the order flips every round, so neither always goes first into a quieter or busier
+/// minute), with fresh CSRs each time. Prints every rate and the server's CPU per enrollment,
+/// the medians, and the first server's difference in % against the second's.
+fn alternate(
+    rt: &tokio::runtime::Runtime,
+    title: &str,
+    servers: [(&str, &Setup); 2],
+) -> (f64, f64) {
+    let (rounds, n) = rounds_and_n();
     let conns = 64;
-    let on = start_server(|text| text);
-    let off = start_server(|text| {
-        let edited = text.replace("[admin]\n", "[admin]\nmetrics = false\n");
-        assert_ne!(edited, text, "no [admin] table to turn metrics off in");
-        edited
-    });
-    let servers = [("on", &on), ("off", &off)];
     println!(
-        "metrics on vs off (issue 15): {rounds} rounds of {n} keep-alive enrollments over {conns} connections on each of two servers, alternating"
+        "{title}: {rounds} rounds of {n} keep-alive enrollments over {conns} connections on each of two servers, alternating"
     );
     // Warm-up, not counted: the first connections' handshakes, page cache, allocator arenas.
     for (name, s) in servers {
-        let bodies = common::enroll_bodies(n / 10, &format!("metrics-warm-{name}"));
+        let bodies = common::enroll_bodies(n / 10, &format!("warm-{name}"));
         keepalive(rt, s.addr, &s.tls, bodies, conns);
     }
     let mut rates = [Vec::new(), Vec::new()];
@@ -287,7 +385,7 @@ fn metrics_on_vs_off(rt: &tokio::runtime::Runtime) {
         let mut line = format!("  round {}:", round + 1);
         for i in order {
             let (name, s) = servers[i];
-            let bodies = common::enroll_bodies(n, &format!("metrics-{name}-{round}"));
+            let bodies = common::enroll_bodies(n, &format!("{name}-{round}"));
             let cpu_before = cpu_secs(s.child.0.id());
             let rate = keepalive(rt, s.addr, &s.tls, bodies, conns);
             let cpu_us = (cpu_secs(s.child.0.id()) - cpu_before) * 1e6 / n as f64;
@@ -297,23 +395,160 @@ fn metrics_on_vs_off(rt: &tokio::runtime::Runtime) {
         }
         println!("{}", line.trim_end_matches(';'));
     }
-    let (rate_on, rate_off) = (median(&rates[0]), median(&rates[1]));
-    let (cpu_on, cpu_off) = (median(&cpus[0]), median(&cpus[1]));
+    for (name, s) in servers {
+        if let Some(mean) = mean_commit_group(s) {
+            println!("  {name}: {mean:.1} DACs per ledger commit on average");
+        }
+    }
+    let [(a, _), (b, _)] = servers;
+    let (rate_a, rate_b) = (median(&rates[0]), median(&rates[1]));
+    let (cpu_a, cpu_b) = (median(&cpus[0]), median(&cpus[1]));
     println!(
-        "  medians: on {rate_on:.0} /s, off {rate_off:.0} /s: on is {:+.1} % against off (server CPU per enrollment: on {cpu_on:.0} µs, off {cpu_off:.0} µs, {:+.1} %)",
-        (rate_on - rate_off) * 100.0 / rate_off,
-        (cpu_on - cpu_off) * 100.0 / cpu_off
+        "  medians: {a} {rate_a:.0} /s, {b} {rate_b:.0} /s: {a} is {:+.1} % against {b} (server CPU per enrollment: {a} {cpu_a:.0} µs, {b} {cpu_b:.0} µs, {:+.1} %)",
+        (rate_a - rate_b) * 100.0 / rate_b,
+        (cpu_a - cpu_b) * 100.0 / cpu_b
+    );
+    (rate_a, rate_b)
+}
+
+/// Issue 15: metrics on and off (`[admin] metrics = false`), alternately in one run.
+fn metrics_on_vs_off(rt: &tokio::runtime::Runtime) {
+    let on = start_server(|text| text);
+    let off = start_server(|text| {
+        let edited = text.replace("[admin]\n", "[admin]\nmetrics = false\n");
+        assert_ne!(edited, text, "no [admin] table to turn metrics off in");
+        edited
+    });
+    alternate(
+        rt,
+        "metrics on vs off (issue 15)",
+        [("on", &on), ("off", &off)],
     );
 }
 
+/// This build's server against another build (`EST_LOAD_BASELINE_BIN`, its `matter-est`
+/// binary), alternately in one run, each on its own development PKI and default config (issue
+/// 14: the enrollment rate with the audit chain against the build before it).
+fn builds(rt: &tokio::runtime::Runtime) {
+    let Some(other) = std::env::var_os("EST_LOAD_BASELINE_BIN") else {
+        panic!("phase builds: set EST_LOAD_BASELINE_BIN to the other build's matter-est binary");
+    };
+    let this = start_server_of(None, Key::File, |text| text);
+    let baseline = start_server_of(Some(std::path::Path::new(&other)), Key::File, |text| text);
+    println!("baseline: {}", std::path::Path::new(&other).display());
+    alternate(
+        rt,
+        "this build vs the baseline build",
+        [("this", &this), ("baseline", &baseline)],
+    );
+}
+
+/// Issue 13: SoftHSM2's raw `C_Sign` rate and the keep-alive rates of a server with the PAI key
+/// in a SoftHSM2 token and of one with it in a file, in one run: raw rate, then the two servers
+/// alternately, then the raw rate again. The target: the PKCS#11 server at 80 % of the lower of
+/// the raw rate and the file-signer server's rate.
+fn pkcs11(rt: &tokio::runtime::Runtime) {
+    let hsm = start_server_of(
+        None,
+        Key::Pkcs11 {
+            sessions: pkcs11_sessions(),
+        },
+        |text| text,
+    );
+    let file = start_server_of(None, Key::File, |text| text);
+    let raw = || raw_sign_rate(&hsm.dir.path().join("softhsm"));
+    let raw_before = raw();
+    println!("SoftHSM2 raw C_Sign (CKM_ECDSA, cryptoki, one session per core): {raw_before:.0} /s");
+    let (rate_hsm, rate_file) = alternate(
+        rt,
+        "PKCS#11 (SoftHSM2) vs file signer (issue 13)",
+        [("pkcs11", &hsm), ("file", &file)],
+    );
+    let raw_after = raw();
+    println!("SoftHSM2 raw C_Sign again: {raw_after:.0} /s");
+    let reference = rate_file.min(raw_before.min(raw_after));
+    println!(
+        "  the PKCS#11 server reaches {:.0} % of the lower of the file signer's rate and the raw C_Sign rate ({reference:.0} /s; target 80 %)",
+        rate_hsm * 100.0 / reference
+    );
+}
+
+/// Set in the child that measures the raw `C_Sign` rate: the SoftHSM2 directory. SoftHSM2 reads
+/// `SOFTHSM2_CONF` at `C_Initialize` only, so the measurement runs in a process of its own.
+const RAW_SIGN_DIR: &str = "EST_LOAD_RAW_SIGN_DIR";
+
+/// SoftHSM2's raw `C_Sign` rate on the server's token (in `dir`): this program re-executed.
+fn raw_sign_rate(dir: &std::path::Path) -> f64 {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .env(RAW_SIGN_DIR, dir)
+        .env("SOFTHSM2_CONF", dir.join("softhsm2.conf"))
+        .output()
+        .unwrap();
+    common::assert_success(&out);
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// In the child: signs SHA-256-sized digests with raw CKM_ECDSA on the server's key ("pai" in
+/// token "load"), one session and thread per core, for about two seconds, three times; prints
+/// the best rate (other work on the machine only slows a run).
+fn raw_sign_child(dir: &std::path::Path) {
+    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+    use cryptoki::mechanism::Mechanism;
+    use cryptoki::object::{Attribute, ObjectClass};
+    use cryptoki::session::UserType;
+    use cryptoki::types::AuthPin;
+    let ctx = Pkcs11::new(common::hsm::module()).unwrap();
+    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .unwrap();
+    let pin = std::fs::read_to_string(dir.join("user.pin")).unwrap();
+    let slot = ctx
+        .get_slots_with_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| ctx.get_token_info(*s).unwrap().label() == "load")
+        .unwrap();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per_thread = 10_000;
+    let mut best: f64 = 0.0;
+    for _ in 0..3 {
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..cores {
+                s.spawn(|| {
+                    let session = ctx.open_ro_session(slot).unwrap();
+                    let pin = AuthPin::from(pin.trim().to_string());
+                    // CKR_USER_ALREADY_LOGGED_IN for every session after the first.
+                    let _ = session.login(UserType::User, Some(&pin));
+                    let key = session
+                        .find_objects(&[
+                            Attribute::Class(ObjectClass::PRIVATE_KEY),
+                            Attribute::Label(b"pai".to_vec()),
+                        ])
+                        .unwrap()[0];
+                    for i in 0..per_thread {
+                        let digest = [i as u8; 32];
+                        session.sign(&Mechanism::Ecdsa, key, &digest).unwrap();
+                    }
+                });
+            }
+        });
+        best = best.max((cores * per_thread) as f64 / start.elapsed().as_secs_f64());
+    }
+    println!("{best}");
+}
+
 fn main() {
+    if let Some(dir) = std::env::var_os(RAW_SIGN_DIR) {
+        raw_sign_child(std::path::Path::new(&dir));
+        return;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     // EST_LOAD_PHASES=keepalive (say) runs only the named phases: new, keepalive, latency, rss,
-    // and metrics (not in the default set).
+    // and metrics, builds and pkcs11 (not in the default set).
     let phases =
         std::env::var("EST_LOAD_PHASES").unwrap_or_else(|_| "new,keepalive,latency,rss".into());
     let run = |p: &str| phases.split(',').any(|x| x == p);
@@ -325,6 +560,12 @@ fn main() {
     );
     if run("metrics") {
         metrics_on_vs_off(&rt);
+    }
+    if run("builds") {
+        builds(&rt);
+    }
+    if run("pkcs11") {
+        pkcs11(&rt);
     }
     if !["new", "keepalive", "latency", "rss"]
         .iter()
