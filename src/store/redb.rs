@@ -296,7 +296,7 @@ fn open_database(path: &Path, fault: Option<&Path>) -> Result<Database> {
 fn writer_loop(shared: &Shared, rx: &mpsc::Receiver<Job>) {
     let mut arrivals = Arrivals::new();
     while let Ok(first) = rx.recv() {
-        let group = gather(rx, first, arrivals.window());
+        let group = gather(rx, first, &arrivals.wait());
         arrivals.committing(group.len());
         let db = match shared.current() {
             Ok(db) => db,
@@ -344,24 +344,35 @@ fn writer_loop(shared: &Shared, rx: &mpsc::Receiver<Job>) {
 /// The longest the writer waits for more jobs before a commit, when jobs arrive fast enough to
 /// expect more within it. A commit costs the writer about as much CPU for one job as for twenty
 /// (every touched table's pages, their checksums, the fsync), so under load a wait of a
-/// fraction of the fsync's own time trades a millisecond of latency for several times fewer
-/// commits per enrollment (PostgreSQL's `commit_delay` does the same). A lone request is
-/// committed at once.
+/// fraction of the fsync's own time trades under a millisecond of latency for several times
+/// fewer commits per enrollment (PostgreSQL's `commit_delay` does the same). A lone request is
+/// committed at once, and the wait ends early when the jobs stop coming (every client is
+/// already waiting on this commit).
 const GATHER: Duration = Duration::from_millis(1);
 
-/// `first` and whatever else arrives until the queue is empty and `window` has passed since
-/// `first` (at most [`MAX_GROUP`] jobs).
-fn gather(rx: &mpsc::Receiver<Job>, first: Job, window: Duration) -> Vec<Job> {
-    let until = Instant::now() + window;
+/// How long to wait for more jobs before a commit: at most `window` in all, and at most `gap`
+/// for each next job.
+#[derive(Debug, PartialEq)]
+struct Wait {
+    window: Duration,
+    gap: Duration,
+}
+
+/// `first` and whatever else arrives within `wait` (at most [`MAX_GROUP`] jobs).
+fn gather(rx: &mpsc::Receiver<Job>, first: Job, wait: &Wait) -> Vec<Job> {
+    let until = Instant::now() + wait.window;
     let mut group = vec![first];
     while group.len() < MAX_GROUP {
         let next = match rx.try_recv() {
             Ok(job) => Some(job),
             Err(mpsc::TryRecvError::Disconnected) => None,
-            Err(mpsc::TryRecvError::Empty) => match until.checked_duration_since(Instant::now()) {
-                Some(left) if !left.is_zero() => rx.recv_timeout(left).ok(),
-                _ => None,
-            },
+            Err(mpsc::TryRecvError::Empty) => {
+                let left = until.saturating_duration_since(Instant::now());
+                match left.min(wait.gap) {
+                    d if d.is_zero() => None,
+                    d => rx.recv_timeout(d).ok(),
+                }
+            }
         };
         match next {
             Some(job) => group.push(job),
@@ -386,12 +397,21 @@ impl Arrivals {
         }
     }
 
-    /// [`GATHER`] when at least one more job is expected within it, else nothing.
-    fn window(&self) -> Duration {
-        if self.per_sec * GATHER.as_secs_f64() >= 1.0 {
-            GATHER
+    /// Gather for [`GATHER`] when at least two more jobs are expected within it, each next job
+    /// waited for up to twice the mean time between jobs; else commit at once. (A few clients
+    /// that all wait on the same commit send no more jobs: with a lower bar the writer would
+    /// wait for nothing.)
+    fn wait(&self) -> Wait {
+        if self.per_sec * GATHER.as_secs_f64() >= 2.0 {
+            Wait {
+                window: GATHER,
+                gap: Duration::from_secs_f64(2.0 / self.per_sec),
+            }
         } else {
-            Duration::ZERO
+            Wait {
+                window: Duration::ZERO,
+                gap: Duration::ZERO,
+            }
         }
     }
 
@@ -1881,16 +1901,22 @@ mod tests {
 
     #[test]
     fn the_writer_gathers_only_when_jobs_come_fast() {
+        let at_once = Wait {
+            window: Duration::ZERO,
+            gap: Duration::ZERO,
+        };
         let mut arrivals = Arrivals::new();
         // A first, lone request is committed at once.
-        assert_eq!(arrivals.window(), Duration::ZERO);
-        // Twenty jobs within a moment: more are expected within the window.
+        assert_eq!(arrivals.wait(), at_once);
+        // Twenty jobs in a moment: more are expected within the window, each soon.
         arrivals.committing(20);
-        assert_eq!(arrivals.window(), GATHER);
+        let wait = arrivals.wait();
+        assert_eq!(wait.window, GATHER);
+        assert!(wait.gap < GATHER, "{wait:?}");
         // One job after a quiet spell: commit at once again.
         std::thread::sleep(Duration::from_millis(20));
         arrivals.committing(1);
-        assert_eq!(arrivals.window(), Duration::ZERO);
+        assert_eq!(arrivals.wait(), at_once);
     }
 
     fn record(serial: u8, subject: &str, label: &str) -> DacRecord {
