@@ -45,6 +45,10 @@ pub struct Config {
     /// device about to be made or set up, and a week covers handing it to the line; a leaked
     /// one stops working by itself.
     pub token_expiry: Duration,
+    /// `[approval] held_retention_secs`: how long a held request is kept once settled (decided,
+    /// or expired undecided) before `serve` removes it (`crate::approval::prune`). Default
+    /// [`DEFAULT_HELD_RETENTION`].
+    pub held_retention: Duration,
     /// `[admin]`: the operator plane's listeners and who may use them.
     pub admin: AdminConfig,
     pub labels: BTreeMap<String, LabelConfig>,
@@ -180,6 +184,12 @@ impl AdminRole {
 
 /// The default of [`Config::token_expiry`].
 pub const DEFAULT_TOKEN_EXPIRY: Duration = Duration::from_secs(7 * 86_400);
+
+/// The default of [`Config::held_retention`]: 30 days. A client has its answer within
+/// `pending_expiry_secs` (a day by default) and est-client stops asking long before; a month
+/// leaves the decided requests in `pending list` for the month's review. The audit chain keeps
+/// each request and its decision whatever this is.
+pub const DEFAULT_HELD_RETENTION: Duration = Duration::from_secs(30 * 86_400);
 
 /// `[server]`.
 #[derive(Clone, Debug)]
@@ -777,10 +787,21 @@ impl Config {
             }
             Some(s) => Duration::from_secs(s),
         };
+        let held_retention = match raw.approval.as_ref().and_then(|a| a.held_retention_secs) {
+            None => DEFAULT_HELD_RETENTION,
+            Some(0) => {
+                return Err(err(
+                    "approval.held_retention_secs",
+                    "must be at least 1 second".into(),
+                ));
+            }
+            Some(s) => Duration::from_secs(s),
+        };
         let store = store_config(raw.ledger.as_deref(), raw.store.as_ref(), &resolve, &err)?;
         let admin = admin_config(raw.admin.as_ref(), &labels, &store, &resolve, &err)?;
         Ok(Config {
             token_expiry,
+            held_retention,
             crl_listen,
             admin,
             path: path.to_path_buf(),
@@ -945,6 +966,7 @@ struct RawConfig {
     server: Option<RawServer>,
     crl: Option<RawCrlListener>,
     tokens: Option<RawTokens>,
+    approval: Option<RawApproval>,
     admin: Option<RawAdmin>,
     #[serde(default)]
     labels: BTreeMap<String, RawLabel>,
@@ -1256,6 +1278,12 @@ fn admin_config(
 #[serde(deny_unknown_fields)]
 struct RawTokens {
     expires_in_secs: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApproval {
+    held_retention_secs: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -1902,6 +1930,22 @@ signer = { file = "pai.key" }
                 "labels.a.clients[1].match (line 9)",
                 "expected a string",
             ),
+            (
+                MINIMAL.replace(
+                    "[labels.a]",
+                    "[approval]\nheld_retention_secs = 0\n[labels.a]",
+                ),
+                "approval.held_retention_secs (line 4)",
+                "at least 1 second",
+            ),
+            (
+                MINIMAL.replace(
+                    "[labels.a]",
+                    "[approval]\nheld_retention_secs = -1\n[labels.a]",
+                ),
+                "approval.held_retention_secs (line 4)",
+                "expected u64",
+            ),
         ];
         for (text, key, problem) in cases {
             let msg = parse(&text).expect_err(key).to_string();
@@ -1914,6 +1958,22 @@ signer = { file = "pai.key" }
         assert!(
             msg.starts_with("/nonexistent/matter-est.toml: No such file"),
             "{msg}"
+        );
+    }
+
+    #[test]
+    fn held_retention_defaults_to_30_days() {
+        assert_eq!(
+            parse(MINIMAL).expect("parses").held_retention,
+            DEFAULT_HELD_RETENTION
+        );
+        let text = MINIMAL.replace(
+            "[labels.a]",
+            "[approval]\nheld_retention_secs = 60\n[labels.a]",
+        );
+        assert_eq!(
+            parse(&text).expect("parses").held_retention,
+            Duration::from_secs(60)
         );
     }
 

@@ -853,6 +853,19 @@ fn apply_group(db: &Database, group: &[Job]) -> Result<Vec<Result<Outcome>>> {
                     })?;
                     Ok(Outcome::Held(Box::new(request)))
                 })(),
+                Op::PruneHeld(before) => (|| {
+                    let mut gone = Vec::new();
+                    for entry in held.iter().map_err(le)? {
+                        let (id, v) = entry.map_err(le)?;
+                        if decode::<HeldRequest>(v.value())?.settled_at() < *before {
+                            gone.push(id.value().to_string());
+                        }
+                    }
+                    for id in &gone {
+                        held.remove(id.as_str()).map_err(le)?;
+                    }
+                    Ok(Outcome::Number(gone.len() as u64))
+                })(),
                 Op::PutToken(hash, token) => (|| {
                     if token_ids.get(token.id.as_str()).map_err(le)?.is_some() {
                         return Err(Error::Ledger(format!("token id {} exists", token.id)));
@@ -1347,6 +1360,10 @@ impl Ledger for RedbLedger {
             Reply::Held(reply),
         );
         pending.wait()
+    }
+
+    fn prune_held(&self, before: i64) -> Result<u64> {
+        self.number_op(Op::PruneHeld(before))
     }
 
     fn backup_to(&self, to: &Path) -> Result<u64> {
