@@ -216,6 +216,14 @@ pub struct Limits {
     /// leaves room for several gateways behind one NAT, and 16 such peers fit under
     /// `max_connections`. A connection over the cap is closed at once.
     pub max_connections_per_peer: usize,
+    /// New connections per second at most from one peer address, over a burst of
+    /// `max_connections_per_peer` (a peer may open all its connections at once); one over it
+    /// is closed at once, before TLS. Every new connection costs the server a TLS handshake
+    /// (key exchange and a signature, a fifth of its CPU under a ~400/s flood measured in
+    /// docs/performance.md), while a gateway keeps its connections alive. Default 200: a flood
+    /// from one address is held to that, far above what keep-alive clients behind one NAT
+    /// open.
+    pub max_new_connections_per_peer_per_sec: u32,
     /// TLS handshake deadline. Default 10 s: a handshake takes < 10 ms on loopback and a few
     /// round trips on a factory LAN; longer means a stalled or hostile peer.
     pub handshake_timeout: Duration,
@@ -234,6 +242,7 @@ impl Default for Limits {
             max_body_bytes: 64 * 1024,
             max_connections: 4096,
             max_connections_per_peer: 256,
+            max_new_connections_per_peer_per_sec: 200,
             handshake_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(30),
@@ -717,6 +726,9 @@ impl Config {
             max_connections_per_peer: server
                 .max_connections_per_peer
                 .unwrap_or(defaults.max_connections_per_peer),
+            max_new_connections_per_peer_per_sec: server
+                .max_new_connections_per_peer_per_sec
+                .unwrap_or(defaults.max_new_connections_per_peer_per_sec),
             handshake_timeout: secs(
                 server.handshake_timeout_secs,
                 defaults.handshake_timeout,
@@ -742,6 +754,12 @@ impl Config {
         if limits.max_connections_per_peer == 0 {
             return Err(err(
                 "server.max_connections_per_peer",
+                "must be at least 1".into(),
+            ));
+        }
+        if limits.max_new_connections_per_peer_per_sec == 0 {
+            return Err(err(
+                "server.max_new_connections_per_peer_per_sec",
                 "must be at least 1".into(),
             ));
         }
@@ -1311,6 +1329,7 @@ struct RawServer {
     max_body_bytes: Option<usize>,
     max_connections: Option<usize>,
     max_connections_per_peer: Option<usize>,
+    max_new_connections_per_peer_per_sec: Option<u32>,
     handshake_timeout_secs: Option<u64>,
     header_timeout_secs: Option<u64>,
     request_timeout_secs: Option<u64>,
@@ -1929,6 +1948,14 @@ signer = { file = "pai.key" }
                 ),
                 "labels.a.clients[1].match (line 9)",
                 "expected a string",
+            ),
+            (
+                MINIMAL.replace(
+                    "[labels.a]",
+                    "[server]\nmax_new_connections_per_peer_per_sec = 0\n[labels.a]",
+                ),
+                "server.max_new_connections_per_peer_per_sec (line 4)",
+                "at least 1",
             ),
             (
                 MINIMAL.replace(
