@@ -4,7 +4,9 @@
 //! unpaced rate measured alone in the same run) and unpaced (flat out); and the server's peak
 //! RSS. The abusers run in a process of their own with a CPU quota (see tests/common/abuse.rs).
 //! `cargo bench --bench abuse` (`ABUSE_SECONDS` sets each phase's length, default 10;
-//! `ABUSE_RATE` the paced rate per second).
+//! `ABUSE_RATE` the paced rate per second; `ABUSE_SERVER_LIMITS` lines for the server's
+//! `[server]` table, e.g. `max_new_connections_per_peer_per_sec = 1000000` to compare a limit
+//! against its default).
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)] // reason: benchmark harness; shares test helpers
 
 #[path = "../tests/common/mod.rs"]
@@ -24,6 +26,7 @@ fn main() {
         &abuse::Plan {
             seconds: env("ABUSE_SECONDS").map_or(10, |s: f64| s as u64),
             paced_rate: env("ABUSE_RATE"),
+            server_limits: std::env::var("ABUSE_SERVER_LIMITS").unwrap_or_default(),
             ..abuse::Plan::default()
         },
         &[],

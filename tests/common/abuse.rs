@@ -45,6 +45,9 @@ pub struct Plan {
     /// The paced gateway's rate (enrollments per second); `None`: half of the unpaced rate
     /// measured alone in the same run.
     pub paced_rate: Option<f64>,
+    /// Lines added to the server's `[server]` table (e.g. to compare a limit against its
+    /// default); empty: the defaults.
+    pub server_limits: String,
 }
 
 impl Default for Plan {
@@ -54,6 +57,7 @@ impl Default for Plan {
             seconds: 10,
             gateway_connections: 8,
             paced_rate: None,
+            server_limits: String::new(),
         }
     }
 }
@@ -557,12 +561,18 @@ async fn abuse(
     }
 }
 
-/// Runs the scenario against a fresh `matter-est serve` process on its default limits.
+/// Runs the scenario against a fresh `matter-est serve` process on its default limits (and
+/// `plan.server_limits`).
 /// `abuser_args`: the arguments that make this binary, run again, call `abuser_mode` first.
 /// Phases of `plan.seconds` each: the unpaced gateway alone, the paced gateway alone, then with
 /// the abusers running the paced gateway and the unpaced gateway again.
 pub fn run(plan: &Plan, abuser_args: &[&str]) -> Report {
-    let env = DevEnv::new(|t| t.replace("127.0.0.1:8443", "127.0.0.1:0"));
+    let env = DevEnv::new(|t| {
+        t.replace("127.0.0.1:8443", "127.0.0.1:0").replace(
+            "tls_key = \"tls/server.key\"",
+            &format!("tls_key = \"tls/server.key\"\n{}", plan.server_limits),
+        )
+    });
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_matter-est"))
         .args(["serve", "--log-json", "--config"])
         .arg(env.path(dev::files::CONFIG))
