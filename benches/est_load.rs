@@ -212,7 +212,8 @@ fn start_server_of(
             text.replace("127.0.0.1:8443", &format!("127.0.0.1:{port}"))
                 .replace(
                     "tls_key = \"tls/server.key\"",
-                    "tls_key = \"tls/server.key\"\nmax_connections_per_peer = 2048",
+                    "tls_key = \"tls/server.key\"\nmax_connections_per_peer = 2048\n\
+                     max_new_connections_per_peer_per_sec = 1000000",
                 )
                 // The CRL and admin listeners on any free port.
                 .replace("listen = \"127.0.0.1:8444\"", "listen = \"127.0.0.1:0\"")

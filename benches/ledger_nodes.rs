@@ -44,7 +44,8 @@ fn start(config: &Path, socket: &Path) -> Node {
         .replace("127.0.0.1:8443", &format!("127.0.0.1:{port}"))
         .replace(
             "tls_key = \"tls/server.key\"",
-            "tls_key = \"tls/server.key\"\nmax_connections_per_peer = 2048",
+            "tls_key = \"tls/server.key\"\nmax_connections_per_peer = 2048\n\
+                     max_new_connections_per_peer_per_sec = 1000000",
         );
     let text = if text.contains("socket = ") {
         text

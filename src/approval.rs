@@ -13,8 +13,18 @@
 //! nobody collects. An expired request is 403, not 410: EST clients treat every 4xx but 401
 //! alike (a final refusal), and the message says it expired and what to do.
 //!
+//! Settled requests (decided, or expired undecided) are removed `[approval]
+//! held_retention_secs` after they settled (default 30 days; [`prune`], run by `serve` at start
+//! and hourly). The audit chain keeps each request and its decision. A client that sends a
+//! removed request's CSR again starts over: its request is held anew (202) and an operator
+//! decides again, as for any request not on record; a rejected device has long had its 403 by
+//! then (est-client stops asking after `--max-wait`), and the new request shows the operator
+//! that it is back.
+//!
 //! The rule lives here, apart from `store` (which keeps held requests atomically, on any
 //! backend) and from `est` (which only calls [`gate`]).
+
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
@@ -97,6 +107,17 @@ pub fn gate(ledger: &dyn Ledger, asking: &Asking<'_>, now: i64) -> Result<()> {
             at: asn1::format_time(held.expires_at),
         }),
     }
+}
+
+/// How often `serve` prunes settled held requests: hourly, so that a request is kept at most
+/// an hour past its retention.
+pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Removes the held requests settled more than `retention` before `now` (Unix seconds);
+/// returns how many.
+pub fn prune(ledger: &dyn Ledger, retention: Duration, now: i64) -> Result<u64> {
+    let retention = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
+    ledger.prune_held(now.saturating_sub(retention))
 }
 
 #[cfg(test)]

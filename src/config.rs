@@ -45,6 +45,10 @@ pub struct Config {
     /// device about to be made or set up, and a week covers handing it to the line; a leaked
     /// one stops working by itself.
     pub token_expiry: Duration,
+    /// `[approval] held_retention_secs`: how long a held request is kept once settled (decided,
+    /// or expired undecided) before `serve` removes it (`crate::approval::prune`). Default
+    /// [`DEFAULT_HELD_RETENTION`].
+    pub held_retention: Duration,
     /// `[admin]`: the operator plane's listeners and who may use them.
     pub admin: AdminConfig,
     pub labels: BTreeMap<String, LabelConfig>,
@@ -181,6 +185,12 @@ impl AdminRole {
 /// The default of [`Config::token_expiry`].
 pub const DEFAULT_TOKEN_EXPIRY: Duration = Duration::from_secs(7 * 86_400);
 
+/// The default of [`Config::held_retention`]: 30 days. A client has its answer within
+/// `pending_expiry_secs` (a day by default) and est-client stops asking long before; a month
+/// leaves the decided requests in `pending list` for the month's review. The audit chain keeps
+/// each request and its decision whatever this is.
+pub const DEFAULT_HELD_RETENTION: Duration = Duration::from_secs(30 * 86_400);
+
 /// `[server]`.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -206,6 +216,14 @@ pub struct Limits {
     /// leaves room for several gateways behind one NAT, and 16 such peers fit under
     /// `max_connections`. A connection over the cap is closed at once.
     pub max_connections_per_peer: usize,
+    /// New connections per second at most from one peer address, over a burst of
+    /// `max_connections_per_peer` (a peer may open all its connections at once); one over it
+    /// is closed at once, before TLS. Every new connection costs the server a TLS handshake
+    /// (key exchange and a signature, a fifth of its CPU under a ~400/s flood measured in
+    /// docs/performance.md), while a gateway keeps its connections alive. Default 200: a flood
+    /// from one address is held to that, far above what keep-alive clients behind one NAT
+    /// open.
+    pub max_new_connections_per_peer_per_sec: u32,
     /// TLS handshake deadline. Default 10 s: a handshake takes < 10 ms on loopback and a few
     /// round trips on a factory LAN; longer means a stalled or hostile peer.
     pub handshake_timeout: Duration,
@@ -224,6 +242,7 @@ impl Default for Limits {
             max_body_bytes: 64 * 1024,
             max_connections: 4096,
             max_connections_per_peer: 256,
+            max_new_connections_per_peer_per_sec: 200,
             handshake_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(30),
@@ -707,6 +726,9 @@ impl Config {
             max_connections_per_peer: server
                 .max_connections_per_peer
                 .unwrap_or(defaults.max_connections_per_peer),
+            max_new_connections_per_peer_per_sec: server
+                .max_new_connections_per_peer_per_sec
+                .unwrap_or(defaults.max_new_connections_per_peer_per_sec),
             handshake_timeout: secs(
                 server.handshake_timeout_secs,
                 defaults.handshake_timeout,
@@ -732,6 +754,12 @@ impl Config {
         if limits.max_connections_per_peer == 0 {
             return Err(err(
                 "server.max_connections_per_peer",
+                "must be at least 1".into(),
+            ));
+        }
+        if limits.max_new_connections_per_peer_per_sec == 0 {
+            return Err(err(
+                "server.max_new_connections_per_peer_per_sec",
                 "must be at least 1".into(),
             ));
         }
@@ -777,10 +805,21 @@ impl Config {
             }
             Some(s) => Duration::from_secs(s),
         };
+        let held_retention = match raw.approval.as_ref().and_then(|a| a.held_retention_secs) {
+            None => DEFAULT_HELD_RETENTION,
+            Some(0) => {
+                return Err(err(
+                    "approval.held_retention_secs",
+                    "must be at least 1 second".into(),
+                ));
+            }
+            Some(s) => Duration::from_secs(s),
+        };
         let store = store_config(raw.ledger.as_deref(), raw.store.as_ref(), &resolve, &err)?;
         let admin = admin_config(raw.admin.as_ref(), &labels, &store, &resolve, &err)?;
         Ok(Config {
             token_expiry,
+            held_retention,
             crl_listen,
             admin,
             path: path.to_path_buf(),
@@ -945,6 +984,7 @@ struct RawConfig {
     server: Option<RawServer>,
     crl: Option<RawCrlListener>,
     tokens: Option<RawTokens>,
+    approval: Option<RawApproval>,
     admin: Option<RawAdmin>,
     #[serde(default)]
     labels: BTreeMap<String, RawLabel>,
@@ -1260,6 +1300,12 @@ struct RawTokens {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawApproval {
+    held_retention_secs: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawCrlListener {
     listen: Option<String>,
 }
@@ -1283,6 +1329,7 @@ struct RawServer {
     max_body_bytes: Option<usize>,
     max_connections: Option<usize>,
     max_connections_per_peer: Option<usize>,
+    max_new_connections_per_peer_per_sec: Option<u32>,
     handshake_timeout_secs: Option<u64>,
     header_timeout_secs: Option<u64>,
     request_timeout_secs: Option<u64>,
@@ -1902,6 +1949,30 @@ signer = { file = "pai.key" }
                 "labels.a.clients[1].match (line 9)",
                 "expected a string",
             ),
+            (
+                MINIMAL.replace(
+                    "[labels.a]",
+                    "[server]\nmax_new_connections_per_peer_per_sec = 0\n[labels.a]",
+                ),
+                "server.max_new_connections_per_peer_per_sec (line 4)",
+                "at least 1",
+            ),
+            (
+                MINIMAL.replace(
+                    "[labels.a]",
+                    "[approval]\nheld_retention_secs = 0\n[labels.a]",
+                ),
+                "approval.held_retention_secs (line 4)",
+                "at least 1 second",
+            ),
+            (
+                MINIMAL.replace(
+                    "[labels.a]",
+                    "[approval]\nheld_retention_secs = -1\n[labels.a]",
+                ),
+                "approval.held_retention_secs (line 4)",
+                "expected u64",
+            ),
         ];
         for (text, key, problem) in cases {
             let msg = parse(&text).expect_err(key).to_string();
@@ -1914,6 +1985,22 @@ signer = { file = "pai.key" }
         assert!(
             msg.starts_with("/nonexistent/matter-est.toml: No such file"),
             "{msg}"
+        );
+    }
+
+    #[test]
+    fn held_retention_defaults_to_30_days() {
+        assert_eq!(
+            parse(MINIMAL).expect("parses").held_retention,
+            DEFAULT_HELD_RETENTION
+        );
+        let text = MINIMAL.replace(
+            "[labels.a]",
+            "[approval]\nheld_retention_secs = 60\n[labels.a]",
+        );
+        assert_eq!(
+            parse(&text).expect("parses").held_retention,
+            Duration::from_secs(60)
         );
     }
 

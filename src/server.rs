@@ -165,6 +165,10 @@ async fn accept_loop(
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let peers = PeerSlots::new(limits.max_connections_per_peer);
+    let mut rates = PeerRates::new(
+        limits.max_new_connections_per_peer_per_sec,
+        limits.max_connections_per_peer,
+    );
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.title_case_headers(true)
@@ -200,6 +204,14 @@ async fn accept_loop(
                 "connection closed: the peer address has server.max_connections_per_peer open");
             continue;
         };
+        if !rates.allow(addr.ip()) {
+            // Closed before TLS: a handshake flood from one address costs the server an accept
+            // and a close, not a key exchange and a signature each.
+            tracing::debug!(peer = %addr, rate = limits.max_new_connections_per_peer_per_sec,
+                "connection closed: the peer address opens more than \
+                 server.max_new_connections_per_peer_per_sec");
+            continue;
+        }
         let _ = tcp.set_nodelay(true);
         let acceptor = TlsAcceptor::from(current.tls());
         let current = current.clone();
@@ -267,6 +279,64 @@ async fn accept_loop(
     }
 }
 
+/// The peer a connection counts against: an IPv4-mapped IPv6 address counts as its IPv4
+/// address, and an IPv6 address as its /64 (one client holds a whole /64, RFC 6177).
+fn peer_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
+        v4 => v4,
+    }
+}
+
+/// New connections per second per peer ([`peer_key`]),
+/// `server.max_new_connections_per_peer_per_sec`: a token bucket per peer holding up to
+/// `burst` (`max_connections_per_peer`, so that a peer may open all its connections at once),
+/// refilled at `rate` a second. Owned by the accept loop.
+struct PeerRates {
+    rate: f64,
+    burst: f64,
+    buckets: HashMap<IpAddr, (f64, std::time::Instant)>,
+}
+
+/// Buckets kept before the full ones (peers quiet long enough) are forgotten.
+const MAX_RATE_BUCKETS: usize = 4096;
+
+impl PeerRates {
+    fn new(rate: u32, burst: usize) -> Self {
+        Self {
+            rate: f64::from(rate),
+            burst: burst as f64,
+            buckets: HashMap::new(),
+        }
+    }
+
+    /// Whether `ip` may open a connection now (taking one token if so).
+    fn allow(&mut self, ip: IpAddr) -> bool {
+        let now = std::time::Instant::now();
+        let (rate, burst) = (self.rate, self.burst);
+        let refill = |tokens: f64, at: std::time::Instant| {
+            (tokens + now.duration_since(at).as_secs_f64() * rate).min(burst)
+        };
+        if self.buckets.len() >= MAX_RATE_BUCKETS {
+            self.buckets.retain(|_, (t, at)| refill(*t, *at) < burst);
+        }
+        let (tokens, at) = self.buckets.entry(peer_key(ip)).or_insert((burst, now));
+        *tokens = refill(*tokens, *at);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// Open connections per peer address (`server.max_connections_per_peer`).
 struct PeerSlots {
     cap: usize,
@@ -287,19 +357,9 @@ impl PeerSlots {
         }
     }
 
-    /// A slot for `ip`, or `None` when it has `cap` connections open. An IPv4-mapped IPv6
-    /// address counts as its IPv4 address, and an IPv6 address as its /64 (one client holds a
-    /// whole /64, RFC 6177).
+    /// A slot for `ip` ([`peer_key`]), or `None` when it has `cap` connections open.
     fn take(&self, ip: IpAddr) -> Option<PeerSlot> {
-        let ip = match ip {
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => IpAddr::V4(v4),
-                None => IpAddr::V6(std::net::Ipv6Addr::from(
-                    u128::from(v6) & !((1u128 << 64) - 1),
-                )),
-            },
-            v4 => v4,
-        };
+        let ip = peer_key(ip);
         let mut open = self.open.lock().ok()?;
         let n = open.entry(ip).or_insert(0);
         if *n >= self.cap {

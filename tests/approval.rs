@@ -476,3 +476,65 @@ fn the_admin_api_decides_for_operators_of_the_label_only() {
     assert!(d.text().contains("unknown device"), "{}", d.text());
     assert_eq!(o.status, 200, "{}", o.text());
 }
+
+/// `[approval] held_retention_secs`: `serve` removes a settled request once its retention has
+/// passed (at start, then hourly); the audit chain keeps it, and the client's retry with the
+/// same CSR is held anew for a new decision (202), not refused on a decision nobody can see.
+#[test]
+fn a_settled_request_is_pruned_after_its_retention_and_a_retry_is_held_anew() {
+    let env = manual_env(3600);
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(env.path(dev::files::CONFIG))
+        .and_then(|mut f| {
+            std::io::Write::write_all(&mut f, b"\n[approval]\nheld_retention_secs = 1\n")
+        })
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let tls = gateway(&env);
+    let (der, _) = csr(&subject(Some("pruned"), Some("FFF1"), Some("8000")));
+    let ask = |server: &Server| {
+        rt.block_on(async {
+            let mut c = Client::connect(server.addr, tls.clone()).await.unwrap();
+            c.enroll(ENROLL, &der).await
+        })
+    };
+    let server = Server::start(&env, &[]);
+    assert_eq!(ask(&server).status, 202);
+    let id = held(&env)[0]["id"].as_str().unwrap().to_string();
+    let out = cli(
+        &env,
+        &["pending", "reject", &id, "--reason", "not on the plan"],
+    );
+    common::assert_success(&out);
+    let refused = ask(&server);
+    assert_eq!(refused.status, 403, "{}", refused.text());
+    assert!(
+        refused.text().contains("not on the plan"),
+        "{}",
+        refused.text()
+    );
+    drop(server);
+
+    // Past the retention (whole seconds: decided at second t, removed once t < now - 1), the
+    // next start removes it.
+    std::thread::sleep(Duration::from_millis(2100));
+    let server = Server::start(&env, &[]);
+    let start = Instant::now();
+    while !held(&env).is_empty() {
+        assert!(
+            start.elapsed() < WAIT,
+            "the settled request was not removed"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let again = ask(&server);
+    assert_eq!(again.status, 202, "{}", again.text());
+    let now = held(&env);
+    assert_eq!(now.len(), 1);
+    assert_eq!(now[0]["id"], id.as_str(), "the same CSR, the same id");
+    assert_eq!(now[0]["state"], "waiting");
+    assert_eq!(audit_events(&env, "enrollment_held").len(), 2);
+    assert_eq!(audit_events(&env, "request_rejected").len(), 1);
+    assert!(serials_on_record(&env).is_empty());
+}

@@ -365,6 +365,50 @@ fn injected_eio_gets_503_and_the_server_recovers_when_the_error_clears() {
     drop(server);
 }
 
+/// A read that fails with EIO (the danger switch's `reads`: the ledger's reads fail, its writes
+/// pass): 503 with `Retry-After`, never 500; the server reopens its ledger and issues again once
+/// the disk reads again.
+#[test]
+fn injected_read_eio_gets_503_and_the_ledger_is_reopened() {
+    let scratch = tempfile::tempdir().unwrap();
+    let env = env_with_ledger(&scratch.path().join("ledger.redb"));
+    let trigger = scratch.path().join("eio");
+    let server = Server::start(&env, &[(FAULT_ENV, &trigger)]);
+    let (addr, tls, pai) = (server.addr, gateway(&env), env.pai_der());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut received = rt.block_on(enroll_ok(addr, &tls, &pai, "before", 3));
+
+    std::fs::write(&trigger, b"reads").unwrap();
+    let refused = device_csr("read-eio-0");
+    rt.block_on(async {
+        let mut c = Client::connect(addr, tls.clone()).await.unwrap();
+        let r = c.enroll(ENROLL, &refused).await;
+        assert_unavailable(&r, "read EIO");
+        for i in 1..4 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let mut c = Client::connect(addr, tls.clone()).await.unwrap();
+            let r = c
+                .enroll(ENROLL, &device_csr(&format!("read-eio-{i}")))
+                .await;
+            assert_unavailable(&r, "read EIO persists");
+        }
+    });
+    assert_eq!(server.logged("ledger reopened after an I/O error"), 0);
+
+    std::fs::remove_file(&trigger).unwrap();
+    let recovered_in = rt.block_on(recover(addr, &tls, &pai, &refused, &mut received));
+    assert_eq!(
+        server.logged("ledger reopened after an I/O error"),
+        1,
+        "the read error had the ledger reopened"
+    );
+    let on_record = exactly_received(&env, &received);
+    println!(
+        "read EIO: recovered {recovered_in:?} after the error cleared; {on_record} DACs on record"
+    );
+    drop(server);
+}
+
 /// Free bytes of the file system at `path` (`df`).
 fn free_bytes(path: &Path) -> u64 {
     let out = Command::new("df")

@@ -842,6 +842,64 @@ async fn one_peer_cannot_take_every_connection_slot() {
     }
 }
 
+/// `server.max_new_connections_per_peer_per_sec`: a peer opening connections faster than its
+/// rate, past its burst (`max_connections_per_peer`), has them closed before TLS; another peer
+/// is served at once, and the first one again once its bucket refills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_peer_cannot_flood_handshakes() {
+    let server = TestServer::start(|t| {
+        common::server_keys(
+            t,
+            "max_connections_per_peer = 4\nmax_new_connections_per_peer_per_sec = 2",
+        )
+    })
+    .await;
+    let anon = server.client_config(None, ALL);
+    let handshake = |from: &'static str| {
+        let anon = anon.clone();
+        let addr = server.addr;
+        async move {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+            let tcp = socket.connect(addr).await.unwrap();
+            matches!(
+                tokio::time::timeout(Duration::from_secs(2), Client::over(tcp, anon)).await,
+                Ok(Ok(_))
+            )
+        }
+    };
+    // 12 handshakes one after another from 127.0.0.1 (each connection closed before the next).
+    let start = Instant::now();
+    let mut done = 0;
+    for _ in 0..12 {
+        if handshake("127.0.0.1").await {
+            done += 1;
+        }
+    }
+    let allowed = 4 + (2.0 * start.elapsed().as_secs_f64()).ceil() as usize;
+    assert!(
+        (4..=allowed).contains(&done),
+        "{done} of 12 handshakes completed in {:?}; the burst is 4, the rate 2/s",
+        start.elapsed()
+    );
+    // Another peer address is served at once.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let tcp = socket.connect(server.addr).await.unwrap();
+    let (c, k) = identity_from_files(
+        &server.env.path(dev::files::GATEWAY_CERT),
+        &server.env.path(dev::files::GATEWAY_KEY),
+    );
+    let mut other = Client::over(tcp, server.client_config(Some((c, k)), ALL))
+        .await
+        .unwrap();
+    let (_, der) = device(Some("not-flooding"), "8000");
+    dac_of(&server, &other.enroll(ENROLL, &der).await);
+    // The flooding peer's bucket refills at 2/s.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(handshake("127.0.0.1").await, "refilled after a second");
+}
+
 /// pyca/cryptography's PKCS#7 reader parses strict DER and warns (and says it will refuse) when
 /// a `SET OF` is not sorted; with warnings as errors it is the independent check that the enroll
 /// and cacerts responses are DER.

@@ -336,6 +336,59 @@ fn held_requests_are_kept_once_and_decided_once_on_either_node() {
     assert_eq!(names[2], "enrollment_held");
 }
 
+/// Pruning held requests (`Ledger::prune_held`): those settled (decided, or expired undecided)
+/// before the cut-off go, on either node; a waiting one and those settled since stay; the audit
+/// chain keeps every record; the same id can then be held anew, undecided.
+#[test]
+fn settled_held_requests_are_pruned_and_can_be_held_anew() {
+    let u = ledger();
+    // Expires at 20 undecided.
+    u.a.hold(&held("expired", "client:cn:gw")).unwrap();
+    // Decided at 12 and at 30.
+    u.a.hold(&held("rejected", "client:cn:gw")).unwrap();
+    u.a.decide("rejected", &decision(false, 12, "op")).unwrap();
+    u.a.hold(&held("expired-too", "client:cn:gw")).unwrap();
+    u.a.hold(&HeldRequest {
+        expires_at: 1_000,
+        ..held("late", "client:cn:gw")
+    })
+    .unwrap();
+    u.a.decide("late", &decision(true, 30, "op")).unwrap();
+    // Waiting until 1,000.
+    u.a.hold(&HeldRequest {
+        expires_at: 1_000,
+        ..held("waiting", "client:cn:gw")
+    })
+    .unwrap();
+    let audited = u.a.audit_records(0, 100).unwrap().len();
+    let ids = |node: &Arc<dyn Ledger>| -> Vec<String> {
+        node.held_list()
+            .unwrap()
+            .into_iter()
+            .map(|h| h.id)
+            .collect()
+    };
+    // Nothing settled before 12.
+    assert_eq!(u.b.prune_held(12).unwrap(), 0);
+    assert_eq!(ids(&u.a).len(), 5);
+    // Before 25: the rejection (12) and both expiries (20) go.
+    assert_eq!(u.b.prune_held(25).unwrap(), 3);
+    assert_eq!(ids(&u.a), ["late", "waiting"]);
+    assert!(u.a.held("rejected").unwrap().is_none());
+    // Far later: the approval goes, the waiting request (settles at 1,000) stays until then.
+    assert_eq!(u.a.prune_held(999).unwrap(), 1);
+    assert_eq!(ids(&u.b), ["waiting"]);
+    assert_eq!(u.a.audit_records(0, 100).unwrap().len(), audited);
+    // The rejected request's CSR again: held anew, undecided.
+    let again = HeldRequest {
+        requested_at: 2_000,
+        expires_at: 3_000,
+        ..held("rejected", "client:cn:gw")
+    };
+    assert_eq!(u.b.hold(&again).unwrap(), again);
+    assert_eq!(again.state(2_001), HeldState::Waiting);
+}
+
 /// The dashboard's window: the newest DACs, of a label or of all, newest first.
 #[test]
 fn recent_reads_newest_first_from_either_node() {

@@ -52,6 +52,40 @@ pub fn log_audit_heads(ledger: Arc<dyn Ledger>) -> tokio::task::JoinHandle<()> {
     })
 }
 
+/// Removes settled held requests past `[approval] held_retention_secs` now and every
+/// [`matter_est::approval::PRUNE_INTERVAL`] (on the runtime; abort it to stop).
+pub fn prune_held_requests(
+    ledger: Arc<dyn Ledger>,
+    retention: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(matter_est::approval::PRUNE_INTERVAL);
+        loop {
+            tick.tick().await;
+            let ledger = ledger.clone();
+            let now = asn1::now();
+            let pruned = tokio::task::spawn_blocking(move || {
+                matter_est::approval::prune(ledger.as_ref(), retention, now)
+            })
+            .await;
+            match pruned {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::info!(
+                    removed = n,
+                    retention_secs = retention.as_secs(),
+                    "settled held requests removed ([approval] held_retention_secs)"
+                ),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "held requests not pruned; next try in an hour")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "held requests not pruned; next try in an hour")
+                }
+            }
+        }
+    })
+}
+
 /// Threads for the CPU part of issuance (CSR verification, signing, self-check). They never wait
 /// for the ledger's fsync (that is awaited asynchronously), so a few per core keep every core
 /// busy; more would only add context switches and allocator arenas.
@@ -111,6 +145,7 @@ pub fn serve(
         );
         let admin = matter_est::admin::listener::start(&config, admin_ctx).await?;
         let heads = log_audit_heads(ledger.clone());
+        let pruning = prune_held_requests(ledger.clone(), config.held_retention);
         let crl_addr = publisher
             .addr
             .map_or_else(|| "-".to_string(), |a| a.to_string());
@@ -169,6 +204,7 @@ pub fn serve(
         publisher.shutdown().await;
         admin.shutdown().await;
         heads.abort();
+        pruning.abort();
         Ok::<(), Error>(())
     })?;
     ledger.close();

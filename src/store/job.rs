@@ -33,6 +33,8 @@ pub(super) enum Op {
     PutCrl(String, Box<CrlRecord>),
     Hold(Box<HeldRequest>),
     Decide(String, Box<Decision>),
+    /// [`super::Ledger::prune_held`].
+    PruneHeld(i64),
 }
 
 pub(super) struct Job {

@@ -170,6 +170,13 @@ impl HeldRequest {
         }
     }
 
+    /// When it was settled: decided (the decision's time) or, undecided, expired (its
+    /// `expires_at`, which may still be ahead). [`Ledger::prune_held`] counts its retention
+    /// from here.
+    pub fn settled_at(&self) -> i64 {
+        self.decision.as_ref().map_or(self.expires_at, |d| d.at)
+    }
+
     /// The state's name, as the CLI and the admin API show it.
     pub fn state_name(&self, now: i64) -> &'static str {
         match self.state(now) {
@@ -505,6 +512,11 @@ pub trait Ledger: Send + Sync {
     /// decided or expired request is refused ([`crate::Error::BadRequest`]) and nothing
     /// changes.
     fn decide(&self, id: &str, decision: &Decision) -> Result<HeldRequest>;
+    /// Removes every held request settled ([`HeldRequest::settled_at`]) before `before` (Unix
+    /// seconds), atomically; returns how many. A waiting request is never removed (it settles
+    /// at its expiry, which is ahead). The audit chain keeps each one's `enrollment_held` and
+    /// decision records; a client that sends a removed request's CSR again is held anew.
+    fn prune_held(&self, before: i64) -> Result<u64>;
 
     /// Finishes what was submitted and releases the ledger (another process may open it next).
     fn close(&self);

@@ -665,8 +665,10 @@ async fn group_transaction(
     // Prepared once per connection (the driver's cache), so that they can be pipelined.
     let begin = client.prepare_cached("BEGIN").await.map_err(broken)?;
     let head_lock = client.prepare_cached(HEAD_LOCK).await.map_err(broken)?;
-    // Every job but a cRLNumber's may append to the audit chain.
-    let appends = group.iter().any(|op| !matches!(op, Op::NextCrlNumber(_)));
+    // Every job but a cRLNumber's and a pruning may append to the audit chain.
+    let appends = group
+        .iter()
+        .any(|op| !matches!(op, Op::NextCrlNumber(_) | Op::PruneHeld(_)));
     let mut begun = false;
     let mut head = None;
     let mut results = Vec::with_capacity(group.len());
@@ -1184,6 +1186,18 @@ async fn apply_job(
                 subject: request.subject.clone(),
             });
             Ok((Outcome::Held(request.clone()), true))
+        }
+        Op::PruneHeld(before) => {
+            // Settled as `HeldRequest::settled_at` says: the decision's time is in the body
+            // only (`approved` says whether there is one).
+            let gone = exec(
+                client,
+                "DELETE FROM held WHERE CASE WHEN approved IS NULL THEN expires_at \
+                 ELSE ((body::jsonb) #>> '{decision,at}')::bigint END < $1",
+                &[before],
+            )
+            .await?;
+            Ok((Outcome::Number(gone), gone > 0))
         }
         Op::Decide(id, decision) => {
             // FOR UPDATE: two operators deciding at once on two nodes are serialised here.
@@ -1846,6 +1860,10 @@ impl Ledger for PgLedger {
             Op::Decide(id.to_string(), Box::new(decision.clone())),
             Reply::Held,
         )
+    }
+
+    fn prune_held(&self, before: i64) -> Result<u64> {
+        self.op(Op::PruneHeld(before), Reply::Number)
     }
 
     fn close(&self) {

@@ -6,6 +6,7 @@
 //! quota, uniqueness and token checks atomic with the insert.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -90,8 +91,9 @@ const REOPEN_BACKOFF_MAX: Duration = Duration::from_secs(5);
 pub const RETRY_AFTER_SECS: u64 = REOPEN_BACKOFF_MAX.as_secs();
 
 /// The environment variable of the danger switch that makes the ledger fail its writes with
-/// EIO while the file it names exists ([`faulty::FaultyFile`]). For tests of disk errors on a
-/// machine without device-mapper's `error` target; never set it in production.
+/// EIO while the file it names exists, or its reads instead while that file says `reads`
+/// ([`faulty::FaultyFile`]). For tests of disk errors on a machine without device-mapper's
+/// `error` target; never set it in production.
 pub const DANGER_FAULT_ENV: &str = "MATTER_EST_DANGER_INJECT_LEDGER_EIO_WHILE";
 
 /// The embedded ledger.
@@ -106,14 +108,26 @@ pub const DANGER_FAULT_ENV: &str = "MATTER_EST_DANGER_INJECT_LEDGER_EIO_WHILE";
 /// its DAC on record (the repeat rule), so nothing is lost or duplicated.
 pub struct RedbLedger {
     shared: Arc<Shared>,
-    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    jobs: Mutex<Option<mpsc::Sender<Msg>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// What the writer thread is sent.
+enum Msg {
+    Job(Job),
+    /// A read failed with an I/O error on the database opened `generation`-th: reopen it,
+    /// unless that was done already.
+    Reopen {
+        generation: u64,
+    },
 }
 
 /// What the writer and the readers share: the open database, or none while it is reopened.
 struct Shared {
     path: PathBuf,
     db: RwLock<Option<Arc<Database>>>,
+    /// How many times the database was reopened (changed under `db`'s write lock).
+    generation: AtomicU64,
     /// [`DANGER_FAULT_ENV`]'s trigger file, if the switch is on.
     fault: Option<PathBuf>,
 }
@@ -123,6 +137,17 @@ impl Shared {
     fn current(&self) -> Result<Arc<Database>> {
         match self.db.read() {
             Ok(db) => db.clone().ok_or_else(reopening),
+            Err(_) => Err(Error::Ledger("the ledger lock is poisoned".into())),
+        }
+    }
+
+    /// The database, unless it is out of service, and its generation.
+    fn current_generation(&self) -> Result<(Arc<Database>, u64)> {
+        match self.db.read() {
+            Ok(db) => {
+                let generation = self.generation.load(Ordering::Acquire);
+                Ok((db.clone().ok_or_else(reopening)?, generation))
+            }
             Err(_) => Err(Error::Ledger("the ledger lock is poisoned".into())),
         }
     }
@@ -136,8 +161,17 @@ fn reopening() -> Error {
     }
 }
 
-fn le(e: impl std::fmt::Display) -> Error {
-    Error::Ledger(e.to_string())
+/// A redb error as ours: an I/O error (the disk's, or redb's memory of one) makes the ledger
+/// unavailable (503 with `Retry-After`; a read that meets one has the ledger reopened, see
+/// [`RedbLedger::read`]), anything else is a ledger fault (500).
+fn le(e: impl Into<redb::Error>) -> Error {
+    match e.into() {
+        e @ (redb::Error::Io(_) | redb::Error::PreviousIo) => Error::LedgerUnavailable {
+            reason: format!("the ledger failed an I/O operation ({e})"),
+            retry_after_secs: RETRY_AFTER_SECS,
+        },
+        e => Error::Ledger(e.to_string()),
+    }
 }
 
 impl RedbLedger {
@@ -156,14 +190,15 @@ impl RedbLedger {
         let shared = Arc::new(Shared {
             path: path.to_path_buf(),
             db: RwLock::new(Some(Arc::new(db))),
+            generation: AtomicU64::new(0),
             fault,
         });
-        let (tx, rx) = mpsc::channel::<Job>();
+        let (tx, rx) = mpsc::channel::<Msg>();
         let writer_shared = shared.clone();
         let writer = std::thread::Builder::new()
             .name("ledger-writer".into())
             .spawn(move || writer_loop(&writer_shared, &rx))
-            .map_err(le)?;
+            .map_err(|e| Error::Ledger(format!("cannot start the ledger writer: {e}")))?;
         Ok(Self {
             shared,
             jobs: Mutex::new(Some(tx)),
@@ -187,9 +222,9 @@ impl RedbLedger {
         };
         match jobs.as_ref() {
             Some(tx) => {
-                if let Err(unsent) = tx.send(Job { op, reply }) {
+                if let Err(mpsc::SendError(Msg::Job(unsent))) = tx.send(Msg::Job(Job { op, reply }))
+                {
                     unsent
-                        .0
                         .reply
                         .fail(Error::Ledger("the ledger writer stopped".into()));
                 }
@@ -216,19 +251,30 @@ impl RedbLedger {
         pending.wait()
     }
 
+    /// Runs `f` on a read transaction. A read that fails with an I/O error (`le` makes it
+    /// [`Error::LedgerUnavailable`]) is refused with 503 and has the writer reopen the ledger,
+    /// as a failed write does: redb may hold on to the failure, and a disk that failed a read
+    /// may have failed more.
     fn read<T>(
         &self,
         f: impl FnOnce(&redb::ReadTransaction) -> std::result::Result<T, Error>,
     ) -> Result<T> {
-        let db = self.shared.current()?;
-        let txn = db.begin_read().map_err(|e| match e {
-            // The writer found the same and is reopening (or is about to).
-            redb::TransactionError::Storage(
-                redb::StorageError::PreviousIo | redb::StorageError::Io(_),
-            ) => reopening(),
-            e => le(e),
-        })?;
-        f(&txn)
+        let (db, generation) = self.shared.current_generation()?;
+        let result = db.begin_read().map_err(le).and_then(|txn| f(&txn));
+        drop(db);
+        match result {
+            Err(e @ Error::LedgerUnavailable { .. }) => {
+                tracing::error!(error = %e, ledger = %self.shared.path.display(),
+                    "ledger read failed with an I/O error; reopening the ledger");
+                if let Ok(jobs) = self.jobs.lock()
+                    && let Some(tx) = jobs.as_ref()
+                {
+                    let _ = tx.send(Msg::Reopen { generation });
+                }
+                Err(reopening())
+            }
+            other => other,
+        }
     }
 }
 
@@ -242,7 +288,9 @@ impl Drop for RedbLedger {
 fn open_database(path: &Path, fault: Option<&Path>) -> Result<Database> {
     let builder = {
         let mut b = Database::builder();
-        b.set_cache_size(CACHE_BYTES);
+        // Under the danger switch no page is cached, so that an injected read error reaches
+        // every read rather than only those of pages not cached yet.
+        b.set_cache_size(if fault.is_some() { 0 } else { CACHE_BYTES });
         b
     };
     let opened = match fault {
@@ -293,10 +341,31 @@ fn open_database(path: &Path, fault: Option<&Path>) -> Result<Database> {
     Ok(db)
 }
 
-fn writer_loop(shared: &Shared, rx: &mpsc::Receiver<Job>) {
+/// Reopens the ledger for a reader that met an I/O error on the `generation`-th database,
+/// unless it was reopened since (or is out of service). False when the ledger was closed.
+fn reopen_for_reader(shared: &Shared, rx: &mpsc::Receiver<Msg>, generation: u64) -> bool {
+    match shared.current_generation() {
+        Ok((db, current)) if current == generation => {
+            drop(db);
+            reopen(shared, rx)
+        }
+        _ => true,
+    }
+}
+
+fn writer_loop(shared: &Shared, rx: &mpsc::Receiver<Msg>) {
     let mut arrivals = Arrivals::new();
     while let Ok(first) = rx.recv() {
-        let group = gather(rx, first, &arrivals.wait());
+        let first = match first {
+            Msg::Job(job) => job,
+            Msg::Reopen { generation } => {
+                if !reopen_for_reader(shared, rx, generation) {
+                    return;
+                }
+                continue;
+            }
+        };
+        let (group, reopen_asked) = gather(rx, first, &arrivals.wait());
         arrivals.committing(group.len());
         let db = match shared.current() {
             Ok(db) => db,
@@ -332,11 +401,15 @@ fn writer_loop(shared: &Shared, rx: &mpsc::Receiver<Job>) {
                 }
             }
             Err(e) => {
-                let msg = e.to_string();
                 for job in group {
-                    job.reply.complete(Err(Error::Ledger(msg.clone())));
+                    job.reply.complete(Err(clone_error(&e)));
                 }
             }
+        }
+        if let Some(generation) = reopen_asked
+            && !reopen_for_reader(shared, rx, generation)
+        {
+            return;
         }
     }
 }
@@ -358,13 +431,15 @@ struct Wait {
     gap: Duration,
 }
 
-/// `first` and whatever else arrives within `wait` (at most [`MAX_GROUP`] jobs).
-fn gather(rx: &mpsc::Receiver<Job>, first: Job, wait: &Wait) -> Vec<Job> {
+/// `first` and whatever else arrives within `wait` (at most [`MAX_GROUP`] jobs). A reader's
+/// request to reopen the ledger ends the gathering; it is returned, to be done after the
+/// commit.
+fn gather(rx: &mpsc::Receiver<Msg>, first: Job, wait: &Wait) -> (Vec<Job>, Option<u64>) {
     let until = Instant::now() + wait.window;
     let mut group = vec![first];
     while group.len() < MAX_GROUP {
         let next = match rx.try_recv() {
-            Ok(job) => Some(job),
+            Ok(msg) => Some(msg),
             Err(mpsc::TryRecvError::Disconnected) => None,
             Err(mpsc::TryRecvError::Empty) => {
                 let left = until.saturating_duration_since(Instant::now());
@@ -375,11 +450,12 @@ fn gather(rx: &mpsc::Receiver<Job>, first: Job, wait: &Wait) -> Vec<Job> {
             }
         };
         match next {
-            Some(job) => group.push(job),
+            Some(Msg::Job(job)) => group.push(job),
+            Some(Msg::Reopen { generation }) => return (group, Some(generation)),
             None => break,
         }
     }
-    group
+    (group, None)
 }
 
 /// The writer's estimate of how fast jobs arrive: the jobs of its last commit over the time
@@ -440,7 +516,7 @@ fn failed_io(db: &Database) -> bool {
 
 /// Takes the database out of service, closes it and opens it again, with backoff, failing the
 /// jobs that arrive meanwhile. False when the ledger was closed meanwhile.
-fn reopen(shared: &Shared, rx: &mpsc::Receiver<Job>) -> bool {
+fn reopen(shared: &Shared, rx: &mpsc::Receiver<Msg>) -> bool {
     let taken = match shared.db.write() {
         Ok(mut db) => db.take(),
         Err(_) => return false,
@@ -466,6 +542,7 @@ fn reopen(shared: &Shared, rx: &mpsc::Receiver<Job>) -> bool {
         match open_database(&shared.path, shared.fault.as_deref()) {
             Ok(db) => {
                 if let Ok(mut slot) = shared.db.write() {
+                    shared.generation.fetch_add(1, Ordering::AcqRel);
                     *slot = Some(Arc::new(db));
                 }
                 tracing::warn!(ledger = %shared.path.display(),
@@ -487,11 +564,13 @@ fn reopen(shared: &Shared, rx: &mpsc::Receiver<Job>) -> bool {
 
 /// Answers every job that arrives within `wait` with [`reopening`]; false if the ledger was
 /// closed.
-fn refuse_for(rx: &mpsc::Receiver<Job>, wait: Duration) -> bool {
+fn refuse_for(rx: &mpsc::Receiver<Msg>, wait: Duration) -> bool {
     let until = Instant::now() + wait;
     loop {
         match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
-            Ok(job) => job.reply.fail(reopening()),
+            Ok(Msg::Job(job)) => job.reply.fail(reopening()),
+            // Being reopened already.
+            Ok(Msg::Reopen { .. }) => {}
             Err(mpsc::RecvTimeoutError::Timeout) => return true,
             Err(mpsc::RecvTimeoutError::Disconnected) => return false,
         }
@@ -850,6 +929,19 @@ fn apply_group(db: &Database, group: &[Job]) -> Result<Vec<Result<Outcome>>> {
                     })?;
                     Ok(Outcome::Held(Box::new(request)))
                 })(),
+                Op::PruneHeld(before) => (|| {
+                    let mut gone = Vec::new();
+                    for entry in held.iter().map_err(le)? {
+                        let (id, v) = entry.map_err(le)?;
+                        if decode::<HeldRequest>(v.value())?.settled_at() < *before {
+                            gone.push(id.value().to_string());
+                        }
+                    }
+                    for id in &gone {
+                        held.remove(id.as_str()).map_err(le)?;
+                    }
+                    Ok(Outcome::Number(gone.len() as u64))
+                })(),
                 Op::PutToken(hash, token) => (|| {
                     if token_ids.get(token.id.as_str()).map_err(le)?.is_some() {
                         return Err(Error::Ledger(format!("token id {} exists", token.id)));
@@ -1122,11 +1214,11 @@ mod codec {
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec(value).map_err(le)
+    serde_json::to_vec(value).map_err(|e| Error::Ledger(e.to_string()))
 }
 
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(le)
+    serde_json::from_slice(bytes).map_err(|e| Error::Ledger(e.to_string()))
 }
 
 impl Ledger for RedbLedger {
@@ -1344,6 +1436,10 @@ impl Ledger for RedbLedger {
             Reply::Held(reply),
         );
         pending.wait()
+    }
+
+    fn prune_held(&self, before: i64) -> Result<u64> {
+        self.number_op(Op::PruneHeld(before))
     }
 
     fn backup_to(&self, to: &Path) -> Result<u64> {
@@ -1787,9 +1883,10 @@ impl RedbLedger {
 }
 
 /// The danger switch's storage: redb's own file backend, except that writes, length changes
-/// and syncs fail with EIO while a trigger file exists (`DANGER_FAULT_ENV`). Reads pass, as
-/// on a disk whose writes fail. Tests of disk errors use it where no device-mapper `error`
-/// target is available; it is off unless that environment variable is set.
+/// and syncs fail with EIO while a trigger file exists (`DANGER_FAULT_ENV`), reads passing, as
+/// on a disk whose writes fail; or, while the trigger file says `reads`, reads fail with EIO
+/// and writes pass. Tests of disk errors use it where no device-mapper `error` target is
+/// available; it is off unless that environment variable is set.
 mod faulty {
     use std::ops::Bound;
     use std::path::{Path, PathBuf};
@@ -1821,11 +1918,14 @@ mod faulty {
             })
         }
 
-        fn check(&self) -> std::io::Result<()> {
-            if self.trigger.exists() {
-                return Err(std::io::Error::from_raw_os_error(EIO));
+        /// EIO for a write (`reading` false) or a read while the trigger file says so.
+        fn check(&self, reading: bool) -> std::io::Result<()> {
+            match std::fs::read(&self.trigger) {
+                Ok(says) if says.starts_with(b"reads") == reading => {
+                    Err(std::io::Error::from_raw_os_error(EIO))
+                }
+                _ => Ok(()),
             }
-            Ok(())
         }
     }
 
@@ -1835,21 +1935,22 @@ mod faulty {
         }
 
         fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            self.check(true)?;
             self.inner.read(offset, out)
         }
 
         fn set_len(&self, len: u64) -> std::io::Result<()> {
-            self.check()?;
+            self.check(false)?;
             self.inner.set_len(len)
         }
 
         fn sync_data(&self) -> std::io::Result<()> {
-            self.check()?;
+            self.check(false)?;
             self.inner.sync_data()
         }
 
         fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-            self.check()?;
+            self.check(false)?;
             self.inner.write(offset, data)
         }
 
@@ -1985,6 +2086,49 @@ mod tests {
             .map(|r| r.serial[0])
             .collect();
         assert_eq!(serials, [1, 4], "nothing unacknowledged is on record");
+        assert!(matches!(ledger.audit_verify(None), Ok(Ok(_))));
+    }
+
+    /// A read that fails with EIO (the danger switch's `reads`): refused as unavailable (503),
+    /// never a ledger fault (500), and the ledger is reopened once the disk reads again.
+    #[test]
+    fn a_read_io_error_is_unavailable_and_reopens_the_ledger() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("l.redb");
+        let trigger = dir.path().join("eio");
+        let ledger = RedbLedger::open_with(&path, Some(trigger.clone())).expect("open");
+        let any = Admission::default();
+        ledger.commit(&record(1, "a", "x"), &any).expect("first");
+        std::fs::write(&trigger, b"reads").expect("trigger");
+        for _ in 0..3 {
+            assert!(matches!(
+                ledger.count("x"),
+                Err(Error::LedgerUnavailable {
+                    retry_after_secs: RETRY_AFTER_SECS,
+                    ..
+                })
+            ));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(ledger.shared.generation.load(Ordering::Acquire), 0);
+        std::fs::remove_file(&trigger).expect("clear");
+        let start = Instant::now();
+        loop {
+            match ledger.count("x") {
+                Ok(n) => break assert_eq!(n, 1),
+                Err(Error::LedgerUnavailable { .. }) => {
+                    assert!(start.elapsed() < Duration::from_secs(20), "never reopened");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(
+            ledger.shared.generation.load(Ordering::Acquire),
+            1,
+            "the read error had the ledger reopened, once"
+        );
+        ledger.commit(&record(2, "b", "x"), &any).expect("after");
         assert!(matches!(ledger.audit_verify(None), Ok(Ok(_))));
     }
 

@@ -37,6 +37,8 @@ pub struct Server {
     pub addr: std::net::SocketAddr,
     /// The admin listener's address, if `[admin] listen` is set.
     pub admin: Option<std::net::SocketAddr>,
+    /// The `message` of every log line after "matter-est serving", so far.
+    pub messages: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Server {
@@ -63,8 +65,33 @@ impl Server {
         let field = |f: &str| serving["fields"][f].as_str().and_then(|a| a.parse().ok());
         let (addr, admin) = (field("addr").expect("its address"), field("admin"));
         // Keep draining its log so that it never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
-        Self { child, addr, admin }
+        let messages = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = messages.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                    && let Some(m) = v["fields"]["message"].as_str()
+                {
+                    keep.lock().unwrap().push(m.to_string());
+                }
+            }
+        });
+        Self {
+            child,
+            addr,
+            admin,
+            messages,
+        }
+    }
+
+    /// How many log lines so far said `message`.
+    pub fn logged(&self, message: &str) -> usize {
+        self.messages
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| *m == message)
+            .count()
     }
 }
 
