@@ -62,6 +62,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         4,
         include_str!("postgres/migrations/0004_commit_timeout.sql"),
     ),
+    (5, include_str!("postgres/migrations/0005_commit_count.sql")),
 ];
 
 /// The advisory lock key under which migrations run ("matter-e" in ASCII), so that nodes
