@@ -3,7 +3,8 @@
 //! started here (tests/common/pg.rs). Also the ledger commit latency p50/p99 each node reports
 //! (`matter_est_ledger_commit_duration_seconds`, read from the admin socket's /metrics: a
 //! bucket's upper bound). Run: `cargo bench --bench ledger_nodes`
-//! (LEDGER_NODES_ENROLLMENTS, default 1,200 per setup; LEDGER_NODES_CONNECTIONS, default 16).
+//! (LEDGER_NODES_ENROLLMENTS, default 1,200 per setup; LEDGER_NODES_CONNECTIONS, default 16;
+//! LEDGER_NODES_PG_OPTIONS, more PostgreSQL server options such as `-c shared_buffers=16MB`).
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)] // reason: benchmark harness; shares test helpers
 
 #[path = "../tests/common/mod.rs"]
@@ -196,7 +197,12 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(16);
-    let server = common::pg::PgServer::start();
+    // More server options after tests/common/pg.rs's own (a later `-c` wins): to compare
+    // settings in one build, e.g. LEDGER_NODES_PG_OPTIONS="-c shared_buffers=16MB".
+    let server = match std::env::var("LEDGER_NODES_PG_OPTIONS") {
+        Ok(options) => common::pg::PgServer::start_with(|_| options),
+        Err(_) => common::pg::PgServer::start(),
+    };
     let mut rows = Vec::new();
 
     for setup in [

@@ -71,6 +71,11 @@ impl RateLimits {
         }
     }
 
+    /// Whether `label` has a rate limit.
+    pub fn limits(&self, label: &str) -> bool {
+        self.labels.contains_key(label)
+    }
+
     /// Takes one enrollment from `label`'s bucket and `identity`'s, or refuses with the seconds
     /// to wait. Both or neither: a refused request uses up nothing.
     pub fn take(&self, label: &str, identity: &str) -> Result<()> {

@@ -935,6 +935,90 @@ fn schema_2_database_is_migrated_to_the_current_one() {
         "0"
     );
     assert!(ledger.audit_verify(None).unwrap().is_ok());
+    // Schema 4: the function also answers its own statement timeout (see
+    // schema_a_statement_timeout_fails_only_its_own_issuance); schema 5: it counts with the
+    // conditional update, no ON CONFLICT DO UPDATE (the quota checks above ran on it).
+    assert_eq!(
+        server.psql(
+            &db,
+            "SELECT prosrc LIKE '%WHEN query_canceled THEN%', \
+             prosrc LIKE '%ON CONFLICT (label) DO UPDATE%' FROM pg_proc \
+             WHERE proname = 'matter_est_commit_dac'"
+        ),
+        "t|f"
+    );
+}
+
+/// A statement timeout inside a group's pipeline (an issuance waiting on a row lock that
+/// another session holds) fails that issuance only, with 503 (`LedgerUnavailable`); the other
+/// issuances of its group are recorded (schema 4). Before, the whole group failed.
+#[test]
+fn schema_a_statement_timeout_fails_only_its_own_issuance() {
+    let server = pg::PgServer::start();
+    let db = server.create_database();
+    let dir = tempfile::tempdir().unwrap();
+    let store_toml = pg::store_toml(server.port, &db, dir.path());
+    assert!(store_toml.contains("statement_timeout_ms = 10000"));
+    let text = format!(
+        "{}\n[labels.x]\npai = \"p.pem\"\nsigner = {{ file = \"k.pem\" }}\n",
+        store_toml.replace(
+            "statement_timeout_ms = 10000",
+            "statement_timeout_ms = 1000"
+        )
+    );
+    let config = matter_est::config::Config::parse(&dir.path().join("c.toml"), &text).unwrap();
+    let ledger = store::open_store(&config.store).unwrap();
+    ledger
+        .commit(&record(1, "s0", "slow"), &Admission::default())
+        .unwrap();
+    std::thread::scope(|s| {
+        // Another session holds label slow's count row for 4 s.
+        s.spawn(|| {
+            server.psql(
+                &db,
+                "BEGIN; SELECT used FROM labels WHERE label = 'slow' FOR UPDATE; \
+                 SELECT pg_sleep(4); COMMIT;",
+            )
+        });
+        let started = std::time::Instant::now();
+        while server.psql(
+            &db,
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+             WHERE c.relname = 'labels' AND l.mode = 'RowShareLock' AND l.granted",
+        ) == "0"
+        {
+            assert!(started.elapsed().as_secs() < 10, "the lock was not taken");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // The first issuance on slow waits alone for 1 s; meanwhile one more on slow and five
+        // on fast queue up and go as one group, in which the slow one waits again.
+        let first = ledger.submit(&record(2, "s1", "slow"), &Admission::default());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let second = ledger.submit(&record(3, "s2", "slow"), &Admission::default());
+        let fast: Vec<_> = (0..5)
+            .map(|i| {
+                ledger.submit(
+                    &record(10 + i, &format!("f{i}"), "fast"),
+                    &Admission::default(),
+                )
+            })
+            .collect();
+        for slow in [first, second] {
+            match slow.wait() {
+                Err(Error::LedgerUnavailable { reason, .. }) => {
+                    assert!(reason.contains("57014"), "{reason}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        for f in fast {
+            assert_eq!(f.wait().unwrap(), Committed::Recorded);
+        }
+    });
+    assert_eq!(ledger.count("fast").unwrap(), 5);
+    assert_eq!(ledger.count("slow").unwrap(), 1);
+    assert_eq!(ledger.by_serial(&[3]).unwrap(), None);
+    assert!(ledger.audit_verify(None).unwrap().is_ok());
 }
 
 /// `tls = "verify-full"`: the server's certificate must chain to `ca_file` and name the URL's

@@ -130,6 +130,73 @@ fn statuses(replies: &[Option<Reply>]) -> Vec<u16> {
         .collect()
 }
 
+/// Signatures made by the node whose admin socket is `socket` (the signer histogram's count).
+fn signatures(socket: &std::path::Path) -> u64 {
+    let out = Command::new("curl")
+        .args(["-sS", "--unix-socket"])
+        .arg(socket)
+        .arg("http://localhost/metrics")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("matter_est_signer_duration_seconds_count"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Issue 16: a gateway over mutual TLS (no rate limit, automatic approval) has no ledger read
+/// before signing; the commit finds a repeat itself. A client that lost its response and asks
+/// again on a full quota gets the DAC on record (a new DAC is signed, found to repeat, and
+/// neither recorded nor counted), while a new subject is refused by the quota at the commit.
+#[test]
+fn a_lost_response_retry_on_a_full_quota_gets_its_dac_from_the_commit() {
+    let server = PgServer::start();
+    let (env, configs) = two_node_env(&server, "quota = 2");
+    let node = start(&configs[0]);
+    let (gw, _) = tls(&env);
+    let pai = env.pai_der();
+    let socket = env.path("admin.sock");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (first, _) = csr(&subject(Some("lost-1"), Some("FFF1"), Some("8000")));
+    let (second, _) = csr(&subject(Some("lost-2"), Some("FFF1"), Some("8000")));
+    let (third, _) = csr(&subject(Some("lost-3"), Some("FFF1"), Some("8000")));
+    let dac = |r: &Reply| est::issued(&est::pkcs7_certs(&r.body), &pai);
+    rt.block_on(async {
+        let a = enroll(node.addr, gw.clone(), first.clone(), None)
+            .await
+            .unwrap();
+        assert_eq!(a.status, 200, "{}", a.text());
+        let b = enroll(node.addr, gw.clone(), second, None).await.unwrap();
+        assert_eq!(b.status, 200, "{}", b.text());
+        let signed = signatures(&socket);
+        assert!(signed >= 2, "{signed}");
+
+        // The quota is full. The first CSR again: its DAC on record, found by the commit (a
+        // signature was made for it: no pre-read answered it).
+        let again = enroll(node.addr, gw.clone(), first, None).await.unwrap();
+        assert_eq!(again.status, 200, "{}", again.text());
+        assert_eq!(dac(&again), dac(&a));
+        assert_eq!(signatures(&socket), signed + 1);
+
+        // A new subject on the full quota: refused by the commit's quota rule.
+        let c = enroll(node.addr, gw.clone(), third, None).await.unwrap();
+        assert_eq!(c.status, 403, "{}", c.text());
+        assert!(c.text().contains("quota of 2"), "{}", c.text());
+    });
+    drop(node);
+    let ledger = matter_est::store::open(&env.config()).unwrap();
+    assert_eq!(ledger.count("dev").unwrap(), 2);
+    let page = ledger
+        .list_page(&matter_est::store::CertQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(page.records.len(), 2, "nothing else recorded");
+    ledger.close();
+}
+
 #[test]
 fn two_nodes_enforce_quota_subject_and_token_together() {
     let server = PgServer::start();

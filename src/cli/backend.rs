@@ -71,6 +71,33 @@ impl Backend {
         Self::open_with(target, Some(danger_dev))
     }
 
+    /// Opens a running server's way (its admin socket, or `--server`), never the ledger: for a
+    /// command whose answer lives in that server's memory (`dashboard login`: the link is
+    /// good on that server's listener only). The same on either backend; on PostgreSQL, where
+    /// the other commands open the database, this one still goes through the socket.
+    pub fn open_server(target: &Target) -> Result<Self> {
+        if let Some(url) = &target.server {
+            return remote(url, target);
+        }
+        let path = target
+            .config
+            .as_deref()
+            .ok_or_else(|| Error::BadRequest("give --config FILE or --server URL".into()))?;
+        let config = Config::load(path)?;
+        match &config.admin.socket {
+            Some(socket) if UnixStream::connect(socket).is_ok() => {
+                Ok(Backend::Socket(socket.clone()))
+            }
+            socket => Err(Error::BadRequest(format!(
+                "this asks a running `matter-est serve`, and none answers on its admin socket \
+                 ({}): start serve with this config (or give --server URL), then ask again",
+                socket
+                    .as_ref()
+                    .map_or("[admin] socket is off".into(), |s| s.display().to_string())
+            ))),
+        }
+    }
+
     fn open_with(target: &Target, signing: Option<bool>) -> Result<Self> {
         if let Some(url) = &target.server {
             return remote(url, target);

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use matter_est::Result;
 use matter_est::admin::Request;
 
-use super::backend::{Target, call};
+use super::backend::{Backend, Target};
 
 /// `matter-est dashboard …`.
 #[derive(Subcommand)]
@@ -48,7 +48,10 @@ pub fn run(command: DashboardCommand) -> Result<()> {
             if !labels.is_empty() {
                 body["labels"] = json!(labels);
             }
-            let v = call(&target, Request::post("/v1/dashboard/login", body))?;
+            // The link is minted in the running server's memory: through its socket on either
+            // backend.
+            let v =
+                Backend::open_server(&target)?.call(Request::post("/v1/dashboard/login", body))?;
             if json {
                 println!("{v}");
             } else {

@@ -17,7 +17,9 @@
 //! constraints and conditional updates inside its own exception block (the savepoint); the
 //! calls of a group are pipelined (sent together, answered in order), as are the audit
 //! append and `COMMIT`, so that a group costs a few round trips instead of several per
-//! issuance (issue 16).
+//! issuance (issue 16). A statement timeout of one call (waiting on a row lock another node
+//! holds) is that call's `failed` outcome (migration 4), so it fails that issuance alone with
+//! 503, not the group.
 //!
 //! Faults: a database that is down, restarting or unreachable gives
 //! [`Error::LedgerUnavailable`] (503 with `Retry-After`); the pool opens new connections by
@@ -56,6 +58,11 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("postgres/migrations/0001_ledger.sql")),
     (2, include_str!("postgres/migrations/0002_held.sql")),
     (3, include_str!("postgres/migrations/0003_commit_dac.sql")),
+    (
+        4,
+        include_str!("postgres/migrations/0004_commit_timeout.sql"),
+    ),
+    (5, include_str!("postgres/migrations/0005_commit_count.sql")),
 ];
 
 /// The advisory lock key under which migrations run ("matter-e" in ASCII), so that nodes
