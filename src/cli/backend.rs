@@ -76,14 +76,10 @@ impl Backend {
     /// good on that server's listener only). The same on either backend; on PostgreSQL, where
     /// the other commands open the database, this one still goes through the socket.
     pub fn open_server(target: &Target) -> Result<Self> {
-        if let Some(url) = &target.server {
-            return remote(url, target);
-        }
-        let path = target
-            .config
-            .as_deref()
-            .ok_or_else(|| Error::BadRequest("give --config FILE or --server URL".into()))?;
-        let config = Config::load(path)?;
+        let config = match local_config(target)? {
+            Err(remote) => return Ok(remote),
+            Ok(config) => config,
+        };
         match &config.admin.socket {
             Some(socket) if UnixStream::connect(socket).is_ok() => {
                 Ok(Backend::Socket(socket.clone()))
@@ -99,14 +95,10 @@ impl Backend {
     }
 
     fn open_with(target: &Target, signing: Option<bool>) -> Result<Self> {
-        if let Some(url) = &target.server {
-            return remote(url, target);
-        }
-        let path = target
-            .config
-            .as_deref()
-            .ok_or_else(|| Error::BadRequest("give --config FILE or --server URL".into()))?;
-        let config = Config::load(path)?;
+        let config = match local_config(target)? {
+            Err(remote) => return Ok(remote),
+            Ok(config) => config,
+        };
         // The embedded ledger is one process's file: while `serve` holds it, through its
         // socket. PostgreSQL is shared: always on the database directly (DESIGN.md "One
         // command, either way"), so no server needs stopping and none needs to be running.
@@ -210,6 +202,18 @@ pub fn list<'a>(v: &'a Value, field: &str) -> &'a [Value] {
 /// The string `field` of `v` ("" when missing or null).
 pub fn text<'a>(v: &'a Value, field: &str) -> &'a str {
     v.get(field).and_then(Value::as_str).unwrap_or_default()
+}
+
+/// `--server URL`: the remote server (`Err`, nothing to load); else the `--config` file, loaded.
+fn local_config(target: &Target) -> Result<std::result::Result<Config, Backend>> {
+    if let Some(url) = &target.server {
+        return remote(url, target).map(Err);
+    }
+    let path = target
+        .config
+        .as_deref()
+        .ok_or_else(|| Error::BadRequest("give --config FILE or --server URL".into()))?;
+    Config::load(path).map(Ok)
 }
 
 /// `--server https://HOST:PORT` with the admin certificate and the server's CA.

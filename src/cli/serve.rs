@@ -67,17 +67,16 @@ pub fn prune_held_requests(
             let pruned = tokio::task::spawn_blocking(move || {
                 matter_est::approval::prune(ledger.as_ref(), retention, now)
             })
-            .await;
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))
+            .and_then(|pruned| pruned);
             match pruned {
-                Ok(Ok(0)) => {}
-                Ok(Ok(n)) => tracing::info!(
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
                     removed = n,
                     retention_secs = retention.as_secs(),
                     "settled held requests removed ([approval] held_retention_secs)"
                 ),
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "held requests not pruned; next try in an hour")
-                }
                 Err(e) => {
                     tracing::warn!(error = %e, "held requests not pruned; next try in an hour")
                 }
