@@ -314,14 +314,7 @@ fn keepalive(
 /// The mean ledger commit group of a server since it started, from its metrics on the admin
 /// socket (`None` for a build without them, or with metrics off).
 fn mean_commit_group(s: &Setup) -> Option<f64> {
-    use std::io::{Read, Write};
-    let mut socket =
-        std::os::unix::net::UnixStream::connect(s.dir.path().join("admin.sock")).ok()?;
-    socket
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut text = String::new();
-    socket.read_to_string(&mut text).ok()?;
+    let text = common::metrics_text(&s.dir.path().join("admin.sock"));
     let value = |suffix: &str| -> Option<f64> {
         let name = format!(
             "{}{suffix} ",

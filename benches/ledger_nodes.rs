@@ -80,13 +80,7 @@ fn start(config: &Path, socket: &Path) -> Node {
 
 /// Cumulative bucket counts of the commit-duration histogram on `socket`'s /metrics.
 fn commit_buckets(socket: &Path) -> Vec<(f64, u64)> {
-    let out = Command::new("curl")
-        .args(["-sS", "--unix-socket"])
-        .arg(socket)
-        .arg("http://localhost/metrics")
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
+    common::metrics_text(socket)
         .lines()
         .filter(|l| l.starts_with("matter_est_ledger_commit_duration_seconds_bucket{"))
         .filter_map(|l| {

@@ -132,13 +132,7 @@ fn statuses(replies: &[Option<Reply>]) -> Vec<u16> {
 
 /// Signatures made by the node whose admin socket is `socket` (the signer histogram's count).
 fn signatures(socket: &std::path::Path) -> u64 {
-    let out = Command::new("curl")
-        .args(["-sS", "--unix-socket"])
-        .arg(socket)
-        .arg("http://localhost/metrics")
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
+    common::metrics_text(socket)
         .lines()
         .filter(|l| l.starts_with("matter_est_signer_duration_seconds_count"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())

@@ -259,6 +259,18 @@ pub fn curl_json(args: &[&str]) -> (u16, serde_json::Value) {
     )
 }
 
+/// A server's Prometheus text from `GET /metrics` on its admin socket (curl); empty when nothing
+/// answers there.
+pub fn metrics_text(socket: &Path) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "--unix-socket"])
+        .arg(socket)
+        .arg("http://localhost/metrics")
+        .output()
+        .unwrap();
+    stdout(&out)
+}
+
 /// Asserts that a command (openssl, curl, the CLI) exited 0, showing what it printed if not.
 pub fn assert_success(out: &Output) {
     assert!(
