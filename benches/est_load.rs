@@ -314,17 +314,8 @@ fn keepalive(
 /// The mean ledger commit group of a server since it started, from its metrics on the admin
 /// socket (`None` for a build without them, or with metrics off).
 fn mean_commit_group(s: &Setup) -> Option<f64> {
-    let text = common::metrics_text(&s.dir.path().join("admin.sock"));
-    let value = |suffix: &str| -> Option<f64> {
-        let name = format!(
-            "{}{suffix} ",
-            matter_est::admin::metrics::LEDGER_COMMIT_GROUP_SIZE
-        );
-        text.lines()
-            .find_map(|l| l.strip_prefix(&name))
-            .and_then(|v| v.trim().parse().ok())
-    };
-    Some(value("_sum")? / value("_count")?)
+    let (sum, count) = common::commit_group_totals(&s.dir.path().join("admin.sock"))?;
+    Some(sum / count)
 }
 
 fn median(values: &[f64]) -> f64 {

@@ -5,6 +5,8 @@
 //! bucket's upper bound). Run: `cargo bench --bench ledger_nodes`
 //! (LEDGER_NODES_ENROLLMENTS, default 1,200 per setup; LEDGER_NODES_CONNECTIONS, default 16;
 //! LEDGER_NODES_PG_OPTIONS, more PostgreSQL server options such as `-c shared_buffers=16MB`).
+//! Each setup also prints where the CPU went per enrollment (the nodes, PostgreSQL's processes,
+//! this load generator; from /proc, so Linux only) and the mean DACs per ledger commit.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)] // reason: benchmark harness; shares test helpers
 
 #[path = "../tests/common/mod.rs"]
@@ -93,6 +95,44 @@ fn commit_buckets(socket: &Path) -> Vec<(f64, u64)> {
             Some((le, l.rsplit(' ').next()?.parse().ok()?))
         })
         .collect()
+}
+
+/// User + system CPU seconds of process `pid` so far (/proc/PID/stat, clock ticks of 1/100 s).
+fn cpu_secs(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are the 14th and 15th fields of the whole line.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// CPU seconds of every running process named `postgres` (the server and its backends).
+fn postgres_cpu_secs() -> f64 {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "postgres")
+        })
+        .map(|e| cpu_secs(&e.file_name().to_string_lossy()))
+        .sum()
 }
 
 /// The upper bound of the bucket that holds quantile `p` of the summed histograms.
@@ -226,7 +266,16 @@ fn main() {
             .map(|i| start(&config, &dir.path().join(format!("admin{i}.sock"))))
             .collect();
         let refs: Vec<&Node> = nodes.iter().collect();
+        let node_cpu = || -> f64 { nodes.iter().map(|n| cpu_secs(&n.0.id().to_string())).sum() };
+        let before = (node_cpu(), postgres_cpu_secs(), cpu_secs("self"));
         let rate = load(&refs, dir.path(), conns, n, &setup.replace(' ', ""));
+        let after = (node_cpu(), postgres_cpu_secs(), cpu_secs("self"));
+        // Per enrollment, the warm-up's one per connection included.
+        let per = |a: f64, b: f64| (a - b) / (n + conns) as f64 * 1e6;
+        let groups = nodes
+            .iter()
+            .filter_map(|n| common::commit_group_totals(&n.2))
+            .fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
         let hists: Vec<_> = nodes.iter().map(|n| commit_buckets(&n.2)).collect();
         let (p50, p99) = (quantile(&hists, 0.5), quantile(&hists, 0.99));
         println!(
@@ -234,6 +283,14 @@ fn main() {
              ledger commit p50 <= {:.1} ms, p99 <= {:.1} ms",
             p50 * 1e3,
             p99 * 1e3
+        );
+        println!(
+            "  CPU per enrollment: nodes {:.0} µs, PostgreSQL {:.0} µs, load generator {:.0} µs; \
+             {:.1} DACs per ledger commit",
+            per(after.0, before.0),
+            per(after.1, before.1),
+            per(after.2, before.2),
+            groups.0 / groups.1
         );
         rows.push((setup, rate));
         drop(nodes);

@@ -920,30 +920,37 @@ fn schema_2_database_is_migrated_to_the_current_one() {
     assert_eq!(ledger.count("x").unwrap(), 3);
 
     // An error the function does not name (here a CHECK on the vendor id, which the ledger
-    // never sends) is answered as `failed` with its SQLSTATE, and nothing is written.
+    // never sends) fails the whole call, and with it the writer's group: nothing is written.
     assert_eq!(
         server.psql(
             &db,
-            "SELECT outcome, error_state FROM matter_est_commit_dac('\\x07', 'x', '\\x00', \
-             'e', '\\x65', 70000, 1, 'test', 1, '\\x00', NULL, NULL, NULL, NULL, false, NULL, \
-             false, NULL)"
+            "CREATE TEMP TABLE r (s text); \
+             DO $$ BEGIN \
+               PERFORM matter_est_commit_dacs(ARRAY['\\x07'::bytea], ARRAY['x'], \
+                 ARRAY['\\x00'::bytea], ARRAY['e'], ARRAY['\\x65'::bytea], ARRAY[70000], \
+                 ARRAY[1], ARRAY['test'], ARRAY[1::bigint], ARRAY['\\x00'::bytea], \
+                 ARRAY[NULL::bigint], ARRAY[NULL::text], ARRAY[NULL::smallint], \
+                 ARRAY[NULL::bytea], ARRAY[false], ARRAY[NULL::bigint], ARRAY[false], \
+                 ARRAY[NULL::text]); \
+             EXCEPTION WHEN OTHERS THEN INSERT INTO r VALUES (SQLSTATE); END $$; \
+             SELECT s FROM r"
         ),
-        "failed|23514"
+        "23514"
     );
     assert_eq!(
         server.psql(&db, "SELECT count(*) FROM dacs WHERE serial = '\\x07'"),
         "0"
     );
     assert!(ledger.audit_verify(None).unwrap().is_ok());
-    // Schema 4: the function also answers its own statement timeout (see
-    // schema_a_statement_timeout_fails_only_its_own_issuance); schema 5: it counts with the
-    // conditional update, no ON CONFLICT DO UPDATE (the quota checks above ran on it).
+    // Schema 4: a wait on a label's count row answers its own statement timeout (see
+    // schema_a_statement_timeout_fails_only_its_own_issuance); schema 5: the count is no
+    // ON CONFLICT DO UPDATE; schema 6: one call per run (the checks above ran on it).
     assert_eq!(
         server.psql(
             &db,
             "SELECT prosrc LIKE '%WHEN query_canceled THEN%', \
              prosrc LIKE '%ON CONFLICT (label) DO UPDATE%' FROM pg_proc \
-             WHERE proname = 'matter_est_commit_dac'"
+             WHERE proname = 'matter_est_commit_dacs'"
         ),
         "t|f"
     );
@@ -1281,4 +1288,161 @@ fn schema_commit_outcome_unknown_is_looked_up() {
         .unwrap();
     assert_eq!(ledger.count("x").unwrap(), 3);
     assert!(ledger.audit_verify(None).unwrap().is_ok());
+}
+
+/// Schema 6 decides a whole run of issuances in one call: each one as if alone after the ones
+/// before it in the run (a subject or token taken earlier in the run, a serial repeated, the
+/// quota filled by the run, a renewal's takeover). The same submissions get the same answers
+/// from redb, and on PostgreSQL they go as one run (one transaction): they queue while the
+/// writer waits on another session's lock of a label's count row.
+#[test]
+fn schema_a_run_decides_each_issuance_after_the_ones_before_it() {
+    let server = pg::PgServer::start();
+    let db = server.create_database();
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}\n[labels.x]\npai = \"p.pem\"\nsigner = {{ file = \"k.pem\" }}\n",
+        pg::store_toml(server.port, &db, dir.path())
+    );
+    let config = matter_est::config::Config::parse(&dir.path().join("c.toml"), &text).unwrap();
+    let on_pg = store::open_store(&config.store).unwrap();
+    let on_redb = store::open_store(&StoreConfig::Redb(dir.path().join("l.redb"))).unwrap();
+
+    let token = |id: &str| TokenRecord {
+        id: id.into(),
+        label: "x".into(),
+        pid: None,
+        created_at: 1,
+        spent_by: None,
+        expires_at: None,
+        cn: None,
+        revoked_at: None,
+    };
+    let admit = |token: Option<&str>, quota: Option<u64>, uncounted: bool| Admission {
+        quota,
+        token: token.map(str::to_string),
+        uncounted,
+    };
+    let renewal = |serial: u8, key: u8| {
+        let mut r = keyed(vec![serial], "r", "x", key);
+        r.renews = Some(vec![50]);
+        r
+    };
+    let q = Some(6);
+    // Label x has 1 of 6 used before the run (serial 50, subject r).
+    let run: Vec<(DacRecord, Admission)> = vec![
+        (keyed(vec![1], "a", "x", 1), admit(None, q, false)),
+        (keyed(vec![2], "a", "x", 1), admit(None, q, false)),
+        (keyed(vec![3], "a", "x", 3), admit(None, q, false)),
+        (keyed(vec![1], "b", "x", 4), admit(None, q, false)),
+        (renewal(5, 5), admit(None, q, false)),
+        (renewal(6, 6), admit(None, q, false)),
+        (keyed(vec![7], "c", "x", 7), admit(Some("t1"), q, false)),
+        (keyed(vec![8], "d", "x", 8), admit(Some("t1"), q, false)),
+        (keyed(vec![9], "e", "x", 9), admit(Some("nope"), q, false)),
+        (keyed(vec![10], "f", "x", 10), admit(None, q, false)),
+        (keyed(vec![11], "g", "x", 11), admit(None, q, true)),
+        (keyed(vec![12], "g2", "x", 12), admit(None, q, false)),
+        (keyed(vec![13], "h", "x", 13), admit(None, q, false)),
+        (keyed(vec![14], "h", "x", 13), admit(None, q, true)),
+        (keyed(vec![15], "i", "x", 15), admit(Some("t2"), q, false)),
+        (keyed(vec![16], "h", "y", 13), admit(None, None, false)),
+        (keyed(vec![17], "h", "y", 13), admit(None, None, false)),
+    ];
+    let expected = [
+        "recorded",
+        "on record 1",
+        "subject taken",
+        "serial",
+        "recorded",
+        "subject taken",
+        "recorded",
+        "token spent",
+        "token unknown",
+        "recorded",
+        "recorded",
+        "recorded",
+        "quota",
+        "quota",
+        "quota",
+        "recorded",
+        "on record 16",
+    ];
+    let answer = |r: Result<Committed, Error>| match r {
+        Ok(Committed::Recorded) => "recorded".to_string(),
+        Ok(Committed::AlreadyOnRecord(d)) => format!("on record {}", d.serial[0]),
+        Err(Error::SubjectTaken { .. }) => "subject taken".into(),
+        Err(Error::Ledger(m)) if m.contains("serial") => "serial".into(),
+        Err(Error::QuotaExhausted { quota: 6, .. }) => "quota".into(),
+        Err(Error::Unauthenticated(m)) if m.contains("already used") => "token spent".into(),
+        Err(Error::Unauthenticated(m)) if m.contains("unknown") => "token unknown".into(),
+        other => format!("{other:?}"),
+    };
+
+    for (ledger, gated) in [(&on_redb, false), (&on_pg, true)] {
+        ledger.put_token(&[1; 32], &token("t1")).unwrap();
+        ledger.put_token(&[2; 32], &token("t2")).unwrap();
+        ledger
+            .commit(&keyed(vec![50], "r", "x", 50), &admit(None, q, false))
+            .unwrap();
+        ledger
+            .commit(&record(60, "gate", "gate"), &Admission::default())
+            .unwrap();
+        let answers: Vec<String> = std::thread::scope(|s| {
+            let gate = gated.then(|| {
+                s.spawn(|| {
+                    server.psql(
+                        &db,
+                        "BEGIN; SELECT used FROM labels WHERE label = 'gate' FOR UPDATE; \
+                         SELECT pg_sleep(1.5); COMMIT;",
+                    )
+                })
+            });
+            if gated {
+                let started = std::time::Instant::now();
+                while server.psql(
+                    &db,
+                    "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+                     WHERE c.relname = 'labels' AND l.mode = 'RowShareLock' AND l.granted",
+                ) == "0"
+                {
+                    assert!(started.elapsed().as_secs() < 10, "the lock was not taken");
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            }
+            // The writer waits on the gate's row while the run queues behind it.
+            let gate_job = ledger.submit(&record(61, "gate2", "gate"), &Admission::default());
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let pending: Vec<_> = run.iter().map(|(r, a)| ledger.submit(r, a)).collect();
+            assert_eq!(gate_job.wait().unwrap(), Committed::Recorded);
+            if let Some(gate) = gate {
+                gate.join().unwrap();
+            }
+            pending.into_iter().map(|p| answer(p.wait())).collect()
+        });
+        assert_eq!(answers, expected, "gated: {gated}");
+        assert_eq!(ledger.count("x").unwrap(), 6);
+        assert_eq!(ledger.count("y").unwrap(), 1);
+        let issuer = vec![9; 20];
+        let holder = |subject: &[u8]| ledger.by_subject(&issuer, subject).unwrap().unwrap();
+        assert_eq!(holder(b"a").serial, vec![1]);
+        assert_eq!(holder(b"r").serial, vec![5]);
+        assert_eq!(holder(b"h").serial, vec![16]);
+        assert_eq!(ledger.by_serial(&[14]).unwrap(), None);
+        assert_eq!(
+            ledger.token(&[1; 32]).unwrap().unwrap().spent_by,
+            Some(vec![7])
+        );
+        assert_eq!(ledger.token(&[2; 32]).unwrap().unwrap().spent_by, None);
+        assert!(ledger.audit_verify(None).unwrap().is_ok());
+    }
+    // One transaction wrote the run's seven DACs on PostgreSQL.
+    assert_eq!(
+        server.psql(
+            &db,
+            "SELECT count(*), count(DISTINCT xmin::text) FROM dacs WHERE label <> 'gate' \
+             AND serial <> '\\x32'"
+        ),
+        "7|1"
+    );
 }

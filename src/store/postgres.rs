@@ -10,16 +10,17 @@
 //! across nodes; a cRLNumber is an upsert that adds one.
 //!
 //! As in the redb ledger, writes are queued to one writer task per node that applies whatever
-//! is queued in one transaction (group commit), each job inside its own savepoint so that one
-//! refusal leaves the others; the head of the audit chain is locked last, after the group's
-//! own row locks, so that two nodes never wait on each other through it. An issuance is one
-//! call of the schema's `matter_est_commit_dac` function (migration 3), which runs the same
-//! constraints and conditional updates inside its own exception block (the savepoint); the
-//! calls of a group are pipelined (sent together, answered in order), as are the audit
-//! append and `COMMIT`, so that a group costs a few round trips instead of several per
-//! issuance (issue 16). A statement timeout of one call (waiting on a row lock another node
-//! holds) is that call's `failed` outcome (migration 4), so it fails that issuance alone with
-//! 503, not the group.
+//! is queued in one transaction (group commit), so that one refusal leaves the others; the
+//! head of the audit chain is locked last, after the group's own row locks, so that two nodes
+//! never wait on each other through it. A run of issuances in a group is one call of the
+//! schema's `matter_est_commit_dacs` function (migration 6), taking an array per column: it
+//! locks the runs' labels' count rows first (so runs of one label on several nodes take turns),
+//! decides each issuance on the rows it has locked as if alone after the ones before it, and
+//! writes the recorded ones with a statement per table; any other job runs in its own
+//! savepoint. The call is pipelined with the group's `BEGIN` and the head lock, as are the
+//! audit append and `COMMIT`, so that a group costs a few round trips (issue 16). A wait on a
+//! label's count row that ends in a statement timeout (another session holds it) fails that
+//! label's issuances alone with 503, not the group.
 //!
 //! Faults: a database that is down, restarting or unreachable gives
 //! [`Error::LedgerUnavailable`] (503 with `Retry-After`); the pool opens new connections by
@@ -63,6 +64,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         include_str!("postgres/migrations/0004_commit_timeout.sql"),
     ),
     (5, include_str!("postgres/migrations/0005_commit_count.sql")),
+    (6, include_str!("postgres/migrations/0006_commit_dacs.sql")),
 ];
 
 /// The advisory lock key under which migrations run ("matter-e" in ASCII), so that nodes
@@ -620,16 +622,16 @@ async fn resolve(
 /// The audit chain's head, locked until the transaction ends (rule: one sequence across nodes).
 const HEAD_LOCK: &str = "SELECT next, prev FROM audit_head WHERE id = 1 FOR UPDATE";
 
-/// One issuance (schema 3, `matter_est_commit_dac`): the DAC, its subject, the quota count and
-/// the token in one call, inside the function's own exception block (the job's savepoint); the
-/// holder's columns in [`dac_from_row`]'s order (NULL unless the subject is held), then the
-/// outcome and, for `failed`, the error's SQLSTATE and text.
-const COMMIT_DAC: &str = concat!(
+/// A run of issuances (schema 6, `matter_est_commit_dacs`): the DACs, their subjects, the
+/// quota counts and the tokens in one call taking one array per column; a row per issuance in
+/// the run's order, with the holder's columns in [`dac_from_row`]'s order (NULL unless the
+/// subject is held), then the outcome and, for `failed`, the error's SQLSTATE and text.
+const COMMIT_DACS: &str = concat!(
     "SELECT ",
     dac_cols!(),
     ", c.outcome, c.error_state, c.error_message \
-     FROM matter_est_commit_dac($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
-     $15, $16, $17, $18) c, LATERAL (SELECT (c.holder_dac).*) d"
+     FROM matter_est_commit_dacs($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
+     $15, $16, $17, $18) c, LATERAL (SELECT (c.holder_dac).*) d ORDER BY c.ord"
 );
 
 /// Polls `futures` together and gives their outputs in order. tokio-postgres sends a request
@@ -658,9 +660,9 @@ async fn pipelined<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
     outputs.into_iter().flatten().collect()
 }
 
-/// One transaction for the group. A run of issuances is one pipelined batch of
-/// `matter_est_commit_dac` calls (with the group's `BEGIN` when it opens the group, and the
-/// audit head lock when it ends it); any other job runs in its own savepoint. Then the audit
+/// One transaction for the group. A run of issuances is one `matter_est_commit_dacs` call,
+/// pipelined with the group's `BEGIN` when it opens the group and with the audit head lock
+/// when it ends it; any other job runs in its own savepoint. Then the audit
 /// records of the jobs that succeeded are appended under the head's row lock — taken last,
 /// after the group's own row locks — and the insert, head update and `COMMIT` are sent
 /// together.
@@ -730,19 +732,14 @@ async fn group_transaction(
         }
         at += run.len();
         let lock_head = at == group.len() && appends;
-        let commit_dac = client.prepare_cached(COMMIT_DAC).await.map_err(broken)?;
-        let params: Vec<CommitParams> = run
-            .iter()
-            .map(|(record, admission)| CommitParams::new(record, admission))
-            .collect();
-        let args: Vec<_> = params.iter().map(CommitParams::refs).collect();
-        let mut requests = Vec::with_capacity(run.len() + 2);
+        let commit_dacs = client.prepare_cached(COMMIT_DACS).await.map_err(broken)?;
+        let columns = CommitColumns::new(&run);
+        let args = columns.refs();
+        let mut requests = Vec::with_capacity(3);
         if !begun {
             requests.push(client.query(&begin, &[]));
         }
-        for a in &args {
-            requests.push(client.query(&commit_dac, a));
-        }
+        requests.push(client.query(&commit_dacs, &args));
         if lock_head {
             requests.push(client.query(&head_lock, &[]));
         }
@@ -751,19 +748,22 @@ async fn group_transaction(
             answers.next().transpose().map_err(broken)?;
             begun = true;
         }
-        for (record, admission) in &run {
-            // The function answers every refusal itself: an error here (a lost connection,
-            // a cancelled statement) has aborted the transaction, and the group with it.
-            let rows = answers
-                .next()
-                .transpose()
-                .map_err(broken)?
-                .unwrap_or_default();
-            let row = rows.first().ok_or_else(|| {
-                GroupFailure::NotCommitted(Error::Ledger(
-                    "matter_est_commit_dac returned no row".into(),
-                ))
-            })?;
+        // The function answers every refusal itself: an error here (a lost connection, a
+        // cancelled statement, a rule broken by a concurrent writer) has aborted the
+        // transaction, and the group with it.
+        let rows = answers
+            .next()
+            .transpose()
+            .map_err(broken)?
+            .unwrap_or_default();
+        if rows.len() != run.len() {
+            return Err(GroupFailure::NotCommitted(Error::Ledger(format!(
+                "matter_est_commit_dacs answered {} rows for {} issuances",
+                rows.len(),
+                run.len()
+            ))));
+        }
+        for ((record, admission), row) in run.iter().zip(&rows) {
             let mut job_events = Vec::new();
             let result = commit_outcome(record, admission, row, &mut job_events);
             if matches!(result, Ok((_, true))) {
@@ -879,54 +879,93 @@ async fn append_and_commit(
     ))
 }
 
-/// The arguments of one `matter_est_commit_dac` call, owned (the call borrows them).
-struct CommitParams<'a> {
-    record: &'a DacRecord,
-    vid: i32,
-    pid: i32,
-    revoked_at: Option<i64>,
-    revoked_reason: Option<String>,
-    revoked_code: Option<i16>,
-    quota: Option<i64>,
-    uncounted: bool,
-    token: Option<&'a str>,
+/// The arguments of one `matter_est_commit_dacs` call: a column per parameter, an element per
+/// issuance of the run (the call borrows them).
+struct CommitColumns<'a> {
+    serial: Vec<&'a [u8]>,
+    label: Vec<&'a str>,
+    issuer_key: Vec<&'a [u8]>,
+    subject: Vec<&'a str>,
+    subject_der: Vec<&'a [u8]>,
+    vid: Vec<i32>,
+    pid: Vec<i32>,
+    requester: Vec<&'a str>,
+    issued_at: Vec<i64>,
+    der: Vec<&'a [u8]>,
+    revoked_at: Vec<Option<i64>>,
+    revoked_reason: Vec<Option<String>>,
+    revoked_code: Vec<Option<i16>>,
+    renews: Vec<Option<&'a [u8]>>,
+    server_keygen: Vec<bool>,
+    quota: Vec<Option<i64>>,
+    uncounted: Vec<bool>,
+    token: Vec<Option<&'a str>>,
 }
 
-impl<'a> CommitParams<'a> {
-    fn new(record: &'a DacRecord, admission: &'a Admission) -> Self {
-        let (revoked_at, revoked_reason, revoked_code) = revoked_columns(&record.status);
-        Self {
-            record,
-            vid: i32::from(record.vid),
-            pid: i32::from(record.pid),
-            revoked_at,
-            revoked_reason,
-            revoked_code,
-            quota: admission.quota.map(|q| q as i64),
-            uncounted: admission.uncounted,
-            token: admission.token.as_deref(),
+impl<'a> CommitColumns<'a> {
+    fn new(run: &[(&'a DacRecord, &'a Admission)]) -> Self {
+        let mut c = Self {
+            serial: Vec::with_capacity(run.len()),
+            label: Vec::with_capacity(run.len()),
+            issuer_key: Vec::with_capacity(run.len()),
+            subject: Vec::with_capacity(run.len()),
+            subject_der: Vec::with_capacity(run.len()),
+            vid: Vec::with_capacity(run.len()),
+            pid: Vec::with_capacity(run.len()),
+            requester: Vec::with_capacity(run.len()),
+            issued_at: Vec::with_capacity(run.len()),
+            der: Vec::with_capacity(run.len()),
+            revoked_at: Vec::with_capacity(run.len()),
+            revoked_reason: Vec::with_capacity(run.len()),
+            revoked_code: Vec::with_capacity(run.len()),
+            renews: Vec::with_capacity(run.len()),
+            server_keygen: Vec::with_capacity(run.len()),
+            quota: Vec::with_capacity(run.len()),
+            uncounted: Vec::with_capacity(run.len()),
+            token: Vec::with_capacity(run.len()),
+        };
+        for (r, admission) in run {
+            let (revoked_at, revoked_reason, revoked_code) = revoked_columns(&r.status);
+            c.serial.push(&r.serial);
+            c.label.push(&r.label);
+            c.issuer_key.push(&r.issuer_key);
+            c.subject.push(&r.subject);
+            c.subject_der.push(&r.subject_der);
+            c.vid.push(i32::from(r.vid));
+            c.pid.push(i32::from(r.pid));
+            c.requester.push(&r.requester);
+            c.issued_at.push(r.issued_at);
+            c.der.push(&r.der);
+            c.revoked_at.push(revoked_at);
+            c.revoked_reason.push(revoked_reason);
+            c.revoked_code.push(revoked_code);
+            c.renews.push(r.renews.as_deref());
+            c.server_keygen.push(r.server_keygen);
+            c.quota.push(admission.quota.map(|q| q as i64));
+            c.uncounted.push(admission.uncounted);
+            c.token.push(admission.token.as_deref());
         }
+        c
     }
 
     /// In the function's parameter order.
     fn refs(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 18] {
-        let r = self.record;
         [
-            &r.serial,
-            &r.label,
-            &r.issuer_key,
-            &r.subject,
-            &r.subject_der,
+            &self.serial,
+            &self.label,
+            &self.issuer_key,
+            &self.subject,
+            &self.subject_der,
             &self.vid,
             &self.pid,
-            &r.requester,
-            &r.issued_at,
-            &r.der,
+            &self.requester,
+            &self.issued_at,
+            &self.der,
             &self.revoked_at,
             &self.revoked_reason,
             &self.revoked_code,
-            &r.renews,
-            &r.server_keygen,
+            &self.renews,
+            &self.server_keygen,
             &self.quota,
             &self.uncounted,
             &self.token,
@@ -961,7 +1000,7 @@ async fn apply_job(
     events: &mut Vec<AuditEvent>,
 ) -> Result<(Outcome, bool)> {
     match op {
-        // Issuances are pipelined calls of matter_est_commit_dac (group_transaction).
+        // Issuances are runs, each one call of matter_est_commit_dacs (group_transaction).
         Op::Commit(..) => Err(Error::Internal(
             "an issuance outside the writer's pipelined calls".into(),
         )),
@@ -1269,7 +1308,7 @@ async fn held_row(
         .transpose()
 }
 
-/// An issuance's answer from `matter_est_commit_dac` (a [`COMMIT_DAC`] row), mapped to the
+/// An issuance's answer from `matter_est_commit_dacs` (a [`COMMIT_DACS`] row), mapped to the
 /// same outcomes and errors as the redb ledger's, with its audit events in `events`. The
 /// function checks the serial's unique key, the subject's row (taken, or taken over by a
 /// renewal), the quota's conditional update and the token's, in that order (as the redb ledger
@@ -1346,7 +1385,7 @@ fn commit_outcome(
         }
         other => {
             return Err(Error::Ledger(format!(
-                "matter_est_commit_dac answered {other:?}"
+                "matter_est_commit_dacs answered {other:?}"
             )));
         }
     }

@@ -271,6 +271,22 @@ pub fn metrics_text(socket: &Path) -> String {
     stdout(&out)
 }
 
+/// The (sum, count) of DACs per ledger commit that the server on `socket` reports
+/// (`matter_est_ledger_commit_group_size`); `None` for a build without the metric.
+pub fn commit_group_totals(socket: &Path) -> Option<(f64, f64)> {
+    let text = metrics_text(socket);
+    let value = |suffix: &str| -> Option<f64> {
+        let name = format!(
+            "{}{suffix} ",
+            matter_est::admin::metrics::LEDGER_COMMIT_GROUP_SIZE
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix(&name))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    Some((value("_sum")?, value("_count")?))
+}
+
 /// Asserts that a command (openssl, curl, the CLI) exited 0, showing what it printed if not.
 pub fn assert_success(out: &Output) {
     assert!(
