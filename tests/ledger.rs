@@ -1446,3 +1446,93 @@ fn schema_a_run_decides_each_issuance_after_the_ones_before_it() {
         "7|1"
     );
 }
+
+/// Another writer recording a serial or a subject of a run at the same moment (another node's
+/// run under another label: a label's runs take turns) makes the run a serialization failure:
+/// 503 with Retry-After and nothing written. The retry finds the rule's answer on record.
+#[test]
+fn schema_a_run_racing_another_writer_for_a_serial_or_subject_gets_503_then_the_rule() {
+    let server = pg::PgServer::start();
+    let db = server.create_database();
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}\n[labels.x]\npai = \"p.pem\"\nsigner = {{ file = \"k.pem\" }}\n",
+        pg::store_toml(server.port, &db, dir.path())
+    );
+    let config = matter_est::config::Config::parse(&dir.path().join("c.toml"), &text).unwrap();
+    let ledger = store::open_store(&config.store).unwrap();
+    let hex = matter_est::asn1::hex;
+    // (the other writer's DAC, this node's, what the retry gets)
+    let cases = [
+        (
+            keyed(vec![0x70], "s", "y", 1),
+            keyed(vec![0x71], "s", "x", 1),
+            "subject taken",
+        ),
+        (
+            keyed(vec![0x72], "t", "y", 2),
+            keyed(vec![0x72], "u", "x", 3),
+            "serial",
+        ),
+    ];
+    for (other, mine, then) in cases {
+        std::thread::scope(|s| {
+            // The other writer's rows, in a transaction it keeps open for 1.5 s.
+            let writer = s.spawn(|| {
+                server.psql(
+                    &db,
+                    &format!(
+                        "BEGIN; \
+                         INSERT INTO dacs (serial, label, issuer_key, subject, subject_der, vid, \
+                         pid, requester, issued_at, der) VALUES ('\\x{}', 'y', '\\x{}', '{}', \
+                         '\\x{}', {}, {}, 'test', 1, '\\x{}'); \
+                         INSERT INTO subjects (issuer_key, subject_der, holder) \
+                         SELECT issuer_key, subject_der, seq FROM dacs WHERE serial = '\\x{}'; \
+                         SELECT pg_sleep(1.5); COMMIT;",
+                        hex(&other.serial),
+                        hex(&other.issuer_key),
+                        other.subject,
+                        hex(&other.subject_der),
+                        other.vid,
+                        other.pid,
+                        hex(&other.der),
+                        hex(&other.serial),
+                    ),
+                )
+            });
+            let started = std::time::Instant::now();
+            while server.psql(
+                &db,
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'",
+            ) == "0"
+            {
+                assert!(started.elapsed().as_secs() < 10, "the writer did not start");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            // The run's insert waits for the other transaction, then finds its row.
+            match ledger.commit(&mine, &Admission::default()) {
+                Err(Error::LedgerUnavailable {
+                    reason,
+                    retry_after_secs,
+                }) => {
+                    assert!(reason.contains("another writer"), "{reason}");
+                    assert!(retry_after_secs > 0);
+                }
+                other => panic!("{other:?}"),
+            }
+            writer.join().unwrap();
+        });
+        assert_eq!(ledger.count("x").unwrap(), 0, "nothing written");
+        let retried = match ledger.commit(&mine, &Admission::default()) {
+            Err(Error::SubjectTaken { .. }) => "subject taken".to_string(),
+            Err(Error::Ledger(m)) if m.contains("serial") => "serial".into(),
+            other => format!("{other:?}"),
+        };
+        assert_eq!(retried, then);
+    }
+    assert_eq!(
+        server.psql(&db, "SELECT count(*) FROM dacs WHERE label = 'x'"),
+        "0"
+    );
+    assert!(ledger.audit_verify(None).unwrap().is_ok());
+}

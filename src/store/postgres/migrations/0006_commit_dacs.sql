@@ -12,8 +12,11 @@
 --      nodes take their turns: the quota is then counted here, under that lock;
 --   2. the subjects' rows that are on record (FOR UPDATE), and the tokens' rows.
 -- A wait on a label's row that ends in a statement timeout (another session holds it) fails
--- that label's issuances only (`failed`, 57014), as in schema 4; every other error, and a
--- timeout anywhere else, fails the call and with it the writer's group (503, retried).
+-- that label's issuances only (`failed`, 57014), as in schema 4. Any other error fails the
+-- call and with it the writer's group: a timeout elsewhere, a deadlock, or another writer
+-- recording a serial or a subject of the run at the same moment (under another label: a
+-- label's runs take turns) is a serialization failure (40001), which the node answers with
+-- 503 and Retry-After; the retry then finds the rule's answer on record.
 --
 -- `matter_est_commit_dac` stays for nodes of schema 5 still running during an upgrade; its
 -- count is the same row's conditional update, under the same row lock.
@@ -86,6 +89,11 @@ DECLARE
     tok_revoked  bigint[];
     tok_expires  bigint[];
     new_seq      bigint[];
+    -- How many issuances are recorded, how many of them claim a subject with no row yet, and
+    -- how many rows an insert wrote.
+    recorded     integer := 0;
+    new_subjects integer := 0;
+    inserted     bigint;
     i            integer;
     j            integer;
     k            integer;
@@ -247,10 +255,13 @@ BEGIN
         END IF;
         -- Recorded: it holds the subject now (taking it over from the holder on record, if
         -- that is whom it renews), and counts.
-        IF h_seq IS NOT NULL AND h_seq > 0 THEN
+        IF h_seq IS NULL THEN
+            new_subjects := new_subjects + 1;
+        ELSIF h_seq > 0 THEN
             takes_from[k] := h_seq;
         END IF;
         claimed[k] := i;
+        recorded := recorded + 1;
         IF NOT p_uncounted[i] THEN
             used_[l] := used_[l] + 1;
         END IF;
@@ -259,6 +270,7 @@ BEGIN
 
     -- 4. The writes. The DACs, in the run's order, with one statement; the seq of each.
     j := 0;
+    inserted := 0;
     FOR r IN
         INSERT INTO dacs (serial, label, issuer_key, subject, subject_der, vid, pid, requester,
                           issued_at, der, revoked_at, revoked_reason, revoked_code, renews,
@@ -274,24 +286,38 @@ BEGIN
                                     revoked_code, renews, server_keygen, o)
          WHERE outcomes[t.o] = 'recorded'
          ORDER BY t.o
+        ON CONFLICT (serial) DO NOTHING
         RETURNING dacs.seq, dacs.serial
     LOOP
         j := j + 1;
         WHILE outcomes[j] <> 'recorded' LOOP
             j := j + 1;
         END LOOP;
-        IF r.serial <> p_serial[j] THEN
-            RAISE EXCEPTION 'matter_est_commit_dacs: the DACs were inserted out of order';
-        END IF;
+        EXIT WHEN r.serial <> p_serial[j];
         new_seq[j] := r.seq;
+        inserted := inserted + 1;
     END LOOP;
+    -- A serial that another writer recorded after the look-up above (the insert waited for
+    -- it): the run is retried, and then sees it.
+    IF inserted <> recorded THEN
+        RAISE EXCEPTION USING ERRCODE = 'serialization_failure',
+            MESSAGE = 'another writer recorded a serial of this run at the same time; retry';
+    END IF;
 
     -- Each subject's holder at the end of the run: a new row, or the renewal's takeover (the
     -- conditional update of the holder locked above).
     INSERT INTO subjects (issuer_key, subject_der, holder)
     SELECT p_issuer_key[c.first_ix], p_subject_der[c.first_ix], new_seq[c.holder_ix]
       FROM unnest(claimed) WITH ORDINALITY AS c(holder_ix, first_ix)
-     WHERE c.holder_ix > 0 AND takes_from[c.first_ix] IS NULL AND db_seq[c.first_ix] IS NULL;
+     WHERE c.holder_ix > 0 AND takes_from[c.first_ix] IS NULL AND db_seq[c.first_ix] IS NULL
+    ON CONFLICT (issuer_key, subject_der) DO NOTHING;
+    GET DIAGNOSTICS inserted = ROW_COUNT;
+    -- A subject that another writer took after the look-up above (the insert waited for it):
+    -- the run is retried, and then finds its holder.
+    IF inserted <> new_subjects THEN
+        RAISE EXCEPTION USING ERRCODE = 'serialization_failure',
+            MESSAGE = 'another writer took a subject of this run at the same time; retry';
+    END IF;
     FOR i IN 1 .. n LOOP
         IF claimed[i] > 0 AND takes_from[i] IS NOT NULL THEN
             UPDATE subjects SET holder = new_seq[claimed[i]]
