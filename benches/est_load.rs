@@ -53,17 +53,6 @@ fn rss_kib(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// CPU seconds (user + system) the process has used so far (/proc/PID/stat fields 14 and 15, in
-/// clock ticks of 1/100 s on Linux).
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command name, which is in parentheses and may contain spaces.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    ticks as f64 / 100.0
-}
-
 /// What the server's ledger writer thread has written so far: (bytes, write calls), from
 /// /proc/PID/task/TID/io (`wchar`, `syscw`).
 fn writer_io(pid: u32) -> (u64, u64) {
@@ -376,9 +365,9 @@ fn alternate(
         for i in order {
             let (name, s) = servers[i];
             let bodies = common::enroll_bodies(n, &format!("{name}-{round}"));
-            let cpu_before = cpu_secs(s.child.0.id());
+            let cpu_before = common::cpu_secs(s.child.0.id());
             let rate = keepalive(rt, s.addr, &s.tls, bodies, conns);
-            let cpu_us = (cpu_secs(s.child.0.id()) - cpu_before) * 1e6 / n as f64;
+            let cpu_us = (common::cpu_secs(s.child.0.id()) - cpu_before) * 1e6 / n as f64;
             line.push_str(&format!(" {name} {rate:>5.0} /s ({cpu_us:.0} µs CPU);"));
             rates[i].push(rate);
             cpus[i].push(cpu_us);
@@ -610,8 +599,8 @@ fn main() {
     // 2. Keep-alive: 64 connections, back to back.
     let (n_ka, conns) = (if run("keepalive") { 40_000 } else { 0 }, 64);
     let bodies = common::enroll_bodies(n_ka, "load-ka");
-    let cpu_before = cpu_secs(child.0.id());
-    let own_before = cpu_secs(std::process::id());
+    let cpu_before = common::cpu_secs(child.0.id());
+    let own_before = common::cpu_secs(std::process::id());
     let io_before = writer_io(child.0.id());
     let ka_rate = if n_ka > 0 {
         keepalive(&rt, addr, &tls, bodies, conns)
@@ -621,8 +610,8 @@ fn main() {
     println!("keep-alive enrollments:      {ka_rate:>7.0} /s  ({n_ka} over {conns} connections)");
     // The server's CPU per enrollment: steadier than the rate on a VM with busy neighbours.
     if n_ka > 0 {
-        let cpu = cpu_secs(child.0.id()) - cpu_before;
-        let own = cpu_secs(std::process::id()) - own_before;
+        let cpu = common::cpu_secs(child.0.id()) - cpu_before;
+        let own = common::cpu_secs(std::process::id()) - own_before;
         println!(
             "  server CPU per keep-alive enrollment: {:.0} µs (user + system, all threads); load generator {:.0} µs",
             cpu * 1e6 / n_ka as f64,

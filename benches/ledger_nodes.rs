@@ -97,26 +97,6 @@ fn commit_buckets(socket: &Path) -> Vec<(f64, u64)> {
         .collect()
 }
 
-/// User + system CPU seconds of process `pid` so far (/proc/PID/stat, clock ticks of 1/100 s).
-fn cpu_secs(pid: &str) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // The fields after the command name, which is in parentheses and may hold spaces.
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are the 14th and 15th fields of the whole line.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 /// CPU seconds of every running process named `postgres` (the server and its backends).
 fn postgres_cpu_secs() -> f64 {
     std::fs::read_dir("/proc")
@@ -131,7 +111,7 @@ fn postgres_cpu_secs() -> f64 {
         .filter(|e| {
             std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "postgres")
         })
-        .map(|e| cpu_secs(&e.file_name().to_string_lossy()))
+        .map(|e| common::cpu_secs(e.file_name().to_string_lossy()))
         .sum()
 }
 
@@ -266,10 +246,10 @@ fn main() {
             .map(|i| start(&config, &dir.path().join(format!("admin{i}.sock"))))
             .collect();
         let refs: Vec<&Node> = nodes.iter().collect();
-        let node_cpu = || -> f64 { nodes.iter().map(|n| cpu_secs(&n.0.id().to_string())).sum() };
-        let before = (node_cpu(), postgres_cpu_secs(), cpu_secs("self"));
+        let node_cpu = || -> f64 { nodes.iter().map(|n| common::cpu_secs(n.0.id())).sum() };
+        let before = (node_cpu(), postgres_cpu_secs(), common::cpu_secs("self"));
         let rate = load(&refs, dir.path(), conns, n, &setup.replace(' ', ""));
-        let after = (node_cpu(), postgres_cpu_secs(), cpu_secs("self"));
+        let after = (node_cpu(), postgres_cpu_secs(), common::cpu_secs("self"));
         // Per enrollment, the warm-up's one per connection included.
         let per = |a: f64, b: f64| (a - b) / (n + conns) as f64 * 1e6;
         let groups = nodes

@@ -271,6 +271,27 @@ pub fn metrics_text(socket: &Path) -> String {
     stdout(&out)
 }
 
+/// User + system CPU seconds of process `pid` (a number, or `self`) so far, from
+/// /proc/PID/stat (clock ticks of 1/100 s); 0 for a process that is gone.
+pub fn cpu_secs(pid: impl std::fmt::Display) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime, the 14th and 15th fields of the whole line.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 /// The (sum, count) of DACs per ledger commit that the server on `socket` reports
 /// (`matter_est_ledger_commit_group_size`); `None` for a build without the metric.
 pub fn commit_group_totals(socket: &Path) -> Option<(f64, f64)> {
