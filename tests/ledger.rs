@@ -956,47 +956,85 @@ fn schema_2_database_is_migrated_to_the_current_one() {
     );
 }
 
+/// A PostgreSQL server of the test's own, a fresh database on it, and a ledger opened there with
+/// one label; `edit` may change the `[store]` text first.
+struct OwnPg {
+    server: pg::PgServer,
+    db: String,
+    dir: tempfile::TempDir,
+    ledger: Arc<dyn Ledger>,
+}
+
+fn own_pg(edit: impl FnOnce(String) -> String) -> OwnPg {
+    let server = pg::PgServer::start();
+    let db = server.create_database();
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}\n[labels.x]\npai = \"p.pem\"\nsigner = {{ file = \"k.pem\" }}\n",
+        edit(pg::store_toml(server.port, &db, dir.path()))
+    );
+    let config = matter_est::config::Config::parse(&dir.path().join("c.toml"), &text).unwrap();
+    let ledger = store::open_store(&config.store).unwrap();
+    OwnPg {
+        server,
+        db,
+        dir,
+        ledger,
+    }
+}
+
+/// Polls `sql` on `db` until it answers something other than "0" (10 s at most).
+fn wait_for(server: &pg::PgServer, db: &str, sql: &str) {
+    let started = std::time::Instant::now();
+    while server.psql(db, sql) == "0" {
+        assert!(started.elapsed().as_secs() < 10, "not seen in 10 s: {sql}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Another session holding `label`'s count row (`SELECT ... FOR UPDATE`) for `secs` seconds,
+/// in a thread of `scope`; returns once the lock is taken.
+fn hold_label_row<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    server: &'scope pg::PgServer,
+    db: &'scope str,
+    label: &str,
+    secs: f64,
+) -> std::thread::ScopedJoinHandle<'scope, String> {
+    let sql = format!(
+        "BEGIN; SELECT used FROM labels WHERE label = '{label}' FOR UPDATE; \
+         SELECT pg_sleep({secs}); COMMIT;"
+    );
+    let holder = scope.spawn(move || server.psql(db, &sql));
+    wait_for(
+        server,
+        db,
+        "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+         WHERE c.relname = 'labels' AND l.mode = 'RowShareLock' AND l.granted",
+    );
+    holder
+}
+
 /// A statement timeout inside a group's pipeline (an issuance waiting on a row lock that
 /// another session holds) fails that issuance only, with 503 (`LedgerUnavailable`); the other
 /// issuances of its group are recorded (schema 4). Before, the whole group failed.
 #[test]
 fn schema_a_statement_timeout_fails_only_its_own_issuance() {
-    let server = pg::PgServer::start();
-    let db = server.create_database();
-    let dir = tempfile::tempdir().unwrap();
-    let store_toml = pg::store_toml(server.port, &db, dir.path());
-    assert!(store_toml.contains("statement_timeout_ms = 10000"));
-    let text = format!(
-        "{}\n[labels.x]\npai = \"p.pem\"\nsigner = {{ file = \"k.pem\" }}\n",
+    let OwnPg {
+        server, db, ledger, ..
+    } = own_pg(|store_toml| {
+        assert!(store_toml.contains("statement_timeout_ms = 10000"));
         store_toml.replace(
             "statement_timeout_ms = 10000",
-            "statement_timeout_ms = 1000"
+            "statement_timeout_ms = 1000",
         )
-    );
-    let config = matter_est::config::Config::parse(&dir.path().join("c.toml"), &text).unwrap();
-    let ledger = store::open_store(&config.store).unwrap();
+    });
     ledger
         .commit(&record(1, "s0", "slow"), &Admission::default())
         .unwrap();
     std::thread::scope(|s| {
         // Another session holds label slow's count row for 4 s.
-        s.spawn(|| {
-            server.psql(
-                &db,
-                "BEGIN; SELECT used FROM labels WHERE label = 'slow' FOR UPDATE; \
-                 SELECT pg_sleep(4); COMMIT;",
-            )
-        });
-        let started = std::time::Instant::now();
-        while server.psql(
-            &db,
-            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
-             WHERE c.relname = 'labels' AND l.mode = 'RowShareLock' AND l.granted",
-        ) == "0"
-        {
-            assert!(started.elapsed().as_secs() < 10, "the lock was not taken");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        hold_label_row(s, &server, &db, "slow", 4.0);
         // The first issuance on slow waits alone for 1 s; meanwhile one more on slow and five
         // on fast queue up and go as one group, in which the slow one waits again.
         let first = ledger.submit(&record(2, "s1", "slow"), &Admission::default());
@@ -1297,15 +1335,12 @@ fn schema_commit_outcome_unknown_is_looked_up() {
 /// writer waits on another session's lock of a label's count row.
 #[test]
 fn schema_a_run_decides_each_issuance_after_the_ones_before_it() {
-    let server = pg::PgServer::start();
-    let db = server.create_database();
-    let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "{}\n[labels.x]\npai = \"p.pem\"\nsigner = {{ file = \"k.pem\" }}\n",
-        pg::store_toml(server.port, &db, dir.path())
-    );
-    let config = matter_est::config::Config::parse(&dir.path().join("c.toml"), &text).unwrap();
-    let on_pg = store::open_store(&config.store).unwrap();
+    let OwnPg {
+        server,
+        db,
+        dir,
+        ledger: on_pg,
+    } = own_pg(|store_toml| store_toml);
     let on_redb = store::open_store(&StoreConfig::Redb(dir.path().join("l.redb"))).unwrap();
 
     let token = |id: &str| TokenRecord {
@@ -1389,27 +1424,7 @@ fn schema_a_run_decides_each_issuance_after_the_ones_before_it() {
             .commit(&record(60, "gate", "gate"), &Admission::default())
             .unwrap();
         let answers: Vec<String> = std::thread::scope(|s| {
-            let gate = gated.then(|| {
-                s.spawn(|| {
-                    server.psql(
-                        &db,
-                        "BEGIN; SELECT used FROM labels WHERE label = 'gate' FOR UPDATE; \
-                         SELECT pg_sleep(1.5); COMMIT;",
-                    )
-                })
-            });
-            if gated {
-                let started = std::time::Instant::now();
-                while server.psql(
-                    &db,
-                    "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
-                     WHERE c.relname = 'labels' AND l.mode = 'RowShareLock' AND l.granted",
-                ) == "0"
-                {
-                    assert!(started.elapsed().as_secs() < 10, "the lock was not taken");
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-            }
+            let gate = gated.then(|| hold_label_row(s, &server, &db, "gate", 1.5));
             // The writer waits on the gate's row while the run queues behind it.
             let gate_job = ledger.submit(&record(61, "gate2", "gate"), &Admission::default());
             std::thread::sleep(std::time::Duration::from_millis(100));
@@ -1452,15 +1467,9 @@ fn schema_a_run_decides_each_issuance_after_the_ones_before_it() {
 /// 503 with Retry-After and nothing written. The retry finds the rule's answer on record.
 #[test]
 fn schema_a_run_racing_another_writer_for_a_serial_or_subject_gets_503_then_the_rule() {
-    let server = pg::PgServer::start();
-    let db = server.create_database();
-    let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "{}\n[labels.x]\npai = \"p.pem\"\nsigner = {{ file = \"k.pem\" }}\n",
-        pg::store_toml(server.port, &db, dir.path())
-    );
-    let config = matter_est::config::Config::parse(&dir.path().join("c.toml"), &text).unwrap();
-    let ledger = store::open_store(&config.store).unwrap();
+    let OwnPg {
+        server, db, ledger, ..
+    } = own_pg(|store_toml| store_toml);
     let hex = matter_est::asn1::hex;
     // (the other writer's DAC, this node's, what the retry gets)
     let cases = [
@@ -1500,15 +1509,11 @@ fn schema_a_run_racing_another_writer_for_a_serial_or_subject_gets_503_then_the_
                     ),
                 )
             });
-            let started = std::time::Instant::now();
-            while server.psql(
+            wait_for(
+                &server,
                 &db,
                 "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'",
-            ) == "0"
-            {
-                assert!(started.elapsed().as_secs() < 10, "the writer did not start");
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
+            );
             // The run's insert waits for the other transaction, then finds its row.
             match ledger.commit(&mine, &Admission::default()) {
                 Err(Error::LedgerUnavailable {
