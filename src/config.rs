@@ -90,7 +90,8 @@ pub struct PostgresConfig {
     pub password: Option<PassphraseSource>,
     /// `store.pool_size`: most connections this node opens. Default 16.
     pub pool_size: usize,
-    /// `store.statement_timeout_ms`: the server cancels a statement running longer. Default 5000.
+    /// `store.statement_timeout_ms`: the server cancels a statement running longer, or waiting
+    /// longer for one lock. Default 5000.
     pub statement_timeout: Duration,
     /// `store.connect_timeout_ms`: how long to wait for a connection. Default 5000.
     pub connect_timeout: Duration,

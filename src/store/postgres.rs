@@ -295,9 +295,11 @@ impl PgLedger {
         if !options.is_empty() {
             options.push(' ');
         }
+        // The same bound on each wait for a lock: a statement that waits twice (a run of
+        // issuances waiting on two labels' rows) is bounded at every wait, not once.
         options.push_str(&format!(
-            "-c statement_timeout={}",
-            config.statement_timeout.as_millis()
+            "-c statement_timeout={ms} -c lock_timeout={ms}",
+            ms = config.statement_timeout.as_millis()
         ));
         pg.options(options);
         pg.connect_timeout(config.connect_timeout);
@@ -631,7 +633,7 @@ const COMMIT_DACS: &str = concat!(
     dac_cols!(),
     ", c.outcome, c.error_state, c.error_message \
      FROM matter_est_commit_dacs($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
-     $15, $16, $17, $18) c, LATERAL (SELECT (c.holder_dac).*) d ORDER BY c.ord"
+     $15, $16, $17, $18, $19) c, LATERAL (SELECT (c.holder_dac).*) d ORDER BY c.ord"
 );
 
 /// Polls `futures` together and gives their outputs in order. tokio-postgres sends a request
@@ -678,6 +680,16 @@ async fn group_transaction(
     let appends = group
         .iter()
         .any(|op| !matches!(op, Op::NextCrlNumber(_) | Op::PruneHeld(_)));
+    // Every issuance's label, which the group's first run locks (in one order on every node).
+    let mut group_labels: Vec<&str> = group
+        .iter()
+        .filter_map(|op| match op {
+            Op::Commit(record, _) => Some(record.label.as_str()),
+            _ => None,
+        })
+        .collect();
+    group_labels.sort_unstable();
+    group_labels.dedup();
     let mut begun = false;
     let mut head = None;
     let mut results = Vec::with_capacity(group.len());
@@ -734,7 +746,8 @@ async fn group_transaction(
         let lock_head = at == group.len() && appends;
         let commit_dacs = client.prepare_cached(COMMIT_DACS).await.map_err(broken)?;
         let columns = CommitColumns::new(&run);
-        let args = columns.refs();
+        let mut args = columns.refs().to_vec();
+        args.push(&group_labels);
         let mut requests = Vec::with_capacity(3);
         if !begun {
             requests.push(client.query(&begin, &[]));

@@ -8,11 +8,16 @@
 -- (issue 16: the largest costs left in a profile of the database).
 --
 -- Locks, in this order, held to the end of the transaction:
---   1. the count row of each label of the run (sorted), so that runs of one label on several
---      nodes take their turns: the quota is then counted here, under that lock;
---   2. the subjects' rows that are on record (FOR UPDATE), and the tokens' rows.
--- A wait on a label's row that ends in a statement timeout (another session holds it) fails
--- that label's issuances only (`failed`, 57014), as in schema 4. Any other error fails the
+--   1. the count row of each label of the writer's group (sorted; the group's first run takes
+--      them all), so that runs of one label on several nodes take their turns: the quota is
+--      then counted here, under that lock;
+--   2. the subjects' rows that are on record (FOR UPDATE), and the tokens' rows, in the run's
+--      order. Only writers of other labels (or an operator's own transaction) can hold these,
+--      and a cycle among them, which PostgreSQL detects (40P01), fails the group with 503.
+-- A wait on a label's row that ends in a statement or lock timeout (another session holds it;
+-- a node sets `lock_timeout` to its statement timeout, so that every wait of the call is
+-- bounded, not only the first) fails that label's issuances only (`failed`, 57014 or 55P03),
+-- as in schema 4. Any other error fails the
 -- call and with it the writer's group: a timeout elsewhere, a deadlock, or another writer
 -- recording a serial or a subject of the run at the same moment (under another label: a
 -- label's runs take turns) is a serialization failure (40001), which the node answers with
@@ -41,7 +46,11 @@ CREATE FUNCTION matter_est_commit_dacs(
     p_quota          bigint[],
     p_uncounted      boolean[],
     -- The token each issuance spends (NULL: none).
-    p_token          text[])
+    p_token          text[],
+    -- The labels of every issuance of the writer's group, which may hold several runs: the
+    -- first run locks them all, in one order, so that two nodes' groups never wait on each
+    -- other's labels in a cycle.
+    p_group_labels   text[])
 RETURNS TABLE (ord integer, outcome text, holder_dac dacs, error_state text,
                error_message text)
 LANGUAGE plpgsql
@@ -68,8 +77,11 @@ DECLARE
     label_state  text[];
     label_msg    text[];
     label_ix     integer[];
-    -- Serials on record or repeated in the run.
+    -- Per issuance: whether its serial is on record, and the first issuance of the run with
+    -- the same serial; per first one, whether an issuance of the run recorded that serial.
     serial_taken boolean[];
+    serial_first integer[];
+    serial_used  boolean[];
     -- Per issuance: the first issuance of the run with the same subject (or token); per
     -- first one, which issuance of the run holds that subject now (0: none), and whether the
     -- token is spent in the run.
@@ -112,6 +124,8 @@ BEGIN
     err_state := array_fill(NULL::text, ARRAY[n]);
     err_message := array_fill(NULL::text, ARRAY[n]);
     serial_taken := array_fill(false, ARRAY[n]);
+    serial_first := array_fill(0, ARRAY[n]);
+    serial_used := array_fill(false, ARRAY[n]);
     label_ix := array_fill(0, ARRAY[n]);
     subject_first := array_fill(0, ARRAY[n]);
     token_first := array_fill(NULL::integer, ARRAY[n]);
@@ -127,29 +141,32 @@ BEGIN
     tok_expires := array_fill(NULL::bigint, ARRAY[n]);
     new_seq := array_fill(NULL::bigint, ARRAY[n]);
 
-    -- 1. The labels' count rows, in sorted order (one order on every node: no deadlock).
-    SELECT array_agg(x ORDER BY x) INTO labels_ FROM (SELECT DISTINCT x FROM unnest(p_label) x) s;
+    -- 1. The labels' count rows (this run's and the rest of the group's), in sorted order: one
+    -- order on every node. A later run of the group finds its rows already held.
+    SELECT array_agg(x ORDER BY x) INTO labels_
+      FROM (SELECT DISTINCT x FROM unnest(p_label || p_group_labels) x) s;
     used_ := array_fill(0::bigint, ARRAY[array_length(labels_, 1)]);
     label_state := array_fill(NULL::text, ARRAY[array_length(labels_, 1)]);
     label_msg := array_fill(NULL::text, ARRAY[array_length(labels_, 1)]);
     FOR l IN 1 .. array_length(labels_, 1) LOOP
         SELECT used INTO u FROM labels WHERE label = labels_[l] FOR UPDATE SKIP LOCKED;
         IF NOT FOUND THEN
-            -- No row yet (this inserts and so holds it), or another session holds it.
-            INSERT INTO labels (label, used) VALUES (labels_[l], 0)
-            ON CONFLICT (label) DO NOTHING;
-            IF FOUND THEN
-                u := 0;
-            ELSE
-                -- Wait for it. A statement timeout here fails this label's issuances only;
-                -- the exception block is the only subtransaction of the call.
-                BEGIN
+            -- No row yet (the insert makes it, and so holds it), or another session holds it
+            -- (the insert, too, may wait: for a transaction that updated it). A timeout in this
+            -- wait fails this label's issuances only; the exception block is the only
+            -- subtransaction of the call.
+            BEGIN
+                INSERT INTO labels (label, used) VALUES (labels_[l], 0)
+                ON CONFLICT (label) DO NOTHING;
+                IF FOUND THEN
+                    u := 0;
+                ELSE
                     SELECT used INTO STRICT u FROM labels WHERE label = labels_[l] FOR UPDATE;
-                EXCEPTION WHEN query_canceled THEN
-                    label_state[l] := SQLSTATE;
-                    label_msg[l] := SQLERRM;
-                END;
-            END IF;
+                END IF;
+            EXCEPTION WHEN query_canceled OR lock_not_available THEN
+                label_state[l] := SQLSTATE;
+                label_msg[l] := SQLERRM;
+            END;
         END IF;
         used_[l] := u;
     END LOOP;
@@ -164,7 +181,7 @@ BEGIN
         SELECT t.o, array_position(labels_, t.lb) AS lix,
                min(t.o) OVER (PARTITION BY t.ik, t.sd) AS sf,
                CASE WHEN t.tk IS NULL THEN NULL ELSE min(t.o) OVER (PARTITION BY t.tk) END AS tf,
-               (ds.seq IS NOT NULL OR t.o > min(t.o) OVER (PARTITION BY t.s)) AS taken,
+               min(t.o) OVER (PARTITION BY t.s) AS srf, ds.seq IS NOT NULL AS taken,
                h.seq, h.serial, h.renews,
                kt.id IS NOT NULL AS tok, kt.spent_by, kt.revoked_at, kt.expires_at
           FROM unnest(p_serial, p_label, p_issuer_key, p_subject_der, p_token)
@@ -181,6 +198,7 @@ BEGIN
         label_ix[r.o] := r.lix;
         subject_first[r.o] := r.sf;
         token_first[r.o] := r.tf;
+        serial_first[r.o] := r.srf;
         serial_taken[r.o] := r.taken;
         db_seq[r.o] := r.seq;
         db_serial[r.o] := r.serial;
@@ -200,7 +218,7 @@ BEGIN
             err_message[i] := label_msg[l];
             CONTINUE;
         END IF;
-        IF serial_taken[i] THEN
+        IF serial_taken[i] OR serial_used[serial_first[i]] THEN
             outcomes[i] := 'serial';
             CONTINUE;
         END IF;
@@ -261,6 +279,7 @@ BEGIN
             takes_from[k] := h_seq;
         END IF;
         claimed[k] := i;
+        serial_used[serial_first[i]] := true;
         recorded := recorded + 1;
         IF NOT p_uncounted[i] THEN
             used_[l] := used_[l] + 1;
