@@ -745,9 +745,8 @@ async fn group_transaction(
         at += run.len();
         let lock_head = at == group.len() && appends;
         let commit_dacs = client.prepare_cached(COMMIT_DACS).await.map_err(broken)?;
-        let columns = CommitColumns::new(&run);
-        let mut args = columns.refs().to_vec();
-        args.push(&group_labels);
+        let columns = CommitColumns::new(&run, &group_labels);
+        let args = columns.refs();
         let mut requests = Vec::with_capacity(3);
         if !begun {
             requests.push(client.query(&begin, &[]));
@@ -913,10 +912,12 @@ struct CommitColumns<'a> {
     quota: Vec<Option<i64>>,
     uncounted: Vec<bool>,
     token: Vec<Option<&'a str>>,
+    /// The labels of every issuance of the group (the first run locks them all).
+    group_labels: &'a [&'a str],
 }
 
 impl<'a> CommitColumns<'a> {
-    fn new(run: &[(&'a DacRecord, &'a Admission)]) -> Self {
+    fn new(run: &[(&'a DacRecord, &'a Admission)], group_labels: &'a [&'a str]) -> Self {
         let mut c = Self {
             serial: Vec::with_capacity(run.len()),
             label: Vec::with_capacity(run.len()),
@@ -936,6 +937,7 @@ impl<'a> CommitColumns<'a> {
             quota: Vec::with_capacity(run.len()),
             uncounted: Vec::with_capacity(run.len()),
             token: Vec::with_capacity(run.len()),
+            group_labels,
         };
         for (r, admission) in run {
             let (revoked_at, revoked_reason, revoked_code) = revoked_columns(&r.status);
@@ -962,7 +964,7 @@ impl<'a> CommitColumns<'a> {
     }
 
     /// In the function's parameter order.
-    fn refs(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 18] {
+    fn refs(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 19] {
         [
             &self.serial,
             &self.label,
@@ -982,6 +984,7 @@ impl<'a> CommitColumns<'a> {
             &self.quota,
             &self.uncounted,
             &self.token,
+            &self.group_labels,
         ]
     }
 }
@@ -1336,7 +1339,7 @@ fn commit_outcome(
     let outcome: String = get(row, 15)?;
     match outcome.as_str() {
         "recorded" => {}
-        // Unique serial: the dacs.serial unique key refused it.
+        // Unique serial: on record, or recorded earlier in the run.
         "serial" => {
             return Err(Error::Ledger(format!(
                 "serial {serial_hex} is already on record"
@@ -1362,7 +1365,6 @@ fn commit_outcome(
                 label: record.label.clone(),
             });
         }
-        "vanished" => return Err(Error::Ledger("the subject's holder vanished".into())),
         "quota" => {
             return Err(Error::QuotaExhausted {
                 label: record.label.clone(),
